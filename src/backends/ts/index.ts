@@ -1,0 +1,259 @@
+/**
+ * The TypeScript reference backend: every kernel of src/kernels/kernels.ts in plain loops.
+ *
+ * It is the oracle the native backend is tested against and the fallback when the addon is
+ * missing, so clarity beats speed here; sums over a batch use float64 accumulators where the
+ * order of float32 additions would otherwise make the oracle itself noisy.
+ */
+import type { AdaptivePoolParams, BatchNormParams, Kernels, Pool2dParams, SgdParams } from '../../kernels/kernels.js';
+import { conv2d, conv2dBackwardInput, conv2dBackwardWeight } from './conv.js';
+
+type F32 = Float32Array;
+
+function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void {
+  const { n, c, hw, eps } = p;
+  const m = n * hw;
+  for (let ch = 0; ch < c; ch++) {
+    let s = 0;
+    for (let b = 0; b < n; b++) {
+      const off = (b * c + ch) * hw;
+      for (let i = 0; i < hw; i++) s += x[off + i]!;
+    }
+    const mu = s / m;
+    let ss = 0;
+    for (let b = 0; b < n; b++) {
+      const off = (b * c + ch) * hw;
+      for (let i = 0; i < hw; i++) {
+        const d = x[off + i]! - mu;
+        ss += d * d;
+      }
+    }
+    const varB = ss / m;
+    const inv = 1 / Math.sqrt(varB + eps);
+    mean[ch] = mu;
+    invStd[ch] = inv;
+    varUnbiased[ch] = m > 1 ? ss / (m - 1) : NaN;
+    const g = gamma === null ? 1 : gamma[ch]!;
+    const bt = beta === null ? 0 : beta[ch]!;
+    for (let b = 0; b < n; b++) {
+      const off = (b * c + ch) * hw;
+      for (let i = 0; i < hw; i++) y[off + i] = (x[off + i]! - mu) * inv * g + bt;
+    }
+  }
+}
+
+function batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void {
+  const { n, c, hw, eps } = p;
+  for (let ch = 0; ch < c; ch++) {
+    const inv = 1 / Math.sqrt(rv[ch]! + eps);
+    const scale = (gamma === null ? 1 : gamma[ch]!) * inv;
+    const shift = (beta === null ? 0 : beta[ch]!) - rm[ch]! * scale;
+    for (let b = 0; b < n; b++) {
+      const off = (b * c + ch) * hw;
+      for (let i = 0; i < hw; i++) y[off + i] = x[off + i]! * scale + shift;
+    }
+  }
+}
+
+function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams): void {
+  const { n, c, hw } = p;
+  const m = n * hw;
+  for (let ch = 0; ch < c; ch++) {
+    const mu = mean[ch]!;
+    const inv = invStd[ch]!;
+    let sumDy = 0;
+    let sumDyXhat = 0;
+    for (let b = 0; b < n; b++) {
+      const off = (b * c + ch) * hw;
+      for (let i = 0; i < hw; i++) {
+        const g = dy[off + i]!;
+        sumDy += g;
+        sumDyXhat += g * (x[off + i]! - mu) * inv;
+      }
+    }
+    if (dgamma) dgamma[ch] = sumDyXhat;
+    if (dbeta) dbeta[ch] = sumDy;
+    const g = gamma === null ? 1 : gamma[ch]!;
+    for (let b = 0; b < n; b++) {
+      const off = (b * c + ch) * hw;
+      for (let i = 0; i < hw; i++) {
+        if (training) {
+          const xhat = (x[off + i]! - mu) * inv;
+          dx[off + i] = (g * inv / m) * (m * dy[off + i]! - sumDy - xhat * sumDyXhat);
+        } else {
+          dx[off + i] = dy[off + i]! * g * inv;
+        }
+      }
+    }
+  }
+}
+
+function relu(y: F32, x: F32): void {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i]!;
+    y[i] = v > 0 ? v : v !== v ? v : 0; // NaN propagates, as in PyTorch
+  }
+}
+
+function reluBackward(dx: F32, dy: F32, y: F32): void {
+  for (let i = 0; i < dy.length; i++) dx[i] = y[i]! > 0 ? dy[i]! : 0;
+}
+
+function add(y: F32, a: F32, b: F32): void {
+  for (let i = 0; i < y.length; i++) y[i] = a[i]! + b[i]!;
+}
+
+function addRelu(y: F32, a: F32, b: F32): void {
+  for (let i = 0; i < y.length; i++) {
+    const v = a[i]! + b[i]!;
+    y[i] = v > 0 ? v : v !== v ? v : 0;
+  }
+}
+
+function maxPool2d(y: F32, argmax: Int32Array, x: F32, p: Pool2dParams): void {
+  const { n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow } = p;
+  for (let pl = 0; pl < n * c; pl++) {
+    const xo = pl * h * w;
+    const yo = pl * oh * ow;
+    for (let oy = 0; oy < oh; oy++) {
+      for (let ox = 0; ox < ow; ox++) {
+        let best = -Infinity;
+        let bestIdx = -1;
+        for (let ky = 0; ky < kh; ky++) {
+          const iy = oy * sh - ph + ky * dh;
+          if (iy < 0 || iy >= h) continue;
+          for (let kx = 0; kx < kw; kx++) {
+            const ix = ox * sw - pw + kx * dw;
+            if (ix < 0 || ix >= w) continue;
+            const v = x[xo + iy * w + ix]!;
+            // First maximum wins; a NaN wins over numbers (PyTorch: `val > maxval || isnan(val)`).
+            if (bestIdx < 0 || v > best || v !== v) {
+              best = v;
+              bestIdx = iy * w + ix;
+            }
+          }
+        }
+        y[yo + oy * ow + ox] = best;
+        argmax[yo + oy * ow + ox] = bestIdx;
+      }
+    }
+  }
+}
+
+function maxPool2dBackward(dx: F32, dy: F32, argmax: Int32Array, p: Pool2dParams): void {
+  dx.fill(0);
+  const planeIn = p.h * p.w;
+  const planeOut = p.oh * p.ow;
+  for (let pl = 0; pl < p.n * p.c; pl++) {
+    for (let i = 0; i < planeOut; i++) {
+      const a = argmax[pl * planeOut + i]!;
+      if (a >= 0) dx[pl * planeIn + a]! += dy[pl * planeOut + i]!;
+    }
+  }
+}
+
+function forEachBin(p: AdaptivePoolParams, fn: (pl: number, o: number, y0: number, y1: number, x0: number, x1: number) => void): void {
+  for (let pl = 0; pl < p.n * p.c; pl++) {
+    for (let oy = 0; oy < p.oh; oy++) {
+      const y0 = Math.floor((oy * p.h) / p.oh);
+      const y1 = Math.ceil(((oy + 1) * p.h) / p.oh);
+      for (let ox = 0; ox < p.ow; ox++) {
+        const x0 = Math.floor((ox * p.w) / p.ow);
+        const x1 = Math.ceil(((ox + 1) * p.w) / p.ow);
+        fn(pl, oy * p.ow + ox, y0, y1, x0, x1);
+      }
+    }
+  }
+}
+
+function adaptiveAvgPool2d(y: F32, x: F32, p: AdaptivePoolParams): void {
+  forEachBin(p, (pl, o, y0, y1, x0, x1) => {
+    let s = 0;
+    for (let iy = y0; iy < y1; iy++) for (let ix = x0; ix < x1; ix++) s += x[pl * p.h * p.w + iy * p.w + ix]!;
+    y[pl * p.oh * p.ow + o] = s / ((y1 - y0) * (x1 - x0));
+  });
+}
+
+function adaptiveAvgPool2dBackward(dx: F32, dy: F32, p: AdaptivePoolParams): void {
+  dx.fill(0);
+  forEachBin(p, (pl, o, y0, y1, x0, x1) => {
+    const g = dy[pl * p.oh * p.ow + o]! / ((y1 - y0) * (x1 - x0));
+    for (let iy = y0; iy < y1; iy++) for (let ix = x0; ix < x1; ix++) dx[pl * p.h * p.w + iy * p.w + ix]! += g;
+  });
+}
+
+function gemm(c: F32, a: F32, b: F32, m: number, n: number, k: number, transA: boolean, transB: boolean, alpha: number, beta: number): void {
+  const row = new Float64Array(n);
+  for (let i = 0; i < m; i++) {
+    row.fill(0);
+    for (let kk = 0; kk < k; kk++) {
+      const av = transA ? a[kk * m + i]! : a[i * k + kk]!;
+      if (av === 0) continue;
+      if (transB) {
+        for (let j = 0; j < n; j++) row[j]! += av * b[j * k + kk]!;
+      } else {
+        const bo = kk * n;
+        for (let j = 0; j < n; j++) row[j]! += av * b[bo + j]!;
+      }
+    }
+    const co = i * n;
+    for (let j = 0; j < n; j++) c[co + j] = alpha * row[j]! + (beta === 0 ? 0 : beta * c[co + j]!);
+  }
+}
+
+function logSoftmax(y: F32, x: F32, rows: number, cols: number): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    let mx = -Infinity;
+    for (let j = 0; j < cols; j++) mx = Math.max(mx, x[o + j]!);
+    let s = 0;
+    for (let j = 0; j < cols; j++) s += Math.exp(x[o + j]! - mx);
+    const lse = mx + Math.log(s);
+    for (let j = 0; j < cols; j++) y[o + j] = x[o + j]! - lse;
+  }
+}
+
+function logSoftmaxBackward(dx: F32, dy: F32, y: F32, rows: number, cols: number): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    let s = 0;
+    for (let j = 0; j < cols; j++) s += dy[o + j]!;
+    for (let j = 0; j < cols; j++) dx[o + j] = dy[o + j]! - Math.exp(y[o + j]!) * s;
+  }
+}
+
+function sgdStep(param: F32, grad: F32, buf: F32 | null, p: SgdParams): void {
+  const { lr, momentum, dampening, weightDecay, nesterov, firstStep } = p;
+  for (let i = 0; i < param.length; i++) {
+    let d = grad[i]!;
+    if (weightDecay !== 0) d += weightDecay * param[i]!;
+    if (momentum !== 0 && buf !== null) {
+      const v = firstStep ? d : momentum * buf[i]! + (1 - dampening) * d;
+      buf[i] = v;
+      d = nesterov ? d + momentum * v : v;
+    }
+    param[i]! -= lr * d;
+  }
+}
+
+export const tsKernels: Kernels = {
+  name: 'ts',
+  conv2d,
+  conv2dBackwardInput,
+  conv2dBackwardWeight,
+  batchNormTrain,
+  batchNormEval,
+  batchNormBackward,
+  relu,
+  reluBackward,
+  add,
+  addRelu,
+  maxPool2d,
+  maxPool2dBackward,
+  adaptiveAvgPool2d,
+  adaptiveAvgPool2dBackward,
+  gemm,
+  logSoftmax,
+  logSoftmaxBackward,
+  sgdStep,
+};

@@ -1,0 +1,140 @@
+/**
+ * The kernel interface: every numeric loop of resnet-ts goes through one of these functions.
+ *
+ * Contract (shared by the TypeScript reference backend and the native addon):
+ * - Kernels take raw Float32Array buffers (NCHW, row-major) plus plain-number parameters, and write
+ *   into output buffers the caller allocated. They never allocate their outputs, never validate
+ *   shapes (src/ops does that, once, with a clear message) and never see a Tensor.
+ * - "Overwrite" unless the name says otherwise: outputs are fully written, so callers may pass
+ *   uninitialised storage.
+ * - One name per kernel (`KernelName`), so backends can be listed, compared and tested op by op.
+ *
+ * Pre-packed weights and fused inference (folding BN into conv, packing conv weights once) are a
+ * separate, optional capability of a backend (see docs/ARCHITECTURE.md): weights change on every
+ * training step, so the per-op kernels here take weights as plain buffers.
+ */
+
+/** Geometry of a 2-D convolution. Output size: oh = floor((h + 2ph - dh(kh-1) - 1)/sh) + 1. */
+export interface Conv2dParams {
+  n: number;
+  cIn: number;
+  h: number;
+  w: number;
+  cOut: number;
+  kh: number;
+  kw: number;
+  sh: number;
+  sw: number;
+  ph: number;
+  pw: number;
+  dh: number;
+  dw: number;
+  groups: number;
+  oh: number;
+  ow: number;
+}
+
+/** Geometry of a 2-D max pool (padding counts as -infinity, as in PyTorch). */
+export interface Pool2dParams {
+  n: number;
+  c: number;
+  h: number;
+  w: number;
+  kh: number;
+  kw: number;
+  sh: number;
+  sw: number;
+  ph: number;
+  pw: number;
+  dh: number;
+  dw: number;
+  oh: number;
+  ow: number;
+}
+
+/** Geometry of adaptive average pooling: bin i covers [floor(i*h/oh), ceil((i+1)*h/oh)). */
+export interface AdaptivePoolParams {
+  n: number;
+  c: number;
+  h: number;
+  w: number;
+  oh: number;
+  ow: number;
+}
+
+/** Batch-norm geometry: x is [n, c, hw] viewed channel-wise. */
+export interface BatchNormParams {
+  n: number;
+  c: number;
+  hw: number;
+  eps: number;
+}
+
+/** One SGD step with PyTorch's semantics (torch.optim.SGD). */
+export interface SgdParams {
+  lr: number;
+  momentum: number;
+  dampening: number;
+  weightDecay: number;
+  nesterov: boolean;
+  /** True on the first step for this parameter: the momentum buffer is set to the gradient. */
+  firstStep: boolean;
+}
+
+type F32 = Float32Array;
+
+export interface Kernels {
+  /** Backend name ("ts", "native"). */
+  readonly name: string;
+
+  /** y[n,co,oh,ow] = sum x * w (+ bias[co]). w is [cOut, cIn/groups, kh, kw]. */
+  conv2d(y: F32, x: F32, w: F32, bias: F32 | null, p: Conv2dParams): void;
+  /** dx = conv2d^T(dy, w) (the "full" convolution with the flipped kernel). */
+  conv2dBackwardInput(dx: F32, dy: F32, w: F32, p: Conv2dParams): void;
+  /** dw = correlation of x with dy, summed over batch and pixels. */
+  conv2dBackwardWeight(dw: F32, x: F32, dy: F32, p: Conv2dParams): void;
+
+  /**
+   * Training-mode batch norm: normalises with batch statistics, writes y, the batch mean and
+   * 1/sqrt(biased var + eps) per channel (saved for backward), and the unbiased variance per
+   * channel (for the running-stat update). gamma/beta null means affine=false.
+   */
+  batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void;
+  /** Eval-mode batch norm with running statistics. */
+  batchNormEval(y: F32, x: F32, runningMean: F32, runningVar: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void;
+  /**
+   * Backward of batch norm given the statistics used in forward (batch ones in training, running
+   * ones in eval: pass `training` accordingly). dgamma/dbeta may be null when not needed.
+   */
+  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams): void;
+
+  relu(y: F32, x: F32): void;
+  /** dx = dy where y > 0, else 0 (the gradient at 0 is 0, as in PyTorch). */
+  reluBackward(dx: F32, dy: F32, y: F32): void;
+  /** y = a + b (same length). */
+  add(y: F32, a: F32, b: F32): void;
+  /** y = relu(a + b): the residual join. */
+  addRelu(y: F32, a: F32, b: F32): void;
+
+  /** Max pool; `argmax` receives, per output, the flat index (iy*w+ix) of the max in its plane. */
+  maxPool2d(y: F32, argmax: Int32Array, x: F32, p: Pool2dParams): void;
+  maxPool2dBackward(dx: F32, dy: F32, argmax: Int32Array, p: Pool2dParams): void;
+  adaptiveAvgPool2d(y: F32, x: F32, p: AdaptivePoolParams): void;
+  adaptiveAvgPool2dBackward(dx: F32, dy: F32, p: AdaptivePoolParams): void;
+
+  /**
+   * General matrix multiply, row-major: C[m,n] = alpha * op(A)[m,k] · op(B)[k,n] + beta * C.
+   * op(A) is A[m,k] or, with transA, A[k,m]^T; likewise B. beta = 0 ignores C's old contents.
+   */
+  gemm(c: F32, a: F32, b: F32, m: number, n: number, k: number, transA: boolean, transB: boolean, alpha: number, beta: number): void;
+
+  /** Row-wise log-softmax of x[rows, cols]. */
+  logSoftmax(y: F32, x: F32, rows: number, cols: number): void;
+  /** dx = dy - softmax * sum(dy) per row, given y = logSoftmax(x). */
+  logSoftmaxBackward(dx: F32, dy: F32, y: F32, rows: number, cols: number): void;
+
+  /** In-place SGD update of `param` with `grad` (not modified) and the momentum buffer. */
+  sgdStep(param: F32, grad: F32, momentumBuf: F32 | null, p: SgdParams): void;
+}
+
+export type KernelName = Exclude<keyof Kernels, 'name'>;

@@ -1,0 +1,43 @@
+/**
+ * Which backend runs the kernels. The TypeScript reference is always registered; the native addon
+ * registers itself when it loads and then becomes the default. `RESNET_BACKEND=ts|native`
+ * overrides the choice at start-up; `setBackend` at run time.
+ */
+import { UsageError } from '../errors.js';
+import { tsKernels } from '../backends/ts/index.js';
+import type { Kernels } from './kernels.js';
+
+const backends = new Map<string, Kernels>([[tsKernels.name, tsKernels]]);
+let active: Kernels = tsKernels;
+
+export function registerBackend(k: Kernels, makeDefault = true): void {
+  backends.set(k.name, k);
+  const wanted = process.env['RESNET_BACKEND'];
+  if (wanted ? wanted === k.name : makeDefault) active = k;
+}
+
+export function listBackends(): string[] {
+  return [...backends.keys()];
+}
+
+export function setBackend(name: string): void {
+  const k = backends.get(name);
+  if (!k) throw new UsageError(`unknown backend "${name}"; available: ${listBackends().join(', ')}`);
+  active = k;
+}
+
+/** The kernels every op dispatches to. */
+export function kernels(): Kernels {
+  return active;
+}
+
+/** Runs `fn` with backend `name` active (tests compare backends this way). */
+export function withBackend<T>(name: string, fn: () => T): T {
+  const prev = active;
+  setBackend(name);
+  try {
+    return fn();
+  } finally {
+    active = prev;
+  }
+}

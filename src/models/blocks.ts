@@ -1,0 +1,144 @@
+/**
+ * Residual blocks, as torchvision.models.resnet: BasicBlock (two 3x3 convs, ResNet-18/34) and
+ * Bottleneck (1x1 → 3x3 → 1x1, ResNet-50+), plus their "plain" twins without the identity path,
+ * and the parameter-free option-A shortcut.
+ *
+ * Attribute names are the checkpoint schema: conv1, bn1, conv2, bn2, (conv3, bn3), downsample.
+ */
+import { UsageError } from '../errors.js';
+import * as F from '../ops/index.js';
+import { BatchNorm2d, Conv2d, ReLU } from '../nn/layers.js';
+import { Module } from '../nn/module.js';
+import type { Tensor } from '../tensor/tensor.js';
+
+/** 3x3 convolution with padding = dilation (keeps the size at stride 1), no bias. */
+export function conv3x3(inPlanes: number, outPlanes: number, stride = 1, groups = 1, dilation = 1): Conv2d {
+  return new Conv2d(inPlanes, outPlanes, 3, { stride, padding: dilation, groups, dilation, bias: false });
+}
+
+/** 1x1 convolution, no bias. */
+export function conv1x1(inPlanes: number, outPlanes: number, stride = 1): Conv2d {
+  return new Conv2d(inPlanes, outPlanes, 1, { stride, bias: false });
+}
+
+export interface BlockArgs {
+  stride?: number;
+  /** The shortcut branch where the identity does not fit (or on every block, option C). */
+  downsample?: Module | null;
+  groups?: number;
+  baseWidth?: number;
+  dilation?: number;
+}
+
+/** Shortcut option A: subsample + zero-pad channels; no parameters. */
+export class ZeroPadShortcut extends Module {
+  constructor(readonly inPlanes: number, readonly outPlanes: number, readonly stride: number) {
+    super();
+  }
+
+  forward(x: Tensor): Tensor {
+    return F.zeroPadShortcut(x, this.outPlanes, this.stride);
+  }
+}
+
+export class BasicBlock extends Module {
+  static readonly expansion = 1;
+  readonly conv1: Conv2d;
+  readonly bn1: BatchNorm2d;
+  readonly relu: ReLU;
+  readonly conv2: Conv2d;
+  readonly bn2: BatchNorm2d;
+  readonly downsample: Module | null;
+
+  constructor(inPlanes: number, planes: number, a: BlockArgs = {}) {
+    super();
+    if ((a.groups ?? 1) !== 1 || (a.baseWidth ?? 64) !== 64) {
+      throw new UsageError('BasicBlock only supports groups=1 and widthPerGroup=64 (use a Bottleneck network for ResNeXt/Wide ResNet)');
+    }
+    if ((a.dilation ?? 1) > 1) throw new UsageError('BasicBlock does not support dilation > 1 (replaceStrideWithDilation needs Bottleneck)');
+    this.conv1 = this.addModule('conv1', conv3x3(inPlanes, planes, a.stride ?? 1));
+    this.bn1 = this.addModule('bn1', new BatchNorm2d(planes));
+    this.relu = this.addModule('relu', new ReLU());
+    this.conv2 = this.addModule('conv2', conv3x3(planes, planes));
+    this.bn2 = this.addModule('bn2', new BatchNorm2d(planes));
+    this.downsample = this.addModule('downsample', a.downsample ?? null);
+  }
+
+  /** The residual branch F(x). */
+  protected residual(x: Tensor): Tensor {
+    const out = this.relu.call(this.bn1.call(this.conv1.call(x)));
+    return this.bn2.call(this.conv2.call(out));
+  }
+
+  forward(x: Tensor): Tensor {
+    // Order of calls as torchvision (residual branch, then downsample), so summaries list rows alike.
+    const out = this.residual(x);
+    const identity = this.downsample ? this.downsample.call(x) : x;
+    return this.relu.call(F.add(out, identity));
+  }
+
+  /** The BN whose weight zero-init-residual sets to 0. */
+  get lastBn(): BatchNorm2d {
+    return this.bn2;
+  }
+}
+
+export class Bottleneck extends Module {
+  /** torchvision's Bottleneck places the stride on the 3x3 conv ("ResNet V1.5"), not the first 1x1. */
+  static readonly expansion = 4;
+  readonly conv1: Conv2d;
+  readonly bn1: BatchNorm2d;
+  readonly conv2: Conv2d;
+  readonly bn2: BatchNorm2d;
+  readonly conv3: Conv2d;
+  readonly bn3: BatchNorm2d;
+  readonly relu: ReLU;
+  readonly downsample: Module | null;
+
+  constructor(inPlanes: number, planes: number, a: BlockArgs = {}) {
+    super();
+    const groups = a.groups ?? 1;
+    const width = Math.floor(planes * ((a.baseWidth ?? 64) / 64)) * groups;
+    if (width < 1) throw new UsageError(`Bottleneck: width ${width} (planes ${planes}, widthPerGroup ${a.baseWidth}, groups ${groups}) must be positive`);
+    this.conv1 = this.addModule('conv1', conv1x1(inPlanes, width));
+    this.bn1 = this.addModule('bn1', new BatchNorm2d(width));
+    this.conv2 = this.addModule('conv2', conv3x3(width, width, a.stride ?? 1, groups, a.dilation ?? 1));
+    this.bn2 = this.addModule('bn2', new BatchNorm2d(width));
+    this.conv3 = this.addModule('conv3', conv1x1(width, planes * Bottleneck.expansion));
+    this.bn3 = this.addModule('bn3', new BatchNorm2d(planes * Bottleneck.expansion));
+    this.relu = this.addModule('relu', new ReLU());
+    this.downsample = this.addModule('downsample', a.downsample ?? null);
+  }
+
+  protected residual(x: Tensor): Tensor {
+    let out = this.relu.call(this.bn1.call(this.conv1.call(x)));
+    out = this.relu.call(this.bn2.call(this.conv2.call(out)));
+    return this.bn3.call(this.conv3.call(out));
+  }
+
+  forward(x: Tensor): Tensor {
+    const out = this.residual(x);
+    const identity = this.downsample ? this.downsample.call(x) : x;
+    return this.relu.call(F.add(out, identity));
+  }
+
+  get lastBn(): BatchNorm2d {
+    return this.bn3;
+  }
+}
+
+/** BasicBlock without the identity path: relu(bn2(conv2(relu(bn1(conv1(x)))))). */
+export class PlainBasicBlock extends BasicBlock {
+  override forward(x: Tensor): Tensor {
+    return this.relu.call(this.residual(x));
+  }
+}
+
+/** Bottleneck without the identity path. */
+export class PlainBottleneck extends Bottleneck {
+  override forward(x: Tensor): Tensor {
+    return this.relu.call(this.residual(x));
+  }
+}
+
+export type BlockClass = typeof BasicBlock | typeof Bottleneck;

@@ -1,0 +1,90 @@
+/** batch_norm over dim 1 of an [N, C, ...] tensor, with PyTorch's running-statistics semantics. */
+import { ShapeError } from '../errors.js';
+import { record } from '../tensor/autograd.js';
+import { Tensor, shapeStr } from '../tensor/tensor.js';
+import { kernels } from '../kernels/registry.js';
+import { output } from './util.js';
+
+export interface BatchNormOptions {
+  training: boolean;
+  /** Running-stat update factor (PyTorch default 0.1); null = cumulative moving average. */
+  momentum?: number | null;
+  eps?: number;
+  /** Only for momentum null: the count of batches seen so far, including this one. */
+  numBatchesTracked?: number;
+}
+
+/**
+ * Training: normalises with the batch mean and biased variance; updates running_mean and
+ * running_var (with the *unbiased* variance) in place, as torch.nn.functional.batch_norm does.
+ * Eval: normalises with the running statistics.
+ */
+export function batchNorm(
+  x: Tensor,
+  runningMean: Tensor | null,
+  runningVar: Tensor | null,
+  weight: Tensor | null,
+  bias: Tensor | null,
+  o: BatchNormOptions,
+): Tensor {
+  if (x.ndim < 2) throw new ShapeError(`batch_norm: input must be at least 2-D (N, C, ...), got ${shapeStr(x.shape)}`);
+  const n = x.shape[0]!;
+  const c = x.shape[1]!;
+  const hw = x.numel / Math.max(1, n * c);
+  for (const [name, t] of [['running_mean', runningMean], ['running_var', runningVar], ['weight', weight], ['bias', bias]] as const) {
+    if (t !== null && (t.ndim !== 1 || t.shape[0] !== c)) {
+      throw new ShapeError(`batch_norm: ${name} must have shape [${c}] to match input ${shapeStr(x.shape)}, got ${shapeStr(t.shape)}`);
+    }
+  }
+  if (!o.training && (runningMean === null || runningVar === null)) {
+    throw new ShapeError('batch_norm: eval mode needs running_mean and running_var');
+  }
+  if (o.training && n * hw <= 1) {
+    throw new ShapeError(`batch_norm: expected more than 1 value per channel when training, got input ${shapeStr(x.shape)}`);
+  }
+  const y = output(x.shape, [x]);
+  if (y.isMeta || x.isMeta) return y;
+  const p = { n, c, hw, eps: o.eps ?? 1e-5 };
+  const k = kernels();
+  const g = weight ? weight.values : null;
+  const b = bias ? bias.values : null;
+  let mean: Float32Array;
+  let invStd: Float32Array;
+  if (o.training) {
+    mean = new Float32Array(c);
+    invStd = new Float32Array(c);
+    const varU = new Float32Array(c);
+    k.batchNormTrain(y.values, mean, invStd, varU, x.values, g, b, p);
+    if (runningMean && runningVar && !runningMean.isMeta) {
+      const mom = o.momentum === null ? 1 / Math.max(1, o.numBatchesTracked ?? 1) : (o.momentum ?? 0.1);
+      const rm = runningMean.values;
+      const rv = runningVar.values;
+      for (let i = 0; i < c; i++) {
+        rm[i] = (1 - mom) * rm[i]! + mom * mean[i]!;
+        rv[i] = (1 - mom) * rv[i]! + mom * varU[i]!;
+      }
+      runningMean.version++;
+      runningVar.version++;
+    }
+  } else {
+    const rm = runningMean!.values;
+    const rv = runningVar!.values;
+    k.batchNormEval(y.values, x.values, rm, rv, g, b, p);
+    // Backward in eval needs the statistics as they were in forward.
+    mean = rm.slice();
+    invStd = rv.map((v) => 1 / Math.sqrt(v + p.eps));
+  }
+  const inputs = [x, ...(weight ? [weight] : []), ...(bias ? [bias] : [])];
+  return record(y, 'batch_norm', inputs, (gy, needs) => {
+    const gx = new Float32Array(x.numel); // the kernel computes dx with dgamma/dbeta in one pass
+    const wantG = weight !== null && needs[1] === true;
+    const wantB = bias !== null && needs[weight ? 2 : 1] === true;
+    const dgamma = wantG ? new Float32Array(c) : null;
+    const dbeta = wantB ? new Float32Array(c) : null;
+    k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p);
+    const out: (Float32Array | null)[] = [needs[0] ? gx : null];
+    if (weight) out.push(dgamma);
+    if (bias) out.push(dbeta);
+    return out;
+  });
+}

@@ -1,0 +1,167 @@
+/**
+ * Reverse-mode automatic differentiation.
+ *
+ * Each differentiable op records a GradFn on its output: the inputs it read and a closure that maps
+ * the output's gradient to its inputs' gradients (the rule sits beside the forward, in src/ops).
+ * backward() sorts the graph topologically from the root and runs each closure once, summing the
+ * gradients of tensors used more than once. Leaves that require grad accumulate into `.grad`
+ * (as PyTorch does, so gradient accumulation across micro-batches works).
+ *
+ * Not here: higher-order gradients (gradients are plain Float32Arrays, not tensors in the graph).
+ */
+import { ShapeError } from '../errors.js';
+import { Tensor, shapeStr } from './tensor.js';
+
+export interface GradFn {
+  /** Op name, for error messages and graph inspection ("conv2d", "add", ...). */
+  readonly name: string;
+  readonly inputs: readonly Tensor[];
+  /**
+   * Given dL/d(output), returns dL/d(input) for each input (null where `needs[i]` is false).
+   * The returned arrays may be fresh or owned by the closure; the engine does not mutate them
+   * unless it allocated them.
+   */
+  backward(gradOutput: Float32Array, needs: readonly boolean[]): (Float32Array | null)[];
+}
+
+let gradDisabled = 0;
+
+/** Whether ops currently record the graph. */
+export function isGradEnabled(): boolean {
+  return gradDisabled === 0;
+}
+
+/** Runs `fn` without recording any graph (inference, optimiser updates). */
+export function noGrad<T>(fn: () => T): T {
+  gradDisabled++;
+  try {
+    return fn();
+  } finally {
+    gradDisabled--;
+  }
+}
+
+/**
+ * Attaches a GradFn to `out` if grad mode is on and any input requires grad.
+ * Returns `out` for chaining.
+ */
+export function record(out: Tensor, name: string, inputs: readonly Tensor[], backward: GradFn['backward']): Tensor {
+  if (gradDisabled > 0 || out.isMeta) return out;
+  if (!inputs.some((t) => t.requiresGrad)) return out;
+  out.requiresGrad = true;
+  out.gradFn = { name, inputs, backward };
+  return out;
+}
+
+/** Topological order (inputs before outputs) of the graph that produced `root`. */
+function topoOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const seen = new Set<Tensor>();
+  // Iterative DFS: ResNet-152 graphs are deep enough to trouble a recursive one.
+  const stack: [Tensor, number][] = [[root, 0]];
+  seen.add(root);
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1]!;
+    const [t, i] = top;
+    const inputs = t.gradFn?.inputs ?? [];
+    if (i < inputs.length) {
+      top[1] = i + 1;
+      const child = inputs[i]!;
+      if (child.requiresGrad && !seen.has(child)) {
+        seen.add(child);
+        stack.push([child, 0]);
+      }
+    } else {
+      order.push(t);
+      stack.pop();
+    }
+  }
+  return order;
+}
+
+/**
+ * Computes gradients of `root` with respect to every leaf that requires grad.
+ * `gradOutput` defaults to 1 for a one-element root (a loss).
+ */
+export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retainGraph?: boolean } = {}): void {
+  if (!root.requiresGrad) {
+    throw new ShapeError('backward(): this tensor does not require grad (was it computed under noGrad, or from no parameters?)');
+  }
+  if (root.isMeta) throw new ShapeError('backward(): cannot differentiate a meta tensor');
+  let seed = gradOutput;
+  if (seed === undefined) {
+    if (root.numel !== 1) {
+      throw new ShapeError(`backward(): gradOutput is required for a non-scalar output of shape ${shapeStr(root.shape)}`);
+    }
+    seed = new Float32Array([1]);
+  } else if (seed.length !== root.numel) {
+    throw new ShapeError(`backward(): gradOutput has ${seed.length} elements, output ${shapeStr(root.shape)} has ${root.numel}`);
+  }
+
+  const order = topoOrder(root);
+  const grads = new Map<Tensor, Float32Array>();
+  // Arrays the engine allocated itself may be summed into in place; others belong to an op.
+  const owned = new Set<Float32Array>();
+  grads.set(root, seed);
+
+  for (let k = order.length - 1; k >= 0; k--) {
+    const t = order[k]!;
+    let g = grads.get(t);
+    if (g === undefined) continue;
+    grads.delete(t);
+    for (const hook of t.hooks) {
+      const r = hook(g);
+      if (r) g = r;
+    }
+    const fn = t.gradFn;
+    if (fn === null) {
+      accumulate(t, g);
+      continue;
+    }
+    if (t.retainsGrad) t.grad = g.slice();
+    const needs = fn.inputs.map((x) => x.requiresGrad);
+    const inGrads = fn.backward(g, needs);
+    for (let i = 0; i < fn.inputs.length; i++) {
+      const x = fn.inputs[i]!;
+      const gx = inGrads[i];
+      if (!needs[i] || gx == null) continue;
+      if (gx.length !== x.numel) {
+        throw new Error(`internal: ${fn.name} backward returned ${gx.length} gradients for an input of ${x.numel}`);
+      }
+      const prev = grads.get(x);
+      if (prev === undefined) {
+        grads.set(x, gx);
+      } else if (owned.has(prev)) {
+        addInto(prev, gx);
+      } else {
+        const sum = prev.slice();
+        addInto(sum, gx);
+        owned.add(sum);
+        grads.set(x, sum);
+      }
+    }
+    if (!opts.retainGraph) t.gradFn = freed(fn);
+  }
+}
+
+/** Replaces a used GradFn so that its saved tensors can be collected; a second backward fails clearly. */
+function freed(fn: GradFn): GradFn {
+  return {
+    name: fn.name,
+    inputs: fn.inputs,
+    backward() {
+      throw new ShapeError(
+        `backward(): the graph through "${fn.name}" was already freed by an earlier backward(); pass {retainGraph: true} to the first call`,
+      );
+    },
+  };
+}
+
+function accumulate(leaf: Tensor, g: Float32Array): void {
+  if (leaf.grad === null) leaf.grad = g.slice();
+  else addInto(leaf.grad, g);
+}
+
+function addInto(dst: Float32Array, src: Float32Array): void {
+  for (let i = 0; i < dst.length; i++) dst[i]! += src[i]!;
+}

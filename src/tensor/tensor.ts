@@ -1,0 +1,228 @@
+/**
+ * Tensor: a float32 n-d array in row-major (C-contiguous) order, NCHW for images, as in PyTorch.
+ *
+ * A tensor either holds data (`data` is a Float32Array of `numel` elements) or is a *meta* tensor
+ * (`data === null`): a shape without storage, used for shape inference (summaries, MAC counts)
+ * without doing any arithmetic. Ops accept meta inputs and return meta outputs.
+ *
+ * Autograd lives in ./autograd.ts: a tensor produced by a differentiable op carries `gradFn`.
+ */
+import { ShapeError } from '../errors.js';
+import { Generator, defaultGenerator } from './rng.js';
+import type { GradFn } from './autograd.js';
+
+/** What the float32 storage represents; 'int64' marks integer-valued buffers (num_batches_tracked). */
+export type TensorDType = 'float32' | 'int64';
+
+export type GradHook = (grad: Float32Array) => Float32Array | void;
+
+let metaMode = 0;
+
+/** Runs `fn` with every factory (zeros, empty, randn, ...) returning meta tensors (no storage). */
+export function withMetaTensors<T>(fn: () => T): T {
+  metaMode++;
+  try {
+    return fn();
+  } finally {
+    metaMode--;
+  }
+}
+
+export function isMetaMode(): boolean {
+  return metaMode > 0;
+}
+
+export function numelOf(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export function checkShape(shape: readonly number[], what = 'shape'): void {
+  for (const d of shape) {
+    if (!Number.isSafeInteger(d) || d < 0) {
+      throw new ShapeError(`${what} must be a list of non-negative integers, got [${shape.join(', ')}]`);
+    }
+  }
+}
+
+export function shapeStr(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+let nextId = 1;
+
+export class Tensor {
+  readonly shape: readonly number[];
+  /** Storage, or null for a meta tensor. */
+  data: Float32Array | null;
+  dtype: TensorDType;
+  /** Leaf tensors with requiresGrad accumulate `.grad` on backward(). */
+  requiresGrad = false;
+  grad: Float32Array | null = null;
+  /** The op that produced this tensor (null for leaves and for tensors made under noGrad). */
+  gradFn: GradFn | null = null;
+  /** Bumped on every in-place change of `data`: lets a backend cache packed copies safely. */
+  version = 0;
+  /** Process-unique id (stable across in-place updates). */
+  readonly id = nextId++;
+  /** Keep .grad on a non-leaf tensor too (for diagnostics). */
+  retainsGrad = false;
+  hooks: GradHook[] = [];
+
+  constructor(shape: readonly number[], data: Float32Array | null, dtype: TensorDType = 'float32') {
+    checkShape(shape);
+    const n = numelOf(shape);
+    if (data !== null && data.length !== n) {
+      throw new ShapeError(`tensor data has ${data.length} elements but shape ${shapeStr(shape)} needs ${n}`);
+    }
+    this.shape = Object.freeze([...shape]);
+    this.data = data;
+    this.dtype = dtype;
+  }
+
+  get numel(): number {
+    return numelOf(this.shape);
+  }
+
+  get ndim(): number {
+    return this.shape.length;
+  }
+
+  get isMeta(): boolean {
+    return this.data === null;
+  }
+
+  get isLeaf(): boolean {
+    return this.gradFn === null;
+  }
+
+  /** The storage; throws a clear error on a meta tensor. */
+  get values(): Float32Array {
+    if (this.data === null) throw new ShapeError('this is a meta tensor (shape only): it has no values');
+    return this.data;
+  }
+
+  /** Marks this tensor as requiring gradients (a leaf such as a parameter). */
+  requiresGrad_(flag = true): this {
+    this.requiresGrad = flag;
+    return this;
+  }
+
+  /** Asks backward() to keep the gradient of this (non-leaf) tensor in `.grad`. */
+  retainGrad(): this {
+    this.retainsGrad = true;
+    return this;
+  }
+
+  /** Calls `hook(grad)` when this tensor's gradient is computed; a returned array replaces it. */
+  registerHook(hook: GradHook): { remove(): void } {
+    this.hooks.push(hook);
+    return { remove: () => void (this.hooks = this.hooks.filter((h) => h !== hook)) };
+  }
+
+  /** A new tensor sharing nothing with this one and outside the graph. */
+  clone(): Tensor {
+    return new Tensor(this.shape, this.data === null ? null : this.data.slice(), this.dtype);
+  }
+
+  /** Same storage, cut from the graph. */
+  detach(): Tensor {
+    return new Tensor(this.shape, this.data, this.dtype);
+  }
+
+  /** Copies `src` into this tensor's storage in place (shapes must match). */
+  copy_(src: Tensor | Float32Array): this {
+    const s = src instanceof Tensor ? src.data : src;
+    if (this.data === null || s === null) return this;
+    if (s.length !== this.data.length) {
+      throw new ShapeError(`copy_: source has ${s.length} elements, destination ${shapeStr(this.shape)} has ${this.data.length}`);
+    }
+    this.data.set(s);
+    this.version++;
+    return this;
+  }
+
+  fill_(v: number): this {
+    if (this.data !== null) {
+      this.data.fill(v);
+      this.version++;
+    }
+    return this;
+  }
+
+  /** Single value of a one-element tensor. */
+  item(): number {
+    if (this.numel !== 1) throw new ShapeError(`item() needs a one-element tensor, got shape ${shapeStr(this.shape)}`);
+    return this.values[0]!;
+  }
+
+  /** Element at a multi-index (slow; for tests and debugging). */
+  at(...index: number[]): number {
+    if (index.length !== this.shape.length) throw new ShapeError(`at(): expected ${this.shape.length} indices`);
+    let off = 0;
+    for (let i = 0; i < index.length; i++) {
+      const ix = index[i]!;
+      if (ix < 0 || ix >= this.shape[i]!) throw new ShapeError(`at(): index ${ix} out of range for dim ${i} of size ${this.shape[i]}`);
+      off = off * this.shape[i]! + ix;
+    }
+    return this.values[off]!;
+  }
+
+  toArray(): number[] {
+    return Array.from(this.values);
+  }
+
+  toString(): string {
+    return `Tensor(${shapeStr(this.shape)}${this.isMeta ? ', meta' : ''}${this.requiresGrad ? ', requiresGrad' : ''})`;
+  }
+}
+
+// ---- factories ------------------------------------------------------------------------------
+
+function storage(shape: readonly number[]): Float32Array | null {
+  checkShape(shape);
+  return metaMode > 0 ? null : new Float32Array(numelOf(shape));
+}
+
+/** Uninitialised (zero-filled) tensor; meta under withMetaTensors. */
+export function empty(shape: readonly number[], dtype: TensorDType = 'float32'): Tensor {
+  return new Tensor(shape, storage(shape), dtype);
+}
+
+export function zeros(shape: readonly number[], dtype: TensorDType = 'float32'): Tensor {
+  return empty(shape, dtype);
+}
+
+export function ones(shape: readonly number[]): Tensor {
+  return full(shape, 1);
+}
+
+export function full(shape: readonly number[], value: number): Tensor {
+  const t = empty(shape);
+  t.data?.fill(value);
+  return t;
+}
+
+/** A tensor with no storage, whatever the mode. */
+export function meta(shape: readonly number[], dtype: TensorDType = 'float32'): Tensor {
+  return new Tensor(shape, null, dtype);
+}
+
+/** Wraps (does not copy) a Float32Array, or copies a number array. */
+export function tensor(values: Float32Array | readonly number[], shape?: readonly number[]): Tensor {
+  const data = values instanceof Float32Array ? values : Float32Array.from(values);
+  return new Tensor(shape ?? [data.length], data);
+}
+
+export function randn(shape: readonly number[], gen: Generator = defaultGenerator): Tensor {
+  const t = empty(shape);
+  if (t.data) for (let i = 0; i < t.data.length; i++) t.data[i] = gen.normal();
+  return t;
+}
+
+export function rand(shape: readonly number[], gen: Generator = defaultGenerator): Tensor {
+  const t = empty(shape);
+  if (t.data) for (let i = 0; i < t.data.length; i++) t.data[i] = gen.random();
+  return t;
+}
