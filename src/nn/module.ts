@@ -13,6 +13,7 @@ import { StateDictError } from '../errors.js';
 import { Tensor, shapeStr } from '../tensor/tensor.js';
 
 export type ForwardHook = (module: Module, input: Tensor, output: Tensor) => void;
+export type ForwardPreHook = (module: Module, input: Tensor) => void;
 
 export interface Handle {
   remove(): void;
@@ -28,6 +29,13 @@ export type StateDictValue = Tensor;
 export type StateDict = Map<string, StateDictValue>;
 
 let globalHooks: ForwardHook[] = [];
+let globalPreHooks: ForwardPreHook[] = [];
+
+/** Registers a hook called before every module's forward (tracing call nesting); returns a handle. */
+export function registerGlobalForwardPreHook(hook: ForwardPreHook): Handle {
+  globalPreHooks = [...globalPreHooks, hook];
+  return { remove: () => void (globalPreHooks = globalPreHooks.filter((h) => h !== hook)) };
+}
 
 /** Registers a hook on every module (used by summary()); remove it with the returned handle. */
 export function registerGlobalForwardHook(hook: ForwardHook): Handle {
@@ -49,8 +57,9 @@ export abstract class Module {
     return this.constructor.name;
   }
 
-  /** Runs forward, then the module's own hooks, then the global ones. */
+  /** Runs the global pre-hooks, forward, then the module's own hooks, then the global ones. */
   call(x: Tensor): Tensor {
+    for (const h of globalPreHooks) h(this, x);
     const y = this.forward(x);
     for (const h of this.hooks_) h(this, x, y);
     for (const h of globalHooks) h(this, x, y);
