@@ -204,9 +204,9 @@ export abstract class Module {
       }
     }
     const problems: string[] = [];
-    if (mismatched.length) problems.push(`shape mismatch for ${mismatched.length} key(s): ${mismatched.join('; ')}`);
-    if (strict && missingKeys.length) problems.push(`missing key(s): ${missingKeys.join(', ')}`);
-    if (strict && unexpectedKeys.length) problems.push(`unexpected key(s): ${unexpectedKeys.join(', ')}`);
+    if (mismatched.length) problems.push(`shape mismatch for ${mismatched.length} key(s): ${listSome(mismatched, '; ')}`);
+    if (strict && missingKeys.length) problems.push(`${missingKeys.length} missing key(s): ${listSome(missingKeys)}`);
+    if (strict && unexpectedKeys.length) problems.push(`${unexpectedKeys.length} unexpected key(s): ${listSome(unexpectedKeys)}`);
     if (problems.length) throw new StateDictError(`error loading state dict for ${this.typeName}: ${problems.join(' | ')}`);
     for (const [k, t] of own) {
       const src = sd.get(k);
@@ -217,6 +217,12 @@ export abstract class Module {
     }
     return { missingKeys, unexpectedKeys };
   }
+}
+
+/** The first items of a long list, then a count: a 500-key mismatch stays readable. */
+function listSome(items: readonly string[], sep = ', ', max = 12): string {
+  const head = items.slice(0, max).join(sep);
+  return items.length > max ? `${head}${sep}... and ${items.length - max} more` : head;
 }
 
 function checkName(name: string, taken: boolean): void {
