@@ -109,7 +109,7 @@ export interface Kernels {
   batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams): void;
 
   relu(y: F32, x: F32): void;
-  /** dx = dy where y > 0, else 0 (the gradient at 0 is 0, as in PyTorch). */
+  /** dx = 0 where y <= 0, else dy (the gradient at 0 is 0 and NaN passes, as in PyTorch). */
   reluBackward(dx: F32, dy: F32, y: F32): void;
   /** y = a + b (same length). */
   add(y: F32, a: F32, b: F32): void;

@@ -118,7 +118,7 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retain
       accumulate(t, g);
       continue;
     }
-    if (t.retainsGrad) t.grad = g.slice();
+    if (t.retainsGrad) accumulate(t, g); // accumulates across backward calls, like PyTorch's retain_grad
     const needs = fn.inputs.map((x) => x.requiresGrad);
     const inGrads = fn.backward(g, needs);
     for (let i = 0; i < fn.inputs.length; i++) {
@@ -130,7 +130,10 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retain
       }
       const prev = grads.get(x);
       if (prev === undefined) {
+        // An op may hand the same array to several inputs (add returns [g, g]); it must then
+        // never be summed into in place, so it stops being "owned".
         grads.set(x, gx);
+        owned.delete(gx);
       } else if (owned.has(prev)) {
         addInto(prev, gx);
       } else {

@@ -96,7 +96,8 @@ function relu(y: F32, x: F32): void {
 }
 
 function reluBackward(dx: F32, dy: F32, y: F32): void {
-  for (let i = 0; i < dy.length; i++) dx[i] = y[i]! > 0 ? dy[i]! : 0;
+  // As PyTorch's threshold_backward: zero where y <= 0; a NaN output lets the gradient through.
+  for (let i = 0; i < dy.length; i++) dx[i] = y[i]! <= 0 ? 0 : dy[i]!;
 }
 
 function add(y: F32, a: F32, b: F32): void {
@@ -188,7 +189,6 @@ function gemm(c: F32, a: F32, b: F32, m: number, n: number, k: number, transA: b
     row.fill(0);
     for (let kk = 0; kk < k; kk++) {
       const av = transA ? a[kk * m + i]! : a[i * k + kk]!;
-      if (av === 0) continue;
       if (transB) {
         for (let j = 0; j < n; j++) row[j]! += av * b[j * k + kk]!;
       } else {
