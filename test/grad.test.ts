@@ -485,7 +485,6 @@ describe('autograd engine', () => {
     assert.deepEqual(Array.from(z.grad!), [5, 4, 5]);
   });
   // Regression (src/tensor/autograd.ts, backward): add() returns [gy, gy], so when gy is an array
-  // KNOWN BUG (src/tensor/autograd.ts, backward): add() returns [gy, gy], so when gy is an array
   // the engine allocated (the summed gradient of a tensor used twice) both inputs' pending
   // gradients alias one array in the `owned` set; a later contribution to one input is then summed
   // into it in place and leaks into the other. (Regression test for that bug.)
