@@ -11,7 +11,7 @@ export { Tensor, tensor, zeros, ones, full, empty, randn, rand, meta, withMetaTe
 export { backward, noGrad, isGradEnabled, type GradFn } from './tensor/autograd.js';
 export { Generator, manualSeed, defaultGenerator } from './tensor/rng.js';
 export type { Kernels, KernelName, Conv2dParams, Pool2dParams, AdaptivePoolParams, BatchNormParams, SgdParams } from './kernels/kernels.js';
-export { kernels, setBackend, listBackends, registerBackend, withBackend } from './kernels/registry.js';
+export { kernels, setBackend, listBackends, registerBackend, withBackend, nativeBackend, setNumThreads, getNumThreads } from './kernels/registry.js';
 export * as F from './ops/index.js';
 export { Module, registerGlobalForwardHook, registerGlobalForwardPreHook, type ForwardHook, type Handle, type StateDict, type LoadResult } from './nn/module.js';
 export * from './nn/layers.js';
@@ -23,5 +23,8 @@ export { parseSafetensors, serializeSafetensors, readSafetensors, writeSafetenso
 export { parseNpy, serializeNpy, readNpy, writeNpy } from './io/npy.js';
 export type { RawTensor, DType } from './io/raw.js';
 export { readStateDict, writeStateDict, loadWeights, readTensorNpy, writeTensorNpy, rawToTensor, tensorToRaw } from './io/state.js';
+export { readCheckpoint, saveHfFolder, resnetFromHfConfig, readHfConfig } from './io/checkpoint.js';
+export { parsePth, readPth } from './io/pth.js';
+export { parseHfConfig, resnetOptionsFromHf, hfToTorchvisionKeys, torchvisionToHfKeys, hfConfigFromModel, type HfResNetConfig } from './io/hf.js';
 export { summary } from './summary/torchsummary.js';
 export { treeSummary, modelStats, type TreeOptions, type ModelStats } from './summary/tree.js';

@@ -5,10 +5,13 @@
  */
 import { UsageError } from '../errors.js';
 import { tsKernels } from '../backends/ts/index.js';
+import { loadBinding } from '../backends/native/binding.js';
+import { nativeKernels, type NativeKernels } from '../backends/native/index.js';
 import type { Kernels } from './kernels.js';
 
 const backends = new Map<string, Kernels>([[tsKernels.name, tsKernels]]);
 let active: Kernels = tsKernels;
+let native: NativeKernels | null = null;
 
 export function registerBackend(k: Kernels, makeDefault = true): void {
   backends.set(k.name, k);
@@ -39,5 +42,32 @@ export function withBackend<T>(name: string, fn: () => T): T {
     return fn();
   } finally {
     active = prev;
+  }
+}
+
+/** The native backend, or null when the addon is not available. */
+export function nativeBackend(): NativeKernels | null {
+  return native;
+}
+
+/** Threads the native kernels use (1 on the TypeScript backend, which is single-threaded). */
+export function setNumThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`thread count must be a positive integer, got ${n}`);
+  native?.setThreads(n);
+}
+
+export function getNumThreads(): number {
+  return native ? native.getThreads() : 1;
+}
+
+// Load the addon once. Missing addon: everything works on the TypeScript reference, with one
+// warning (unless the TypeScript backend was asked for explicitly).
+{
+  const { binding, error } = loadBinding();
+  if (binding) {
+    native = nativeKernels(binding);
+    registerBackend(native);
+  } else if (process.env['RESNET_BACKEND'] !== 'ts') {
+    process.emitWarning(`${error}; using the TypeScript reference kernels (much slower)`, { code: 'RESNET_NO_NATIVE' });
   }
 }

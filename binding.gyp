@@ -1,0 +1,17 @@
+{
+  "targets": [
+    {
+      "target_name": "resnet_native",
+      "sources": [
+        "native/src/addon.c",
+        "native/src/conv.c",
+        "native/src/gemm.c",
+        "native/src/ops.c",
+        "native/src/pool.c"
+      ],
+      "cflags_c": ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE", "-fno-math-errno"],
+      "cflags!": ["-O2"],
+      "libraries": ["-lpthread", "-lm"]
+    }
+  ]
+}

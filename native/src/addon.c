@@ -1,0 +1,367 @@
+/* N-API surface of the native backend. Every function takes typed arrays (by reference, no copy)
+ * and numbers, checks only what C needs to stay memory-safe (types and buffer lengths against the
+ * geometry), and calls a kernel. Shape validation and allocation happen in TypeScript
+ * (src/ops); the typed declaration of this surface is src/backends/native/binding.ts. */
+#include <node_api.h>
+#include <stdint.h>
+#include <string.h>
+#include "conv.h"
+#include "gemm.h"
+#include "ops.h"
+#include "pool.h"
+
+#define MAX_ARGS 16
+
+typedef struct {
+  napi_env env;
+  napi_value argv[MAX_ARGS];
+  size_t argc;
+  int failed;
+} args_t;
+
+static int fail(args_t *a, const char *msg) {
+  if (!a->failed) napi_throw_type_error(a->env, NULL, msg);
+  a->failed = 1;
+  return 0;
+}
+
+static int get_args(napi_env env, napi_callback_info info, args_t *a, size_t want) {
+  a->env = env;
+  a->argc = MAX_ARGS;
+  a->failed = 0;
+  napi_get_cb_info(env, info, &a->argc, a->argv, NULL, NULL);
+  if (a->argc < want) return fail(a, "native: too few arguments");
+  return 1;
+}
+
+/* Float32Array argument i with at least `need` elements; NULL allowed when `nullable`. */
+static float *f32(args_t *a, size_t i, size_t need, int nullable) {
+  if (a->failed) return NULL;
+  napi_valuetype t;
+  napi_typeof(a->env, a->argv[i], &t);
+  if (t == napi_null || t == napi_undefined) {
+    if (!nullable) fail(a, "native: expected a Float32Array, got null");
+    return NULL;
+  }
+  bool is_ta = false;
+  napi_is_typedarray(a->env, a->argv[i], &is_ta);
+  if (!is_ta) return fail(a, "native: expected a Float32Array"), NULL;
+  napi_typedarray_type type;
+  size_t len;
+  void *data;
+  napi_get_typedarray_info(a->env, a->argv[i], &type, &len, &data, NULL, NULL);
+  if (type != napi_float32_array) return fail(a, "native: expected a Float32Array"), NULL;
+  if (len < need) return fail(a, "native: buffer shorter than the geometry requires"), NULL;
+  return (float *)data;
+}
+
+static int32_t *i32(args_t *a, size_t i, size_t need) {
+  if (a->failed) return NULL;
+  bool is_ta = false;
+  napi_is_typedarray(a->env, a->argv[i], &is_ta);
+  if (!is_ta) return fail(a, "native: expected an Int32Array"), NULL;
+  napi_typedarray_type type;
+  size_t len;
+  void *data;
+  napi_get_typedarray_info(a->env, a->argv[i], &type, &len, &data, NULL, NULL);
+  if (type != napi_int32_array) return fail(a, "native: expected an Int32Array"), NULL;
+  if (len < need) return fail(a, "native: Int32Array shorter than required"), NULL;
+  return (int32_t *)data;
+}
+
+static double num(args_t *a, size_t i) {
+  double v = 0;
+  if (a->failed) return 0;
+  if (napi_get_value_double(a->env, a->argv[i], &v) != napi_ok) fail(a, "native: expected a number");
+  return v;
+}
+
+static int flag(args_t *a, size_t i) {
+  bool b = false;
+  if (a->failed) return 0;
+  napi_valuetype t;
+  napi_typeof(a->env, a->argv[i], &t);
+  if (t == napi_boolean) napi_get_value_bool(a->env, a->argv[i], &b);
+  else return num(a, i) != 0;
+  return b;
+}
+
+static napi_value undef(napi_env env) {
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
+/* conv geometry from an Int32Array of 16: n cin h w cout kh kw sh sw ph pw dh dw groups oh ow */
+static int conv_geom(args_t *a, size_t i, conv_p *p) {
+  int32_t *g = i32(a, i, 16);
+  if (!g) return 0;
+  memcpy(p, g, sizeof(conv_p));
+  if (p->groups < 1 || p->cin % p->groups || p->cout % p->groups || p->oh < 0 || p->ow < 0 || p->n < 0)
+    return fail(a, "native: invalid convolution geometry");
+  return 1;
+}
+
+#define SZ(x) ((size_t)(x))
+
+static napi_value js_conv2d(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  if (!get_args(env, info, &a, 7) || !conv_geom(&a, 6, &p)) return NULL;
+  size_t ny = SZ(p.n) * p.cout * p.oh * p.ow, nx = SZ(p.n) * p.cin * p.h * p.w;
+  size_t nw = SZ(p.cout) * (p.cin / p.groups) * p.kh * p.kw;
+  float *y = f32(&a, 0, ny, 0);
+  const float *x = f32(&a, 1, nx, 0), *w = f32(&a, 2, nw, 0), *b = f32(&a, 3, p.cout, 1);
+  const float *res = f32(&a, 4, ny, 1);
+  int relu = flag(&a, 5);
+  if (a.failed) return NULL;
+  conv2d_forward(y, x, w, b, res, relu, &p);
+  return undef(env);
+}
+
+static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  if (!get_args(env, info, &a, 4) || !conv_geom(&a, 3, &p)) return NULL;
+  size_t ny = SZ(p.n) * p.cout * p.oh * p.ow, nx = SZ(p.n) * p.cin * p.h * p.w;
+  size_t nw = SZ(p.cout) * (p.cin / p.groups) * p.kh * p.kw;
+  float *dx = f32(&a, 0, nx, 0);
+  const float *dy = f32(&a, 1, ny, 0), *w = f32(&a, 2, nw, 0);
+  if (a.failed) return NULL;
+  conv2d_backward_input(dx, dy, w, &p);
+  return undef(env);
+}
+
+static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  if (!get_args(env, info, &a, 4) || !conv_geom(&a, 3, &p)) return NULL;
+  size_t ny = SZ(p.n) * p.cout * p.oh * p.ow, nx = SZ(p.n) * p.cin * p.h * p.w;
+  size_t nw = SZ(p.cout) * (p.cin / p.groups) * p.kh * p.kw;
+  float *dw = f32(&a, 0, nw, 0);
+  const float *x = f32(&a, 1, nx, 0), *dy = f32(&a, 2, ny, 0);
+  if (a.failed) return NULL;
+  conv2d_backward_weight(dw, x, dy, &p);
+  return undef(env);
+}
+
+/* batchNormTrain(y, mean, invStd, varU, x, gamma|null, beta|null, n, c, hw, eps) */
+static napi_value js_bn_train(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 11)) return NULL;
+  int n = (int)num(&a, 7), c = (int)num(&a, 8);
+  long hw = (long)num(&a, 9);
+  size_t tot = SZ(n) * c * hw;
+  float *y = f32(&a, 0, tot, 0), *mean = f32(&a, 1, c, 0), *inv = f32(&a, 2, c, 0), *vu = f32(&a, 3, c, 0);
+  const float *x = f32(&a, 4, tot, 0), *g = f32(&a, 5, c, 1), *b = f32(&a, 6, c, 1);
+  float eps = (float)num(&a, 10);
+  if (a.failed) return NULL;
+  bn_train(y, mean, inv, vu, x, g, b, n, c, hw, eps);
+  return undef(env);
+}
+
+/* batchNormEval(y, x, rm, rv, gamma|null, beta|null, n, c, hw, eps) */
+static napi_value js_bn_eval(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 10)) return NULL;
+  int n = (int)num(&a, 6), c = (int)num(&a, 7);
+  long hw = (long)num(&a, 8);
+  size_t tot = SZ(n) * c * hw;
+  float *y = f32(&a, 0, tot, 0);
+  const float *x = f32(&a, 1, tot, 0), *rm = f32(&a, 2, c, 0), *rv = f32(&a, 3, c, 0), *g = f32(&a, 4, c, 1),
+              *b = f32(&a, 5, c, 1);
+  float eps = (float)num(&a, 9);
+  if (a.failed) return NULL;
+  bn_eval(y, x, rm, rv, g, b, n, c, hw, eps);
+  return undef(env);
+}
+
+/* batchNormBackward(dx, dgamma|null, dbeta|null, dy, x, mean, invStd, gamma|null, training, n, c, hw) */
+static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 12)) return NULL;
+  int n = (int)num(&a, 9), c = (int)num(&a, 10);
+  long hw = (long)num(&a, 11);
+  size_t tot = SZ(n) * c * hw;
+  float *dx = f32(&a, 0, tot, 0), *dg = f32(&a, 1, c, 1), *db = f32(&a, 2, c, 1);
+  const float *dy = f32(&a, 3, tot, 0), *x = f32(&a, 4, tot, 0), *mean = f32(&a, 5, c, 0), *inv = f32(&a, 6, c, 0),
+              *g = f32(&a, 7, c, 1);
+  int training = flag(&a, 8);
+  if (a.failed) return NULL;
+  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw);
+  return undef(env);
+}
+
+/* elementwise(op, y, a, b|null): 0 relu(y, x) 1 reluBackward(dx, dy, y) 2 add 3 addRelu */
+static napi_value js_elementwise(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 3)) return NULL;
+  int op = (int)num(&a, 0);
+  float *y = f32(&a, 1, 0, 0);
+  if (a.failed) return NULL;
+  size_t n;
+  napi_get_typedarray_info(env, a.argv[1], NULL, &n, NULL, NULL, NULL);
+  const float *x = f32(&a, 2, n, 0);
+  const float *b = op == 0 ? NULL : (a.argc > 3 ? f32(&a, 3, n, 0) : (fail(&a, "native: missing operand"), NULL));
+  if (a.failed) return NULL;
+  switch (op) {
+    case 0: relu_fwd(y, x, (long)n); break;
+    case 1: relu_bwd(y, x, b, (long)n); break;
+    case 2: add_fwd(y, x, b, (long)n); break;
+    case 3: add_relu_fwd(y, x, b, (long)n); break;
+    default: fail(&a, "native: unknown elementwise op"); return NULL;
+  }
+  return undef(env);
+}
+
+/* pool geometry Int32Array(14): n c h w kh kw sh sw ph pw dh dw oh ow */
+static napi_value js_maxpool(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 4)) return NULL;
+  int32_t *g = i32(&a, 3, 14);
+  if (!g) return NULL;
+  pool_p p;
+  memcpy(&p, g, sizeof p);
+  size_t ny = SZ(p.n) * p.c * p.oh * p.ow, nx = SZ(p.n) * p.c * p.h * p.w;
+  float *y = f32(&a, 0, ny, 0);
+  int32_t *am = i32(&a, 1, ny);
+  const float *x = f32(&a, 2, nx, 0);
+  if (a.failed) return NULL;
+  maxpool_fwd(y, am, x, &p);
+  return undef(env);
+}
+
+static napi_value js_maxpool_bwd(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 4)) return NULL;
+  int32_t *g = i32(&a, 3, 14);
+  if (!g) return NULL;
+  pool_p p;
+  memcpy(&p, g, sizeof p);
+  size_t ny = SZ(p.n) * p.c * p.oh * p.ow, nx = SZ(p.n) * p.c * p.h * p.w;
+  float *dx = f32(&a, 0, nx, 0);
+  const float *dy = f32(&a, 1, ny, 0);
+  int32_t *am = i32(&a, 2, ny);
+  if (a.failed) return NULL;
+  for (size_t i = 0; i < ny; i++)
+    if (am[i] >= p.h * p.w) return fail(&a, "native: argmax index out of range"), NULL;
+  maxpool_bwd(dx, dy, am, &p);
+  return undef(env);
+}
+
+/* adaptiveAvgPool2d(y, x, n, c, h, w, oh, ow, backward) — backward: (dx, dy, ...) */
+static napi_value js_avgpool(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 9)) return NULL;
+  int n = (int)num(&a, 2), c = (int)num(&a, 3), h = (int)num(&a, 4), w = (int)num(&a, 5), oh = (int)num(&a, 6),
+      ow = (int)num(&a, 7), bwd = flag(&a, 8);
+  size_t ni = SZ(n) * c * h * w, no = SZ(n) * c * oh * ow;
+  float *out = f32(&a, 0, bwd ? ni : no, 0);
+  const float *in = f32(&a, 1, bwd ? no : ni, 0);
+  if (a.failed) return NULL;
+  if (bwd) adaptive_avgpool_bwd(out, in, n, c, h, w, oh, ow);
+  else adaptive_avgpool_fwd(out, in, n, c, h, w, oh, ow);
+  return undef(env);
+}
+
+/* gemm(c, a, b, m, n, k, transA, transB, alpha, beta) */
+static napi_value js_gemm(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 10)) return NULL;
+  int m = (int)num(&a, 3), n = (int)num(&a, 4), k = (int)num(&a, 5), ta = flag(&a, 6), tb = flag(&a, 7);
+  float alpha = (float)num(&a, 8), beta = (float)num(&a, 9);
+  float *c = f32(&a, 0, SZ(m) * n, 0);
+  const float *A = f32(&a, 1, SZ(m) * k, 0), *B = f32(&a, 2, SZ(k) * n, 0);
+  if (a.failed) return NULL;
+  sgemm(ta, tb, m, n, k, alpha, A, ta ? m : k, B, tb ? k : n, beta, c, n);
+  return undef(env);
+}
+
+/* logSoftmax(y, x, rows, cols, backward, yForBackward) — backward: (dx, dy, rows, cols, 1, y) */
+static napi_value js_log_softmax(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 5)) return NULL;
+  int rows = (int)num(&a, 2), cols = (int)num(&a, 3), bwd = flag(&a, 4);
+  size_t tot = SZ(rows) * cols;
+  float *out = f32(&a, 0, tot, 0);
+  const float *in = f32(&a, 1, tot, 0);
+  const float *y = bwd ? (a.argc > 5 ? f32(&a, 5, tot, 0) : (fail(&a, "native: missing y"), NULL)) : NULL;
+  if (a.failed) return NULL;
+  if (bwd) log_softmax_bwd(out, in, y, rows, cols);
+  else log_softmax_fwd(out, in, rows, cols);
+  return undef(env);
+}
+
+/* sgdStep(param, grad, buf|null, lr, momentum, dampening, weightDecay, nesterov, firstStep) */
+static napi_value js_sgd(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 9)) return NULL;
+  float *param = f32(&a, 0, 0, 0);
+  if (a.failed) return NULL;
+  size_t n;
+  napi_get_typedarray_info(env, a.argv[0], NULL, &n, NULL, NULL, NULL);
+  const float *grad = f32(&a, 1, n, 0);
+  float *buf = f32(&a, 2, n, 1);
+  float lr = (float)num(&a, 3), mom = (float)num(&a, 4), damp = (float)num(&a, 5), wd = (float)num(&a, 6);
+  int nest = flag(&a, 7), first = flag(&a, 8);
+  if (a.failed) return NULL;
+  sgd_step(param, grad, buf, (long)n, lr, mom, damp, wd, nest, first);
+  return undef(env);
+}
+
+static napi_value js_set_threads(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 1)) return NULL;
+  int n = (int)num(&a, 0);
+  if (a.failed) return NULL;
+  pool_set_threads(n);
+  return undef(env);
+}
+
+static napi_value js_get_threads(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value v;
+  napi_create_int32(env, pool_threads(), &v);
+  return v;
+}
+
+static napi_value js_isa(napi_env env, napi_callback_info info) {
+  args_t a;
+  napi_value v;
+  const char *name;
+  get_args(env, info, &a, 0);
+  if (a.argc >= 1) {
+    int which = (int)num(&a, 0);
+    if (a.failed) return NULL;
+    name = sgemm_force_isa(which);
+  } else {
+    name = sgemm_isa();
+  }
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"conv2d", NULL, js_conv2d, NULL, NULL, NULL, napi_default, NULL},
+    {"conv2dBackwardInput", NULL, js_conv2d_bwd_input, NULL, NULL, NULL, napi_default, NULL},
+    {"conv2dBackwardWeight", NULL, js_conv2d_bwd_weight, NULL, NULL, NULL, napi_default, NULL},
+    {"batchNormTrain", NULL, js_bn_train, NULL, NULL, NULL, napi_default, NULL},
+    {"batchNormEval", NULL, js_bn_eval, NULL, NULL, NULL, napi_default, NULL},
+    {"batchNormBackward", NULL, js_bn_backward, NULL, NULL, NULL, napi_default, NULL},
+    {"elementwise", NULL, js_elementwise, NULL, NULL, NULL, napi_default, NULL},
+    {"maxPool2d", NULL, js_maxpool, NULL, NULL, NULL, napi_default, NULL},
+    {"maxPool2dBackward", NULL, js_maxpool_bwd, NULL, NULL, NULL, napi_default, NULL},
+    {"adaptiveAvgPool2d", NULL, js_avgpool, NULL, NULL, NULL, napi_default, NULL},
+    {"gemm", NULL, js_gemm, NULL, NULL, NULL, napi_default, NULL},
+    {"logSoftmax", NULL, js_log_softmax, NULL, NULL, NULL, napi_default, NULL},
+    {"sgdStep", NULL, js_sgd, NULL, NULL, NULL, napi_default, NULL},
+    {"setThreads", NULL, js_set_threads, NULL, NULL, NULL, napi_default, NULL},
+    {"getThreads", NULL, js_get_threads, NULL, NULL, NULL, napi_default, NULL},
+    {"isa", NULL, js_isa, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,408 @@
+/* Packed SGEMM in the style of BLIS/GotoBLAS.
+ *
+ * C[M,N] (row-major) = alpha * op(A) * op(B) + beta * C. The loops, outermost first:
+ *   pc over K in KC blocks:  pack op(B)[pc:pc+KC, 0:N] into NR-column panels  (L3 / L2)
+ *   ic over M in MC blocks:  pack op(A)[ic:ic+MC, pc:pc+KC] into MR-row panels (L2)
+ *   jr over N in NR steps, ir over MC in MR steps: the micro-kernel updates an MR x NR tile of C
+ *   held in registers, reading one MR-panel of A and one NR-panel of B per k.
+ * Packing pads partial panels with zeros, so the micro-kernel always computes a full tile; edge
+ * tiles are written through a small buffer. Transposes cost nothing: packing reads either way.
+ *
+ * Threads split C into column strips (or row strips when M > N); each thread packs what it reads,
+ * so there is no barrier inside a GEMM.
+ *
+ * Micro-kernels: AVX-512 14x32 (28 zmm accumulators), AVX2+FMA 6x16 (12 ymm), portable 4x16. */
+#include "gemm.h"
+#include "pool.h"
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define KC 192
+#define NC 768 /* packed B block: KC x NC floats = 768 KB, stays in the 1-2 MB L2 */
+#define MC_ROWS 168 /* multiple of every MR below (14, 6, 4) */
+
+typedef void (*ukernel_fn)(int kc, const float *Ap, const float *Bp, float *C, int ldc, float alpha, float beta);
+
+typedef struct {
+  int mr, nr;
+  ukernel_fn kernel;
+  const char *name;
+} isa_t;
+
+/* ---- portable ------------------------------------------------------------------------------ */
+#define P_MR 4
+#define P_NR 16
+static void ukernel_portable(int kc, const float *Ap, const float *Bp, float *C, int ldc, float alpha, float beta) {
+  float acc[P_MR][P_NR];
+  memset(acc, 0, sizeof acc);
+  for (int k = 0; k < kc; k++) {
+    const float *a = Ap + k * P_MR, *b = Bp + k * P_NR;
+    for (int r = 0; r < P_MR; r++)
+      for (int c = 0; c < P_NR; c++) acc[r][c] += a[r] * b[c];
+  }
+  for (int r = 0; r < P_MR; r++)
+    for (int c = 0; c < P_NR; c++)
+      C[r * ldc + c] = beta == 0.0f ? alpha * acc[r][c] : alpha * acc[r][c] + beta * C[r * ldc + c];
+}
+
+#if defined(__x86_64__)
+/* ---- AVX2 + FMA: 6 x 16 --------------------------------------------------------------------- */
+#define A2_MR 6
+#define A2_NR 16
+__attribute__((target("avx2,fma"))) static void ukernel_avx2(int kc, const float *Ap, const float *Bp, float *C, int ldc, float alpha, float beta) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int k = 0; k < kc; k++) {
+    __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
+    __m256 a;
+    a = _mm256_broadcast_ss(Ap + 0); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(Ap + 1); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(Ap + 2); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(Ap + 3); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(Ap + 4); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(Ap + 5); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+    Ap += A2_MR;
+    Bp += A2_NR;
+  }
+  __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  __m256 acc[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+  for (int r = 0; r < A2_MR; r++) {
+    for (int h = 0; h < 2; h++) {
+      float *p = C + r * ldc + h * 8;
+      __m256 v = _mm256_mul_ps(acc[r * 2 + h], va);
+      if (beta != 0.0f) v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(p), v);
+      _mm256_storeu_ps(p, v);
+    }
+  }
+}
+
+/* ---- AVX-512: 14 x 32 ----------------------------------------------------------------------- */
+#define A5_MR 14
+#define A5_NR 32
+__attribute__((target("avx512f"))) static void ukernel_avx512(int kc, const float *Ap, const float *Bp, float *C, int ldc, float alpha, float beta) {
+  __m512 c[A5_MR][2];
+  for (int r = 0; r < A5_MR; r++) c[r][0] = c[r][1] = _mm512_setzero_ps();
+  for (int k = 0; k < kc; k++) {
+    __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
+#pragma GCC unroll 14
+    for (int r = 0; r < A5_MR; r++) {
+      __m512 a = _mm512_set1_ps(Ap[r]);
+      c[r][0] = _mm512_fmadd_ps(a, b0, c[r][0]);
+      c[r][1] = _mm512_fmadd_ps(a, b1, c[r][1]);
+    }
+    Ap += A5_MR;
+    Bp += A5_NR;
+  }
+  __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int r = 0; r < A5_MR; r++) {
+    for (int h = 0; h < 2; h++) {
+      float *p = C + r * ldc + h * 16;
+      __m512 v = _mm512_mul_ps(c[r][h], va);
+      if (beta != 0.0f) v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(p), v);
+      _mm512_storeu_ps(p, v);
+    }
+  }
+}
+
+/* 8 x 32: for M = 8, 16, 24, 32, ... where 14-row panels would be mostly padding. */
+#define A5S_MR 8
+__attribute__((target("avx512f"))) static void ukernel_avx512_8(int kc, const float *Ap, const float *Bp, float *C, int ldc, float alpha, float beta) {
+  __m512 c[A5S_MR][2];
+  for (int r = 0; r < A5S_MR; r++) c[r][0] = c[r][1] = _mm512_setzero_ps();
+  for (int k = 0; k < kc; k++) {
+    __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < A5S_MR; r++) {
+      __m512 a = _mm512_set1_ps(Ap[r]);
+      c[r][0] = _mm512_fmadd_ps(a, b0, c[r][0]);
+      c[r][1] = _mm512_fmadd_ps(a, b1, c[r][1]);
+    }
+    Ap += A5S_MR;
+    Bp += A5_NR;
+  }
+  __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int r = 0; r < A5S_MR; r++) {
+    for (int h = 0; h < 2; h++) {
+      float *p = C + r * ldc + h * 16;
+      __m512 v = _mm512_mul_ps(c[r][h], va);
+      if (beta != 0.0f) v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(p), v);
+      _mm512_storeu_ps(p, v);
+    }
+  }
+}
+
+/* 8x8 transpose of rows r[0..7] in place (AVX). */
+__attribute__((target("avx2"))) static inline void transpose8(__m256 *r) {
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* dst[k*ld + c] = src[c*lds + k] for c < 8, k < kc8 (a multiple of 8), by 8x8 transposes. */
+__attribute__((target("avx2"))) static void transpose_block8(const float *src, long lds, int kc8, float *dst, int ld) {
+  __m256 r[8];
+  for (int k = 0; k < kc8; k += 8) {
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds + k);
+    transpose8(r);
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (long)(k + i) * ld, r[i]);
+  }
+}
+#endif
+
+static int have_avx2 = -1;
+
+static const isa_t ISA_PORTABLE = {P_MR, P_NR, ukernel_portable, "portable"};
+#if defined(__x86_64__)
+static const isa_t ISA_AVX2 = {A2_MR, A2_NR, ukernel_avx2, "avx2"};
+static const isa_t ISA_AVX512 = {A5_MR, A5_NR, ukernel_avx512, "avx512"};
+static const isa_t ISA_AVX512_8 = {A5S_MR, A5_NR, ukernel_avx512_8, "avx512"};
+#endif
+static const isa_t *isa = NULL;
+
+static const isa_t *detect(void) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  const char *force = getenv("RESNET_ISA");
+  if (force && !strcmp(force, "portable")) return &ISA_PORTABLE;
+  if (force && !strcmp(force, "avx2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &ISA_AVX2;
+  if (__builtin_cpu_supports("avx512f") && !(force && !strcmp(force, "avx2"))) return &ISA_AVX512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &ISA_AVX2;
+#endif
+  return &ISA_PORTABLE;
+}
+
+static const isa_t *get_isa(void) {
+  if (!isa) isa = detect();
+  return isa;
+}
+
+const char *sgemm_isa(void) { return get_isa()->name; }
+
+const char *sgemm_force_isa(int which) {
+  switch (which) {
+    case 1: isa = &ISA_PORTABLE; break;
+#if defined(__x86_64__)
+    case 2: if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = &ISA_AVX2; break;
+    case 3: if (__builtin_cpu_supports("avx512f")) isa = &ISA_AVX512; break;
+#endif
+    default: isa = detect();
+  }
+  return get_isa()->name;
+}
+
+/* ---- packing -------------------------------------------------------------------------------- */
+
+/* Ap[panel][k][r] = op(A)[i0 + panel*mr + r][k0 + k], zero-padded past M. */
+static void pack_a(int mr, int transA, const float *A, int lda, int i0, int mc, int k0, int kc, float *Ap) {
+  for (int p = 0; p < mc; p += mr) {
+    int rows = mc - p < mr ? mc - p : mr;
+    for (int k = 0; k < kc; k++) {
+      float *dst = Ap + (long)p * kc + (long)k * mr;
+      if (transA) {
+        const float *src = A + (long)(k0 + k) * lda + i0 + p;
+        int r = 0;
+        for (; r < rows; r++) dst[r] = src[r];
+        for (; r < mr; r++) dst[r] = 0.0f;
+      } else {
+        const float *src = A + (long)(i0 + p) * lda + k0 + k;
+        int r = 0;
+        for (; r < rows; r++) dst[r] = src[(long)r * lda];
+        for (; r < mr; r++) dst[r] = 0.0f;
+      }
+    }
+  }
+}
+
+/* Bp[panel][k][c] = op(B)[k0 + k][j0 + panel*nr + c], zero-padded past N. */
+static void pack_b(int nr, int transB, const float *B, int ldb, int k0, int kc, int j0, int nc, float *Bp) {
+  for (int p = 0; p < nc; p += nr) {
+    int cols = nc - p < nr ? nc - p : nr;
+    float *dst = Bp + (long)p * kc;
+    if (!transB) {
+      for (int k = 0; k < kc; k++) {
+        const float *src = B + (long)(k0 + k) * ldb + j0 + p;
+        float *d = dst + (long)k * nr;
+        int c = 0;
+        for (; c < cols; c++) d[c] = src[c];
+        for (; c < nr; c++) d[c] = 0.0f;
+      }
+    } else {
+      int c0 = 0, k8 = 0;
+#if defined(__x86_64__)
+      if (have_avx2 < 0) have_avx2 = __builtin_cpu_supports("avx2");
+      if (have_avx2) {
+        /* full 8-column groups, k in multiples of 8: SIMD transposes; the rest below */
+        k8 = kc & ~7;
+        for (; c0 + 8 <= cols && k8 > 0; c0 += 8)
+          transpose_block8(B + (long)(j0 + p + c0) * ldb + k0, ldb, k8, dst + c0, nr);
+        if (k8 == 0) c0 = 0;
+      }
+#endif
+      for (int k = 0; k < kc; k++) {
+        float *d = dst + (long)k * nr;
+        int c = k < k8 ? c0 : 0;
+        for (; c < cols; c++) d[c] = B[(long)(j0 + p + c) * ldb + k0 + k];
+        for (; c < nr; c++) d[c] = 0.0f;
+      }
+    }
+  }
+}
+
+/* Per-thread packing buffers, grown on demand and kept (no allocation in steady state). */
+static _Thread_local float *buf_a = NULL, *buf_b = NULL;
+static _Thread_local size_t cap_a = 0, cap_b = 0;
+
+static float *grow(float **buf, size_t *cap, size_t n) {
+  if (n > *cap) {
+    free(*buf);
+    *buf = aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64);
+    *cap = *buf ? n : 0;
+  }
+  return *buf;
+}
+
+/* The whole GEMM for rows [m0, m1) and columns [n0, n1) of C, on this thread. */
+/* Epilogue on a finished tile: C += bias[row], then relu. */
+static void epilogue(float *c, int ldc, int rows, int cols, const float *bias, int relu) {
+  for (int r = 0; r < rows; r++) {
+    float *p = c + (long)r * ldc;
+    float bv = bias ? bias[r] : 0.0f;
+    if (relu)
+      for (int q = 0; q < cols; q++) { float v = p[q] + bv; p[q] = v > 0.0f ? v : (v != v ? v : 0.0f); }
+    else if (bias)
+      for (int q = 0; q < cols; q++) p[q] += bv;
+  }
+}
+
+static void gemm_block(const isa_t *I, int transA, int transB, int m0, int m1, int n0, int n1, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
+                       const float *bias, int relu) {
+  const int mr = I->mr, nr = I->nr;
+  int N = n1 - n0;
+  if (m1 <= m0 || N <= 0) return;
+  if (K == 0) {
+    for (int i = m0; i < m1; i++)
+      for (int j = n0; j < n1; j++) C[(long)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(long)i * ldc + j];
+    if (bias || relu) epilogue(C + (long)m0 * ldc + n0, ldc, m1 - m0, N, bias ? bias + m0 : NULL, relu);
+    return;
+  }
+  const int post = bias != NULL || relu;
+  float *Bp = grow(&buf_b, &cap_b, (size_t)KC * NC);
+  float *Ap = grow(&buf_a, &cap_a, (size_t)KC * MC_ROWS);
+  float tile[A5_MR * A5_NR > A2_MR * A2_NR ? A5_MR * A5_NR : 64 * 64];
+  if (!Bp || !Ap) abort();
+  for (int jc = 0; jc < N; jc += NC) {
+  int nc = N - jc < NC ? N - jc : NC;
+  for (int pc = 0; pc < K; pc += KC) {
+    int kc = K - pc < KC ? K - pc : KC;
+    float b = pc == 0 ? beta : 1.0f;
+    pack_b(nr, transB, B, ldb, pc, kc, n0 + jc, nc, Bp);
+    for (int ic = m0; ic < m1; ic += MC_ROWS) {
+      int mc = m1 - ic < MC_ROWS ? m1 - ic : MC_ROWS;
+      pack_a(mr, transA, A, lda, ic, mc, pc, kc, Ap);
+      for (int jr = 0; jr < nc; jr += nr) {
+        int cols = nc - jr < nr ? nc - jr : nr;
+        const float *bp = Bp + (long)jr * kc;
+        for (int ir = 0; ir < mc; ir += mr) {
+          int rows = mc - ir < mr ? mc - ir : mr;
+          const float *ap = Ap + (long)ir * kc;
+          float *c = C + (long)(ic + ir) * ldc + n0 + jc + jr;
+          if (rows == mr && cols == nr) {
+            I->kernel(kc, ap, bp, c, ldc, alpha, b);
+          } else {
+            I->kernel(kc, ap, bp, tile, nr, 1.0f, 0.0f);
+            for (int r = 0; r < rows; r++)
+              for (int q = 0; q < cols; q++) {
+                float v = alpha * tile[r * nr + q];
+                c[(long)r * ldc + q] = b == 0.0f ? v : v + b * c[(long)r * ldc + q];
+              }
+          }
+          if (post && pc + kc == K) epilogue(c, ldc, rows, cols, bias ? bias + ic + ir : NULL, relu);
+        }
+      }
+    }
+  }
+  }
+}
+
+typedef struct {
+  const isa_t *I;
+  int transA, transB, M, N, K, lda, ldb, ldc, splitN;
+  float alpha, beta;
+  const float *A, *B;
+  float *C;
+  const float *bias;
+  int relu;
+} gemm_job;
+
+static void gemm_task(void *p, int tid, int n) {
+  gemm_job *j = p;
+  long lo, hi;
+  if (j->splitN) {
+    pool_split(j->N, tid, n, j->I->nr, &lo, &hi);
+    gemm_block(j->I, j->transA, j->transB, 0, j->M, (int)lo, (int)hi, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+  } else {
+    pool_split(j->M, tid, n, j->I->mr, &lo, &hi);
+    gemm_block(j->I, j->transA, j->transB, (int)lo, (int)hi, 0, j->N, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+  }
+}
+
+
+/* The AVX-512 14-row kernel wastes most of a panel on M = 16 or 32 (ResNet-20's channel counts);
+ * an 8-row kernel then does less padded work. */
+static const isa_t *pick(int M) {
+  const isa_t *I = get_isa();
+#if defined(__x86_64__)
+  if (I == &ISA_AVX512) {
+    long pad14 = (M + 13) / 14 * 14, pad8 = (M + 7) / 8 * 8;
+    if (pad14 * 100 > pad8 * 115) return &ISA_AVX512_8;
+  }
+#endif
+  return I;
+}
+
+void sgemm_ex(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc, const float *bias, int relu) {
+  const isa_t *I = pick(M);
+  double flops = 2.0 * M * N * K;
+  gemm_job j = {I, transA, transB, M, N, K, lda, ldb, ldc, N >= M, alpha, beta, A, B, C, bias, relu};
+  if (flops < 2e5) {
+    gemm_task(&j, 0, 1);
+    return;
+  }
+  /* at most as many threads as there are tiles along the split dimension */
+  int tiles = j.splitN ? (N + I->nr - 1) / I->nr : (M + I->mr - 1) / I->mr;
+  pool_run_n(gemm_task, &j, tiles);
+}
+
+void sgemm_ex_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc, const float *bias, int relu) {
+  gemm_block(pick(M), transA, transB, 0, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, relu);
+}
+
+void sgemm_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc) {
+  sgemm_ex_st(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, 0);
+}
+
+void sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+           float beta, float *C, int ldc) {
+  sgemm_ex(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, 0);
+}

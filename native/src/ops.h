@@ -1,0 +1,31 @@
+/* The non-convolution kernels of src/kernels/kernels.ts on raw float buffers. */
+#ifndef RESNET_OPS_H
+#define RESNET_OPS_H
+#include <stdint.h>
+
+void bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
+              const float *beta, int n, int c, long hw, float eps);
+void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
+             int c, long hw, float eps);
+void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
+                 const float *invstd, const float *gamma, int training, int n, int c, long hw);
+
+void relu_fwd(float *y, const float *x, long n);
+void relu_bwd(float *dx, const float *dy, const float *y, long n);
+void add_fwd(float *y, const float *a, const float *b, long n);
+void add_relu_fwd(float *y, const float *a, const float *b, long n);
+
+typedef struct {
+  int n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
+} pool_p;
+void maxpool_fwd(float *y, int32_t *argmax, const float *x, const pool_p *p);
+void maxpool_bwd(float *dx, const float *dy, const int32_t *argmax, const pool_p *p);
+void adaptive_avgpool_fwd(float *y, const float *x, int n, int c, int h, int w, int oh, int ow);
+void adaptive_avgpool_bwd(float *dx, const float *dy, int n, int c, int h, int w, int oh, int ow);
+
+void log_softmax_fwd(float *y, const float *x, int rows, int cols);
+void log_softmax_bwd(float *dx, const float *dy, const float *y, int rows, int cols);
+
+void sgd_step(float *param, const float *grad, float *buf, long n, float lr, float momentum, float dampening,
+              float weight_decay, int nesterov, int first_step);
+#endif

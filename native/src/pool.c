@@ -1,0 +1,148 @@
+/* Thread pool: persistent pthreads woken by a generation counter. Workers spin briefly before
+ * sleeping on a condition variable, so back-to-back kernels (a forward pass is ~100 of them) do
+ * not pay a futex wake each time. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "pool.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sched.h>
+
+#define MAX_THREADS 64
+#define SPIN_ITERS 20000
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one pool_run at a time */
+static atomic_long generation = 0;
+static atomic_int remaining = 0;
+static int started = 0;          /* worker threads created */
+static int wanted = 0;           /* configured thread count (0 = not yet decided) */
+static int active_n = 1;         /* threads taking part in the current job */
+static pool_fn job_fn;
+static void *job_ctx;
+static _Thread_local int in_task = 0;
+
+static int default_threads(void) {
+  const char *env = getenv("RESNET_NUM_THREADS");
+  if (env) {
+    int n = atoi(env);
+    if (n >= 1) return n > MAX_THREADS ? MAX_THREADS : n;
+  }
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1) n = 1;
+  return n > MAX_THREADS ? MAX_THREADS : (int)n;
+}
+
+int pool_threads(void) {
+  if (wanted == 0) wanted = default_threads();
+  return wanted;
+}
+
+void pool_set_threads(int n) {
+  if (n < 1) n = 1;
+  if (n > MAX_THREADS) n = MAX_THREADS;
+  wanted = n;
+}
+
+static void *worker(void *arg) {
+  int tid = (int)(long)arg;
+  long seen = 0;
+  in_task = 1;
+  for (;;) {
+    long g;
+    int spins = 0;
+    while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen && spins < SPIN_ITERS) {
+      spins++;
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (g == seen) {
+      pthread_mutex_lock(&mu);
+      while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) pthread_cond_wait(&wake_cv, &mu);
+      pthread_mutex_unlock(&mu);
+    }
+    seen = g;
+    if (tid < active_n) {
+      job_fn(job_ctx, tid, active_n);
+      if (atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel) == 1) {
+        pthread_mutex_lock(&mu);
+        pthread_cond_signal(&done_cv);
+        pthread_mutex_unlock(&mu);
+      }
+    }
+  }
+  return NULL;
+}
+
+static void ensure_started(int n) {
+  while (started < n - 1) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, worker, (void *)(long)(started + 1)) != 0) {
+      pthread_attr_destroy(&attr);
+      break;
+    }
+    pthread_attr_destroy(&attr);
+    started++;
+  }
+}
+
+void pool_run_n(pool_fn fn, void *ctx, int limit) {
+  int n = pool_threads();
+  if (limit < n) n = limit;
+  if (n <= 1 || in_task) {
+    fn(ctx, 0, 1);
+    return;
+  }
+  pthread_mutex_lock(&run_mu);
+  ensure_started(n);
+  if (started < n - 1) n = started + 1;
+  job_fn = fn;
+  job_ctx = ctx;
+  active_n = n;
+  atomic_store_explicit(&remaining, n - 1, memory_order_release);
+  pthread_mutex_lock(&mu);
+  atomic_fetch_add_explicit(&generation, 1, memory_order_acq_rel);
+  pthread_cond_broadcast(&wake_cv);
+  pthread_mutex_unlock(&mu);
+
+  in_task = 1;
+  fn(ctx, 0, n);
+  in_task = 0;
+
+  int spins = 0;
+  while (atomic_load_explicit(&remaining, memory_order_acquire) > 0 && spins < SPIN_ITERS * 10) {
+    spins++;
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+  if (atomic_load_explicit(&remaining, memory_order_acquire) > 0) {
+    pthread_mutex_lock(&mu);
+    while (atomic_load_explicit(&remaining, memory_order_acquire) > 0) pthread_cond_wait(&done_cv, &mu);
+    pthread_mutex_unlock(&mu);
+  }
+  pthread_mutex_unlock(&run_mu);
+}
+
+void pool_run(pool_fn fn, void *ctx) { pool_run_n(fn, ctx, MAX_THREADS); }
+
+void pool_split(long total, int tid, int n, long align, long *lo, long *hi) {
+  if (align < 1) align = 1;
+  long units = (total + align - 1) / align;
+  long base = units / n, extra = units % n;
+  long u0 = tid * base + (tid < extra ? tid : extra);
+  long u1 = u0 + base + (tid < extra ? 1 : 0);
+  *lo = u0 * align;
+  *hi = u1 * align;
+  if (*lo > total) *lo = total;
+  if (*hi > total) *hi = total;
+}

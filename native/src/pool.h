@@ -1,0 +1,18 @@
+/* A small fixed-size thread pool: pool_run(fn, ctx) calls fn(ctx, tid, n) on n threads (the caller
+ * is tid 0) and returns when all have finished. Nested calls from inside a task run serially. */
+#ifndef RESNET_POOL_H
+#define RESNET_POOL_H
+
+typedef void (*pool_fn)(void *ctx, int tid, int nthreads);
+
+/* Number of threads tasks run on (default: online cores, or RESNET_NUM_THREADS). */
+int pool_threads(void);
+/* Sets the thread count (>= 1); takes effect for the next pool_run. */
+void pool_set_threads(int n);
+/* Runs fn on pool_threads() threads, or on the caller alone when nested or n == 1. */
+void pool_run(pool_fn fn, void *ctx);
+/* Runs fn on at most `limit` threads. */
+void pool_run_n(pool_fn fn, void *ctx, int limit);
+/* Split [0, total) into n nearly equal parts, aligned to `align`: part tid is [*lo, *hi). */
+void pool_split(long total, int tid, int n, long align, long *lo, long *hi);
+#endif

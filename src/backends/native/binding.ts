@@ -1,0 +1,50 @@
+/**
+ * The native addon's whole surface, typed. The C side (native/src/addon.c) takes typed arrays by
+ * reference plus numbers and writes into the outputs; it checks buffer lengths against the
+ * geometry it is given (so a bad call throws instead of corrupting memory) and nothing else.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+type F32 = Float32Array;
+
+export interface NativeBinding {
+  /** geometry: Int32Array(16) = n cin h w cout kh kw sh sw ph pw dh dw groups oh ow */
+  conv2d(y: F32, x: F32, w: F32, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array): void;
+  conv2dBackwardInput(dx: F32, dy: F32, w: F32, geometry: Int32Array): void;
+  conv2dBackwardWeight(dw: F32, x: F32, dy: F32, geometry: Int32Array): void;
+  batchNormTrain(y: F32, mean: F32, invStd: F32, varU: F32, x: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number): void;
+  batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number): void;
+  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, n: number, c: number, hw: number): void;
+  /** op: 0 relu(y, x), 1 reluBackward(dx, dy, y), 2 add(y, a, b), 3 addRelu(y, a, b) */
+  elementwise(op: 0 | 1 | 2 | 3, y: F32, a: F32, b?: F32): void;
+  /** geometry: Int32Array(14) = n c h w kh kw sh sw ph pw dh dw oh ow */
+  maxPool2d(y: F32, argmax: Int32Array, x: F32, geometry: Int32Array): void;
+  maxPool2dBackward(dx: F32, dy: F32, argmax: Int32Array, geometry: Int32Array): void;
+  /** forward: (y, x, ...); backward: (dx, dy, ..., true) */
+  adaptiveAvgPool2d(out: F32, inp: F32, n: number, c: number, h: number, w: number, oh: number, ow: number, backward: boolean): void;
+  gemm(c: F32, a: F32, b: F32, m: number, n: number, k: number, transA: boolean, transB: boolean, alpha: number, beta: number): void;
+  /** forward: (y, x, rows, cols, false); backward: (dx, dy, rows, cols, true, y) */
+  logSoftmax(out: F32, inp: F32, rows: number, cols: number, backward: boolean, y?: F32): void;
+  sgdStep(param: F32, grad: F32, buf: F32 | null, lr: number, momentum: number, dampening: number, weightDecay: number, nesterov: boolean, firstStep: boolean): void;
+  setThreads(n: number): void;
+  getThreads(): number;
+  /** The GEMM micro-kernel in use ("avx512", "avx2", "portable"); with an argument, forces one
+   * (0 auto, 1 portable, 2 avx2, 3 avx512) and returns the one selected. */
+  isa(force?: number): string;
+}
+
+/** Where node-gyp puts the addon, relative to this file (dist/src/backends/native/). */
+const ADDON = fileURLToPath(new URL('../../../../build/Release/resnet_native.node', import.meta.url));
+
+/** Loads the addon; returns null with the reason if it is missing or fails to load. */
+export function loadBinding(): { binding: NativeBinding | null; error: string | null } {
+  if (!existsSync(ADDON)) return { binding: null, error: `native addon not built (${ADDON} is missing; run npm run build:native)` };
+  try {
+    const require = createRequire(import.meta.url);
+    return { binding: require(ADDON) as NativeBinding, error: null };
+  } catch (e) {
+    return { binding: null, error: `native addon failed to load: ${(e as Error).message}` };
+  }
+}

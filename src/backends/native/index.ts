@@ -1,0 +1,65 @@
+/**
+ * The native backend: the kernel interface implemented by the C addon (SIMD, multi-threaded).
+ * This file only adapts argument shapes (geometry structs → Int32Arrays); the work is in C.
+ */
+import type { AdaptivePoolParams, BatchNormParams, Conv2dParams, Kernels, Pool2dParams, SgdParams } from '../../kernels/kernels.js';
+import type { NativeBinding } from './binding.js';
+
+type F32 = Float32Array;
+
+/** Extra capability of the native backend: conv2d with a fused epilogue (inference path). */
+export interface NativeKernels extends Kernels {
+  /** y = conv(x, w) + bias (+ residual) (then relu); y may be the residual buffer itself. */
+  conv2dFused(y: F32, x: F32, w: F32, bias: F32 | null, residual: F32 | null, relu: boolean, p: Conv2dParams): void;
+  setThreads(n: number): void;
+  getThreads(): number;
+  readonly isa: string;
+}
+
+// Calls are synchronous, so one geometry buffer each can be reused.
+const convGeom = new Int32Array(16);
+const poolGeom = new Int32Array(14);
+
+function conv(p: Conv2dParams): Int32Array {
+  convGeom[0] = p.n; convGeom[1] = p.cIn; convGeom[2] = p.h; convGeom[3] = p.w;
+  convGeom[4] = p.cOut; convGeom[5] = p.kh; convGeom[6] = p.kw; convGeom[7] = p.sh;
+  convGeom[8] = p.sw; convGeom[9] = p.ph; convGeom[10] = p.pw; convGeom[11] = p.dh;
+  convGeom[12] = p.dw; convGeom[13] = p.groups; convGeom[14] = p.oh; convGeom[15] = p.ow;
+  return convGeom;
+}
+
+function pool(p: Pool2dParams): Int32Array {
+  poolGeom[0] = p.n; poolGeom[1] = p.c; poolGeom[2] = p.h; poolGeom[3] = p.w;
+  poolGeom[4] = p.kh; poolGeom[5] = p.kw; poolGeom[6] = p.sh; poolGeom[7] = p.sw;
+  poolGeom[8] = p.ph; poolGeom[9] = p.pw; poolGeom[10] = p.dh; poolGeom[11] = p.dw;
+  poolGeom[12] = p.oh; poolGeom[13] = p.ow;
+  return poolGeom;
+}
+
+export function nativeKernels(b: NativeBinding): NativeKernels {
+  return {
+    name: 'native',
+    isa: b.isa(),
+    setThreads: (n) => b.setThreads(n),
+    getThreads: () => b.getThreads(),
+    conv2d: (y, x, w, bias, p) => b.conv2d(y, x, w, bias, null, false, conv(p)),
+    conv2dFused: (y, x, w, bias, residual, relu, p) => b.conv2d(y, x, w, bias, residual, relu, conv(p)),
+    conv2dBackwardInput: (dx, dy, w, p) => b.conv2dBackwardInput(dx, dy, w, conv(p)),
+    conv2dBackwardWeight: (dw, x, dy, p) => b.conv2dBackwardWeight(dw, x, dy, conv(p)),
+    batchNormTrain: (y, mean, invStd, varU, x, g, beta, p: BatchNormParams) => b.batchNormTrain(y, mean, invStd, varU, x, g, beta, p.n, p.c, p.hw, p.eps),
+    batchNormEval: (y, x, rm, rv, g, beta, p) => b.batchNormEval(y, x, rm, rv, g, beta, p.n, p.c, p.hw, p.eps),
+    batchNormBackward: (dx, dg, db, dy, x, mean, invStd, g, training, p) => b.batchNormBackward(dx, dg, db, dy, x, mean, invStd, g, training, p.n, p.c, p.hw),
+    relu: (y, x) => b.elementwise(0, y, x),
+    reluBackward: (dx, dy, y) => b.elementwise(1, dx, dy, y),
+    add: (y, a, c) => b.elementwise(2, y, a, c),
+    addRelu: (y, a, c) => b.elementwise(3, y, a, c),
+    maxPool2d: (y, argmax, x, p) => b.maxPool2d(y, argmax, x, pool(p)),
+    maxPool2dBackward: (dx, dy, argmax, p) => b.maxPool2dBackward(dx, dy, argmax, pool(p)),
+    adaptiveAvgPool2d: (y, x, p: AdaptivePoolParams) => b.adaptiveAvgPool2d(y, x, p.n, p.c, p.h, p.w, p.oh, p.ow, false),
+    adaptiveAvgPool2dBackward: (dx, dy, p) => b.adaptiveAvgPool2d(dx, dy, p.n, p.c, p.h, p.w, p.oh, p.ow, true),
+    gemm: (c, a, bb, m, n, k, ta, tb, alpha, beta) => b.gemm(c, a, bb, m, n, k, ta, tb, alpha, beta),
+    logSoftmax: (y, x, rows, cols) => b.logSoftmax(y, x, rows, cols, false),
+    logSoftmaxBackward: (dx, dy, y, rows, cols) => b.logSoftmax(dx, dy, rows, cols, true, y),
+    sgdStep: (param, grad, buf, p: SgdParams) => b.sgdStep(param, grad, buf, p.lr, p.momentum, p.dampening, p.weightDecay, p.nesterov, p.firstStep),
+  };
+}
