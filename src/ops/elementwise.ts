@@ -97,23 +97,34 @@ export function zeroPadShortcut(x: Tensor, cOut: number, stride: number): Tensor
   expectRank('zero_pad_shortcut', 'input', x, 4, 'N, C, H, W');
   const [n, cIn, h, w] = x.shape as [number, number, number, number];
   if (cOut < cIn) throw new ShapeError(`zero_pad_shortcut: cannot pad ${cIn} channels down to ${cOut}`);
+  const y = output([n, cOut, Math.ceil(h / stride), Math.ceil(w / stride)], [x]);
+  if (y.isMeta) return y;
+  const xs = [n, cIn, h, w] as const;
+  zeroPadSubsample(y.values, x.values, xs, cOut, stride);
+  return record(y, 'zero_pad_shortcut', [x], (gy) => {
+    const gx = new Float32Array(x.numel);
+    zeroPadSubsample(gy, gx, xs, cOut, stride, true);
+    return [gx];
+  });
+}
+
+/**
+ * y[b, c + front, oy, ox] = x[b, c, oy*stride, ox*stride] with zeros elsewhere (y is fully
+ * written). With `adjoint`, the reverse: x (the gradient) receives y's values at those positions.
+ */
+export function zeroPadSubsample(y: Float32Array, x: Float32Array, xShape: readonly [number, number, number, number], cOut: number, stride: number, adjoint = false): void {
+  const [n, cIn, h, w] = xShape;
   const oh = Math.ceil(h / stride);
   const ow = Math.ceil(w / stride);
   const front = Math.floor((cOut - cIn) / 2);
-  const y = output([n, cOut, oh, ow], [x]);
-  if (y.isMeta) return y;
-  const xv = x.values;
-  const yv = y.values;
-  const each = (fn: (yi: number, xi: number) => void): void => {
-    for (let b = 0; b < n; b++)
-      for (let c = 0; c < cIn; c++)
-        for (let oy = 0; oy < oh; oy++)
-          for (let ox = 0; ox < ow; ox++) fn(((b * cOut + c + front) * oh + oy) * ow + ox, ((b * cIn + c) * h + oy * stride) * w + ox * stride);
-  };
-  each((yi, xi) => (yv[yi] = xv[xi]!));
-  return record(y, 'zero_pad_shortcut', [x], (gy) => {
-    const gx = new Float32Array(x.numel);
-    each((yi, xi) => (gx[xi] = gy[yi]!));
-    return [gx];
-  });
+  if (!adjoint) y.fill(0);
+  for (let b = 0; b < n; b++)
+    for (let c = 0; c < cIn; c++)
+      for (let oy = 0; oy < oh; oy++)
+        for (let ox = 0; ox < ow; ox++) {
+          const yi = ((b * cOut + c + front) * oh + oy) * ow + ox;
+          const xi = ((b * cIn + c) * h + oy * stride) * w + ox * stride;
+          if (adjoint) x[xi] = y[yi]!;
+          else y[yi] = x[xi]!;
+        }
 }

@@ -1,0 +1,231 @@
+/**
+ * A compiled inference plan for a ResNet: batch norm folded into the convolutions, each conv
+ * fused with its bias, the residual add and the ReLU (one pass over the output instead of four),
+ * and activation buffers recycled from a pool so steady-state runs allocate nothing but the
+ * returned logits.
+ *
+ * The plan reads the model's weights when it is compiled and re-folds them automatically when
+ * any parameter or buffer has changed since (Tensor.version), so it never runs stale weights.
+ * It does not record gradients; use the model itself for training.
+ */
+import { ShapeError } from '../errors.js';
+import type { Conv2dParams, Kernels } from '../kernels/kernels.js';
+import { kernels, nativeBackend } from '../kernels/registry.js';
+import { BatchNorm2d, Conv2d, Sequential } from '../nn/layers.js';
+import { BasicBlock, Bottleneck, PlainBasicBlock, PlainBottleneck, ZeroPadShortcut } from '../models/blocks.js';
+import type { ResNet } from '../models/resnet.js';
+import { convOutSize } from '../ops/conv.js';
+import { maxPool2dParams } from '../ops/pool.js';
+import { zeroPadSubsample } from '../ops/elementwise.js';
+import { Tensor, meta, shapeStr } from '../tensor/tensor.js';
+
+/** A convolution with its batch norm folded in: y = conv(x, w') + b'. */
+interface FoldedConv {
+  conv: Conv2d;
+  bn: BatchNorm2d | null;
+  w: Float32Array;
+  b: Float32Array;
+}
+
+type Shape4 = [number, number, number, number];
+
+/** Recycles Float32Arrays by length. */
+class BufferPool {
+  private free = new Map<number, Float32Array[]>();
+
+  acquire(n: number): Float32Array {
+    return this.free.get(n)?.pop() ?? new Float32Array(n);
+  }
+
+  release(b: Float32Array): void {
+    const list = this.free.get(b.length);
+    if (list) list.push(b);
+    else this.free.set(b.length, [b]);
+  }
+}
+
+interface Act {
+  data: Float32Array;
+  shape: Shape4;
+}
+
+function fold(conv: Conv2d, bn: BatchNorm2d | null): FoldedConv {
+  const cout = conv.outChannels;
+  const per = conv.weight.numel / cout;
+  const w = new Float32Array(conv.weight.values);
+  const b = new Float32Array(cout);
+  if (conv.bias) b.set(conv.bias.values);
+  if (bn) {
+    if (!bn.runningMean || !bn.runningVar) throw new ShapeError('inference plan: batch norm without running statistics cannot be folded');
+    const rm = bn.runningMean.values;
+    const rv = bn.runningVar.values;
+    for (let c = 0; c < cout; c++) {
+      const scale = (bn.weight ? bn.weight.values[c]! : 1) / Math.sqrt(rv[c]! + bn.eps);
+      const shift = bn.bias ? bn.bias.values[c]! : 0;
+      for (let i = 0; i < per; i++) w[c * per + i]! *= scale;
+      b[c] = (b[c]! - rm[c]!) * scale + shift;
+    }
+  }
+  return { conv, bn, w, b };
+}
+
+function convParams(c: Conv2d, x: Shape4): Conv2dParams {
+  const [n, cIn, h, w] = x;
+  const [kh, kw] = c.kernelSize;
+  const [sh, sw] = c.stride;
+  const [ph, pw] = c.padding;
+  const [dh, dw] = c.dilation;
+  if (cIn !== c.inChannels) throw new ShapeError(`inference plan: expected ${c.inChannels} input channels, got input ${shapeStr(x)}`);
+  const oh = convOutSize(h, kh, sh, ph, dh);
+  const ow = convOutSize(w, kw, sw, pw, dw);
+  if (oh < 1 || ow < 1) throw new ShapeError(`inference plan: input ${shapeStr(x)} is too small for a ${kh}x${kw} convolution`);
+  return { n, cIn, h, w, cOut: c.outChannels, kh, kw, sh, sw, ph, pw, dh, dw, groups: c.groups, oh, ow };
+}
+
+export class InferencePlan {
+  private folded: FoldedConv[] = [];
+  private versions = 0;
+  private readonly pool = new BufferPool();
+
+  constructor(readonly model: ResNet) {
+    this.refold();
+  }
+
+  private weightVersion(): number {
+    let v = 0;
+    for (const t of this.model.stateDict().values()) v += t.version + t.id * 1e-9;
+    return v;
+  }
+
+  /** Re-folds batch norm into the conv weights (done automatically when weights change). */
+  refold(): void {
+    const convs: FoldedConv[] = [];
+    const m = this.model;
+    convs.push(fold(m.conv1, m.bn1));
+    for (const stage of m.stages) {
+      for (const block of stage.layers) {
+        if (block instanceof Bottleneck) {
+          convs.push(fold(block.conv1, block.bn1), fold(block.conv2, block.bn2), fold(block.conv3, block.bn3));
+        } else if (block instanceof BasicBlock) {
+          convs.push(fold(block.conv1, block.bn1), fold(block.conv2, block.bn2));
+        } else {
+          throw new ShapeError(`inference plan: unsupported block ${block.typeName}`);
+        }
+        const ds = (block as BasicBlock | Bottleneck).downsample;
+        if (ds instanceof Sequential) convs.push(fold(ds.at(0) as Conv2d, ds.at(1) as BatchNorm2d));
+      }
+    }
+    this.folded = convs;
+    this.versions = this.weightVersion();
+  }
+
+  /** Logits for a batch x [N, C, H, W] (eval-mode semantics, no graph). */
+  run(x: Tensor): Tensor {
+    if (x.ndim !== 4) throw new ShapeError(`inference plan: input must be 4-D (N, C, H, W), got ${shapeStr(x.shape)}`);
+    if (x.isMeta) return meta([x.shape[0]!, this.model.fc.outFeatures]);
+    if (this.weightVersion() !== this.versions) this.refold();
+    const feats = this.features(x);
+    const [n, c] = feats.shape;
+    const fc = this.model.fc;
+    const y = new Float32Array(n * fc.outFeatures);
+    const k = kernels();
+    if (fc.bias) for (let i = 0; i < n; i++) y.set(fc.bias.values, i * fc.outFeatures);
+    k.gemm(y, feats.data, fc.weight.values, n, fc.outFeatures, c, false, true, 1, fc.bias ? 1 : 0);
+    this.pool.release(feats.data);
+    return new Tensor([n, fc.outFeatures], y);
+  }
+
+  /** Pooled features [N, numFeatures] (the input of fc). The returned buffer belongs to the pool
+   * unless `copy` is set. */
+  features(x: Tensor): { data: Float32Array; shape: [number, number] } {
+    const k = kernels();
+    const m = this.model;
+    let i = 0;
+    const next = (): FoldedConv => this.folded[i++]!;
+    let a: Act = { data: x.values, shape: x.shape as Shape4 };
+    let owned = false;
+    const drop = (act: Act): void => {
+      if (owned) this.pool.release(act.data);
+    };
+    // stem
+    let y = this.conv(k, next(), a, null, true);
+    a = y;
+    owned = true;
+    if (m.maxpool) {
+      const p = maxPool2dParams(meta(a.shape), m.maxpool.options);
+      const out = this.pool.acquire(p.n * p.c * p.oh * p.ow);
+      // The kernel also writes argmax indices (for backward); a pooled buffer viewed as int32 holds them.
+      const scratch = this.pool.acquire(out.length);
+      k.maxPool2d(out, new Int32Array(scratch.buffer, scratch.byteOffset, scratch.length), a.data, p);
+      this.pool.release(scratch);
+      drop(a);
+      a = { data: out, shape: [p.n, p.c, p.oh, p.ow] };
+    }
+    for (const stage of m.stages) {
+      for (const block of stage.layers) {
+        const plain = block instanceof PlainBasicBlock || block instanceof PlainBottleneck;
+        const b = block as BasicBlock | Bottleneck;
+        const nConvs = b instanceof Bottleneck ? 3 : 2;
+        let h: Act = a;
+        const mids: FoldedConv[] = [];
+        for (let c = 0; c < nConvs; c++) mids.push(next());
+        // shortcut first (its conv comes after the block's convs in `folded`)
+        let shortcut: Act | null = null;
+        if (!plain) {
+          if (b.downsample instanceof Sequential) shortcut = this.conv(k, this.folded[i++]!, a, null, false);
+          else if (b.downsample instanceof ZeroPadShortcut) shortcut = this.zeroPad(a, b.downsample);
+          else shortcut = a;
+        }
+        for (let c = 0; c < nConvs; c++) {
+          const last = c === nConvs - 1;
+          const out = this.conv(k, mids[c]!, h, last ? shortcut : null, true);
+          if (h !== a) this.pool.release(h.data);
+          h = out;
+        }
+        if (shortcut && shortcut !== a) this.pool.release(shortcut.data);
+        drop(a);
+        a = h;
+        owned = true;
+      }
+    }
+    // global average pool to [N, C]
+    const [n, c, hh, ww] = a.shape;
+    const pooled = this.pool.acquire(n * c);
+    k.adaptiveAvgPool2d(pooled, a.data, { n, c, h: hh, w: ww, oh: 1, ow: 1 });
+    drop(a);
+    return { data: pooled, shape: [n, c] };
+  }
+
+  private conv(k: Kernels, f: FoldedConv, x: Act, residual: Act | null, relu: boolean): Act {
+    const p = convParams(f.conv, x.shape);
+    const n = p.n * p.cOut * p.oh * p.ow;
+    if (residual && residual.data.length !== n) {
+      throw new ShapeError(`inference plan: residual ${shapeStr(residual.shape)} does not match the block output [${p.n}, ${p.cOut}, ${p.oh}, ${p.ow}]`);
+    }
+    const y = this.pool.acquire(n);
+    const nat = nativeBackend();
+    if (nat && k === nat) {
+      nat.conv2dFused(y, x.data, f.w, f.b, residual ? residual.data : null, relu, p);
+    } else {
+      k.conv2d(y, x.data, f.w, f.b, p);
+      if (residual && relu) k.addRelu(y, y, residual.data);
+      else if (residual) k.add(y, y, residual.data);
+      else if (relu) k.relu(y, y);
+    }
+    return { data: y, shape: [p.n, p.cOut, p.oh, p.ow] };
+  }
+
+  private zeroPad(x: Act, s: ZeroPadShortcut): Act {
+    const [n, cIn, h, w] = x.shape;
+    const oh = Math.ceil(h / s.stride);
+    const ow = Math.ceil(w / s.stride);
+    const y = this.pool.acquire(n * s.outPlanes * oh * ow);
+    zeroPadSubsample(y, x.data, [n, cIn, h, w], s.outPlanes, s.stride);
+    return { data: y, shape: [n, s.outPlanes, oh, ow] };
+  }
+}
+
+/** Compiles `model` for fast inference (see InferencePlan). */
+export function compileInference(model: ResNet): InferencePlan {
+  return new InferencePlan(model);
+}

@@ -1,0 +1,245 @@
+/**
+ * Every native kernel against the TypeScript reference on awkward shapes: batch 1 and 7, odd
+ * spatial sizes with stride 2, padding edges, groups, 1-channel input, channel counts that are not
+ * multiples of the SIMD width, and all GEMM transpose combinations. Skipped (with a note) only
+ * when the addon is not built.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { nativeBackend } from '../src/kernels/registry.js';
+import { tsKernels } from '../src/backends/ts/index.js';
+import type { Conv2dParams, Pool2dParams } from '../src/kernels/kernels.js';
+import { convOutSize } from '../src/ops/conv.js';
+import { Generator } from '../src/tensor/rng.js';
+import { assertClose, randomArray } from './helpers.js';
+
+const nat = nativeBackend();
+const skip = nat ? false : 'native addon not built (npm run build:native)';
+const gen = new Generator(42);
+const tol = { rtol: 1e-4, atol: 1e-5 };
+
+function scaleTol(e: Float32Array): { rtol: number; atol: number } {
+  const s = e.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  return { rtol: 1e-4, atol: 1e-5 * Math.max(1, s) };
+}
+
+function convCase(n: number, cIn: number, h: number, w: number, cOut: number, k: number, s: number, pad: number, d: number, groups: number): Conv2dParams {
+  return { n, cIn, h, w, cOut, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, dh: d, dw: d, groups, oh: convOutSize(h, k, s, pad, d), ow: convOutSize(w, k, s, pad, d) };
+}
+
+const convCases: [string, Conv2dParams][] = [
+  ['stem 7x7/2 batch 1, 1 channel, odd size', convCase(1, 1, 29, 31, 8, 7, 2, 3, 1, 1)],
+  ['3x3/1 batch 7, 17 -> 19 channels', convCase(7, 17, 9, 11, 19, 3, 1, 1, 1, 1)],
+  ['3x3/2 odd spatial, 5 -> 33 channels', convCase(2, 5, 13, 7, 33, 3, 2, 1, 1, 1)],
+  ['1x1/1 pointwise batch 7, 33 -> 65', convCase(7, 33, 5, 6, 65, 1, 1, 0, 1, 1)],
+  ['1x1/2 projection, odd size', convCase(3, 16, 9, 9, 32, 1, 2, 0, 1, 1)],
+  ['grouped 3x3 (ResNeXt), 4 groups', convCase(2, 12, 8, 7, 20, 3, 1, 1, 1, 4)],
+  ['depthwise 3x3/2', convCase(1, 6, 10, 10, 6, 3, 2, 1, 1, 6)],
+  ['dilated 3x3, dilation 2, padding 2', convCase(2, 4, 11, 10, 6, 3, 1, 2, 2, 1)],
+  ['padding larger than half the kernel', convCase(1, 3, 5, 5, 4, 3, 2, 3, 1, 1)],
+  ['1x1 spatial (last stage of a CIFAR net)', convCase(7, 64, 1, 1, 128, 3, 1, 1, 1, 1)],
+  ['large enough to thread: 64 -> 64 on 28x28, batch 7', convCase(7, 64, 28, 28, 64, 3, 1, 1, 1, 1)],
+];
+
+for (const [name, p] of convCases) {
+  test(`native conv2d forward/backward = reference: ${name}`, { skip }, () => {
+    const nx = p.n * p.cIn * p.h * p.w;
+    const nw = p.cOut * (p.cIn / p.groups) * p.kh * p.kw;
+    const ny = p.n * p.cOut * p.oh * p.ow;
+    const x = randomArray(nx, gen);
+    const w = randomArray(nw, gen, 0.3);
+    const b = randomArray(p.cOut, gen);
+    const dy = randomArray(ny, gen);
+    const yr = new Float32Array(ny);
+    const yn = new Float32Array(ny).fill(NaN);
+    tsKernels.conv2d(yr, x, w, b, p);
+    nat!.conv2d(yn, x, w, b, p);
+    assertClose(yn, yr, scaleTol(yr), 'forward');
+    // fused epilogue: + residual, relu
+    const res = randomArray(ny, gen);
+    const fused = new Float32Array(ny);
+    nat!.conv2dFused(fused, x, w, b, res, true, p);
+    const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
+    assertClose(fused, expect, scaleTol(expect), 'fused residual + relu');
+    // in place: y aliases the residual
+    const inplace = res.slice();
+    nat!.conv2dFused(inplace, x, w, b, inplace, false, p);
+    assertClose(inplace, yr.map((v, i) => v + res[i]!), scaleTol(yr), 'fused residual in place');
+    const dxr = new Float32Array(nx);
+    const dxn = new Float32Array(nx).fill(NaN);
+    tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+    nat!.conv2dBackwardInput(dxn, dy, w, p);
+    assertClose(dxn, dxr, scaleTol(dxr), 'backward input');
+    const dwr = new Float32Array(nw);
+    const dwn = new Float32Array(nw).fill(NaN);
+    tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+    nat!.conv2dBackwardWeight(dwn, x, dy, p);
+    assertClose(dwn, dwr, scaleTol(dwr), 'backward weight');
+  });
+}
+
+test('native gemm = reference for every transpose combination and odd sizes', { skip }, () => {
+  for (const [m, n, k] of [[1, 1, 1], [7, 13, 5], [15, 33, 300], [29, 65, 17], [100, 3, 257], [16, 40, 9], [130, 70, 400]] as const) {
+    for (const ta of [false, true]) {
+      for (const tb of [false, true]) {
+        const a = randomArray(m * k, gen);
+        const b = randomArray(k * n, gen);
+        const c0 = randomArray(m * n, gen);
+        for (const [alpha, beta] of [[1, 0], [0.5, 1], [2, -0.5]] as const) {
+          const cr = c0.slice();
+          const cn = c0.slice();
+          tsKernels.gemm(cr, a, b, m, n, k, ta, tb, alpha, beta);
+          nat!.gemm(cn, a, b, m, n, k, ta, tb, alpha, beta);
+          assertClose(cn, cr, scaleTol(cr), `gemm ${m}x${n}x${k} ta=${ta} tb=${tb} alpha=${alpha} beta=${beta}`);
+        }
+      }
+    }
+  }
+});
+
+test('native batch norm (train, eval, backward) = reference', { skip }, () => {
+  for (const [n, c, hw] of [[1, 3, 7], [7, 5, 13], [4, 17, 64], [2, 64, 300]] as const) {
+    const x = randomArray(n * c * hw, gen, 2);
+    const g = randomArray(c, gen);
+    const bt = randomArray(c, gen);
+    const p = { n, c, hw, eps: 1e-5 };
+    const out = () => ({ y: new Float32Array(n * c * hw), mean: new Float32Array(c), inv: new Float32Array(c), vu: new Float32Array(c) });
+    const r = out();
+    const q = out();
+    tsKernels.batchNormTrain(r.y, r.mean, r.inv, r.vu, x, g, bt, p);
+    nat!.batchNormTrain(q.y, q.mean, q.inv, q.vu, x, g, bt, p);
+    for (const k of ['y', 'mean', 'inv', 'vu'] as const) assertClose(q[k], r[k], scaleTol(r[k]), `train ${k}`);
+    const dy = randomArray(n * c * hw, gen);
+    for (const training of [true, false]) {
+      const dxr = new Float32Array(n * c * hw), dgr = new Float32Array(c), dbr = new Float32Array(c);
+      const dxn = new Float32Array(n * c * hw), dgn = new Float32Array(c), dbn = new Float32Array(c);
+      tsKernels.batchNormBackward(dxr, dgr, dbr, dy, x, r.mean, r.inv, g, training, p);
+      nat!.batchNormBackward(dxn, dgn, dbn, dy, x, r.mean, r.inv, g, training, p);
+      assertClose(dxn, dxr, scaleTol(dxr), `backward dx (training=${training})`);
+      assertClose(dgn, dgr, scaleTol(dgr), 'backward dgamma');
+      assertClose(dbn, dbr, scaleTol(dbr), 'backward dbeta');
+    }
+    const rm = randomArray(c, gen);
+    const rv = randomArray(c, gen).map((v) => Math.abs(v) + 0.1);
+    const er = new Float32Array(n * c * hw), en = new Float32Array(n * c * hw);
+    tsKernels.batchNormEval(er, x, rm, rv, g, null, p);
+    nat!.batchNormEval(en, x, rm, rv, g, null, p);
+    assertClose(en, er, scaleTol(er), 'eval (no beta)');
+  }
+});
+
+test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, () => {
+  for (const n of [1, 15, 17, 100_003]) {
+    const a = randomArray(n, gen);
+    const b = randomArray(n, gen);
+    for (const op of ['relu', 'add', 'addRelu', 'reluBackward'] as const) {
+      const r = new Float32Array(n), q = new Float32Array(n);
+      if (op === 'relu') (tsKernels.relu(r, a), nat!.relu(q, a));
+      else if (op === 'reluBackward') (tsKernels.reluBackward(r, b, a), nat!.reluBackward(q, b, a));
+      else (tsKernels[op](r, a, b), nat![op](q, a, b));
+      assert.deepEqual(q, r, `${op} on ${n} elements`);
+    }
+  }
+  const nan = new Float32Array([NaN, -1, 2]);
+  const out = new Float32Array(3);
+  nat!.relu(out, nan);
+  assert.ok(Number.isNaN(out[0]!) && out[1] === 0 && out[2] === 2, 'relu propagates NaN');
+  for (const [n, c, h, w, k, s, pad] of [[1, 3, 9, 9, 3, 2, 1], [7, 2, 8, 7, 2, 2, 0], [2, 5, 11, 6, 3, 1, 1]] as const) {
+    const p: Pool2dParams = { n, c, h, w, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, dh: 1, dw: 1, oh: convOutSize(h, k, s, pad, 1), ow: convOutSize(w, k, s, pad, 1) };
+    const x = randomArray(n * c * h * w, gen);
+    const ny = n * c * p.oh * p.ow;
+    const yr = new Float32Array(ny), yn = new Float32Array(ny), ar = new Int32Array(ny), an = new Int32Array(ny);
+    tsKernels.maxPool2d(yr, ar, x, p);
+    nat!.maxPool2d(yn, an, x, p);
+    assert.deepEqual(yn, yr);
+    assert.deepEqual(an, ar);
+    const dy = randomArray(ny, gen);
+    const dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
+    tsKernels.maxPool2dBackward(dxr, dy, ar, p);
+    nat!.maxPool2dBackward(dxn, dy, an, p);
+    assertClose(dxn, dxr, tol, 'maxpool backward');
+    const ap = { n, c, h, w, oh: 3, ow: 2 };
+    const ayr = new Float32Array(n * c * 6), ayn = new Float32Array(n * c * 6);
+    tsKernels.adaptiveAvgPool2d(ayr, x, ap);
+    nat!.adaptiveAvgPool2d(ayn, x, ap);
+    assertClose(ayn, ayr, tol, 'adaptive avg pool');
+    const agr = new Float32Array(x.length), agn = new Float32Array(x.length);
+    tsKernels.adaptiveAvgPool2dBackward(agr, ayr, ap);
+    nat!.adaptiveAvgPool2dBackward(agn, ayr, ap);
+    assertClose(agn, agr, tol, 'adaptive avg pool backward');
+  }
+  const logits = randomArray(7 * 13, gen, 5);
+  const lr = new Float32Array(91), ln = new Float32Array(91);
+  tsKernels.logSoftmax(lr, logits, 7, 13);
+  nat!.logSoftmax(ln, logits, 7, 13);
+  assertClose(ln, lr, tol, 'log softmax');
+  const g = randomArray(91, gen);
+  const gr = new Float32Array(91), gn = new Float32Array(91);
+  tsKernels.logSoftmaxBackward(gr, g, lr, 7, 13);
+  nat!.logSoftmaxBackward(gn, g, lr, 7, 13);
+  assertClose(gn, gr, tol, 'log softmax backward');
+  for (const nesterov of [false, true]) {
+    const p0 = randomArray(37, gen), grad = randomArray(37, gen);
+    const pr = p0.slice(), pn = p0.slice(), br = new Float32Array(37), bn = new Float32Array(37);
+    for (let step = 0; step < 3; step++) {
+      const sp = { lr: 0.1, momentum: 0.9, dampening: 0, weightDecay: 1e-4, nesterov, firstStep: step === 0 };
+      tsKernels.sgdStep(pr, grad, br, sp);
+      nat!.sgdStep(pn, grad, bn, sp);
+    }
+    assertClose(pn, pr, tol, `sgd nesterov=${nesterov}`);
+    assertClose(bn, br, tol, 'sgd momentum buffer');
+  }
+});
+
+test('the addon refuses buffers shorter than the geometry instead of overrunning them', { skip }, () => {
+  const p = convCase(1, 3, 8, 8, 4, 3, 1, 1, 1, 1);
+  assert.throws(() => nat!.conv2d(new Float32Array(10), new Float32Array(192), new Float32Array(108), null, p), /shorter than the geometry/);
+  assert.throws(() => nat!.conv2d(new Float32Array(256), new Float32Array(192), new Float32Array(108), new Float32Array(4) as never, { ...p, groups: 2 }), /invalid convolution geometry/);
+});
+
+test('thread count can be changed and results do not depend on it', { skip }, () => {
+  const p = convCase(3, 16, 14, 14, 32, 3, 1, 1, 1, 1);
+  const x = randomArray(p.n * 16 * 196, gen);
+  const w = randomArray(32 * 16 * 9, gen);
+  const before = nat!.getThreads();
+  const outs: Float32Array[] = [];
+  for (const t of [1, 2, 3]) {
+    nat!.setThreads(t);
+    assert.equal(nat!.getThreads(), t);
+    const y = new Float32Array(p.n * 32 * 196);
+    nat!.conv2d(y, x, w, null, p);
+    outs.push(y);
+  }
+  nat!.setThreads(before);
+  assertClose(outs[1]!, outs[0]!, scaleTol(outs[0]!), '2 threads vs 1');
+  assertClose(outs[2]!, outs[0]!, scaleTol(outs[0]!), '3 threads vs 1');
+});
+
+test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference result', { skip }, async () => {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const p = convCase(2, 17, 9, 9, 24, 3, 2, 1, 1, 1);
+  const x = randomArray(p.n * 17 * 81, gen);
+  const w = randomArray(24 * 17 * 9, gen);
+  const yr = new Float32Array(p.n * 24 * p.oh * p.ow);
+  tsKernels.conv2d(yr, x, w, null, p);
+  const original = b.isa();
+  try {
+    for (const [code, name] of [[1, 'portable'], [2, 'avx2'], [3, 'avx512']] as const) {
+      const got = b.isa(code);
+      if (got !== name) continue; // this CPU lacks it
+      const y = new Float32Array(yr.length);
+      nat!.conv2d(y, x, w, null, p);
+      assertClose(y, yr, scaleTol(yr), `conv2d with the ${name} micro-kernel`);
+      const m = 37, n = 41, k = 29;
+      const a = randomArray(m * k, gen), bb = randomArray(k * n, gen);
+      const cr = new Float32Array(m * n), cn = new Float32Array(m * n);
+      tsKernels.gemm(cr, a, bb, m, n, k, true, true, 1, 0);
+      nat!.gemm(cn, a, bb, m, n, k, true, true, 1, 0);
+      assertClose(cn, cr, scaleTol(cr), `gemm with the ${name} micro-kernel`);
+    }
+  } finally {
+    b.isa(0);
+    assert.equal(b.isa(), original);
+  }
+});
