@@ -137,11 +137,19 @@ static void img_task(void *ctx, int tid, int n) {
   }
 }
 
+static _Thread_local int mt = 1; /* 0 inside a chunk-parallel task: everything runs on this thread */
+
 static void per_image(int kind, int nb, int rows, int cin, const conv_p *p, const float *src, float *dst, long src_img,
                       long dst_img, long len, long ld) {
   img_job j = {kind, nb, rows, cin, p, src, dst, src_img, dst_img, len, ld};
-  if (nb == 1) img_task(&j, 0, 1);
+  if (nb == 1 || !mt) img_task(&j, 0, 1);
   else pool_run_n(img_task, &j, nb);
+}
+
+static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                 int ldc, const float *bias, int relu) {
+  if (mt) sgemm_ex(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, bias, relu);
+  else sgemm_ex_st(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, bias, relu);
 }
 
 /* Images per chunk: enough for MIN_COLS GEMM columns, within the scratch budget. */
@@ -157,98 +165,173 @@ static int chunk_images(const conv_p *p) {
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
-void conv2d_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
-                    const conv_p *p) {
+static void forward_chunk(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                          const conv_p *p, int b0, int nb) {
   const int G = p->groups, cin_g = p->cin / G, cout_g = p->cout / G;
   const long K = (long)cin_g * p->kh * p->kw, P = (long)p->oh * p->ow, HW = (long)p->h * p->w;
-  const int pw = is_pointwise(p), cb = chunk_images(p);
-  for (int b0 = 0; b0 < p->n; b0 += cb) {
-    const int nb = p->n - b0 < cb ? p->n - b0 : cb;
-    const long NP = (long)nb * P;
-    float *col = (pw && nb == 1) ? NULL : grow(&col_buf, (size_t)K * NP);
-    float *tmp = nb == 1 ? NULL : grow(&tmp_buf, (size_t)cout_g * NP);
-    for (int g = 0; g < G; g++) {
-      const float *xg = x + (long)b0 * p->cin * HW + (long)g * cin_g * HW;
-      float *yg = y + (long)b0 * p->cout * P + (long)g * cout_g * P;
-      const float *rg = residual ? residual + (long)b0 * p->cout * P + (long)g * cout_g * P : NULL;
-      const float *src = xg;
-      if (!(pw && nb == 1)) {
-        if (pw) per_image(T_GATHER, nb, cin_g, 0, p, xg, col, (long)p->cin * HW, 0, P, NP);
-        else per_image(T_IM2COL, nb, 0, cin_g, p, xg, col, (long)p->cin * HW, 0, P, NP);
-        src = col;
-      }
-      float *out = nb == 1 ? yg : tmp;
-      float beta = 0.0f;
-      if (rg) {
-        if (nb == 1) {
-          if (rg != yg) memcpy(yg, rg, sizeof(float) * cout_g * P);
-        } else {
-          per_image(T_GATHER, nb, cout_g, 0, p, rg, tmp, (long)p->cout * P, 0, P, NP);
-        }
-        beta = 1.0f;
-      }
-      sgemm_ex(0, 0, cout_g, (int)NP, (int)K, 1.0f, w + (long)g * cout_g * K, (int)K, src, (int)NP, beta, out, (int)NP,
-               bias ? bias + g * cout_g : NULL, relu);
-      if (nb > 1) per_image(T_SCATTER, nb, cout_g, 0, p, tmp, yg, 0, (long)p->cout * P, P, NP);
+  const int pw = is_pointwise(p);
+  const long NP = (long)nb * P;
+  float *col = (pw && nb == 1) ? NULL : grow(&col_buf, (size_t)K * NP);
+  float *tmp = nb == 1 ? NULL : grow(&tmp_buf, (size_t)cout_g * NP);
+  for (int g = 0; g < G; g++) {
+    const float *xg = x + (long)b0 * p->cin * HW + (long)g * cin_g * HW;
+    float *yg = y + (long)b0 * p->cout * P + (long)g * cout_g * P;
+    const float *rg = residual ? residual + (long)b0 * p->cout * P + (long)g * cout_g * P : NULL;
+    const float *src = xg;
+    if (!(pw && nb == 1)) {
+      if (pw) per_image(T_GATHER, nb, cin_g, 0, p, xg, col, (long)p->cin * HW, 0, P, NP);
+      else per_image(T_IM2COL, nb, 0, cin_g, p, xg, col, (long)p->cin * HW, 0, P, NP);
+      src = col;
     }
+    float *out = nb == 1 ? yg : tmp;
+    float beta = 0.0f;
+    if (rg) {
+      if (nb == 1) {
+        if (rg != yg) memcpy(yg, rg, sizeof(float) * cout_g * P);
+      } else {
+        per_image(T_GATHER, nb, cout_g, 0, p, rg, tmp, (long)p->cout * P, 0, P, NP);
+      }
+      beta = 1.0f;
+    }
+    gemm(0, 0, cout_g, (int)NP, (int)K, w + (long)g * cout_g * K, (int)K, src, (int)NP, beta, out, (int)NP,
+         bias ? bias + g * cout_g : NULL, relu);
+    if (nb > 1) per_image(T_SCATTER, nb, cout_g, 0, p, tmp, yg, 0, (long)p->cout * P, P, NP);
   }
+}
+
+/* Chunks are spread over threads when there are enough of them (one pool dispatch per call, each
+ * thread running whole chunks with single-threaded GEMMs); otherwise chunks run in turn and each
+ * GEMM is threaded. */
+typedef struct {
+  int kind; /* 0 forward, 1 backward input, 2 backward weight */
+  const conv_p *p;
+  float *y, *dx, *dw, *partials;
+  const float *x, *w, *bias, *residual, *dy;
+  int relu, cb, nchunks;
+} conv_job;
+
+static void backward_input_chunk(float *dx, const float *dy, const float *w, const conv_p *p, int b0, int nb);
+static void backward_weight_chunk(float *dw, const float *x, const float *dy, const conv_p *p, int b0, int nb, int first);
+
+static void chunk_task(void *ctx, int tid, int n) {
+  const conv_job *j = ctx;
+  const conv_p *p = j->p;
+  long lo, hi;
+  pool_split(j->nchunks, tid, n, 1, &lo, &hi);
+  mt = 0;
+  long wn = (long)p->cout * (p->cin / p->groups) * p->kh * p->kw;
+  float *dw = j->kind == 2 ? (tid == 0 ? j->dw : j->partials + (long)(tid - 1) * wn) : NULL;
+  if (j->kind == 2 && lo >= hi) memset(dw, 0, sizeof(float) * wn);
+  for (long c = lo; c < hi; c++) {
+    int b0 = (int)c * j->cb, nb = p->n - b0 < j->cb ? p->n - b0 : j->cb;
+    if (j->kind == 0) forward_chunk(j->y, j->x, j->w, j->bias, j->residual, j->relu, p, b0, nb);
+    else if (j->kind == 1) backward_input_chunk(j->dx, j->dy, j->w, p, b0, nb);
+    else backward_weight_chunk(dw, j->x, j->dy, p, b0, nb, c == lo);
+  }
+  mt = 1;
+}
+
+/* Runs every chunk; returns after the work is done. For backward weight the per-thread partial
+ * sums are added into dw. */
+static void run_chunks(conv_job *j) {
+  const conv_p *p = j->p;
+  j->cb = chunk_images(p);
+  j->nchunks = (p->n + j->cb - 1) / j->cb;
+  int T = pool_threads();
+  if (T > 1 && j->nchunks >= T) {
+    long wn = (long)p->cout * (p->cin / p->groups) * p->kh * p->kw;
+    if (j->kind == 2) {
+      j->partials = malloc(sizeof(float) * wn * (T - 1));
+      if (!j->partials) abort();
+    }
+    pool_run_n(chunk_task, j, j->nchunks);
+    if (j->kind == 2) {
+      int used = T < j->nchunks ? T : j->nchunks;
+      for (int t = 1; t < used; t++) {
+        const float *src = j->partials + (long)(t - 1) * wn;
+        for (long i = 0; i < wn; i++) j->dw[i] += src[i];
+      }
+      free(j->partials);
+    }
+    return;
+  }
+  for (int c = 0; c < j->nchunks; c++) {
+    int b0 = c * j->cb, nb = p->n - b0 < j->cb ? p->n - b0 : j->cb;
+    if (j->kind == 0) forward_chunk(j->y, j->x, j->w, j->bias, j->residual, j->relu, p, b0, nb);
+    else if (j->kind == 1) backward_input_chunk(j->dx, j->dy, j->w, p, b0, nb);
+    else backward_weight_chunk(j->dw, j->x, j->dy, p, b0, nb, c == 0);
+  }
+}
+
+void conv2d_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                    const conv_p *p) {
+  conv_job j = {.kind = 0, .p = p, .y = y, .x = x, .w = w, .bias = bias, .residual = residual, .relu = relu};
+  run_chunks(&j);
 }
 
 /* ---- backward input ----------------------------------------------------------------------- */
 
-void conv2d_backward_input(float *dx, const float *dy, const float *w, const conv_p *p) {
+static void backward_input_chunk(float *dx, const float *dy, const float *w, const conv_p *p, int b0, int nb) {
   const int G = p->groups, cin_g = p->cin / G, cout_g = p->cout / G;
   const long K = (long)cin_g * p->kh * p->kw, P = (long)p->oh * p->ow, HW = (long)p->h * p->w;
-  const int pw = is_pointwise(p), cb = chunk_images(p);
-  if (!pw) memset(dx, 0, sizeof(float) * (size_t)p->n * p->cin * HW);
-  for (int b0 = 0; b0 < p->n; b0 += cb) {
-    const int nb = p->n - b0 < cb ? p->n - b0 : cb;
-    const long NP = (long)nb * P;
-    float *dcol = (pw && nb == 1) ? NULL : grow(&col_buf, (size_t)K * NP);
-    float *dyc = nb == 1 ? NULL : grow(&tmp_buf, (size_t)cout_g * NP);
-    for (int g = 0; g < G; g++) {
-      const float *dyg = dy + (long)b0 * p->cout * P + (long)g * cout_g * P;
-      float *dxg = dx + (long)b0 * p->cin * HW + (long)g * cin_g * HW;
-      const float *src = dyg;
-      if (nb > 1) {
-        per_image(T_GATHER, nb, cout_g, 0, p, dyg, dyc, (long)p->cout * P, 0, P, NP);
-        src = dyc;
-      }
-      float *dst = (pw && nb == 1) ? dxg : dcol;
-      sgemm(1, 0, (int)K, (int)NP, cout_g, 1.0f, w + (long)g * cout_g * K, (int)K, src, (int)NP, 0.0f, dst, (int)NP);
-      if (pw && nb > 1) per_image(T_SCATTER, nb, cin_g, 0, p, dcol, dxg, 0, (long)p->cin * HW, P, NP);
-      else if (!pw) per_image(T_COL2IM, nb, 0, cin_g, p, dcol, dxg, 0, (long)p->cin * HW, P, NP);
+  const int pw = is_pointwise(p);
+  const long NP = (long)nb * P;
+  float *dcol = (pw && nb == 1) ? NULL : grow(&col_buf, (size_t)K * NP);
+  float *dyc = nb == 1 ? NULL : grow(&tmp_buf, (size_t)cout_g * NP);
+  if (!pw) memset(dx + (long)b0 * p->cin * HW, 0, sizeof(float) * (size_t)nb * p->cin * HW);
+  for (int g = 0; g < G; g++) {
+    const float *dyg = dy + (long)b0 * p->cout * P + (long)g * cout_g * P;
+    float *dxg = dx + (long)b0 * p->cin * HW + (long)g * cin_g * HW;
+    const float *src = dyg;
+    if (nb > 1) {
+      per_image(T_GATHER, nb, cout_g, 0, p, dyg, dyc, (long)p->cout * P, 0, P, NP);
+      src = dyc;
     }
+    float *dst = (pw && nb == 1) ? dxg : dcol;
+    gemm(1, 0, (int)K, (int)NP, cout_g, w + (long)g * cout_g * K, (int)K, src, (int)NP, 0.0f, dst, (int)NP, NULL, 0);
+    if (pw && nb > 1) per_image(T_SCATTER, nb, cin_g, 0, p, dcol, dxg, 0, (long)p->cin * HW, P, NP);
+    else if (!pw) per_image(T_COL2IM, nb, 0, cin_g, p, dcol, dxg, 0, (long)p->cin * HW, P, NP);
   }
+}
+
+void conv2d_backward_input(float *dx, const float *dy, const float *w, const conv_p *p) {
+  conv_job j = {.kind = 1, .p = p, .dx = dx, .dy = dy, .w = w};
+  run_chunks(&j);
 }
 
 /* ---- backward weight ---------------------------------------------------------------------- */
 
-void conv2d_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
+/* dw = (first ? 0 : dw) + sum over the chunk's images. */
+static void backward_weight_chunk(float *dw, const float *x, const float *dy, const conv_p *p, int b0, int nb, int first) {
   const int G = p->groups, cin_g = p->cin / G, cout_g = p->cout / G;
   const long K = (long)cin_g * p->kh * p->kw, P = (long)p->oh * p->ow, HW = (long)p->h * p->w;
-  const int pw = is_pointwise(p), cb = chunk_images(p);
-  if (p->n == 0) memset(dw, 0, sizeof(float) * (size_t)p->cout * K);
-  for (int b0 = 0; b0 < p->n; b0 += cb) {
-    const int nb = p->n - b0 < cb ? p->n - b0 : cb;
-    const long NP = (long)nb * P;
-    float *col = (pw && nb == 1) ? NULL : grow(&col_buf, (size_t)K * NP);
-    float *dyc = nb == 1 ? NULL : grow(&tmp_buf, (size_t)cout_g * NP);
-    for (int g = 0; g < G; g++) {
-      const float *xg = x + (long)b0 * p->cin * HW + (long)g * cin_g * HW;
-      const float *dyg = dy + (long)b0 * p->cout * P + (long)g * cout_g * P;
-      const float *src = xg, *dsrc = dyg;
-      if (!(pw && nb == 1)) {
-        if (pw) per_image(T_GATHER, nb, cin_g, 0, p, xg, col, (long)p->cin * HW, 0, P, NP);
-        else per_image(T_IM2COL, nb, 0, cin_g, p, xg, col, (long)p->cin * HW, 0, P, NP);
-        src = col;
-      }
-      if (nb > 1) {
-        per_image(T_GATHER, nb, cout_g, 0, p, dyg, dyc, (long)p->cout * P, 0, P, NP);
-        dsrc = dyc;
-      }
-      sgemm(0, 1, cout_g, (int)K, (int)NP, 1.0f, dsrc, (int)NP, src, (int)NP, b0 == 0 ? 0.0f : 1.0f,
-            dw + (long)g * cout_g * K, (int)K);
+  const int pw = is_pointwise(p);
+  const long NP = (long)nb * P;
+  float *col = (pw && nb == 1) ? NULL : grow(&col_buf, (size_t)K * NP);
+  float *dyc = nb == 1 ? NULL : grow(&tmp_buf, (size_t)cout_g * NP);
+  for (int g = 0; g < G; g++) {
+    const float *xg = x + (long)b0 * p->cin * HW + (long)g * cin_g * HW;
+    const float *dyg = dy + (long)b0 * p->cout * P + (long)g * cout_g * P;
+    const float *src = xg, *dsrc = dyg;
+    if (!(pw && nb == 1)) {
+      if (pw) per_image(T_GATHER, nb, cin_g, 0, p, xg, col, (long)p->cin * HW, 0, P, NP);
+      else per_image(T_IM2COL, nb, 0, cin_g, p, xg, col, (long)p->cin * HW, 0, P, NP);
+      src = col;
     }
+    if (nb > 1) {
+      per_image(T_GATHER, nb, cout_g, 0, p, dyg, dyc, (long)p->cout * P, 0, P, NP);
+      dsrc = dyc;
+    }
+    gemm(0, 1, cout_g, (int)K, (int)NP, dsrc, (int)NP, src, (int)NP, first ? 0.0f : 1.0f, dw + (long)g * cout_g * K, (int)K,
+         NULL, 0);
   }
+}
+
+void conv2d_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
+  if (p->n == 0) {
+    memset(dw, 0, sizeof(float) * (size_t)p->cout * (p->cin / p->groups) * p->kh * p->kw);
+    return;
+  }
+  conv_job j = {.kind = 2, .p = p, .dw = dw, .x = x, .dy = dy};
+  run_chunks(&j);
 }
