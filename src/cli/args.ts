@@ -27,8 +27,9 @@ export interface Command {
   options: Record<string, OptionSpec>;
   positionals: { min: number; max: number };
   examples: string[];
-  /** Returns the text for stdout; throws ResnetError for anything the user got wrong. */
-  run(args: ParsedArgs): string;
+  /** Returns the text for stdout (or a promise of it, for long-running commands); throws
+   * ResnetError for anything the user got wrong. */
+  run(args: ParsedArgs): string | Promise<string>;
 }
 
 export interface ParsedArgs {

@@ -15,6 +15,7 @@ import { HELP_OPTION, commandHelp, parseCommandArgs, wantsHelp, type Command } f
 import { listCommand } from './list.js';
 import { runCommand } from './run.js';
 import { summaryCommand } from './summary.js';
+import { benchCommand } from './bench.js';
 
 export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
@@ -34,7 +35,7 @@ const helpCommand: Command = {
   },
 };
 
-const COMMANDS: Command[] = [listCommand, summaryCommand, runCommand, helpCommand];
+const COMMANDS: Command[] = [listCommand, summaryCommand, runCommand, benchCommand, helpCommand];
 
 function findCommand(name: string): Command {
   const cmd = COMMANDS.find((c) => c.name === name);
@@ -67,7 +68,7 @@ function mainHelp(): string {
 }
 
 /** Runs the CLI on `argv` (without node and the script); returns stdout text and the exit code. */
-export function main(argv: readonly string[]): { out: string; err: string; code: number } {
+export async function main(argv: readonly string[]): Promise<{ out: string; err: string; code: number }> {
   let cmdName: string | undefined;
   try {
     const first = argv[0];
@@ -80,7 +81,7 @@ export function main(argv: readonly string[]): { out: string; err: string; code:
     cmdName = cmd.name;
     const rest = argv.slice(1);
     if (wantsHelp(rest)) return { out: commandHelp(cmd), err: '', code: EXIT_OK };
-    return { out: cmd.run(parseCommandArgs(cmd, rest)), err: '', code: EXIT_OK };
+    return { out: await cmd.run(parseCommandArgs(cmd, rest)), err: '', code: EXIT_OK };
   } catch (e) {
     if (e instanceof ResnetError) {
       const msg = oneLine(e.message);
@@ -104,7 +105,7 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   if (e.code !== 'EPIPE') throw e;
 });
 
-const { out, err, code } = main(process.argv.slice(2));
+const { out, err, code } = await main(process.argv.slice(2));
 if (out) process.stdout.write(out);
 if (err) process.stderr.write(err);
 process.exitCode = code;
