@@ -29,7 +29,7 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
 }
 
 function drawPanel(g: SKRSContext2D, x0: number, y0: number, w: number, h: number, p: Panel): void {
-  const pad = { l: 62, r: 16, t: 34, b: 44 };
+  const pad = { l: 70, r: 16, t: 34, b: 44 };
   const pw = w - pad.l - pad.r;
   const ph = h - pad.t - pad.b;
   const all = p.series.flatMap((s) => s.points);
@@ -57,7 +57,9 @@ function drawPanel(g: SKRSContext2D, x0: number, y0: number, w: number, h: numbe
     g.lineTo(X(xMax), Y(t));
     g.stroke();
     g.fillStyle = '#555';
-    g.fillText(String(t), x0 + 6, Y(t) + 4);
+    g.textAlign = 'right';
+    g.fillText(String(t), x0 + pad.l - 6, Y(t) + 4);
+    g.textAlign = 'left';
   }
   for (const t of niceTicks(xMin, xMax, 8).filter((v) => Number.isInteger(v))) {
     g.fillStyle = '#555';
@@ -68,7 +70,7 @@ function drawPanel(g: SKRSContext2D, x0: number, y0: number, w: number, h: numbe
   g.fillStyle = '#333';
   g.fillText('epoch', x0 + pad.l + pw / 2 - 16, y0 + h - 8);
   g.save();
-  g.translate(x0 + 14, y0 + pad.t + ph / 2 + 20);
+  g.translate(x0 + 12, y0 + pad.t + ph / 2 + 30);
   g.rotate(-Math.PI / 2);
   g.fillText(p.yLabel, 0, 0);
   g.restore();
