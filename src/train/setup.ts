@@ -70,7 +70,7 @@ export function evalTransform(d: DataSpec): Transform {
 
 /** A DataLoader seen as the trainer's BatchSource. */
 export function batchSource(ds: AnyDataset, o: { batchSize: number; shuffle: boolean; seed: number; transform: Transform; workers: number; dropLast?: boolean }): BatchSource {
-  const loader = new DataLoader(ds, { batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, transform: o.transform, workers: o.workers, dropLast: o.dropLast ?? false });
+  const loader = new DataLoader(ds, { batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, transform: o.transform, workers: o.workers, dropLast: o.dropLast ?? false, persistentWorkers: o.workers > 0 });
   const n = ds.length;
   return {
     batches: o.dropLast ? Math.floor(n / o.batchSize) : Math.ceil(n / o.batchSize),
