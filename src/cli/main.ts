@@ -16,6 +16,9 @@ import { listCommand } from './list.js';
 import { runCommand } from './run.js';
 import { summaryCommand } from './summary.js';
 import { benchCommand } from './bench.js';
+import { evalCommand, trainCommand } from './train.js';
+import { classifyCommand } from './classify.js';
+import { embedCommand } from './embed.js';
 
 export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
@@ -35,7 +38,7 @@ const helpCommand: Command = {
   },
 };
 
-const COMMANDS: Command[] = [listCommand, summaryCommand, runCommand, benchCommand, helpCommand];
+const COMMANDS: Command[] = [listCommand, summaryCommand, runCommand, trainCommand, evalCommand, classifyCommand, embedCommand, benchCommand, helpCommand];
 
 function findCommand(name: string): Command {
   const cmd = COMMANDS.find((c) => c.name === name);

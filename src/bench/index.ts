@@ -1,0 +1,240 @@
+/**
+ * `resnet bench`: times resnet-ts on the benchmark workloads and, in the same invocation, the
+ * peers (ONNX Runtime, PyTorch) on the same workloads and thread count; reports medians, images
+ * per second, throughput ratios, and the peak memory of ResNet-50 batch-1 inference per engine
+ * (each in a fresh process). runBench() returns a JSON-serialisable report; report.ts prints it.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { UsageError, kernels, listBackends, setBackend } from '../index.js';
+import { getNumThreads, setNumThreads } from '../kernels/registry.js';
+import { cpuSample, otherCores } from './cpu.js';
+import { runOurs } from './ours.js';
+import { defaultCacheDir, ortMemory, runJson, runOrt, runTorch, torchMemory, type EngineResult, type MemoryResult, type PeerOptions, type PeerRun } from './peers.js';
+import type { TimingPlan } from './timing.js';
+import { MEMORY_WORKLOAD, getWorkload, selectWorkloads, type Workload } from './workloads.js';
+
+export { WORKLOADS, selectWorkloads, getWorkload, type Workload } from './workloads.js';
+export { formatReport } from './report.js';
+
+export interface BenchOptions {
+  /** Comma-separated workload ids (default: every non-hidden workload). */
+  only?: string;
+  /** Backend to run resnet-ts on (default: the active one). */
+  backend?: string;
+  threads?: number;
+  warmup?: number;
+  runs?: number;
+  /** Time budget per workload and engine, in seconds (0: none). */
+  budgetS?: number;
+  /** Measure ONNX Runtime and PyTorch too (default true). */
+  peers?: boolean;
+  /** Measure the peak RSS of ResNet-50 batch 1 when it is selected (default true). */
+  memory?: boolean;
+  python?: string;
+  cacheDir?: string;
+  seed?: number;
+  /** Progress lines (default: none). */
+  log?: (msg: string) => void;
+}
+
+export const DEFAULTS = { threads: 2, warmup: 2, runs: 7, budgetS: 60, python: '/usr/bin/python3' } as const;
+
+export const ENGINES = ['resnet-ts', 'onnxruntime', 'pytorch'] as const;
+export type Engine = (typeof ENGINES)[number];
+
+export interface WorkloadReport {
+  id: string;
+  title: string;
+  kind: 'inference' | 'train';
+  arch: string;
+  batch: number;
+  input: number[];
+  numClasses: number;
+  results: Record<Engine, EngineResult>;
+  /** Throughput ratios ours/peer (> 1: resnet-ts is faster); null when either side is missing. */
+  ratios: { vsOnnxruntime: number | null; vsPytorch: number | null };
+}
+
+export interface BenchReport {
+  tool: 'resnet-ts bench';
+  version: string;
+  /** When the measurements started (ISO 8601). */
+  date: string;
+  machine: {
+    cpu: string;
+    logicalCores: number;
+    memoryGB: number;
+    node: string;
+    platform: string;
+    loadAverageStart: number[];
+    loadAverageEnd: number[];
+    /**
+     * Average cores that other processes kept busy during each phase (null: not measurable here).
+     * Above ~0.1 the phase's timings are pessimistic.
+     */
+    otherProcessesCores: { 'resnet-ts': number | null; onnxruntime: number | null; pytorch: number | null; memory: number | null };
+  };
+  settings: { threads: number; warmup: number; runs: number; budgetS: number; seed: number };
+  /** Threads resnet-ts's kernels actually use (1 on the single-threaded ts backend). */
+  oursThreads: number;
+  backend: string;
+  backends: string[];
+  peers: { onnxruntime: Omit<PeerRun, 'results'> | null; pytorch: Omit<PeerRun, 'results'> | null };
+  workloads: WorkloadReport[];
+  memory: { workload: string; method: string; results: Record<Engine, MemoryResult> } | null;
+}
+
+const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'];
+
+export function cpuModel(): string {
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m) return m[1]!.trim();
+  } catch {
+    // not Linux: fall through
+  }
+  return os.cpus()[0]?.model ?? 'unknown';
+}
+
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+function positiveInt(v: number | undefined, name: string, dflt: number, min = 1): number {
+  if (v === undefined) return dflt;
+  if (!Number.isSafeInteger(v) || v < min) throw new UsageError(`--${name} must be an integer >= ${min}, got ${v}`);
+  return v;
+}
+
+function ratio(ours: EngineResult, peer: EngineResult): number | null {
+  return ours.status === 'ok' && peer.status === 'ok' ? ours.imgPerSec / peer.imgPerSec : null;
+}
+
+const RSS_WORKER = fileURLToPath(new URL('./rss_worker.js', import.meta.url));
+
+/** Runs the benchmark. Throws UsageError for bad options before measuring anything. */
+export function runBench(o: BenchOptions = {}): BenchReport {
+  const workloads = selectWorkloads(o.only);
+  if (o.backend !== undefined) {
+    if (!listBackends().includes(o.backend)) throw new UsageError(`unknown backend "${o.backend}"; available: ${listBackends().join(', ')}`);
+    setBackend(o.backend);
+  }
+  const threads = positiveInt(o.threads, 'threads', DEFAULTS.threads);
+  const plan: TimingPlan = {
+    warmup: positiveInt(o.warmup, 'warmup', DEFAULTS.warmup, 0),
+    runs: positiveInt(o.runs, 'runs', DEFAULTS.runs),
+    budgetMs: (o.budgetS ?? DEFAULTS.budgetS) * 1000,
+  };
+  if (!(plan.budgetMs >= 0)) throw new UsageError(`--budget must be a number of seconds >= 0, got ${o.budgetS}`);
+  const seed = o.seed ?? 0;
+  const env = Object.fromEntries(ENV_KEYS.map((k) => [k, process.env[k] ?? null])); // as the user set it
+  const log = o.log ?? ((): void => {});
+  // Threads of the native kernels (the ts backend is single-threaded); child processes get the
+  // same count through RESNET_NUM_THREADS, which the native thread pool reads at start-up.
+  setNumThreads(threads);
+  process.env['RESNET_NUM_THREADS'] = String(threads);
+  const backend = kernels().name;
+  const oursThreads = getNumThreads();
+  const loadAverageStart = os.loadavg().map((x) => +x.toFixed(2));
+  const date = new Date().toISOString();
+
+  const c0 = cpuSample();
+  // 1. resnet-ts, in this process.
+  const ours: Record<string, EngineResult> = {};
+  for (const w of workloads) {
+    log(`resnet-ts (${backend}): ${w.id} ...`);
+    const r = runOurs(w, plan, (kind, ms) => log(`  ${kind} ${fmtMs(ms)}`));
+    ours[w.id] = { status: 'ok', ...r };
+    log(`  ${w.id}: ${fmtMs(r.msPerIter)} per iteration (median of ${r.runs})${r.limited ? ` [${r.limited}]` : ''}`);
+  }
+
+  // 2. Peers, in child processes.
+  const po: PeerOptions = { threads, plan, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log };
+  const wantPeers = o.peers ?? true;
+  const skipped = (): PeerRun => ({ available: false, reason: 'skipped (--no-peers)', results: Object.fromEntries(workloads.map((w) => [w.id, { status: 'n/a', reason: 'skipped (--no-peers)' }])) });
+  const c1 = cpuSample();
+  const ort = wantPeers ? runOrt(workloads, po) : skipped();
+  const c2 = cpuSample();
+  const torch = wantPeers ? runTorch(workloads, po) : skipped();
+  const c3 = cpuSample();
+
+  // 3. Peak memory of ResNet-50 batch 1, each engine in a fresh process.
+  let memory: BenchReport['memory'] = null;
+  if ((o.memory ?? true) && workloads.some((w) => w.id === MEMORY_WORKLOAD)) {
+    const w = getWorkload(MEMORY_WORKLOAD);
+    log(`peak memory of ${w.id} (fresh processes) ...`);
+    const childEnv = { ...process.env, RESNET_NUM_THREADS: String(threads) };
+    const oursMem = runJson(process.execPath, [RSS_WORKER, JSON.stringify({ workload: w.id, backend, threads })], 600_000, childEnv);
+    const off: MemoryResult = { status: 'unavailable', reason: 'skipped (--no-peers)' };
+    memory = {
+      workload: w.id,
+      method: 'peak resident memory (VmHWM) of a fresh process that loads the engine, builds the model and runs 2 iterations; baseline = RSS after loading the engine',
+      results: {
+        'resnet-ts': oursMem.error ? { status: 'unavailable', reason: oursMem.error } : { status: 'ok', peakRssMB: Number(oursMem.json!['peakRssMB']), baselineRssMB: Number(oursMem.json!['baselineRssMB']) },
+        onnxruntime: wantPeers ? (ort.available ? ortMemory(w, po) : { status: 'unavailable', reason: ort.reason ?? 'not available' }) : off,
+        pytorch: wantPeers ? (torch.available ? torchMemory(w, po) : { status: 'unavailable', reason: torch.reason ?? 'not available' }) : off,
+      },
+    };
+  }
+
+  const c4 = cpuSample();
+  const round = (x: number | null): number | null => (x === null ? null : +x.toFixed(2));
+  const otherProcessesCores = {
+    'resnet-ts': round(otherCores(c0, c1)),
+    onnxruntime: wantPeers ? round(otherCores(c1, c2)) : null,
+    pytorch: wantPeers ? round(otherCores(c2, c3)) : null,
+    memory: memory ? round(otherCores(c3, c4)) : null,
+  };
+  const peerInfo = (p: PeerRun): Omit<PeerRun, 'results'> => {
+    const { results: _r, ...rest } = p;
+    void _r;
+    return rest;
+  };
+  return {
+    tool: 'resnet-ts bench',
+    version: packageVersion(),
+    date,
+    machine: {
+      cpu: cpuModel(),
+      logicalCores: typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length,
+      memoryGB: +(os.totalmem() / 2 ** 30).toFixed(1),
+      node: process.version,
+      platform: `${process.platform} ${process.arch}`,
+      loadAverageStart,
+      loadAverageEnd: os.loadavg().map((x) => +x.toFixed(2)),
+      otherProcessesCores,
+      env,
+    },
+    settings: { threads, warmup: plan.warmup, runs: plan.runs, budgetS: plan.budgetMs / 1000, seed },
+    oursThreads,
+    backend,
+    backends: listBackends(),
+    peers: { onnxruntime: wantPeers ? peerInfo(ort) : null, pytorch: wantPeers ? peerInfo(torch) : null },
+    workloads: workloads.map((w: Workload) => {
+      const results = { 'resnet-ts': ours[w.id]!, onnxruntime: ort.results[w.id]!, pytorch: torch.results[w.id]! };
+      return {
+        id: w.id,
+        title: w.title,
+        kind: w.kind,
+        arch: w.arch,
+        batch: w.batch,
+        input: [...w.input],
+        numClasses: w.numClasses,
+        results,
+        ratios: { vsOnnxruntime: ratio(results['resnet-ts'], results.onnxruntime), vsPytorch: ratio(results['resnet-ts'], results.pytorch) },
+      };
+    }),
+    memory,
+  };
+}
+
+export function fmtMs(ms: number): string {
+  return ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : ms >= 100 ? `${ms.toFixed(0)} ms` : `${ms.toFixed(2)} ms`;
+}

@@ -1,0 +1,67 @@
+/**
+ * resnet-ts's side of the benchmark: builds the workload's model with the registry and times it on
+ * the active backend. Inference runs in eval mode under noGrad through model.call; a training step
+ * is zeroGrad, forward in train mode, mean cross-entropy, backward and an SGD step (TRAIN_RECIPE).
+ */
+import { createModel } from '../models/registry.js';
+import { crossEntropy } from '../ops/loss.js';
+import { SGD } from '../optim/sgd.js';
+import { backward, noGrad } from '../tensor/autograd.js';
+import { Generator } from '../tensor/rng.js';
+import { Tensor } from '../tensor/tensor.js';
+import type { ResNet } from '../models/resnet.js';
+import { measure, type Measurement, type TimingPlan } from './timing.js';
+import { TRAIN_RECIPE, type Workload } from './workloads.js';
+
+/** A ready-to-run iteration of a workload (model built, input drawn). */
+export interface Prepared {
+  model: ResNet;
+  params: number;
+  /** One iteration: a forward (inference) or a full training step. */
+  step: () => void;
+  /** The last training loss (NaN for inference). */
+  lastLoss: () => number;
+}
+
+/** Builds the model and a seeded random batch (and targets) for `w`. Not timed. */
+export function prepare(w: Workload, seed = 0): Prepared {
+  const gen = new Generator(seed);
+  const model = createModel(w.arch, { numClasses: w.numClasses, inChannels: w.input[0] });
+  const shape = [w.batch, ...w.input];
+  const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  for (let i = 0; i < data.length; i++) data[i] = gen.normal();
+  const x = new Tensor(shape, data);
+  const params = model.numParameters();
+  if (w.kind === 'inference') {
+    model.eval();
+    return { model, params, step: () => void noGrad(() => model.call(x)), lastLoss: () => NaN };
+  }
+  model.train();
+  const targets = Array.from({ length: w.batch }, () => gen.int(w.numClasses));
+  const opt = new SGD(model.parameters(), { ...TRAIN_RECIPE });
+  let loss = NaN;
+  return {
+    model,
+    params,
+    step: () => {
+      opt.zeroGrad();
+      const l = crossEntropy(model.call(x), targets);
+      backward(l);
+      opt.step();
+      loss = l.item();
+    },
+    lastLoss: () => loss,
+  };
+}
+
+export interface OursResult extends Measurement {
+  params: number;
+}
+
+/** Times `w` on the active backend. */
+export function runOurs(w: Workload, plan: TimingPlan, onRun?: (kind: 'warmup' | 'timed', ms: number) => void): OursResult {
+  const p = prepare(w);
+  const m = measure(p.step, plan, w.batch, onRun);
+  if (w.kind === 'train' && !Number.isFinite(p.lastLoss())) throw new Error(`internal: ${w.id} training loss is ${p.lastLoss()}`);
+  return { ...m, params: p.params };
+}

@@ -1,0 +1,119 @@
+/** Text rendering of a BenchReport: a header, one table per workload, a summary, peak memory. */
+import type { BenchReport, Engine } from './index.js';
+import type { EngineResult, PeerRun } from './peers.js';
+
+/** Above this many cores used by other processes, a measurement is flagged as contended. */
+export const CONTENDED = 0.1;
+
+function cols(rows: readonly (readonly string[])[], right: readonly boolean[], indent = '  '): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => indent + r.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+export function fmtMsCell(ms: number): string {
+  return ms.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+}
+
+export function fmtImgs(v: number): string {
+  return v >= 100 ? v.toFixed(1) : v >= 1 ? v.toFixed(2) : v.toFixed(3);
+}
+
+export function fmtRatio(r: number | null): string {
+  if (r === null) return '-';
+  return `${r >= 10 ? r.toFixed(1) : r >= 0.1 ? r.toFixed(2) : r.toPrecision(2)}x`;
+}
+
+function engineName(r: BenchReport, e: Engine): string {
+  if (e === 'resnet-ts') return `resnet-ts (${r.backend})`;
+  const p = e === 'onnxruntime' ? r.peers.onnxruntime : r.peers.pytorch;
+  const base = e === 'onnxruntime' ? 'ONNX Runtime' : 'PyTorch';
+  return p?.version ? `${base} ${p.version}` : base;
+}
+
+function resultCells(res: EngineResult, runsWanted: number): [string, string, string, string] {
+  if (res.status !== 'ok') return ['-', '-', '-', res.status === 'n/a' ? res.reason : `not available: ${res.reason}`];
+  const notes = [res.limited ?? ''];
+  if (res.otherCores !== null && res.otherCores !== undefined && res.otherCores > CONTENDED) {
+    notes.push(`contended: other processes used ${res.otherCores.toFixed(2)} cores`);
+  }
+  return [fmtMsCell(res.msPerIter), fmtImgs(res.imgPerSec), `${res.runs}/${runsWanted}`, notes.filter((n) => n !== '').join('; ')];
+}
+
+function peerLine(name: string, p: Omit<PeerRun, 'results'> | null, describe: (p: Omit<PeerRun, 'results'>) => string): string {
+  if (p === null) return `${name}: skipped (--no-peers)`;
+  if (!p.available) return `${name}: not available (${p.reason ?? 'unknown reason'})`;
+  return `${name} ${p.version ?? ''} (${describe(p)})`;
+}
+
+export function formatReport(r: BenchReport): string {
+  const m = r.machine;
+  const s = r.settings;
+  const out: string[] = [];
+  const date = r.date.replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
+  out.push(`resnet-ts bench (resnet-ts ${r.version}), ${date}`);
+  out.push(`machine:  ${m.cpu}, ${m.logicalCores} logical cores, ${m.memoryGB} GB; node ${m.node} (${m.platform})`);
+  out.push(`          load average ${m.loadAverageStart.join(' ')} at start, ${m.loadAverageEnd.join(' ')} at end`);
+  const oc = m.otherProcessesCores;
+  const phases = (['resnet-ts', 'onnxruntime', 'pytorch', 'memory'] as const).filter((k) => oc[k] !== null);
+  if (phases.length > 0) {
+    out.push(`          CPU used by other processes (average cores): ${phases.map((k) => `${k} ${oc[k]!.toFixed(2)}`).join(', ')}`);
+    const worst = Math.max(...phases.map((k) => oc[k]!));
+    if (worst > CONTENDED) out.push(`          warning: other processes competed for the ${m.logicalCores} cores (up to ${worst.toFixed(2)} of a core): the affected timings are pessimistic`);
+  }
+  out.push(
+    `settings: backend ${r.backend} (registered: ${r.backends.join(', ')}), ${s.threads} thread(s)` +
+      `${r.oursThreads !== s.threads ? ` (resnet-ts kernels use ${r.oursThreads}${r.backend === 'ts' ? ': the ts backend is single-threaded' : ''})` : ''}, float32`,
+  );
+  out.push(`          ${s.warmup} warm-up + ${s.runs} timed runs, median; time budget ${s.budgetS > 0 ? `${s.budgetS} s` : 'none'} per workload and engine`);
+  out.push(
+    `peers:    ${peerLine('ONNX Runtime', r.peers.onnxruntime, () => `onnxruntime-node, CPU provider, intra-op ${s.threads}, inter-op 1, graph optimisation all, sequential`)}`,
+  );
+  out.push(
+    `          ${peerLine('PyTorch', r.peers.pytorch, (p) => {
+      const d = p.detail ?? {};
+      return `torchvision ${String(d['torchvision'])}, ${String(d['python'])}, ${String(d['threads'])} thread(s), inter-op ${String(d['interopThreads'])}`;
+    })}`,
+  );
+  out.push(`env:      ${Object.entries(m.env).map(([k, v]) => `${k}=${v ?? '(unset)'}`).join(' ')}`);
+  out.push('');
+
+  for (const w of r.workloads) {
+    out.push(`${w.title}  [${w.id}]`);
+    const rows: string[][] = [['engine', 'ms/iter', 'img/s', 'runs', 'note']];
+    for (const e of ['resnet-ts', 'onnxruntime', 'pytorch'] as const) rows.push([engineName(r, e), ...resultCells(w.results[e], s.runs)]);
+    out.push(cols(rows, [false, true, true, true, false]).trimEnd());
+    out.push(`  resnet-ts vs ORT: ${fmtRatio(w.ratios.vsOnnxruntime)}   resnet-ts vs PyTorch: ${fmtRatio(w.ratios.vsPytorch)}   (throughput ratio; > 1: resnet-ts is faster)`);
+    out.push('');
+  }
+
+  if (r.workloads.length > 1) {
+    out.push('summary: ms per iteration (img/s), ratio = resnet-ts throughput / peer throughput');
+    const cell = (x: EngineResult): string =>
+      x.status === 'ok' ? `${fmtMsCell(x.msPerIter)} (${fmtImgs(x.imgPerSec)})${(x.otherCores ?? 0) > CONTENDED ? '*' : ''}` : x.status === 'n/a' ? 'n/a' : 'not available';
+    const rows = [['workload', `resnet-ts (${r.backend})`, 'ONNX Runtime', 'PyTorch', 'vs ORT', 'vs PyTorch']];
+    for (const w of r.workloads) {
+      rows.push([w.id, cell(w.results['resnet-ts']), cell(w.results.onnxruntime), cell(w.results.pytorch), fmtRatio(w.ratios.vsOnnxruntime), fmtRatio(w.ratios.vsPytorch)]);
+    }
+    out.push(cols(rows, [false, true, true, true, true, true]).trimEnd());
+    if (r.workloads.some((w) => Object.values(w.results).some((x) => x.status === 'ok' && (x.otherCores ?? 0) > CONTENDED))) {
+      out.push(`  * contended: other processes used more than ${CONTENDED} of a core during these runs (pessimistic)`);
+    }
+    out.push('');
+  }
+
+  if (r.memory) {
+    out.push(`peak memory, ${r.memory.workload}: ${r.memory.method}`);
+    const rows = [['engine', 'peak RSS (MB)', 'baseline (MB)', 'peak - baseline', 'note']];
+    for (const e of ['resnet-ts', 'onnxruntime', 'pytorch'] as const) {
+      const x = r.memory.results[e];
+      rows.push(
+        x.status === 'ok'
+          ? [engineName(r, e), x.peakRssMB!.toFixed(0), x.baselineRssMB!.toFixed(0), (x.peakRssMB! - x.baselineRssMB!).toFixed(0), '']
+          : [engineName(r, e), '-', '-', '-', `not available: ${x.reason ?? ''}`],
+      );
+    }
+    out.push(cols(rows, [false, true, true, true, false]).trimEnd());
+    out.push('');
+  }
+  return out.join('\n');
+}

@@ -1,0 +1,204 @@
+/**
+ * The benchmark harness (src/bench, `resnet bench`) on the hidden smoke-test workload "tiny"
+ * (CIFAR ResNet-20 inference, batch 2) without peers: the report's structure, the text table,
+ * the CLI's --json output and its usage errors, the "not available" path of a missing Python, and
+ * the time-budget rules of the Timer on synthetic durations. No assertion depends on speed.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { UsageError, kernels } from '../src/index.js';
+import { WORKLOADS, formatReport, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
+import { Timer, median, type TimingPlan } from '../src/bench/timing.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
+
+function resnet(...args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 120_000, env: { ...process.env, RESNET_BACKEND: 'ts' } });
+  if (r.error) throw r.error;
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** The structure every report has, whatever the numbers. */
+function checkReport(r: BenchReport, ids: string[]): void {
+  assert.equal(r.tool, 'resnet-ts bench');
+  assert.ok(!Number.isNaN(Date.parse(r.date)));
+  assert.equal(typeof r.machine.cpu, 'string');
+  assert.ok(r.machine.cpu.length > 0);
+  assert.ok(r.machine.logicalCores >= 1);
+  assert.equal(r.machine.node, process.version);
+  assert.equal(r.machine.loadAverageStart.length, 3);
+  assert.deepEqual(Object.keys(r.machine.otherProcessesCores), ['resnet-ts', 'onnxruntime', 'pytorch', 'memory']);
+  const oc = r.machine.otherProcessesCores['resnet-ts'];
+  assert.ok(oc === null || (Number.isFinite(oc) && oc >= 0));
+  assert.ok('OPENBLAS_CORETYPE' in r.machine.env);
+  assert.equal(typeof r.backend, 'string');
+  assert.ok(r.backends.includes(r.backend));
+  assert.ok(r.oursThreads >= 1);
+  assert.deepEqual(r.workloads.map((w) => w.id), ids);
+  for (const w of r.workloads) {
+    assert.deepEqual(Object.keys(w.results).sort(), ['onnxruntime', 'pytorch', 'resnet-ts']);
+    const ours = w.results['resnet-ts'];
+    assert.equal(ours.status, 'ok');
+    if (ours.status !== 'ok') continue;
+    assert.ok(Number.isFinite(ours.msPerIter) && ours.msPerIter > 0);
+    assert.ok(Math.abs(ours.imgPerSec - (w.batch * 1000) / ours.msPerIter) < 1e-9 * ours.imgPerSec);
+    assert.equal(ours.samplesMs.length, ours.runs);
+    assert.ok(ours.runs >= 1);
+    assert.ok(ours.limited === null || typeof ours.limited === 'string');
+    assert.equal(typeof ours.params, 'number');
+    assert.ok(ours.otherCores === null || (Number.isFinite(ours.otherCores) && ours.otherCores >= 0));
+  }
+}
+
+describe('runBench (in process)', () => {
+  test('tiny workload, no peers: report structure and text table', () => {
+    const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 1, budgetS: 0 });
+    checkReport(r, ['tiny']);
+    assert.equal(r.backend, kernels().name);
+    const w = r.workloads[0]!;
+    assert.equal(w.kind, 'inference');
+    assert.equal(w.batch, 2);
+    assert.deepEqual(w.input, [3, 32, 32]);
+    assert.equal(w.results['resnet-ts'].status === 'ok' && w.results['resnet-ts'].runs, 1);
+    assert.equal(w.results['resnet-ts'].status === 'ok' && w.results['resnet-ts'].params, 269_722);
+    for (const peer of ['onnxruntime', 'pytorch'] as const) assert.deepEqual(w.results[peer], { status: 'n/a', reason: 'skipped (--no-peers)' });
+    assert.deepEqual(w.ratios, { vsOnnxruntime: null, vsPytorch: null });
+    assert.deepEqual(r.peers, { onnxruntime: null, pytorch: null });
+    assert.equal(r.memory, null, 'memory is measured only for resnet50-b1');
+    assert.deepEqual(r.settings, { threads: 2, warmup: 0, runs: 1, budgetS: 0, seed: 0 });
+    JSON.parse(JSON.stringify(r)); // serialisable
+
+    const text = formatReport(r);
+    assert.match(text, /^resnet-ts bench /);
+    assert.ok(text.includes(`machine:  ${r.machine.cpu}`));
+    assert.match(text, /^CIFAR ResNet-20 inference, 3x32x32, batch 2 \(smoke test\) {2}\[tiny\]$/m);
+    assert.match(text, /^ {2}engine\s+ms\/iter\s+img\/s\s+runs\s+note$/m);
+    assert.match(text, new RegExp(`^  resnet-ts \\(${r.backend}\\)\\s+[\\d,]+\\.\\d\\d\\s+[\\d.]+\\s+1/1( {2}contended: .*)?$`, 'm'));
+    assert.match(text, /^ {2}resnet-ts vs ORT: - {3}resnet-ts vs PyTorch: -/m);
+  });
+
+  test('a training workload runs SGD steps', () => {
+    const r = runBench({ only: 'tiny-train', peers: false, warmup: 0, runs: 1 });
+    checkReport(r, ['tiny-train']);
+    assert.equal(r.workloads[0]!.kind, 'train');
+  });
+
+  test('a missing Python makes PyTorch "not available", not an error', () => {
+    const r = runBench({ only: 'tiny', warmup: 0, runs: 1, python: '/nonexistent/python3' });
+    const w = r.workloads[0]!;
+    assert.deepEqual(w.results.pytorch, { status: 'unavailable', reason: '/nonexistent/python3 not found' });
+    assert.equal(r.peers.pytorch?.available, false);
+    assert.equal(w.ratios.vsPytorch, null);
+    // ONNX Runtime has no export of the CIFAR ResNet: not applicable (whether or not it is installed).
+    assert.equal(w.results.onnxruntime.status === 'ok', false);
+    assert.match(formatReport(r), /not available: \/nonexistent\/python3 not found/);
+  });
+
+  test('bad options are UsageErrors, raised before measuring', () => {
+    assert.throws(() => runBench({ only: 'resnet50-b1,nope' }), (e: unknown) => e instanceof UsageError && /unknown workload "nope"; known: resnet18-b1, /.test(e.message));
+    assert.throws(() => runBench({ only: ' , ' }), UsageError);
+    assert.throws(() => runBench({ only: 'tiny', backend: 'cuda' }), (e: unknown) => e instanceof UsageError && /unknown backend "cuda"; available: .*ts/.test(e.message));
+    assert.throws(() => runBench({ only: 'tiny', threads: 0 }), UsageError);
+  });
+
+  test('workload selection: defaults, order, duplicates', () => {
+    const all = selectWorkloads();
+    assert.deepEqual(all.map((w) => w.id), ['resnet18-b1', 'resnet18-b8', 'resnet50-b1', 'resnet50-b8', 'resnet18-train', 'resnet20-train']);
+    assert.deepEqual(selectWorkloads('resnet20-train, resnet50-b1,resnet20-train').map((w) => w.id), ['resnet20-train', 'resnet50-b1']);
+    const r20 = WORKLOADS.find((w) => w.id === 'resnet20-train')!;
+    assert.deepEqual([r20.arch, r20.input, r20.batch, r20.kind], ['resnet20', [1, 28, 28], 128, 'train']);
+  });
+});
+
+describe('resnet bench (CLI)', () => {
+  test('--json prints the report object', () => {
+    const r = resnet('bench', '--only', 'tiny', '--no-peers', '--json', '--runs', '1', '--warmup', '0', '--quiet');
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout) as BenchReport;
+    checkReport(report, ['tiny']);
+    assert.equal(report.backend, 'ts');
+  });
+
+  test('text output by default; progress on stderr', () => {
+    const r = resnet('bench', '--only', 'tiny', '--no-peers', '--runs', '1', '--warmup', '0');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /\[tiny\]/);
+    assert.match(r.stderr, /^bench: resnet-ts \(ts\): tiny \.\.\.$/m);
+  });
+
+  test('a bad --only name is one clear usage error', () => {
+    const r = resnet('bench', '--only', 'resnet50-b2');
+    assert.equal(r.code, 2);
+    assert.equal(r.stdout, '');
+    const lines = r.stderr.trim().split('\n');
+    assert.match(lines[0]!, /^resnet: error: unknown workload "resnet50-b2"; known: resnet18-b1, resnet18-b8, resnet50-b1, resnet50-b8, resnet18-train, resnet20-train, tiny, tiny-train$/);
+    assert.equal(lines[1], "run 'resnet bench --help' for usage");
+  });
+
+  test('bad --backend, --runs and --budget are usage errors', () => {
+    const b = resnet('bench', '--backend', 'gpu', '--only', 'tiny');
+    assert.equal(b.code, 2);
+    assert.match(b.stderr, /^resnet: error: unknown backend "gpu"; available: .*\bts\b/m);
+    assert.equal(resnet('bench', '--runs', '0').code, 2);
+    assert.match(resnet('bench', '--budget', 'soon').stderr, /--budget must be a number of seconds/);
+  });
+
+  test('--help lists the options and the workloads', () => {
+    const r = resnet('bench', '--help');
+    assert.equal(r.code, 0);
+    for (const o of ['--only', '--backend', '--threads', '--warmup', '--runs', '--budget', '--no-peers', '--json', 'resnet20-train', 'resnet50-b8']) {
+      assert.ok(r.stdout.includes(o), o);
+    }
+  });
+});
+
+describe('Timer: warm-up, runs and the time budget (synthetic durations)', () => {
+  /** Drives a Timer with a constant run time; returns the runs it asked for and its result. */
+  function drive(plan: TimingPlan, ms: number): { kinds: string[]; r: ReturnType<Timer['result']> } {
+    const t = new Timer(plan);
+    const kinds: string[] = [];
+    for (let k = t.next(); k !== 'done'; k = t.next()) {
+      kinds.push(k);
+      t.record(k, ms);
+      assert.ok(kinds.length < 100);
+    }
+    return { kinds, r: t.result(4) };
+  }
+
+  test('fast runs: the full plan', () => {
+    const { kinds, r } = drive({ warmup: 2, runs: 7, budgetMs: 60_000 }, 10);
+    assert.deepEqual(kinds, ['warmup', 'warmup', ...Array<string>(7).fill('timed')]);
+    assert.equal(r.limited, null);
+    assert.equal(r.msPerIter, 10);
+    assert.equal(r.imgPerSec, 400);
+  });
+
+  test('slow runs: fewer runs within the budget, and it says so', () => {
+    const { kinds, r } = drive({ warmup: 2, runs: 7, budgetMs: 60_000 }, 12_000);
+    assert.deepEqual(kinds, ['warmup', 'warmup', 'timed', 'timed', 'timed']);
+    assert.equal(r.limited, '3 of 7 runs, 2 of 2 warm-up (60 s time budget)');
+    const mid = drive({ warmup: 2, runs: 7, budgetMs: 60_000 }, 25_000);
+    assert.deepEqual(mid.kinds, ['warmup', 'timed']);
+  });
+
+  test('a run over half the budget: the first run is the only (cold) sample', () => {
+    const { kinds, r } = drive({ warmup: 2, runs: 7, budgetMs: 60_000 }, 40_000);
+    assert.deepEqual(kinds, ['warmup']);
+    assert.equal(r.runs, 1);
+    assert.equal(r.warmup, 0);
+    assert.match(r.limited!, /^1 cold run \(no warm-up\)/);
+  });
+
+  test('no budget, no warm-up', () => {
+    assert.deepEqual(drive({ warmup: 0, runs: 3, budgetMs: 0 }, 1e9).kinds, ['timed', 'timed', 'timed']);
+  });
+
+  test('median', () => {
+    assert.equal(median([3, 1, 2]), 2);
+    assert.equal(median([4, 1, 3, 2]), 2.5);
+  });
+});
