@@ -75,6 +75,8 @@ export interface BenchReport {
      * Above ~0.1 the phase's timings are pessimistic.
      */
     otherProcessesCores: { 'resnet-ts': number | null; onnxruntime: number | null; pytorch: number | null; memory: number | null };
+    /** Environment variables that affect the engines' threading, as set when the bench started. */
+    env: Record<string, string | null>;
   };
   settings: { threads: number; warmup: number; runs: number; budgetS: number; seed: number };
   /** Threads resnet-ts's kernels actually use (1 on the single-threaded ts backend). */
