@@ -8,12 +8,13 @@
  * Packing pads partial panels with zeros, so the micro-kernel always computes a full tile; edge
  * tiles are written through a small buffer. Transposes cost nothing: packing reads either way.
  *
- * Threads split C into column strips (or row strips when M > N); each thread packs what it reads,
- * so there is no barrier inside a GEMM.
+ * Threads take strips of C's columns (or rows when M > N) from a shared counter, a few strips per
+ * thread; each thread packs what it reads, so there is no barrier inside a GEMM.
  *
  * Micro-kernels: AVX-512 14x32 (28 zmm accumulators), AVX2+FMA 6x16 (12 ymm), portable 4x16. */
 #include "gemm.h"
 #include "pool.h"
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -350,17 +351,23 @@ typedef struct {
   float *C;
   const float *bias;
   int relu;
+  int units;        /* strips of C handed out dynamically (a few per thread, so that a thread slowed by */
+  atomic_int next;  /* other processes takes fewer of them) */
 } gemm_job;
 
 static void gemm_task(void *p, int tid, int n) {
   gemm_job *j = p;
   long lo, hi;
-  if (j->splitN) {
-    pool_split(j->N, tid, n, j->I->nr, &lo, &hi);
-    gemm_block(j->I, j->transA, j->transB, 0, j->M, (int)lo, (int)hi, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
-  } else {
-    pool_split(j->M, tid, n, j->I->mr, &lo, &hi);
-    gemm_block(j->I, j->transA, j->transB, (int)lo, (int)hi, 0, j->N, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+  for (;;) {
+    int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+    if (u >= j->units) break;
+    if (j->splitN) {
+      pool_split(j->N, u, j->units, j->I->nr, &lo, &hi);
+      gemm_block(j->I, j->transA, j->transB, 0, j->M, (int)lo, (int)hi, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+    } else {
+      pool_split(j->M, u, j->units, j->I->mr, &lo, &hi);
+      gemm_block(j->I, j->transA, j->transB, (int)lo, (int)hi, 0, j->N, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+    }
   }
 }
 
@@ -382,14 +389,17 @@ void sgemm_ex(int transA, int transB, int M, int N, int K, float alpha, const fl
               float beta, float *C, int ldc, const float *bias, int relu) {
   const isa_t *I = pick(M);
   double flops = 2.0 * M * N * K;
-  gemm_job j = {I, transA, transB, M, N, K, lda, ldb, ldc, N >= M, alpha, beta, A, B, C, bias, relu};
-  if (flops < 2e5) {
+  gemm_job j = {I, transA, transB, M, N, K, lda, ldb, ldc, N >= M, alpha, beta, A, B, C, bias, relu, 1, 0};
+  atomic_init(&j.next, 0);
+  if (flops < 2e5 || pool_threads() == 1) {
     gemm_task(&j, 0, 1);
     return;
   }
-  /* at most as many threads as there are tiles along the split dimension */
+  /* at most as many strips as there are tiles along the split dimension */
   int tiles = j.splitN ? (N + I->nr - 1) / I->nr : (M + I->mr - 1) / I->mr;
-  pool_run_n(gemm_task, &j, tiles);
+  int T = pool_threads();
+  j.units = tiles < 3 * T ? tiles : 3 * T;
+  pool_run_dynamic(gemm_task, &j, j.units);
 }
 
 void sgemm_ex_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,

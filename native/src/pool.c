@@ -49,6 +49,14 @@ void pool_set_threads(int n) {
   wanted = n;
 }
 
+/* Entry word of the current job: generation << 32 | CLOSED | number of workers inside fn. A worker
+ * enters only a job whose generation it has seen and that is not closed, so job_fn/job_ctx/active_n
+ * are those of that generation while it runs (the caller changes them only after every entered worker
+ * has left). */
+#define CLOSED (1ull << 31)
+static atomic_ullong entry = 0;
+static int job_dynamic = 0;
+
 static void *worker(void *arg) {
   int tid = (int)(long)arg;
   long seen = 0;
@@ -68,13 +76,28 @@ static void *worker(void *arg) {
       pthread_mutex_unlock(&mu);
     }
     seen = g;
+    unsigned long long e = atomic_load_explicit(&entry, memory_order_acquire);
+    int entered = 0;
+    while ((long)(e >> 32) == (g & 0xffffffffL) && !(e & CLOSED)) {
+      if (atomic_compare_exchange_weak_explicit(&entry, &e, e + 1, memory_order_acq_rel, memory_order_acquire)) {
+        entered = 1;
+        break;
+      }
+    }
+    if (!entered) continue; /* a newer job (picked up on the next turn) or one already closed */
     if (tid < active_n) {
       job_fn(job_ctx, tid, active_n);
-      if (atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel) == 1) {
+      if (!job_dynamic && atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel) == 1) {
         pthread_mutex_lock(&mu);
         pthread_cond_signal(&done_cv);
         pthread_mutex_unlock(&mu);
       }
+    }
+    unsigned long long left = atomic_fetch_sub_explicit(&entry, 1, memory_order_acq_rel) - 1;
+    if (job_dynamic && (left & CLOSED) && (left & (CLOSED - 1)) == 0) {
+      pthread_mutex_lock(&mu);
+      pthread_cond_signal(&done_cv);
+      pthread_mutex_unlock(&mu);
     }
   }
   return NULL;
@@ -95,7 +118,7 @@ static void ensure_started(int n) {
   }
 }
 
-void pool_run_n(pool_fn fn, void *ctx, int limit) {
+static void run(pool_fn fn, void *ctx, int limit, int dynamic) {
   int n = pool_threads();
   if (limit < n) n = limit;
   if (n <= 1 || in_task) {
@@ -105,12 +128,16 @@ void pool_run_n(pool_fn fn, void *ctx, int limit) {
   pthread_mutex_lock(&run_mu);
   ensure_started(n);
   if (started < n - 1) n = started + 1;
+  /* workers that entered the previous job have all left it (the caller waited for them) */
   job_fn = fn;
   job_ctx = ctx;
   active_n = n;
+  job_dynamic = dynamic;
   atomic_store_explicit(&remaining, n - 1, memory_order_release);
+  long g = atomic_load_explicit(&generation, memory_order_relaxed) + 1;
+  atomic_store_explicit(&entry, (unsigned long long)(g & 0xffffffffL) << 32, memory_order_release);
   pthread_mutex_lock(&mu);
-  atomic_fetch_add_explicit(&generation, 1, memory_order_acq_rel);
+  atomic_store_explicit(&generation, g, memory_order_release);
   pthread_cond_broadcast(&wake_cv);
   pthread_mutex_unlock(&mu);
 
@@ -118,20 +145,51 @@ void pool_run_n(pool_fn fn, void *ctx, int limit) {
   fn(ctx, 0, n);
   in_task = 0;
 
+  /* short spin only: on an oversubscribed machine a descheduled worker must not be waited for by
+   * burning the caller's time slice */
   int spins = 0;
-  while (atomic_load_explicit(&remaining, memory_order_acquire) > 0 && spins < SPIN_ITERS * 10) {
-    spins++;
+  if (dynamic) {
+    /* the work is handed out inside fn, and the caller has taken all that was left: workers that have
+     * not started yet are shut out; wait only for those inside */
+    unsigned long long e = atomic_fetch_or_explicit(&entry, CLOSED, memory_order_acq_rel) | CLOSED;
+    while ((e & (CLOSED - 1)) != 0 && spins < SPIN_ITERS / 4) {
+      spins++;
 #if defined(__x86_64__)
-    __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
-  }
-  if (atomic_load_explicit(&remaining, memory_order_acquire) > 0) {
-    pthread_mutex_lock(&mu);
-    while (atomic_load_explicit(&remaining, memory_order_acquire) > 0) pthread_cond_wait(&done_cv, &mu);
-    pthread_mutex_unlock(&mu);
+      e = atomic_load_explicit(&entry, memory_order_acquire);
+    }
+    if ((e & (CLOSED - 1)) != 0) {
+      pthread_mutex_lock(&mu);
+      while ((atomic_load_explicit(&entry, memory_order_acquire) & (CLOSED - 1)) != 0) pthread_cond_wait(&done_cv, &mu);
+      pthread_mutex_unlock(&mu);
+    }
+  } else {
+    while (atomic_load_explicit(&remaining, memory_order_acquire) > 0 && spins < SPIN_ITERS / 4) {
+      spins++;
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (atomic_load_explicit(&remaining, memory_order_acquire) > 0) {
+      pthread_mutex_lock(&mu);
+      while (atomic_load_explicit(&remaining, memory_order_acquire) > 0) pthread_cond_wait(&done_cv, &mu);
+      pthread_mutex_unlock(&mu);
+    }
+    /* every worker has run; close so that none enters late, and wait for the exits */
+    unsigned long long e = atomic_fetch_or_explicit(&entry, CLOSED, memory_order_acq_rel) | CLOSED;
+    while ((e & (CLOSED - 1)) != 0) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+      e = atomic_load_explicit(&entry, memory_order_acquire);
+    }
   }
   pthread_mutex_unlock(&run_mu);
 }
+
+void pool_run_n(pool_fn fn, void *ctx, int limit) { run(fn, ctx, limit, 0); }
+void pool_run_dynamic(pool_fn fn, void *ctx, int limit) { run(fn, ctx, limit, 1); }
 
 void pool_run(pool_fn fn, void *ctx) { pool_run_n(fn, ctx, MAX_THREADS); }
 

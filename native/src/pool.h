@@ -13,6 +13,11 @@ void pool_set_threads(int n);
 void pool_run(pool_fn fn, void *ctx);
 /* Runs fn on at most `limit` threads. */
 void pool_run_n(pool_fn fn, void *ctx, int limit);
+/* Same, for an fn that hands its work out dynamically (each call takes items until none are left, and
+ * a thread that takes none must leave nothing undone): returns as soon as the caller's call returns and
+ * the workers that started have finished, without waiting for workers that have not started (on an
+ * oversubscribed machine they may not be scheduled for milliseconds). Such workers skip the job. */
+void pool_run_dynamic(pool_fn fn, void *ctx, int limit);
 /* Split [0, total) into n nearly equal parts, aligned to `align`: part tid is [*lo, *hi). */
 void pool_split(long total, int tid, int n, long align, long *lo, long *hi);
 #endif
