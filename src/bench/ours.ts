@@ -1,12 +1,13 @@
 /**
  * resnet-ts's side of the benchmark: builds the workload's model with the registry and times it on
- * the active backend. Inference runs in eval mode under noGrad through model.call; a training step
+ * the active backend. Inference runs in eval mode through the compiled inference plan (compileInference); a training step
  * is zeroGrad, forward in train mode, mean cross-entropy, backward and an SGD step (TRAIN_RECIPE).
  */
 import { createModel } from '../models/registry.js';
 import { crossEntropy } from '../ops/loss.js';
 import { SGD } from '../optim/sgd.js';
-import { backward, noGrad } from '../tensor/autograd.js';
+import { backward } from '../tensor/autograd.js';
+import { compileInference } from '../inference/plan.js';
 import { Generator } from '../tensor/rng.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { ResNet } from '../models/resnet.js';
@@ -34,7 +35,9 @@ export function prepare(w: Workload, seed = 0): Prepared {
   const params = model.numParameters();
   if (w.kind === 'inference') {
     model.eval();
-    return { model, params, step: () => void noGrad(() => model.call(x)), lastLoss: () => NaN };
+    // The fused inference path (BN folded, conv+bias+residual+ReLU fused, pooled buffers).
+    const plan = compileInference(model);
+    return { model, params, step: () => void plan.run(x), lastLoss: () => NaN };
   }
   model.train();
   const targets = Array.from({ length: w.batch }, () => gen.int(w.numClasses));
