@@ -104,12 +104,19 @@ static int conv_geom(args_t *a, size_t i, conv_p *p) {
 
 #define SZ(x) ((size_t)(x))
 
+/* Element counts of a convolution's input, output and weight. */
+static void conv_sizes(const conv_p *p, size_t *nx, size_t *ny, size_t *nw) {
+  *nx = SZ(p->n) * p->cin * p->h * p->w;
+  *ny = SZ(p->n) * p->cout * p->oh * p->ow;
+  *nw = SZ(p->cout) * (p->cin / p->groups) * p->kh * p->kw;
+}
+
 static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   if (!get_args(env, info, &a, 7) || !conv_geom(&a, 6, &p)) return NULL;
-  size_t ny = SZ(p.n) * p.cout * p.oh * p.ow, nx = SZ(p.n) * p.cin * p.h * p.w;
-  size_t nw = SZ(p.cout) * (p.cin / p.groups) * p.kh * p.kw;
+  size_t nx, ny, nw;
+  conv_sizes(&p, &nx, &ny, &nw);
   float *y = f32(&a, 0, ny, 0);
   const float *x = f32(&a, 1, nx, 0), *w = f32(&a, 2, nw, 0), *b = f32(&a, 3, p.cout, 1);
   const float *res = f32(&a, 4, ny, 1);
@@ -123,8 +130,8 @@ static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   if (!get_args(env, info, &a, 4) || !conv_geom(&a, 3, &p)) return NULL;
-  size_t ny = SZ(p.n) * p.cout * p.oh * p.ow, nx = SZ(p.n) * p.cin * p.h * p.w;
-  size_t nw = SZ(p.cout) * (p.cin / p.groups) * p.kh * p.kw;
+  size_t nx, ny, nw;
+  conv_sizes(&p, &nx, &ny, &nw);
   float *dx = f32(&a, 0, nx, 0);
   const float *dy = f32(&a, 1, ny, 0), *w = f32(&a, 2, nw, 0);
   if (a.failed) return NULL;
@@ -136,8 +143,8 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   if (!get_args(env, info, &a, 4) || !conv_geom(&a, 3, &p)) return NULL;
-  size_t ny = SZ(p.n) * p.cout * p.oh * p.ow, nx = SZ(p.n) * p.cin * p.h * p.w;
-  size_t nw = SZ(p.cout) * (p.cin / p.groups) * p.kh * p.kw;
+  size_t nx, ny, nw;
+  conv_sizes(&p, &nx, &ny, &nw);
   float *dw = f32(&a, 0, nw, 0);
   const float *x = f32(&a, 1, nx, 0), *dy = f32(&a, 2, ny, 0);
   if (a.failed) return NULL;

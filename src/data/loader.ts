@@ -39,6 +39,7 @@ import { buildBatch, packSamples, type BuiltBatch, type PackedSamples } from './
 import { InMemoryDataset, Subset, isAsyncDataset, type AnyDataset, type AsyncDataset, type Dataset, type Sample, type SharedImages } from './dataset.js';
 import { DatasetNotFoundError, DownloadError } from './errors.js';
 import { shuffleGenerator } from './seed.js';
+import { workerExecArgv } from '../util/worker-argv.js';
 import type { Transform, TransformSpec } from './transforms.js';
 
 export interface DataLoaderOptions {
@@ -137,24 +138,6 @@ function sharedSource(ds: AnyDataset): { root: InMemoryDataset; map: (i: number)
   return null;
 }
 
-/**
- * The parent's Node options minus those that only make sense for a main script (-e/-p code and
- * --input-type, which a worker started from a file rejects).
- */
-function workerExecArgv(): string[] {
-  const out: string[] = [];
-  const a = process.execArgv;
-  for (let i = 0; i < a.length; i++) {
-    const v = a[i]!;
-    if (v === '-e' || v === '--eval' || v === '-p' || v === '--print' || v === '--input-type') {
-      i++; // and its value
-      continue;
-    }
-    if (v.startsWith('--input-type=') || v.startsWith('--eval=') || v.startsWith('--print=')) continue;
-    out.push(v);
-  }
-  return out;
-}
 
 interface Pending {
   worker: number;

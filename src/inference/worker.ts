@@ -20,6 +20,7 @@
  *   `threads` sets the native kernels' thread count; their thread pool is shared by the whole
  *   process, so this is the same setting as setNumThreads() on the main thread.
  */
+import { workerExecArgv } from '../util/worker-argv.js';
 import { Worker } from 'node:worker_threads';
 import { FormatError, ResnetError, ShapeError, StateDictError, UsageError } from '../errors.js';
 import { kernels } from '../kernels/registry.js';
@@ -103,21 +104,6 @@ function reviveError(e: SerializedError): Error {
   return err;
 }
 
-/** The parent's Node options minus those only a main script accepts (-e/-p code, --input-type). */
-function workerExecArgv(): string[] {
-  const out: string[] = [];
-  const a = process.execArgv;
-  for (let i = 0; i < a.length; i++) {
-    const v = a[i]!;
-    if (v === '-e' || v === '--eval' || v === '-p' || v === '--print' || v === '--input-type') {
-      i++;
-      continue;
-    }
-    if (v.startsWith('--input-type=') || v.startsWith('--eval=') || v.startsWith('--print=')) continue;
-    out.push(v);
-  }
-  return out;
-}
 
 function modelInit(spec: InferenceWorkerSpec, transfer: ArrayBuffer[]): WorkerModelInit {
   if (spec === null || typeof spec !== 'object') throw new UsageError('InferenceWorker.create: expected { arch, options?, weights? } or { model }');
