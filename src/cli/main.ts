@@ -56,7 +56,7 @@ function mainHelp(): string {
   return [
     'usage: resnet <command> [options]',
     '',
-    'ResNet models in TypeScript: list architectures, print summaries, run trained weights.',
+    'ResNet models in TypeScript: build and summarise every ResNet, train and evaluate, classify images with pretrained weights, benchmark.',
     '',
     'commands:',
     ...COMMANDS.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
