@@ -7,7 +7,8 @@ import { compileInference } from '../src/inference/plan.js';
 import { createModel, cifarResNet } from '../src/models/registry.js';
 import { ResNet } from '../src/models/resnet.js';
 import { readStateDict } from '../src/io/state.js';
-import { listBackends, withBackend } from '../src/kernels/registry.js';
+import { listBackends, nativeBackend, withBackend } from '../src/kernels/registry.js';
+import { loadBinding } from '../src/backends/native/binding.js';
 import { noGrad } from '../src/tensor/autograd.js';
 import { randn } from '../src/tensor/tensor.js';
 import { Generator } from '../src/tensor/rng.js';
@@ -52,4 +53,36 @@ test('the plan re-folds when weights change, and rejects bad inputs', () => {
   assert.ok(after.some((v, i) => v !== before[i]), 'output changed with the weights');
   assert.throws(() => plan.run(randn([2, 3, 12, 12])), ShapeError);
   assert.throws(() => plan.run(randn([3, 12, 12])), /4-D/);
+});
+
+test('packed weights: grouped convs, kernels cropped on 1x1 maps, backend switches and ISA changes', (t) => {
+  const nat = nativeBackend();
+  if (!nat) {
+    t.skip('native addon not built');
+    return;
+  }
+  // ResNeXt-style bottlenecks (groups 4) on a 20x20 input: the last stage runs 3x3 convs on 1x1 maps
+  const model = new ResNet('bottleneck', [1, 1, 1, 1], { groups: 4, widthPerGroup: 16, numClasses: 7, widths: [8, 16, 24, 32], stemWidth: 8 });
+  const g = new Generator(9);
+  for (const [name, p] of model.namedParameters()) if (name.includes('bn')) p.values.set(randn(p.shape, g).values.map((v) => 1 + 0.2 * v));
+  for (const [name, b] of model.namedBuffers()) if (name.endsWith('running_var')) b.values.fill(1.3);
+  model.eval();
+  const x = randn([3, 3, 20, 20], new Generator(2));
+  const expected = withBackend('ts', () => noGrad(() => model.call(x))).values;
+  const plan = compileInference(model);
+  withBackend('native', () => closeToScale(plan.run(x).values, expected, 'native, packed'));
+  withBackend('ts', () => closeToScale(plan.run(x).values, expected, 'ts after native (re-folded, unpacked)'));
+  withBackend('native', () => closeToScale(plan.run(x).values, expected, 'native again (re-packed)'));
+  const { binding } = loadBinding();
+  const original = binding!.isa();
+  try {
+    // weights packed for the AVX-512 panels, run with other micro-kernels: the kernel falls back
+    for (const code of [1, 2]) {
+      binding!.isa(code);
+      withBackend('native', () => closeToScale(plan.run(x).values, expected, `native, ISA ${binding!.isa()} with weights packed for ${original}`));
+    }
+  } finally {
+    binding!.isa(0);
+  }
+  assert.equal(binding!.isa(), original);
 });

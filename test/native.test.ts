@@ -39,6 +39,8 @@ const convCases: [string, Conv2dParams][] = [
   ['padding larger than half the kernel', convCase(1, 3, 5, 5, 4, 3, 2, 3, 1, 1)],
   ['1x1 spatial (last stage of a CIFAR net)', convCase(7, 64, 1, 1, 128, 3, 1, 1, 1, 1)],
   ['large enough to thread: 64 -> 64 on 28x28, batch 7', convCase(7, 64, 28, 28, 64, 3, 1, 1, 1, 1)],
+  ['batch 1, 2x2 map, weights beyond L2 (packed GEMM), K = 576 over several k-blocks', convCase(1, 64, 2, 2, 512, 3, 1, 1, 1, 1)],
+  ['K = 360 over two k-blocks, 16 output channels (8-row panels)', convCase(2, 40, 9, 9, 16, 3, 1, 1, 1, 1)],
 ];
 
 for (const [name, p] of convCases) {
@@ -55,6 +57,11 @@ for (const [name, p] of convCases) {
     tsKernels.conv2d(yr, x, w, b, p);
     nat!.conv2d(yn, x, w, b, p);
     assertClose(yn, yr, scaleTol(yr), 'forward');
+    // weights packed once (the inference plan's path); w itself is not passed
+    const packed = nat!.packConvWeights(w, p);
+    const yp = new Float32Array(ny).fill(NaN);
+    nat!.conv2dFused(yp, x, null, b, null, false, p, packed);
+    assertClose(yp, yr, scaleTol(yr), 'forward with pre-packed weights');
     // fused epilogue: + residual, relu
     const res = randomArray(ny, gen);
     const fused = new Float32Array(ny);

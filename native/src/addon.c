@@ -117,13 +117,50 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, &a, 7) || !conv_geom(&a, 6, &p)) return NULL;
   size_t nx, ny, nw;
   conv_sizes(&p, &nx, &ny, &nw);
+  /* optional pre-packed weights (argument 7) with their panel height (argument 8); w may then be null */
+  int mr = 0;
+  const float *wp = NULL;
+  napi_valuetype t7;
+  napi_typeof(env, a.argv[7], &t7);
+  if (t7 != napi_null && t7 != napi_undefined) {
+    mr = (int)num(&a, 8);
+    if (!a.failed && (mr < 1 || mr > 64)) return fail(&a, "native: invalid packed-weight panel height"), NULL;
+    if (a.failed) return NULL;
+    const size_t cout_g = p.cout / p.groups, K = nw / (p.cout ? p.cout : 1);
+    wp = f32(&a, 7, SZ(p.groups) * ((cout_g + mr - 1) / mr) * mr * K, 0);
+  }
   float *y = f32(&a, 0, ny, 0);
-  const float *x = f32(&a, 1, nx, 0), *w = f32(&a, 2, nw, 0), *b = f32(&a, 3, p.cout, 1);
+  const float *x = f32(&a, 1, nx, 0), *w = f32(&a, 2, nw, wp != NULL), *b = f32(&a, 3, p.cout, 1);
   const float *res = f32(&a, 4, ny, 1);
   int relu = flag(&a, 5);
   if (a.failed) return NULL;
-  conv2d_forward(y, x, w, b, res, relu, &p);
+  conv2d_forward_packed(y, x, w, wp, mr, b, res, relu, &p);
   return undef(env);
+}
+
+/* convPackedLength(geometry): floats that convPackWeights writes for this convolution's weights. */
+static napi_value js_conv_packed_length(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  if (!get_args(env, info, &a, 1) || !conv_geom(&a, 0, &p)) return NULL;
+  napi_value r;
+  napi_create_double(env, (double)conv2d_packed_size(&p), &r);
+  return r;
+}
+
+/* convPackWeights(dst, w, geometry) -> panel height, to pass back to conv2d with dst. */
+static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  if (!get_args(env, info, &a, 3) || !conv_geom(&a, 2, &p)) return NULL;
+  size_t nx, ny, nw;
+  conv_sizes(&p, &nx, &ny, &nw);
+  float *dst = f32(&a, 0, (size_t)conv2d_packed_size(&p), 0);
+  const float *w = f32(&a, 1, nw, 0);
+  if (a.failed) return NULL;
+  napi_value r;
+  napi_create_int32(env, conv2d_pack_weights(dst, w, &p), &r);
+  return r;
 }
 
 static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
@@ -351,6 +388,8 @@ static napi_value js_isa(napi_env env, napi_callback_info info) {
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"conv2d", NULL, js_conv2d, NULL, NULL, NULL, napi_default, NULL},
+    {"convPackedLength", NULL, js_conv_packed_length, NULL, NULL, NULL, napi_default, NULL},
+    {"convPackWeights", NULL, js_conv_pack_weights, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardInput", NULL, js_conv2d_bwd_input, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardWeight", NULL, js_conv2d_bwd_weight, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormTrain", NULL, js_bn_train, NULL, NULL, NULL, napi_default, NULL},

@@ -157,10 +157,20 @@ static void per_image(int kind, int nb, int rows, int cin, const conv_p *p, cons
   else pool_run_dynamic(img_task, &j, nb);
 }
 
+static void gemm_pa(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *Apre, const float *B, int ldb,
+                    float beta, float *C, int ldc, const float *bias, int relu) {
+  if (mt) sgemm_ex_pa(ta, tb, M, N, K, 1.0f, A, lda, Apre, B, ldb, beta, C, ldc, bias, relu);
+  else sgemm_ex_pa_st(ta, tb, M, N, K, 1.0f, A, lda, Apre, B, ldb, beta, C, ldc, bias, relu);
+}
+
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta, float *C,
                  int ldc, const float *bias, int relu) {
-  if (mt) sgemm_ex(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, bias, relu);
-  else sgemm_ex_st(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, bias, relu);
+  gemm_pa(ta, tb, M, N, K, A, lda, NULL, B, ldb, beta, C, ldc, bias, relu);
+}
+
+/* Floats of one group's packed weights (cout_g x K in micro-kernel panels). */
+static long packed_group(const conv_p *p) {
+  return (long)sgemm_packed_a_size(p->cout / p->groups, (p->cin / p->groups) * p->kh * p->kw);
 }
 
 /* Images per chunk: enough for MIN_COLS GEMM columns, within the scratch budget. */
@@ -179,8 +189,8 @@ static int chunk_images(const conv_p *p) {
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
-static void forward_chunk(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
-                          const conv_p *p, int b0, int nb) {
+static void forward_chunk(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
+                          int relu, const conv_p *p, int b0, int nb) {
   const int G = p->groups, cin_g = p->cin / G, cout_g = p->cout / G;
   const long K = (long)cin_g * p->kh * p->kw, P = (long)p->oh * p->ow, HW = (long)p->h * p->w;
   const int pw = is_pointwise(p);
@@ -207,8 +217,8 @@ static void forward_chunk(float *y, const float *x, const float *w, const float 
       }
       beta = 1.0f;
     }
-    gemm(0, 0, cout_g, (int)NP, (int)K, w + (long)g * cout_g * K, (int)K, src, (int)NP, beta, out, (int)NP,
-         bias ? bias + g * cout_g : NULL, relu);
+    gemm_pa(0, 0, cout_g, (int)NP, (int)K, w ? w + (long)g * cout_g * K : NULL, (int)K, wp ? wp + g * packed_group(p) : NULL,
+            src, (int)NP, beta, out, (int)NP, bias ? bias + g * cout_g : NULL, relu);
     if (nb > 1) per_image(T_SCATTER, nb, cout_g, 0, p, tmp, yg, 0, (long)p->cout * P, P, NP);
   }
 }
@@ -220,7 +230,7 @@ typedef struct {
   int kind; /* 0 forward, 1 backward input, 2 backward weight */
   const conv_p *p;
   float *y, *dx, *dw, *partials;
-  const float *x, *w, *bias, *residual, *dy;
+  const float *x, *w, *wp, *bias, *residual, *dy;
   int relu, cb, nchunks;
   atomic_int next; /* chunks are handed out dynamically */
 } conv_job;
@@ -239,7 +249,7 @@ static void chunk_task(void *ctx, int tid, int n) {
     int c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
     if (c >= j->nchunks) break;
     int b0 = c * j->cb, nb = p->n - b0 < j->cb ? p->n - b0 : j->cb;
-    if (j->kind == 0) forward_chunk(j->y, j->x, j->w, j->bias, j->residual, j->relu, p, b0, nb);
+    if (j->kind == 0) forward_chunk(j->y, j->x, j->w, j->wp, j->bias, j->residual, j->relu, p, b0, nb);
     else if (j->kind == 1) backward_input_chunk(j->dx, j->dy, j->w, p, b0, nb);
     else backward_weight_chunk(dw, j->x, j->dy, p, b0, nb, first);
     first = 0;
@@ -275,7 +285,7 @@ static void run_chunks(conv_job *j) {
   }
   for (int c = 0; c < j->nchunks; c++) {
     int b0 = c * j->cb, nb = p->n - b0 < j->cb ? p->n - b0 : j->cb;
-    if (j->kind == 0) forward_chunk(j->y, j->x, j->w, j->bias, j->residual, j->relu, p, b0, nb);
+    if (j->kind == 0) forward_chunk(j->y, j->x, j->w, j->wp, j->bias, j->residual, j->relu, p, b0, nb);
     else if (j->kind == 1) backward_input_chunk(j->dx, j->dy, j->w, p, b0, nb);
     else backward_weight_chunk(j->dw, j->x, j->dy, p, b0, nb, c == 0);
   }
@@ -407,19 +417,6 @@ static void build_phases_rs(const igeo *g, const float *x, float *dst, long rstr
 }
 static void build_phases(const igeo *g, const float *x, float *dst) { build_phases_rs(g, x, dst, g->plane); }
 #define PH_TAIL(g) (2 * IT + (g)->Wq + 16)
-
-/* Ap[panel][k][r] = A[panel*mr + r][k] (row-major M x K), zero past M. */
-static void pack_rows(const float *A, int M, int K, int mr, float *Ap) {
-  for (int p0 = 0; p0 < M; p0 += mr) {
-    int rows = M - p0 < mr ? M - p0 : mr;
-    float *d = Ap + (long)p0 * K;
-    for (int k = 0; k < K; k++, d += mr) {
-      int r = 0;
-      for (; r < rows; r++) d[r] = A[(long)(p0 + r) * K + k];
-      for (; r < mr; r++) d[r] = 0.0f;
-    }
-  }
-}
 
 #define DEF_IFWD(MR)                                                                                                   \
   __attribute__((target("avx512f"))) static void ifwd##MR(int K, const float *Ap, const float *base, const int *off,  \
@@ -617,13 +614,16 @@ static void ifwd_task(void *ctx, int tid, int n) {
 
 
 /* Runs an implicit GEMM whose geometry (g, K), output mapping and builder are set: wt is M x K. */
-static void ifwd_run(ifwd_job *j, const float *wt) {
+static void ifwd_run(ifwd_job *j, const float *wt, const float *wpacked) {
   const conv_p *p = j->g.p;
-  long pad14 = (j->M + 13) / 14 * 14, pad8 = (j->M + 7) / 8 * 8;
-  j->mr = pad14 * 100 > pad8 * 115 ? 8 : 14;
-  float *Ap = grow(&wp_buf, (size_t)((j->M + j->mr - 1) / j->mr * j->mr) * j->K);
-  pack_rows(wt, j->M, j->K, j->mr, Ap);
-  j->Ap = Ap;
+  j->mr = sgemm_mr(j->M); /* 8 or 14: the GEMM's choice, so that pre-packed weights serve both */
+  if (wpacked) {
+    j->Ap = wpacked;
+  } else {
+    float *Ap = grow(&wp_buf, sgemm_packed_a_size(j->M, j->K));
+    sgemm_pack_a(wt, j->M, j->K, j->mr, Ap);
+    j->Ap = Ap;
+  }
   int T = pool_threads();
   j->by_image = p->n >= 4 * T || T == 1;
   atomic_init(&j->next, 0);
@@ -651,9 +651,9 @@ static void ifwd_run(ifwd_job *j, const float *wt) {
   }
 }
 
-/* Forward through the implicit GEMM; wt is the cout x K weight matrix. */
-static void implicit_forward(float *y, const float *x, const float *wt, const float *bias, const float *residual, int relu,
-                             const conv_p *p) {
+/* Forward through the implicit GEMM; wt is the cout x K weight matrix, or wp the same packed. */
+static void implicit_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
+                             const float *residual, int relu, const conv_p *p) {
   ifwd_job j;
   memset(&j, 0, sizeof j);
   j.K = igeo_init(&j.g, p);
@@ -666,7 +666,7 @@ static void implicit_forward(float *y, const float *x, const float *wt, const fl
   j.x_img = (long)p->cin * p->h * p->w;
   /* 1x1, stride 1, unpadded: the planes are x's own; tiles must not read past the last image */
   j.direct = is_pointwise(p) && p->dh >= 1 && p->dw >= 1 && j.g.Lq % IT == 0 && j.g.img == j.x_img;
-  ifwd_run(&j, wt);
+  ifwd_run(&j, wt, wp);
   free(j.g.off);
 }
 
@@ -737,7 +737,7 @@ static void implicit_backward_input_strided(float *dx, const float *dy, const fl
       j.build = build_padded;
       j.x_img = (long)p->cout * p->oh * p->ow;
       j.pad_t = -eymin; j.pad_l = -exmin; j.src_h = p->oh; j.src_w = p->ow;
-      ifwd_run(&j, wt);
+      ifwd_run(&j, wt, NULL);
       free(wt);
       free(g->off);
     }
@@ -893,15 +893,15 @@ static int implicit_ok(const conv_p *p, int min_pct) {
 }
 #endif
 
-static void forward_impl(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
-                         const conv_p *p) {
+static void forward_impl(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
+                         int relu, const conv_p *p) {
 #if defined(__x86_64__)
   if (implicit_ok(p, 65)) {
-    implicit_forward(y, x, w, bias, residual, relu, p);
+    implicit_forward(y, x, w, wp, bias, residual, relu, p);
     return;
   }
 #endif
-  conv_job j = {.kind = 0, .p = p, .y = y, .x = x, .w = w, .bias = bias, .residual = residual, .relu = relu};
+  conv_job j = {.kind = 0, .p = p, .y = y, .x = x, .w = w, .wp = wp, .bias = bias, .residual = residual, .relu = relu};
   run_chunks(&j);
 }
 
@@ -947,7 +947,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
             for (int kx = 0; kx < p->kw; kx++)
               wt[(long)c * K + ((long)co * p->kh + (p->kh - 1 - ky)) * p->kw + (p->kw - 1 - kx)] =
                   w[(((long)co * p->cin + c) * p->kh + ky) * p->kw + kx];
-      implicit_forward(dx, dy, wt, NULL, NULL, 0, &q);
+      implicit_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
       free(wt);
       return;
     }
@@ -1050,17 +1050,48 @@ static float *crop_weights(const float *w, const conv_p *p, const conv_p *q, int
   return wq;
 }
 
-void conv2d_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
-                    const conv_p *p) {
+long conv2d_packed_size(const conv_p *p) { return packed_group(p) * p->groups; }
+
+int conv2d_pack_weights(float *wp, const float *w, const conv_p *p) {
+  const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw, mr = sgemm_mr(cout_g);
+  for (int g = 0; g < p->groups; g++) sgemm_pack_a(w + (long)g * cout_g * K, cout_g, K, mr, wp + g * packed_group(p));
+  return mr;
+}
+
+/* The plain weight matrix back from packed weights (packed with panel height mr). */
+static float *unpack_weights(const float *wp, int mr, const conv_p *p) {
+  const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw;
+  const long group = (long)(cout_g + mr - 1) / mr * mr * K;
+  float *w = malloc(sizeof(float) * p->cout * K);
+  if (!w) abort();
+  for (int g = 0; g < p->groups; g++) sgemm_unpack_a(wp + g * group, cout_g, K, mr, w + (long)g * cout_g * K);
+  return w;
+}
+
+void conv2d_forward_packed(float *y, const float *x, const float *w, const float *wp, int mr, const float *bias,
+                           const float *residual, int relu, const conv_p *p) {
+  float *tmp = NULL;
+  if (wp && mr != sgemm_mr(p->cout / p->groups)) {
+    /* packed for another micro-kernel (the ISA was switched since): use the plain weights */
+    if (!w) w = tmp = unpack_weights(wp, mr, p);
+    wp = NULL;
+  }
   conv_p q;
   int ky0, kx0;
   if (!crop(p, &q, &ky0, &kx0)) {
-    forward_impl(y, x, w, bias, residual, relu, p);
-    return;
+    forward_impl(y, x, w, wp, bias, residual, relu, p);
+  } else {
+    if (!w) w = tmp = unpack_weights(wp, mr, p);
+    float *wq = crop_weights(w, p, &q, ky0, kx0);
+    forward_impl(y, x, wq, NULL, bias, residual, relu, &q);
+    free(wq);
   }
-  float *wq = crop_weights(w, p, &q, ky0, kx0);
-  forward_impl(y, x, wq, bias, residual, relu, &q);
-  free(wq);
+  free(tmp);
+}
+
+void conv2d_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                    const conv_p *p) {
+  conv2d_forward_packed(y, x, w, NULL, 0, bias, residual, relu, p);
 }
 
 void conv2d_backward_input(float *dx, const float *dy, const float *w, const conv_p *p) {

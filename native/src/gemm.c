@@ -293,7 +293,7 @@ static void epilogue(float *c, int ldc, int rows, int cols, const float *bias, i
 }
 
 static void gemm_block(const isa_t *I, int transA, int transB, int m0, int m1, int n0, int n1, int K, float alpha,
-                       const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
+                       const float *A, int lda, const float *Apre, const float *B, int ldb, float beta, float *C, int ldc,
                        const float *bias, int relu) {
   const int mr = I->mr, nr = I->nr;
   int N = n1 - n0;
@@ -306,9 +306,9 @@ static void gemm_block(const isa_t *I, int transA, int transB, int m0, int m1, i
   }
   const int post = bias != NULL || relu;
   float *Bp = grow(&buf_b, &cap_b, (size_t)KC * NC);
-  float *Ap = grow(&buf_a, &cap_a, (size_t)KC * MC_ROWS);
+  float *Ap = Apre ? NULL : grow(&buf_a, &cap_a, (size_t)KC * MC_ROWS);
   float tile[A5_MR * A5_NR > A2_MR * A2_NR ? A5_MR * A5_NR : 64 * 64];
-  if (!Bp || !Ap) abort();
+  if (!Bp || (!Ap && !Apre)) abort();
   for (int jc = 0; jc < N; jc += NC) {
   int nc = N - jc < NC ? N - jc : NC;
   for (int pc = 0; pc < K; pc += KC) {
@@ -317,13 +317,14 @@ static void gemm_block(const isa_t *I, int transA, int transB, int m0, int m1, i
     pack_b(nr, transB, B, ldb, pc, kc, n0 + jc, nc, Bp);
     for (int ic = m0; ic < m1; ic += MC_ROWS) {
       int mc = m1 - ic < MC_ROWS ? m1 - ic : MC_ROWS;
-      pack_a(mr, transA, A, lda, ic, mc, pc, kc, Ap);
+      if (!Apre) pack_a(mr, transA, A, lda, ic, mc, pc, kc, Ap);
       for (int jr = 0; jr < nc; jr += nr) {
         int cols = nc - jr < nr ? nc - jr : nr;
         const float *bp = Bp + (long)jr * kc;
         for (int ir = 0; ir < mc; ir += mr) {
           int rows = mc - ir < mr ? mc - ir : mr;
-          const float *ap = Ap + (long)ir * kc;
+          /* pre-packed: whole-K panels, so the k-block starts pc*mr floats into the panel */
+          const float *ap = Apre ? Apre + (long)(ic + ir) * K + (long)pc * mr : Ap + (long)ir * kc;
           float *c = C + (long)(ic + ir) * ldc + n0 + jc + jr;
           if (rows == mr && cols == nr) {
             I->kernel(kc, ap, bp, c, ldc, alpha, b);
@@ -347,7 +348,7 @@ typedef struct {
   const isa_t *I;
   int transA, transB, M, N, K, lda, ldb, ldc, splitN;
   float alpha, beta;
-  const float *A, *B;
+  const float *A, *Apre, *B;
   float *C;
   const float *bias;
   int relu;
@@ -363,10 +364,10 @@ static void gemm_task(void *p, int tid, int n) {
     if (u >= j->units) break;
     if (j->splitN) {
       pool_split(j->N, u, j->units, j->I->nr, &lo, &hi);
-      gemm_block(j->I, j->transA, j->transB, 0, j->M, (int)lo, (int)hi, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+      gemm_block(j->I, j->transA, j->transB, 0, j->M, (int)lo, (int)hi, j->K, j->alpha, j->A, j->lda, j->Apre, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
     } else {
       pool_split(j->M, u, j->units, j->I->mr, &lo, &hi);
-      gemm_block(j->I, j->transA, j->transB, (int)lo, (int)hi, 0, j->N, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+      gemm_block(j->I, j->transA, j->transB, (int)lo, (int)hi, 0, j->N, j->K, j->alpha, j->A, j->lda, j->Apre, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
     }
   }
 }
@@ -385,11 +386,38 @@ static const isa_t *pick(int M) {
   return I;
 }
 
-void sgemm_ex(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-              float beta, float *C, int ldc, const float *bias, int relu) {
+int sgemm_mr(int M) { return pick(M)->mr; }
+
+size_t sgemm_packed_a_size(int M, int K) {
+  int mr = sgemm_mr(M);
+  return (size_t)((M + mr - 1) / mr) * mr * (size_t)K;
+}
+
+void sgemm_pack_a(const float *A, int M, int K, int mr, float *Ap) {
+  for (int p0 = 0; p0 < M; p0 += mr) {
+    int rows = M - p0 < mr ? M - p0 : mr;
+    float *d = Ap + (long)p0 * K;
+    for (int k = 0; k < K; k++, d += mr) {
+      int r = 0;
+      for (; r < rows; r++) d[r] = A[(long)(p0 + r) * K + k];
+      for (; r < mr; r++) d[r] = 0.0f;
+    }
+  }
+}
+
+void sgemm_unpack_a(const float *Ap, int M, int K, int mr, float *A) {
+  for (int i = 0; i < M; i++) {
+    const float *s = Ap + (long)(i / mr) * mr * K + i % mr;
+    for (int k = 0; k < K; k++) A[(long)i * K + k] = s[(long)k * mr];
+  }
+}
+
+void sgemm_ex_pa(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
+                 const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int relu) {
   const isa_t *I = pick(M);
   double flops = 2.0 * M * N * K;
-  gemm_job j = {I, transA, transB, M, N, K, lda, ldb, ldc, N >= M, alpha, beta, A, B, C, bias, relu, 1, 0};
+  if (Apre && transA) abort();
+  gemm_job j = {I, transA, transB, M, N, K, lda, ldb, ldc, N >= M, alpha, beta, A, Apre, B, C, bias, relu, 1, 0};
   atomic_init(&j.next, 0);
   if (flops < 2e5 || pool_threads() == 1) {
     gemm_task(&j, 0, 1);
@@ -402,9 +430,20 @@ void sgemm_ex(int transA, int transB, int M, int N, int K, float alpha, const fl
   pool_run_dynamic(gemm_task, &j, j.units);
 }
 
+void sgemm_ex(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc, const float *bias, int relu) {
+  sgemm_ex_pa(transA, transB, M, N, K, alpha, A, lda, NULL, B, ldb, beta, C, ldc, bias, relu);
+}
+
+void sgemm_ex_pa_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
+                    const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int relu) {
+  if (Apre && transA) abort();
+  gemm_block(pick(M), transA, transB, 0, M, 0, N, K, alpha, A, lda, Apre, B, ldb, beta, C, ldc, bias, relu);
+}
+
 void sgemm_ex_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                  float beta, float *C, int ldc, const float *bias, int relu) {
-  gemm_block(pick(M), transA, transB, 0, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, relu);
+  sgemm_ex_pa_st(transA, transB, M, N, K, alpha, A, lda, NULL, B, ldb, beta, C, ldc, bias, relu);
 }
 
 void sgemm_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,

@@ -19,6 +19,19 @@ void sgemm_ex(int transA, int transB, int M, int N, int K, float alpha, const fl
 void sgemm_ex_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                  float beta, float *C, int ldc, const float *bias, int relu);
 
+/* Pre-packed A (weights packed once, e.g. per model): op(A) = A (no transpose), stored as
+ * sgemm_pack_a writes it: row panels of mr rows over the whole K, Ap[panel][k][r], zero past M.
+ * The *_pa variants read A from Apre when it is not NULL (A is then unused); Apre must have been
+ * packed with mr = sgemm_mr(M), the panel height of the micro-kernel that GEMMs with M rows use. */
+int sgemm_mr(int M);
+size_t sgemm_packed_a_size(int M, int K);
+void sgemm_pack_a(const float *A, int M, int K, int mr, float *Ap);
+void sgemm_unpack_a(const float *Ap, int M, int K, int mr, float *A);
+void sgemm_ex_pa(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
+                 const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int relu);
+void sgemm_ex_pa_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
+                    const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int relu);
+
 /* Name of the micro-kernel in use: "avx512", "avx2" or "portable". */
 const char *sgemm_isa(void);
 /* Force an ISA (for tests): 0 auto, 1 portable, 2 avx2, 3 avx512. Returns the one selected. */

@@ -11,6 +11,7 @@
 import { ShapeError } from '../errors.js';
 import type { Conv2dParams, Kernels } from '../kernels/kernels.js';
 import { kernels, nativeBackend } from '../kernels/registry.js';
+import type { NativeKernels, PackedConvWeights } from '../backends/native/index.js';
 import { BatchNorm2d, Conv2d, Sequential } from '../nn/layers.js';
 import { BasicBlock, Bottleneck, PlainBasicBlock, PlainBottleneck, ZeroPadShortcut } from '../models/blocks.js';
 import type { ResNet } from '../models/resnet.js';
@@ -19,12 +20,14 @@ import { maxPool2dParams } from '../ops/pool.js';
 import { zeroPadSubsample } from '../ops/elementwise.js';
 import { Tensor, meta, shapeStr } from '../tensor/tensor.js';
 
-/** A convolution with its batch norm folded in: y = conv(x, w') + b'. */
+/** A convolution with its batch norm folded in: y = conv(x, w') + b'. On the native backend the
+ * weights are kept only packed in the micro-kernel's layout (`packed`, made once per fold). */
 interface FoldedConv {
   conv: Conv2d;
   bn: BatchNorm2d | null;
-  w: Float32Array;
+  w: Float32Array | null;
   b: Float32Array;
+  packed: PackedConvWeights | null;
 }
 
 type Shape4 = [number, number, number, number];
@@ -49,7 +52,7 @@ interface Act {
   shape: Shape4;
 }
 
-function fold(conv: Conv2d, bn: BatchNorm2d | null): FoldedConv {
+function foldConv(conv: Conv2d, bn: BatchNorm2d | null, nat: NativeKernels | null): FoldedConv {
   const cout = conv.outChannels;
   const per = conv.weight.numel / cout;
   const w = new Float32Array(conv.weight.values);
@@ -66,7 +69,11 @@ function fold(conv: Conv2d, bn: BatchNorm2d | null): FoldedConv {
       b[c] = (b[c]! - rm[c]!) * scale + shift;
     }
   }
-  return { conv, bn, w, b };
+  if (nat) {
+    const packed = nat.packConvWeights(w, { cIn: conv.inChannels, cOut: cout, kh: conv.kernelSize[0], kw: conv.kernelSize[1], groups: conv.groups });
+    return { conv, bn, w: null, b, packed };
+  }
+  return { conv, bn, w, b, packed: null };
 }
 
 function convParams(c: Conv2d, x: Shape4): Conv2dParams {
@@ -85,6 +92,8 @@ function convParams(c: Conv2d, x: Shape4): Conv2dParams {
 export class InferencePlan {
   private folded: FoldedConv[] = [];
   private versions = 0;
+  /** the native backend the weights were packed for (null: plain weights for any backend) */
+  private packedFor: NativeKernels | null = null;
   private readonly pool = new BufferPool();
 
   constructor(readonly model: ResNet) {
@@ -97,10 +106,19 @@ export class InferencePlan {
     return v;
   }
 
-  /** Re-folds batch norm into the conv weights (done automatically when weights change). */
+  /** The native backend when it is the active one: weights are then packed for it. */
+  private static packTarget(): NativeKernels | null {
+    const nat = nativeBackend();
+    return nat && kernels() === nat ? nat : null;
+  }
+
+  /** Re-folds batch norm into the conv weights (done automatically when weights change or the
+   * backend is switched). */
   refold(): void {
     const convs: FoldedConv[] = [];
     const m = this.model;
+    const nat = InferencePlan.packTarget();
+    const fold = (c: Conv2d, bn: BatchNorm2d | null): FoldedConv => foldConv(c, bn, nat);
     convs.push(fold(m.conv1, m.bn1));
     for (const stage of m.stages) {
       for (const block of stage.layers) {
@@ -116,6 +134,7 @@ export class InferencePlan {
       }
     }
     this.folded = convs;
+    this.packedFor = nat;
     this.versions = this.weightVersion();
   }
 
@@ -123,7 +142,6 @@ export class InferencePlan {
   run(x: Tensor): Tensor {
     if (x.ndim !== 4) throw new ShapeError(`inference plan: input must be 4-D (N, C, H, W), got ${shapeStr(x.shape)}`);
     if (x.isMeta) return meta([x.shape[0]!, this.model.fc.outFeatures]);
-    if (this.weightVersion() !== this.versions) this.refold();
     const feats = this.features(x);
     const [n, c] = feats.shape;
     const fc = this.model.fc;
@@ -138,6 +156,7 @@ export class InferencePlan {
   /** Pooled features [N, numFeatures] (the input of fc). The returned buffer belongs to the pool
    * unless `copy` is set. */
   features(x: Tensor): { data: Float32Array; shape: [number, number] } {
+    if (this.weightVersion() !== this.versions || InferencePlan.packTarget() !== this.packedFor) this.refold();
     const k = kernels();
     const m = this.model;
     let i = 0;
@@ -203,10 +222,10 @@ export class InferencePlan {
       throw new ShapeError(`inference plan: residual ${shapeStr(residual.shape)} does not match the block output [${p.n}, ${p.cOut}, ${p.oh}, ${p.ow}]`);
     }
     const y = this.pool.acquire(n);
-    const nat = nativeBackend();
-    if (nat && k === nat) {
-      nat.conv2dFused(y, x.data, f.w, f.b, residual ? residual.data : null, relu, p);
+    if (f.packed && this.packedFor && k === this.packedFor) {
+      this.packedFor.conv2dFused(y, x.data, null, f.b, residual ? residual.data : null, relu, p, f.packed);
     } else {
+      if (!f.w) throw new Error('inference plan: weights were packed for another backend (internal error)');
       k.conv2d(y, x.data, f.w, f.b, p);
       if (residual && relu) k.addRelu(y, y, residual.data);
       else if (residual) k.add(y, y, residual.data);

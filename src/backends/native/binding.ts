@@ -10,8 +10,13 @@ import { fileURLToPath } from 'node:url';
 type F32 = Float32Array;
 
 export interface NativeBinding {
-  /** geometry: Int32Array(16) = n cin h w cout kh kw sh sw ph pw dh dw groups oh ow */
-  conv2d(y: F32, x: F32, w: F32, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array): void;
+  /** geometry: Int32Array(16) = n cin h w cout kh kw sh sw ph pw dh dw groups oh ow. With `packed`
+   * (from convPackWeights) and its panel height `mr`, the weights are read from there and `w` may be null. */
+  conv2d(y: F32, x: F32, w: F32 | null, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed?: F32 | null, mr?: number): void;
+  /** Floats that convPackWeights writes for the weights of this geometry (only cout, cin, kh, kw, groups matter). */
+  convPackedLength(geometry: Int32Array): number;
+  /** Packs conv weights into the GEMM micro-kernel's panel layout; returns the panel height. */
+  convPackWeights(dst: F32, w: F32, geometry: Int32Array): number;
   conv2dBackwardInput(dx: F32, dy: F32, w: F32, geometry: Int32Array): void;
   conv2dBackwardWeight(dw: F32, x: F32, dy: F32, geometry: Int32Array): void;
   batchNormTrain(y: F32, mean: F32, invStd: F32, varU: F32, x: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number): void;

@@ -7,10 +7,20 @@ import type { NativeBinding } from './binding.js';
 
 type F32 = Float32Array;
 
-/** Extra capability of the native backend: conv2d with a fused epilogue (inference path). */
+/** Conv weights packed once into the GEMM micro-kernel's layout (see packConvWeights). */
+export interface PackedConvWeights {
+  readonly data: F32;
+  /** panel height the weights were packed with; the kernel checks it against the one it uses */
+  readonly mr: number;
+}
+
+/** Extra capabilities of the native backend, for the inference path. */
 export interface NativeKernels extends Kernels {
-  /** y = conv(x, w) + bias (+ residual) (then relu); y may be the residual buffer itself. */
-  conv2dFused(y: F32, x: F32, w: F32, bias: F32 | null, residual: F32 | null, relu: boolean, p: Conv2dParams): void;
+  /** y = conv(x, w) + bias (+ residual) (then relu); y may be the residual buffer itself. With
+   * `packed` the weights are read from it (w may then be null). */
+  conv2dFused(y: F32, x: F32, w: F32 | null, bias: F32 | null, residual: F32 | null, relu: boolean, p: Conv2dParams, packed?: PackedConvWeights | null): void;
+  /** Packs conv weights [cOut, cIn/groups, kh, kw] once, so that conv2dFused does not repack them on every call. */
+  packConvWeights(w: F32, p: Pick<Conv2dParams, 'cIn' | 'cOut' | 'kh' | 'kw' | 'groups'>): PackedConvWeights;
   setThreads(n: number): void;
   getThreads(): number;
   readonly isa: string;
@@ -43,7 +53,13 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     setThreads: (n) => b.setThreads(n),
     getThreads: () => b.getThreads(),
     conv2d: (y, x, w, bias, p) => b.conv2d(y, x, w, bias, null, false, conv(p)),
-    conv2dFused: (y, x, w, bias, residual, relu, p) => b.conv2d(y, x, w, bias, residual, relu, conv(p)),
+    conv2dFused: (y, x, w, bias, residual, relu, p, packed) =>
+      b.conv2d(y, x, w, bias, residual, relu, conv(p), packed ? packed.data : null, packed ? packed.mr : 0),
+    packConvWeights: (w, p) => {
+      const g = conv({ n: 1, cIn: p.cIn, h: p.kh, w: p.kw, cOut: p.cOut, kh: p.kh, kw: p.kw, sh: 1, sw: 1, ph: 0, pw: 0, dh: 1, dw: 1, groups: p.groups, oh: 1, ow: 1 });
+      const data = new Float32Array(b.convPackedLength(g));
+      return { data, mr: b.convPackWeights(data, w, g) };
+    },
     conv2dBackwardInput: (dx, dy, w, p) => b.conv2dBackwardInput(dx, dy, w, conv(p)),
     conv2dBackwardWeight: (dw, x, dy, p) => b.conv2dBackwardWeight(dw, x, dy, conv(p)),
     batchNormTrain: (y, mean, invStd, varU, x, g, beta, p: BatchNormParams) => b.batchNormTrain(y, mean, invStd, varU, x, g, beta, p.n, p.c, p.hw, p.eps),
