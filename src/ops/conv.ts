@@ -1,7 +1,7 @@
 /** conv2d: validation, output shape, forward and backward (through the kernel interface). */
 import { ShapeError } from '../errors.js';
 import { record } from '../tensor/autograd.js';
-import { Tensor, shapeStr } from '../tensor/tensor.js';
+import { Tensor, shapeStr, uninitialized } from '../tensor/tensor.js';
 import type { Conv2dParams } from '../kernels/kernels.js';
 import { kernels } from '../kernels/registry.js';
 import { expectRank, output, pair, sumPerChannel } from './util.js';
@@ -58,9 +58,9 @@ export function conv2d(x: Tensor, w: Tensor, bias: Tensor | null = null, opts: C
   k.conv2d(y.values, x.values, w.values, bias ? bias.values : null, p);
   const inputs = bias ? [x, w, bias] : [x, w];
   return record(y, 'conv2d', inputs, (gy, needs) => {
-    const gx = needs[0] ? new Float32Array(x.numel) : null;
+    const gx = needs[0] ? uninitialized(x.numel) : null;
     if (gx) k.conv2dBackwardInput(gx, gy, w.values, p);
-    const gw = needs[1] ? new Float32Array(w.numel) : null;
+    const gw = needs[1] ? uninitialized(w.numel) : null;
     if (gw) k.conv2dBackwardWeight(gw, x.values, gy, p);
     const gb = needs[2] ? sumPerChannel(gy, p.n, p.cOut, p.oh * p.ow) : null;
     return [gx, gw, gb];

@@ -1,7 +1,7 @@
 /** Elementwise and shape ops: relu, add, addRelu, mulScalar, sum, mean, reshape, flatten, zero-pad shortcut. */
 import { ShapeError } from '../errors.js';
 import { record } from '../tensor/autograd.js';
-import { Tensor, numelOf, shapeStr } from '../tensor/tensor.js';
+import { Tensor, numelOf, shapeStr, uninitialized } from '../tensor/tensor.js';
 import { kernels } from '../kernels/registry.js';
 import { expectRank, expectSameShape, output } from './util.js';
 
@@ -11,7 +11,7 @@ export function relu(x: Tensor): Tensor {
   const k = kernels();
   k.relu(y.values, x.values);
   return record(y, 'relu', [x], (gy) => {
-    const gx = new Float32Array(x.numel);
+    const gx = uninitialized(x.numel);
     k.reluBackward(gx, gy, y.values);
     return [gx];
   });
@@ -33,7 +33,7 @@ export function addRelu(a: Tensor, b: Tensor): Tensor {
   const k = kernels();
   k.addRelu(y.values, a.values, b.values);
   return record(y, 'add_relu', [a, b], (gy) => {
-    const g = new Float32Array(gy.length);
+    const g = uninitialized(gy.length);
     k.reluBackward(g, gy, y.values);
     return [g, g];
   });

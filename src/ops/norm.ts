@@ -1,7 +1,7 @@
 /** batch_norm over dim 1 of an [N, C, ...] tensor, with PyTorch's running-statistics semantics. */
 import { ShapeError } from '../errors.js';
 import { record } from '../tensor/autograd.js';
-import { Tensor, shapeStr } from '../tensor/tensor.js';
+import { Tensor, shapeStr, uninitialized } from '../tensor/tensor.js';
 import { kernels } from '../kernels/registry.js';
 import { output } from './util.js';
 
@@ -76,7 +76,7 @@ export function batchNorm(
   }
   const inputs = [x, ...(weight ? [weight] : []), ...(bias ? [bias] : [])];
   return record(y, 'batch_norm', inputs, (gy, needs) => {
-    const gx = new Float32Array(x.numel); // the kernel computes dx with dgamma/dbeta in one pass
+    const gx = uninitialized(x.numel); // the kernel computes dx with dgamma/dbeta in one pass
     const wantG = weight !== null && needs[1] === true;
     const wantB = bias !== null && needs[weight ? 2 : 1] === true;
     const dgamma = wantG ? new Float32Array(c) : null;

@@ -1,7 +1,7 @@
 /** max_pool2d and adaptive_avg_pool2d. */
 import { ShapeError } from '../errors.js';
 import { record } from '../tensor/autograd.js';
-import { Tensor, shapeStr } from '../tensor/tensor.js';
+import { Tensor, shapeStr, uninitialized } from '../tensor/tensor.js';
 import type { AdaptivePoolParams, Pool2dParams } from '../kernels/kernels.js';
 import { kernels } from '../kernels/registry.js';
 import { convOutSize } from './conv.js';
@@ -39,7 +39,7 @@ export function maxPool2d(x: Tensor, o: MaxPool2dOptions): Tensor {
   const argmax = new Int32Array(y.numel);
   k.maxPool2d(y.values, argmax, x.values, p);
   return record(y, 'max_pool2d', [x], (gy) => {
-    const gx = new Float32Array(x.numel);
+    const gx = uninitialized(x.numel);
     k.maxPool2dBackward(gx, gy, argmax, p);
     return [gx];
   });
@@ -56,7 +56,7 @@ export function adaptiveAvgPool2d(x: Tensor, outputSize: number | readonly numbe
   const k = kernels();
   k.adaptiveAvgPool2d(y.values, x.values, p);
   return record(y, 'adaptive_avg_pool2d', [x], (gy) => {
-    const gx = new Float32Array(x.numel);
+    const gx = uninitialized(x.numel);
     k.adaptiveAvgPool2dBackward(gx, gy, p);
     return [gx];
   });

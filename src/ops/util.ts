@@ -1,11 +1,12 @@
 /** Helpers shared by the op files: output allocation (meta-aware) and argument checks. */
 import { ShapeError } from '../errors.js';
-import { Tensor, shapeStr } from '../tensor/tensor.js';
+import { Tensor, shapeStr, uninitialized } from '../tensor/tensor.js';
 
-/** Allocates an op's output: meta if any input is meta (shape inference only), else zeroed storage. */
+/** Allocates an op's output: meta if any input is meta (shape inference only), else uninitialised
+ * storage (every op writes its whole output). */
 export function output(shape: readonly number[], inputs: readonly (Tensor | null)[]): Tensor {
   const isMeta = inputs.some((t) => t !== null && t.isMeta);
-  return new Tensor(shape, isMeta ? null : new Float32Array(shape.reduce((a, b) => a * b, 1)));
+  return new Tensor(shape, isMeta ? null : uninitialized(shape.reduce((a, b) => a * b, 1)));
 }
 
 export function expectRank(op: string, what: string, t: Tensor, rank: number, layout = ''): void {

@@ -180,6 +180,21 @@ export class Tensor {
 
 // ---- factories ------------------------------------------------------------------------------
 
+/** Below this many floats, a zeroed Float32Array costs no more than uninitialised memory. */
+const UNINIT_MIN = 1024;
+
+/**
+ * A Float32Array of `n` elements whose contents are unspecified (not zero-filled), for buffers a
+ * kernel overwrites completely (op outputs and input gradients: see the kernel contract in
+ * src/kernels/kernels.ts). Skips `new Float32Array(n)`'s zero-fill, a full extra pass over every
+ * activation and gradient of a training step. Each array owns its ArrayBuffer (byteOffset 0).
+ */
+export function uninitialized(n: number): Float32Array {
+  if (n < UNINIT_MIN) return new Float32Array(n);
+  const b = Buffer.allocUnsafeSlow(n * 4);
+  return new Float32Array(b.buffer, b.byteOffset, n);
+}
+
 function storage(shape: readonly number[]): Float32Array | null {
   checkShape(shape);
   return metaMode > 0 ? null : new Float32Array(numelOf(shape));
