@@ -151,15 +151,21 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
   const out = new Float32Array(3);
   nat!.relu(out, nan);
   assert.ok(Number.isNaN(out[0]!) && out[1] === 0 && out[2] === 2, 'relu propagates NaN');
-  for (const [n, c, h, w, k, s, pad] of [[1, 3, 9, 9, 3, 2, 1], [7, 2, 8, 7, 2, 2, 0], [2, 5, 11, 6, 3, 1, 1]] as const) {
+  const poolCases = [[1, 3, 9, 9, 3, 2, 1], [7, 2, 8, 7, 2, 2, 0], [2, 5, 11, 6, 3, 1, 1], [1, 64, 112, 111, 3, 2, 1]] as const;
+  for (const [n, c, h, w, k, s, pad] of poolCases) {
     const p: Pool2dParams = { n, c, h, w, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, dh: 1, dw: 1, oh: convOutSize(h, k, s, pad, 1), ow: convOutSize(w, k, s, pad, 1) };
     const x = randomArray(n * c * h * w, gen);
+    const xm = x.slice(); // for max pool: a few NaNs, which win their windows (as in PyTorch)
+    for (let i = 0; i < 5; i++) xm[Math.floor(gen.random() * x.length)] = NaN;
     const ny = n * c * p.oh * p.ow;
     const yr = new Float32Array(ny), yn = new Float32Array(ny), ar = new Int32Array(ny), an = new Int32Array(ny);
-    tsKernels.maxPool2d(yr, ar, x, p);
-    nat!.maxPool2d(yn, an, x, p);
+    tsKernels.maxPool2d(yr, ar, xm, p);
+    nat!.maxPool2d(yn, an, xm, p);
     assert.deepEqual(yn, yr);
     assert.deepEqual(an, ar);
+    const yi = new Float32Array(ny).fill(7);
+    nat!.maxPool2dNoIndices(yi, xm, p);
+    assert.deepEqual(yi, yr, 'max pool without indices (inference path)');
     const dy = randomArray(ny, gen);
     const dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
     tsKernels.maxPool2dBackward(dxr, dy, ar, p);

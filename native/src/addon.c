@@ -268,7 +268,9 @@ static napi_value js_maxpool(napi_env env, napi_callback_info info) {
   memcpy(&p, g, sizeof p);
   size_t ny = SZ(p.n) * p.c * p.oh * p.ow, nx = SZ(p.n) * p.c * p.h * p.w;
   float *y = f32(&a, 0, ny, 0);
-  int32_t *am = i32(&a, 1, ny);
+  napi_valuetype t1;
+  napi_typeof(env, a.argv[1], &t1);
+  int32_t *am = (t1 == napi_null || t1 == napi_undefined) ? NULL : i32(&a, 1, ny); /* null: no argmax */
   const float *x = f32(&a, 2, nx, 0);
   if (a.failed) return NULL;
   maxpool_fwd(y, am, x, &p);

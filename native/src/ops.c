@@ -7,6 +7,7 @@
 #include "ops.h"
 #include "pool.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -244,32 +245,105 @@ void add_relu_fwd(float *y, const float *a, const float *b, long n) { ew(3, y, a
 
 /* ---- pooling ------------------------------------------------------------------------------ */
 
-void maxpool_fwd(float *y, int32_t *argmax, const float *x, const pool_p *p) {
-  for (long pl = 0; pl < (long)p->n * p->c; pl++) {
-    const float *xp = x + pl * p->h * p->w;
-    float *yp = y + pl * p->oh * p->ow;
-    int32_t *ap = argmax + pl * p->oh * p->ow;
-    for (int oy = 0; oy < p->oh; oy++)
-      for (int ox = 0; ox < p->ow; ox++) {
-        float best = -INFINITY;
-        int32_t bi = -1;
-        for (int ky = 0; ky < p->kh; ky++) {
-          int iy = oy * p->sh - p->ph + ky * p->dh;
-          if (iy < 0 || iy >= p->h) continue;
-          for (int kx = 0; kx < p->kw; kx++) {
-            int ix = ox * p->sw - p->pw + kx * p->dw;
-            if (ix < 0 || ix >= p->w) continue;
-            float v = xp[iy * p->w + ix];
-            if (bi < 0 || v > best || v != v) {
-              best = v;
-              bi = iy * p->w + ix;
-            }
+/* One plane with argmax (training): the first maximum in window order, NaN wins (as PyTorch). */
+static void maxpool_plane_argmax(float *yp, int32_t *ap, const float *xp, const pool_p *p) {
+  for (int oy = 0; oy < p->oh; oy++)
+    for (int ox = 0; ox < p->ow; ox++) {
+      float best = -INFINITY;
+      int32_t bi = -1;
+      for (int ky = 0; ky < p->kh; ky++) {
+        int iy = oy * p->sh - p->ph + ky * p->dh;
+        if (iy < 0 || iy >= p->h) continue;
+        for (int kx = 0; kx < p->kw; kx++) {
+          int ix = ox * p->sw - p->pw + kx * p->dw;
+          if (ix < 0 || ix >= p->w) continue;
+          float v = xp[iy * p->w + ix];
+          if (bi < 0 || v > best || v != v) {
+            best = v;
+            bi = iy * p->w + ix;
           }
         }
-        yp[oy * p->ow + ox] = best;
-        ap[oy * p->ow + ox] = bi;
       }
+      yp[oy * p->ow + ox] = best;
+      ap[oy * p->ow + ox] = bi;
+    }
+}
+
+/* The running maximum that keeps a NaN once it has seen one. */
+static inline float nanmax(float acc, float v) { return (v > acc || v != v) ? v : acc; }
+
+/* Max over the valid rows of each window into row[0, w) (contiguous: vectorised). */
+MV static void rows_max(float *row, const float *xp, const pool_p *p, int oy) {
+  for (int ix = 0; ix < p->w; ix++) row[ix] = -INFINITY;
+  for (int ky = 0; ky < p->kh; ky++) {
+    int iy = oy * p->sh - p->ph + ky * p->dh;
+    if (iy < 0 || iy >= p->h) continue;
+    const float *xr = xp + (long)iy * p->w;
+    for (int ix = 0; ix < p->w; ix++) row[ix] = nanmax(row[ix], xr[ix]);
   }
+}
+
+/* One plane without argmax (inference): the window maximum is separable, rows first. */
+MV static void cols_max(float *yr, const float *row, const pool_p *p, int ox0, int ox1) {
+  /* interior outputs: every tap inside the row */
+  for (int ox = ox0; ox < ox1; ox++) {
+    const float *r = row + ox * p->sw - p->pw;
+    float best = r[0];
+    for (int kx = 1; kx < p->kw; kx++) best = nanmax(best, r[kx * p->dw]);
+    yr[ox] = best;
+  }
+}
+
+static void maxpool_plane(float *yp, const float *xp, const pool_p *p, float *row) {
+  /* [ox0, ox1): outputs whose window lies inside the row */
+  int ox0 = 0, ox1 = p->ow;
+  while (ox0 < p->ow && ox0 * p->sw - p->pw < 0) ox0++;
+  while (ox1 > ox0 && (ox1 - 1) * p->sw - p->pw + (p->kw - 1) * p->dw >= p->w) ox1--;
+  for (int oy = 0; oy < p->oh; oy++) {
+    rows_max(row, xp, p, oy);
+    float *yr = yp + (long)oy * p->ow;
+    for (int ox = 0; ox < p->ow; ox++) {
+      if (ox == ox0 && ox1 > ox0) {
+        cols_max(yr, row, p, ox0, ox1);
+        ox = ox1 - 1;
+        continue;
+      }
+      float best = -INFINITY;
+      for (int kx = 0; kx < p->kw; kx++) {
+        int ix = ox * p->sw - p->pw + kx * p->dw;
+        if (ix >= 0 && ix < p->w) best = nanmax(best, row[ix]);
+      }
+      yr[ox] = best;
+    }
+  }
+}
+
+typedef struct {
+  float *y;
+  int32_t *argmax;
+  const float *x;
+  const pool_p *p;
+} maxpool_job;
+
+static void maxpool_task(void *ctx, int tid, int nt) {
+  maxpool_job *j = ctx;
+  const pool_p *p = j->p;
+  long lo, hi, in = (long)p->h * p->w, out = (long)p->oh * p->ow;
+  pool_split((long)p->n * p->c, tid, nt, 1, &lo, &hi);
+  float *row = j->argmax ? NULL : malloc(sizeof(float) * (p->w > 0 ? p->w : 1));
+  if (!j->argmax && !row) abort();
+  for (long pl = lo; pl < hi; pl++) {
+    if (j->argmax) maxpool_plane_argmax(j->y + pl * out, j->argmax + pl * out, j->x + pl * in, p);
+    else maxpool_plane(j->y + pl * out, j->x + pl * in, p, row);
+  }
+  free(row);
+}
+
+void maxpool_fwd(float *y, int32_t *argmax, const float *x, const pool_p *p) {
+  maxpool_job j = {y, argmax, x, p};
+  long planes = (long)p->n * p->c;
+  if (planes * p->oh * p->ow * p->kh * p->kw < PAR_MIN || planes < 2) maxpool_task(&j, 0, 1);
+  else pool_run_n(maxpool_task, &j, planes < 1 << 30 ? (int)planes : 1 << 30);
 }
 
 void maxpool_bwd(float *dx, const float *dy, const int32_t *argmax, const pool_p *p) {

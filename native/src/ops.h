@@ -18,6 +18,7 @@ void add_relu_fwd(float *y, const float *a, const float *b, long n);
 typedef struct {
   int n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
 } pool_p;
+/* argmax may be NULL (inference): then no indices are written and a faster separable path runs. */
 void maxpool_fwd(float *y, int32_t *argmax, const float *x, const pool_p *p);
 void maxpool_bwd(float *dx, const float *dy, const int32_t *argmax, const pool_p *p);
 void adaptive_avgpool_fwd(float *y, const float *x, int n, int c, int h, int w, int oh, int ow);

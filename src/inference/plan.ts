@@ -173,10 +173,14 @@ export class InferencePlan {
     if (m.maxpool) {
       const p = maxPool2dParams(meta(a.shape), m.maxpool.options);
       const out = this.pool.acquire(p.n * p.c * p.oh * p.ow);
-      // The kernel also writes argmax indices (for backward); a pooled buffer viewed as int32 holds them.
-      const scratch = this.pool.acquire(out.length);
-      k.maxPool2d(out, new Int32Array(scratch.buffer, scratch.byteOffset, scratch.length), a.data, p);
-      this.pool.release(scratch);
+      if (this.packedFor && k === this.packedFor) {
+        this.packedFor.maxPool2dNoIndices(out, a.data, p);
+      } else {
+        // The kernel also writes argmax indices (for backward); a pooled buffer viewed as int32 holds them.
+        const scratch = this.pool.acquire(out.length);
+        k.maxPool2d(out, new Int32Array(scratch.buffer, scratch.byteOffset, scratch.length), a.data, p);
+        this.pool.release(scratch);
+      }
       drop(a);
       a = { data: out, shape: [p.n, p.c, p.oh, p.ow] };
     }

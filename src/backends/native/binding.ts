@@ -25,7 +25,8 @@ export interface NativeBinding {
   /** op: 0 relu(y, x), 1 reluBackward(dx, dy, y), 2 add(y, a, b), 3 addRelu(y, a, b) */
   elementwise(op: 0 | 1 | 2 | 3, y: F32, a: F32, b?: F32): void;
   /** geometry: Int32Array(14) = n c h w kh kw sh sw ph pw dh dw oh ow */
-  maxPool2d(y: F32, argmax: Int32Array, x: F32, geometry: Int32Array): void;
+  /** argmax null: no indices (inference), a faster path */
+  maxPool2d(y: F32, argmax: Int32Array | null, x: F32, geometry: Int32Array): void;
   maxPool2dBackward(dx: F32, dy: F32, argmax: Int32Array, geometry: Int32Array): void;
   /** forward: (y, x, ...); backward: (dx, dy, ..., true) */
   adaptiveAvgPool2d(out: F32, inp: F32, n: number, c: number, h: number, w: number, oh: number, ow: number, backward: boolean): void;

@@ -21,6 +21,8 @@ export interface NativeKernels extends Kernels {
   conv2dFused(y: F32, x: F32, w: F32 | null, bias: F32 | null, residual: F32 | null, relu: boolean, p: Conv2dParams, packed?: PackedConvWeights | null): void;
   /** Packs conv weights [cOut, cIn/groups, kh, kw] once, so that conv2dFused does not repack them on every call. */
   packConvWeights(w: F32, p: Pick<Conv2dParams, 'cIn' | 'cOut' | 'kh' | 'kw' | 'groups'>): PackedConvWeights;
+  /** Max pool without the argmax indices that backward needs (inference). */
+  maxPool2dNoIndices(y: F32, x: F32, p: Pool2dParams): void;
   setThreads(n: number): void;
   getThreads(): number;
   readonly isa: string;
@@ -70,6 +72,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     add: (y, a, c) => b.elementwise(2, y, a, c),
     addRelu: (y, a, c) => b.elementwise(3, y, a, c),
     maxPool2d: (y, argmax, x, p) => b.maxPool2d(y, argmax, x, pool(p)),
+    maxPool2dNoIndices: (y, x, p) => b.maxPool2d(y, null, x, pool(p)),
     maxPool2dBackward: (dx, dy, argmax, p) => b.maxPool2dBackward(dx, dy, argmax, pool(p)),
     adaptiveAvgPool2d: (y, x, p: AdaptivePoolParams) => b.adaptiveAvgPool2d(y, x, p.n, p.c, p.h, p.w, p.oh, p.ow, false),
     adaptiveAvgPool2dBackward: (dx, dy, p) => b.adaptiveAvgPool2d(dx, dy, p.n, p.c, p.h, p.w, p.oh, p.ow, true),
