@@ -187,6 +187,27 @@ describe('gradcheck batchNorm', () => {
     assert.deepEqual(rm.values, rm0);
     assert.deepEqual(rv.values, rv0);
   });
+
+  test('fused relu (train and eval): relu(batch_norm(x)) in one op', () => {
+    const gen = new Generator(207);
+    const x = param([3, 4, 3, 2], gen, 2);
+    const w = gamma(4, gen);
+    const b = param([4], gen);
+    check('batchNorm+relu train', (xx, ww, bb) => batchNorm(xx!, null, null, ww!, bb!, { training: true, relu: true }), [x, w, b]);
+    // eval: against the composition (finite differences would straddle ReLU's kink here)
+    const rm = randomTensor([4], gen);
+    const rv = tensor([0.3, 1, 2.5, 0.8]);
+    const grads = (fused: boolean): Float32Array[] => {
+      for (const t of [x, w, b]) t.grad = null;
+      const y = fused ? batchNorm(x, rm, rv, w, b, { training: false, relu: true }) : relu(batchNorm(x, rm, rv, w, b, { training: false }));
+      backward(sum(mulScalar(y, 1.5)));
+      return [y.values.slice(), x.grad!.slice(), w.grad!.slice(), b.grad!.slice()];
+    };
+    const f = grads(true);
+    const c = grads(false);
+    assert.ok(f[0]!.some((v) => v === 0), 'some outputs clipped');
+    f.forEach((a, i) => assertClose(a, c[i]!, { rtol: 1e-6, atol: 1e-6 }, `eval fused vs composed, item ${i}`));
+  });
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -147,3 +147,39 @@ test('forward gives [N, numClasses]; input channel mismatch is a clear conv2d er
   assert.deepEqual([...y.shape], [2, 7]);
   assert.throws(() => m.call(randn([1, 3, 28, 28])), /conv2d: weight \[16, 1, 3, 3\] expects 1 input channels .* has 3/);
 });
+
+test('fused batch norm + ReLU and add + ReLU give the same values and gradients as the module calls; hooks still see every call', async () => {
+  const { backward } = await import('../src/tensor/autograd.js');
+  const { registerGlobalForwardHook } = await import('../src/nn/module.js');
+  const F = await import('../src/ops/index.js');
+  for (const name of ['resnet20', 'resnet18']) {
+    const model = createModel(name, { numClasses: 5, ...(name === 'resnet18' ? { widths: [4, 8, 8, 8], stemWidth: 4 } : {}) });
+    const g = new Generator(3);
+    for (const [, p] of model.namedParameters()) if (p.ndim === 1) p.values.set(randn(p.shape, g).values); // non-trivial BN affine
+    const x = randn([2, 3, 20, 20], new Generator(4));
+    const run = (): { out: Float32Array; grads: Float32Array[] } => {
+      model.zeroGrad();
+      const out = model.call(x);
+      backward(F.sum(out));
+      return { out: out.values.slice(), grads: model.parameters().map((p) => p.grad!.slice()) };
+    };
+    const fused = run();
+    // a global hook makes every module observed: the blocks take the unfused path
+    const seen = new Map<string, number>();
+    const h = registerGlobalForwardHook((m) => void seen.set(m.typeName, (seen.get(m.typeName) ?? 0) + 1));
+    const plain = run();
+    h.remove();
+    const blocks = name === 'resnet20' ? 9 : 8;
+    assert.equal(seen.get('ReLU'), 1 + 2 * blocks, `${name}: every ReLU call is seen by hooks`);
+    assert.equal(seen.get('BatchNorm2d')! >= 1 + 2 * blocks, true);
+    assert.deepEqual(fused.out, plain.out, `${name}: same logits`);
+    fused.grads.forEach((gr, i) => assert.deepEqual(gr, plain.grads[i], `${name}: same gradient for parameter ${i}`));
+    // a hook on one ReLU module alone also disables the fusion for its block
+    const block = model.stages[0]!.layers[0] as unknown as { relu: { registerForwardHook: (f: () => void) => { remove: () => void } } };
+    let calls = 0;
+    const hh = block.relu.registerForwardHook(() => void calls++);
+    model.call(x);
+    hh.remove();
+    assert.equal(calls, 2, `${name}: both ReLU calls of the hooked block are seen`);
+  }
+});

@@ -132,6 +132,27 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
     tsKernels.batchNormEval(er, x, rm, rv, g, null, p);
     nat!.batchNormEval(en, x, rm, rv, g, null, p);
     assertClose(en, er, scaleTol(er), 'eval (no beta)');
+
+    // fused relu: forward = relu(bn(x)); backward with the relu output masks dy first
+    const f = out();
+    nat!.batchNormTrain(f.y, f.mean, f.inv, f.vu, x, g, bt, p, true);
+    assert.ok(f.y.some((v) => v === 0) && f.y.some((v) => v > 0), 'relu clips some outputs');
+    assertClose(f.y, r.y.map((v) => Math.max(0, v)), scaleTol(r.y), 'train + relu');
+    const fe = new Float32Array(n * c * hw);
+    nat!.batchNormEval(fe, x, rm, rv, g, null, p, true);
+    assertClose(fe, er.map((v) => Math.max(0, v)), scaleTol(er), 'eval + relu');
+    const masked = dy.map((v, i) => (f.y[i]! <= 0 ? 0 : v));
+    for (const training of [true, false]) {
+      const want = new Float32Array(n * c * hw), wg = new Float32Array(c), wb = new Float32Array(c);
+      tsKernels.batchNormBackward(want, wg, wb, masked, x, r.mean, r.inv, g, training, p);
+      for (const [name, k] of [['ts', tsKernels], ['native', nat!]] as const) {
+        const dx = new Float32Array(n * c * hw).fill(NaN), dg = new Float32Array(c), db = new Float32Array(c);
+        k.batchNormBackward(dx, dg, db, dy, x, r.mean, r.inv, g, training, p, f.y);
+        assertClose(dx, want, scaleTol(want), `${name} backward through the fused relu dx (training=${training})`);
+        assertClose(dg, wg, scaleTol(wg), `${name} fused dgamma`);
+        assertClose(db, wb, scaleTol(wb), `${name} fused dbeta`);
+      }
+    }
   }
 });
 

@@ -86,6 +86,15 @@ static int flag(args_t *a, size_t i) {
   return b;
 }
 
+/* Optional trailing boolean: false when absent (undefined). */
+static int opt_flag(args_t *a, size_t i) {
+  if (a->failed) return 0;
+  napi_valuetype t;
+  napi_typeof(a->env, a->argv[i], &t);
+  if (t == napi_undefined || t == napi_null) return 0;
+  return flag(a, i);
+}
+
 static napi_value undef(napi_env env) {
   napi_value u;
   napi_get_undefined(env, &u);
@@ -189,7 +198,7 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* batchNormTrain(y, mean, invStd, varU, x, gamma|null, beta|null, n, c, hw, eps) */
+/* batchNormTrain(y, mean, invStd, varU, x, gamma|null, beta|null, n, c, hw, eps, relu?) */
 static napi_value js_bn_train(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 11)) return NULL;
@@ -199,12 +208,13 @@ static napi_value js_bn_train(napi_env env, napi_callback_info info) {
   float *y = f32(&a, 0, tot, 0), *mean = f32(&a, 1, c, 0), *inv = f32(&a, 2, c, 0), *vu = f32(&a, 3, c, 0);
   const float *x = f32(&a, 4, tot, 0), *g = f32(&a, 5, c, 1), *b = f32(&a, 6, c, 1);
   float eps = (float)num(&a, 10);
+  int relu = opt_flag(&a, 11);
   if (a.failed) return NULL;
-  bn_train(y, mean, inv, vu, x, g, b, n, c, hw, eps);
+  bn_train(y, mean, inv, vu, x, g, b, n, c, hw, eps, relu);
   return undef(env);
 }
 
-/* batchNormEval(y, x, rm, rv, gamma|null, beta|null, n, c, hw, eps) */
+/* batchNormEval(y, x, rm, rv, gamma|null, beta|null, n, c, hw, eps, relu?) */
 static napi_value js_bn_eval(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 10)) return NULL;
@@ -215,12 +225,13 @@ static napi_value js_bn_eval(napi_env env, napi_callback_info info) {
   const float *x = f32(&a, 1, tot, 0), *rm = f32(&a, 2, c, 0), *rv = f32(&a, 3, c, 0), *g = f32(&a, 4, c, 1),
               *b = f32(&a, 5, c, 1);
   float eps = (float)num(&a, 9);
+  int relu = opt_flag(&a, 10);
   if (a.failed) return NULL;
-  bn_eval(y, x, rm, rv, g, b, n, c, hw, eps);
+  bn_eval(y, x, rm, rv, g, b, n, c, hw, eps, relu);
   return undef(env);
 }
 
-/* batchNormBackward(dx, dgamma|null, dbeta|null, dy, x, mean, invStd, gamma|null, training, n, c, hw) */
+/* batchNormBackward(dx, dgamma|null, dbeta|null, dy, x, mean, invStd, gamma|null, training, n, c, hw, reluY?) */
 static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 12)) return NULL;
@@ -231,8 +242,9 @@ static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
   const float *dy = f32(&a, 3, tot, 0), *x = f32(&a, 4, tot, 0), *mean = f32(&a, 5, c, 0), *inv = f32(&a, 6, c, 0),
               *g = f32(&a, 7, c, 1);
   int training = flag(&a, 8);
+  const float *relu_y = f32(&a, 12, tot, 1);
   if (a.failed) return NULL;
-  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw);
+  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw, relu_y);
   return undef(env);
 }
 

@@ -51,6 +51,14 @@ MV void scale_shift(float *y, const float *x, long n, float scale, float shift) 
   for (long i = 0; i < n; i++) y[i] = x[i] * scale + shift;
 }
 
+/* relu(x * scale + shift), NaN kept (as relu_range) */
+MV void scale_shift_relu(float *y, const float *x, long n, float scale, float shift) {
+  for (long i = 0; i < n; i++) {
+    float v = x[i] * scale + shift;
+    y[i] = v > 0.0f ? v : (v != v ? v : 0.0f);
+  }
+}
+
 /* sum(dy), sum(dy * (x - mu)) */
 MV void dot_dev(const float *dy, const float *x, long n, float mu, double *s_dy, double *s_dyx) {
   float a[LANES] = {0}, b[LANES] = {0};
@@ -78,10 +86,43 @@ MV void bn_bwd_apply(float *dx, const float *dy, const float *x, long n, float m
   for (long i = 0; i < n; i++) dx[i] = k1 * dy[i] + k2 * (x[i] - mu) + k3;
 }
 
+/* The same two with dy masked by a following relu's output y (relu backward: y <= 0 ? 0 : dy). */
+MV void dot_dev_masked(const float *dy, const float *y, const float *x, long n, float mu, double *s_dy, double *s_dyx) {
+  float a[LANES] = {0}, b[LANES] = {0};
+  long i = 0;
+  for (; i + LANES <= n; i += LANES)
+    for (int l = 0; l < LANES; l++) {
+      float g = y[i + l] <= 0.0f ? 0.0f : dy[i + l];
+      a[l] += g;
+      b[l] += g * (x[i + l] - mu);
+    }
+  double sa = 0, sb = 0;
+  for (int l = 0; l < LANES; l++) {
+    sa += a[l];
+    sb += b[l];
+  }
+  for (; i < n; i++) {
+    float g = y[i] <= 0.0f ? 0.0f : dy[i];
+    sa += g;
+    sb += (double)g * (x[i] - mu);
+  }
+  *s_dy = sa;
+  *s_dyx = sb;
+}
+
+MV void bn_bwd_apply_masked(float *dx, const float *dy, const float *y, const float *x, long n, float mu, float k1, float k2,
+                            float k3) {
+  for (long i = 0; i < n; i++) {
+    float g = y[i] <= 0.0f ? 0.0f : dy[i];
+    dx[i] = k1 * g + k2 * (x[i] - mu) + k3;
+  }
+}
+
 typedef struct {
   float *y, *mean, *invstd, *var_u, *dx, *dgamma, *dbeta;
   const float *x, *gamma, *beta, *rm, *rv, *dy, *cmean, *cinvstd;
-  int n, c, training;
+  const float *ymask; /* backward: the output of a fused relu (NULL: none) */
+  int n, c, training, relu;
   long hw;
   float eps;
 } bn_job;
@@ -108,7 +149,8 @@ static void bn_train_task(void *ctx, int tid, int nt) {
     float scale = g * inv, shift = bt - mu * scale;
     for (int b = 0; b < j->n; b++) {
       long off = ((long)b * j->c + ch) * j->hw;
-      scale_shift(j->y + off, j->x + off, j->hw, scale, shift);
+      if (j->relu) scale_shift_relu(j->y + off, j->x + off, j->hw, scale, shift);
+      else scale_shift(j->y + off, j->x + off, j->hw, scale, shift);
     }
   }
 }
@@ -123,7 +165,8 @@ static void bn_eval_task(void *ctx, int tid, int nt) {
     float shift = (j->beta ? j->beta[ch] : 0.0f) - j->rm[ch] * scale;
     for (int b = 0; b < j->n; b++) {
       long off = ((long)b * j->c + ch) * j->hw;
-      scale_shift(j->y + off, j->x + off, j->hw, scale, shift);
+      if (j->relu) scale_shift_relu(j->y + off, j->x + off, j->hw, scale, shift);
+      else scale_shift(j->y + off, j->x + off, j->hw, scale, shift);
     }
   }
 }
@@ -138,7 +181,8 @@ static void bn_backward_task(void *ctx, int tid, int nt) {
     double sdy = 0, sdyx = 0, a, b2;
     for (int b = 0; b < j->n; b++) {
       long off = ((long)b * j->c + ch) * j->hw;
-      dot_dev(j->dy + off, j->x + off, j->hw, mu, &a, &b2);
+      if (j->ymask) dot_dev_masked(j->dy + off, j->ymask + off, j->x + off, j->hw, mu, &a, &b2);
+      else dot_dev(j->dy + off, j->x + off, j->hw, mu, &a, &b2);
       sdy += a;
       sdyx += b2;
     }
@@ -159,7 +203,8 @@ static void bn_backward_task(void *ctx, int tid, int nt) {
     }
     for (int b = 0; b < j->n; b++) {
       long off = ((long)b * j->c + ch) * j->hw;
-      bn_bwd_apply(j->dx + off, j->dy + off, j->x + off, j->hw, mu, k1, k2, k3);
+      if (j->ymask) bn_bwd_apply_masked(j->dx + off, j->dy + off, j->ymask + off, j->x + off, j->hw, mu, k1, k2, k3);
+      else bn_bwd_apply(j->dx + off, j->dy + off, j->x + off, j->hw, mu, k1, k2, k3);
     }
   }
 }
@@ -171,22 +216,23 @@ static void run_channels(pool_fn fn, bn_job *j) {
 }
 
 void bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
-              const float *beta, int n, int c, long hw, float eps) {
+              const float *beta, int n, int c, long hw, float eps, int relu) {
   bn_job j = {.y = y, .mean = mean, .invstd = invstd, .var_u = var_unbiased, .x = x, .gamma = gamma, .beta = beta,
-              .n = n, .c = c, .hw = hw, .eps = eps};
+              .n = n, .c = c, .hw = hw, .eps = eps, .relu = relu};
   run_channels(bn_train_task, &j);
 }
 
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
-             int c, long hw, float eps) {
-  bn_job j = {.y = y, .x = x, .rm = rm, .rv = rv, .gamma = gamma, .beta = beta, .n = n, .c = c, .hw = hw, .eps = eps};
+             int c, long hw, float eps, int relu) {
+  bn_job j = {.y = y, .x = x, .rm = rm, .rv = rv, .gamma = gamma, .beta = beta, .n = n, .c = c, .hw = hw, .eps = eps,
+              .relu = relu};
   run_channels(bn_eval_task, &j);
 }
 
 void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
-                 const float *invstd, const float *gamma, int training, int n, int c, long hw) {
+                 const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y) {
   bn_job j = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .cmean = mean, .cinvstd = invstd,
-              .gamma = gamma, .training = training, .n = n, .c = c, .hw = hw};
+              .gamma = gamma, .training = training, .n = n, .c = c, .hw = hw, .ymask = relu_y};
   run_channels(bn_backward_task, &j);
 }
 

@@ -3,12 +3,14 @@
 #define RESNET_OPS_H
 #include <stdint.h>
 
+/* relu: y = relu(batch_norm(x)) in the same pass. */
 void bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
-              const float *beta, int n, int c, long hw, float eps);
+              const float *beta, int n, int c, long hw, float eps, int relu);
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
-             int c, long hw, float eps);
+             int c, long hw, float eps, int relu);
+/* relu_y (may be NULL): the output of a fused relu; dy is then the gradient of that output. */
 void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
-                 const float *invstd, const float *gamma, int training, int n, int c, long hw);
+                 const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y);
 
 void relu_fwd(float *y, const float *x, long n);
 void relu_bwd(float *dx, const float *dy, const float *y, long n);

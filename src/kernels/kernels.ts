@@ -97,16 +97,19 @@ export interface Kernels {
   /**
    * Training-mode batch norm: normalises with batch statistics, writes y, the batch mean and
    * 1/sqrt(biased var + eps) per channel (saved for backward), and the unbiased variance per
-   * channel (for the running-stat update). gamma/beta null means affine=false.
+   * channel (for the running-stat update). gamma/beta null means affine=false. With `relu`, y is
+   * relu(batch_norm(x)) (one pass instead of two).
    */
-  batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void;
-  /** Eval-mode batch norm with running statistics. */
-  batchNormEval(y: F32, x: F32, runningMean: F32, runningVar: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void;
+  batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean): void;
+  /** Eval-mode batch norm with running statistics (then relu, with `relu`). */
+  batchNormEval(y: F32, x: F32, runningMean: F32, runningVar: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean): void;
   /**
    * Backward of batch norm given the statistics used in forward (batch ones in training, running
-   * ones in eval: pass `training` accordingly). dgamma/dbeta may be null when not needed.
+   * ones in eval: pass `training` accordingly). dgamma/dbeta may be null when not needed. With
+   * `reluY` (the output of a fused relu), dy is the gradient of relu(batch_norm(x)): it is masked
+   * as reluBackward would (0 where reluY <= 0) before the batch-norm backward.
    */
-  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams): void;
+  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY?: F32 | null): void;
 
   relu(y: F32, x: F32): void;
   /** dx = 0 where y <= 0, else dy (the gradient at 0 is 0 and NaN passes, as in PyTorch). */

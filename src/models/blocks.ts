@@ -11,6 +11,17 @@ import { BatchNorm2d, Conv2d, ReLU } from '../nn/layers.js';
 import { Module } from '../nn/module.js';
 import type { Tensor } from '../tensor/tensor.js';
 
+/** relu(bn(x)): one fused op unless a hook watches either module (then the two module calls, so
+ * the hooks see both). */
+export function bnRelu(bn: BatchNorm2d, relu: ReLU, x: Tensor): Tensor {
+  return bn.observed || relu.observed ? relu.call(bn.call(x)) : bn.forwardRelu(x);
+}
+
+/** relu(a + b), the join of a residual block: one fused op unless a hook watches the ReLU module. */
+export function addRelu(relu: ReLU, a: Tensor, b: Tensor): Tensor {
+  return relu.observed ? relu.call(F.add(a, b)) : F.addRelu(a, b);
+}
+
 /** 3x3 convolution with padding = dilation (keeps the size at stride 1), no bias. */
 export function conv3x3(inPlanes: number, outPlanes: number, stride = 1, groups = 1, dilation = 1): Conv2d {
   return new Conv2d(inPlanes, outPlanes, 3, { stride, padding: dilation, groups, dilation, bias: false });
@@ -66,7 +77,7 @@ export class BasicBlock extends Module {
 
   /** The residual branch F(x). */
   protected residual(x: Tensor): Tensor {
-    const out = this.relu.call(this.bn1.call(this.conv1.call(x)));
+    const out = bnRelu(this.bn1, this.relu, this.conv1.call(x));
     return this.bn2.call(this.conv2.call(out));
   }
 
@@ -74,7 +85,7 @@ export class BasicBlock extends Module {
     // Order of calls as torchvision (residual branch, then downsample), so summaries list rows alike.
     const out = this.residual(x);
     const identity = this.downsample ? this.downsample.call(x) : x;
-    return this.relu.call(F.add(out, identity));
+    return addRelu(this.relu, out, identity);
   }
 
   /** The BN whose weight zero-init-residual sets to 0. */
@@ -111,15 +122,15 @@ export class Bottleneck extends Module {
   }
 
   protected residual(x: Tensor): Tensor {
-    let out = this.relu.call(this.bn1.call(this.conv1.call(x)));
-    out = this.relu.call(this.bn2.call(this.conv2.call(out)));
+    let out = bnRelu(this.bn1, this.relu, this.conv1.call(x));
+    out = bnRelu(this.bn2, this.relu, this.conv2.call(out));
     return this.bn3.call(this.conv3.call(out));
   }
 
   forward(x: Tensor): Tensor {
     const out = this.residual(x);
     const identity = this.downsample ? this.downsample.call(x) : x;
-    return this.relu.call(F.add(out, identity));
+    return addRelu(this.relu, out, identity);
   }
 
   get lastBn(): BatchNorm2d {

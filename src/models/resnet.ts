@@ -14,7 +14,7 @@ import { kaimingNormal_, constant_ } from '../nn/init.js';
 import { AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d, ReLU, Sequential } from '../nn/layers.js';
 import { Module } from '../nn/module.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { BasicBlock, Bottleneck, PlainBasicBlock, PlainBottleneck, ZeroPadShortcut, conv1x1, type BlockClass } from './blocks.js';
+import { BasicBlock, Bottleneck, PlainBasicBlock, PlainBottleneck, ZeroPadShortcut, bnRelu, conv1x1, type BlockClass } from './blocks.js';
 
 export type ShortcutType = 'A' | 'B' | 'C';
 
@@ -136,7 +136,7 @@ export class ResNet extends Module {
 
   /** The stem: conv1 → bn1 → relu (→ maxpool). */
   forwardStem(x: Tensor): Tensor {
-    const y = this.relu.call(this.bn1.call(this.conv1.call(x)));
+    const y = bnRelu(this.bn1, this.relu, this.conv1.call(x));
     return this.maxpool ? this.maxpool.call(y) : y;
   }
 

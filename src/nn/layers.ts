@@ -88,6 +88,16 @@ export class BatchNorm2d extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    return this.run(x, false);
+  }
+
+  /** relu(this(x)) as one op: batch norm and ReLU in the same pass, forward and backward. Runs no
+   * hooks (see bnRelu in src/models/blocks.ts, which uses it only when no hook is registered). */
+  forwardRelu(x: Tensor): Tensor {
+    return this.run(x, true);
+  }
+
+  private run(x: Tensor, relu: boolean): Tensor {
     if (x.ndim !== 4) throw new ShapeError(`BatchNorm2d: expected 4-D input (N, C, H, W), got ${x.ndim}-D`);
     if (x.shape[1] !== this.numFeatures) {
       throw new ShapeError(`BatchNorm2d: expected ${this.numFeatures} channels, got input with ${x.shape[1]}`);
@@ -103,6 +113,7 @@ export class BatchNorm2d extends Module {
       training: useBatchStats,
       momentum: this.momentum,
       eps: this.eps,
+      relu,
       ...(nbt === undefined ? {} : { numBatchesTracked: nbt }),
     });
   }

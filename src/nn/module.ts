@@ -66,6 +66,13 @@ export abstract class Module {
     return y;
   }
 
+  /** Whether a forward hook (this module's own, or a global one) watches calls to this module.
+   * Fused fast paths (batch norm + ReLU in the blocks) are taken only when nothing is watching, so
+   * hooks always see every module call. */
+  get observed(): boolean {
+    return this.hooks_.length > 0 || globalHooks.length > 0 || globalPreHooks.length > 0;
+  }
+
   registerForwardHook(hook: ForwardHook): Handle {
     this.hooks_ = [...this.hooks_, hook];
     return { remove: () => void (this.hooks_ = this.hooks_.filter((h) => h !== hook)) };

@@ -12,6 +12,8 @@ export interface BatchNormOptions {
   eps?: number;
   /** Only for momentum null: the count of batches seen so far, including this one. */
   numBatchesTracked?: number;
+  /** Return relu(batch_norm(x)), computed in the same pass (forward and backward). */
+  relu?: boolean;
 }
 
 /**
@@ -45,6 +47,7 @@ export function batchNorm(
   const y = output(x.shape, [x]);
   if (y.isMeta || x.isMeta) return y;
   const p = { n, c, hw, eps: o.eps ?? 1e-5 };
+  const fuse = o.relu === true;
   const k = kernels();
   const g = weight ? weight.values : null;
   const b = bias ? bias.values : null;
@@ -54,7 +57,7 @@ export function batchNorm(
     mean = new Float32Array(c);
     invStd = new Float32Array(c);
     const varU = new Float32Array(c);
-    k.batchNormTrain(y.values, mean, invStd, varU, x.values, g, b, p);
+    k.batchNormTrain(y.values, mean, invStd, varU, x.values, g, b, p, fuse);
     if (runningMean && runningVar && !runningMean.isMeta) {
       const mom = o.momentum === null ? 1 / Math.max(1, o.numBatchesTracked ?? 1) : (o.momentum ?? 0.1);
       const rm = runningMean.values;
@@ -69,19 +72,19 @@ export function batchNorm(
   } else {
     const rm = runningMean!.values;
     const rv = runningVar!.values;
-    k.batchNormEval(y.values, x.values, rm, rv, g, b, p);
+    k.batchNormEval(y.values, x.values, rm, rv, g, b, p, fuse);
     // Backward in eval needs the statistics as they were in forward.
     mean = rm.slice();
     invStd = rv.map((v) => 1 / Math.sqrt(v + p.eps));
   }
   const inputs = [x, ...(weight ? [weight] : []), ...(bias ? [bias] : [])];
-  return record(y, 'batch_norm', inputs, (gy, needs) => {
+  return record(y, fuse ? 'batch_norm_relu' : 'batch_norm', inputs, (gy, needs) => {
     const gx = uninitialized(x.numel); // the kernel computes dx with dgamma/dbeta in one pass
     const wantG = weight !== null && needs[1] === true;
     const wantB = bias !== null && needs[weight ? 2 : 1] === true;
     const dgamma = wantG ? new Float32Array(c) : null;
     const dbeta = wantB ? new Float32Array(c) : null;
-    k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p);
+    k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, fuse ? y.values : null);
     const out: (Float32Array | null)[] = [needs[0] ? gx : null];
     if (weight) out.push(dgamma);
     if (bias) out.push(dbeta);

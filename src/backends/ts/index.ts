@@ -10,7 +10,7 @@ import { conv2d, conv2dBackwardInput, conv2dBackwardWeight } from './conv.js';
 
 type F32 = Float32Array;
 
-function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void {
+function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false): void {
   const { n, c, hw, eps } = p;
   const m = n * hw;
   for (let ch = 0; ch < c; ch++) {
@@ -40,9 +40,10 @@ function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32
       for (let i = 0; i < hw; i++) y[off + i] = (x[off + i]! - mu) * inv * g + bt;
     }
   }
+  if (fusedRelu) relu(y, y);
 }
 
-function batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void {
+function batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false): void {
   const { n, c, hw, eps } = p;
   for (let ch = 0; ch < c; ch++) {
     const inv = 1 / Math.sqrt(rv[ch]! + eps);
@@ -53,9 +54,15 @@ function batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta
       for (let i = 0; i < hw; i++) y[off + i] = x[off + i]! * scale + shift;
     }
   }
+  if (fusedRelu) relu(y, y);
 }
 
-function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams): void {
+function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dyIn: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY: F32 | null = null): void {
+  let dy = dyIn;
+  if (reluY) {
+    dy = new Float32Array(dyIn.length);
+    reluBackward(dy, dyIn, reluY);
+  }
   const { n, c, hw } = p;
   const m = n * hw;
   for (let ch = 0; ch < c; ch++) {
