@@ -2,7 +2,8 @@
  * Build: gcc -O3 -std=c11 -D_GNU_SOURCE -Inative/src native/bench/convbench.c native/src/conv.c \
  *            native/src/gemm.c native/src/pool.c -o /tmp/convbench -lpthread -lm
  * Run:   T=1 /tmp/convbench [filter-substring]   (T = threads; SECS = seconds per measurement;
- *        CPUTIME=1 times CPU time, for T=1 on a loaded machine; NOCHECK=1 skips the correctness check) */
+ *        CPUTIME=1 times CPU time, for T=1 on a loaded machine; NOCHECK=1 skips the correctness check;
+ *        RES=1 times the forward with bias + residual + relu, as the inference plan runs it) */
 #include "conv.h"
 #include "pool.h"
 #include <math.h>
@@ -153,6 +154,11 @@ int main(int argc, char **argv) {
     for (long i = 0; i < nx; i++) x[i] = frand();
     for (long i = 0; i < nw; i++) w[i] = frand();
     for (long i = 0; i < ny; i++) y[i] = frand();
+    /* RES=1: forward with the inference epilogue (bias, a separate residual buffer, relu) */
+    int res = getenv("RES") && atoi(getenv("RES"));
+    float *r = malloc(ny * 4), *bias = malloc(p.cout * 4);
+    for (long i = 0; i < ny; i++) r[i] = frand();
+    for (int i = 0; i < p.cout; i++) bias[i] = frand();
     double fl = 2.0 * ny * p.cin * p.kh * p.kw;
     printf("%-24s", shapes[c].name);
     for (int m = 0; m < 3; m++) {
@@ -162,7 +168,7 @@ int main(int argc, char **argv) {
         int reps = 0;
         double t0 = now();
         do {
-          if (m == 0) conv2d_forward(y, x, w, NULL, NULL, 0, &p);
+          if (m == 0) conv2d_forward(y, x, w, res ? bias : NULL, res ? r : NULL, res, &p);
           else if (m == 1) conv2d_backward_input(dx, y, w, &p);
           else conv2d_backward_weight(dw, x, y, &p);
           reps++;
@@ -174,7 +180,7 @@ int main(int argc, char **argv) {
     }
     printf("\n");
     fflush(stdout);
-    free(x); free(y); free(w); free(dx); free(dw);
+    free(x); free(y); free(w); free(dx); free(dw); free(r); free(bias);
   }
   return 0;
 }

@@ -545,18 +545,22 @@ __attribute__((target("avx512f"))) static void ifwd_tiles(const ifwd_job *j, int
             }
           continue;
         }
+        /* explicit vectors, not loops left to the vectoriser: y may be the residual buffer itself
+         * (the plan adds the shortcut in place), and GCC's runtime alias check then falls back to
+         * scalar code; reading a vector of the residual before storing the same vector is safe */
+        const __m512 vb = _mm512_set1_ps(bv), zero = _mm512_setzero_ps();
         for (int s = 0; s < ns; s++) {
           const float *src = tr + seg_tc[s];
           float *d = yo + seg_o[s];
+          const float *rr = ro ? ro + seg_o[s] : NULL;
           int len = seg_len[s];
-          if (ro) {
-            const float *rr = ro + seg_o[s];
-            if (j->relu) for (int i = 0; i < len; i++) { float v = src[i] + bv + rr[i]; d[i] = v > 0.0f ? v : (v != v ? v : 0.0f); }
-            else for (int i = 0; i < len; i++) d[i] = src[i] + bv + rr[i];
-          } else if (j->relu) {
-            for (int i = 0; i < len; i++) { float v = src[i] + bv; d[i] = v > 0.0f ? v : (v != v ? v : 0.0f); }
-          } else {
-            for (int i = 0; i < len; i++) d[i] = src[i] + bv;
+          for (int i = 0; i < len; i += 16) {
+            int cnt = len - i < 16 ? len - i : 16;
+            __mmask16 m = (__mmask16)(cnt == 16 ? 0xFFFFu : (1u << cnt) - 1);
+            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, src + i), vb);
+            if (rr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, rr + i));
+            if (j->relu) v = _mm512_max_ps(zero, v); /* NaN stays NaN: max returns its second operand */
+            _mm512_mask_storeu_ps(d + i, m, v);
           }
         }
       }

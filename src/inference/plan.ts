@@ -200,13 +200,16 @@ export class InferencePlan {
           else shortcut = a;
         }
         for (let c = 0; c < nConvs; c++) {
-          const last = c === nConvs - 1;
-          const out = this.conv(k, mids[c]!, h, last ? shortcut : null, true);
+          const res = c === nConvs - 1 ? shortcut : null;
+          // The last conv adds the shortcut in place, into the shortcut's own buffer (when the plan
+          // owns it): one stream less through memory than reading it and writing a new buffer.
+          const inPlace = res !== null && (res !== a || owned);
+          const out = this.conv(k, mids[c]!, h, res, true, inPlace);
           if (h !== a) this.pool.release(h.data);
           h = out;
         }
-        if (shortcut && shortcut !== a) this.pool.release(shortcut.data);
-        drop(a);
+        if (shortcut && shortcut !== a && shortcut.data !== h.data) this.pool.release(shortcut.data);
+        if (a.data !== h.data) drop(a);
         a = h;
         owned = true;
       }
@@ -219,21 +222,31 @@ export class InferencePlan {
     return { data: pooled, shape: [n, c] };
   }
 
-  private conv(k: Kernels, f: FoldedConv, x: Act, residual: Act | null, relu: boolean): Act {
+  /** conv + bias (+ residual) (+ relu); with `inPlace`, the result overwrites the residual's buffer. */
+  private conv(k: Kernels, f: FoldedConv, x: Act, residual: Act | null, relu: boolean, inPlace = false): Act {
     const p = convParams(f.conv, x.shape);
     const n = p.n * p.cOut * p.oh * p.ow;
     if (residual && residual.data.length !== n) {
       throw new ShapeError(`inference plan: residual ${shapeStr(residual.shape)} does not match the block output [${p.n}, ${p.cOut}, ${p.oh}, ${p.ow}]`);
     }
-    const y = this.pool.acquire(n);
     if (f.packed && this.packedFor && k === this.packedFor) {
+      // the fused kernel reads each residual element before it writes that output element
+      const y = inPlace && residual ? residual.data : this.pool.acquire(n);
       this.packedFor.conv2dFused(y, x.data, null, f.b, residual ? residual.data : null, relu, p, f.packed);
-    } else {
+      return { data: y, shape: [p.n, p.cOut, p.oh, p.ow] };
+    }
+    const y = this.pool.acquire(n);
+    {
       if (!f.w) throw new Error('inference plan: weights were packed for another backend (internal error)');
       k.conv2d(y, x.data, f.w, f.b, p);
       if (residual && relu) k.addRelu(y, y, residual.data);
       else if (residual) k.add(y, y, residual.data);
       else if (relu) k.relu(y, y);
+    }
+    if (inPlace && residual) {
+      residual.data.set(y);
+      this.pool.release(y);
+      return { data: residual.data, shape: [p.n, p.cOut, p.oh, p.ow] };
     }
     return { data: y, shape: [p.n, p.cOut, p.oh, p.ow] };
   }
