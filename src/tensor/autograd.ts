@@ -10,7 +10,8 @@
  * Not here: higher-order gradients (gradients are plain Float32Arrays, not tensors in the graph).
  */
 import { ShapeError } from '../errors.js';
-import { Tensor, shapeStr } from './tensor.js';
+import { kernels } from '../kernels/registry.js';
+import { Tensor, shapeStr, uninitialized } from './tensor.js';
 
 export interface GradFn {
   /** Op name, for error messages and graph inspection ("conv2d", "add", ...). */
@@ -137,8 +138,8 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retain
       } else if (owned.has(prev)) {
         addInto(prev, gx);
       } else {
-        const sum = prev.slice();
-        addInto(sum, gx);
+        const sum = uninitialized(prev.length);
+        kernels().add(sum, prev, gx);
         owned.add(sum);
         grads.set(x, sum);
       }
@@ -165,6 +166,7 @@ function accumulate(leaf: Tensor, g: Float32Array): void {
   else addInto(leaf.grad, g);
 }
 
+/** dst += src, through the active backend's add kernel (native: vectorised and threaded). */
 function addInto(dst: Float32Array, src: Float32Array): void {
-  for (let i = 0; i < dst.length; i++) dst[i]! += src[i]!;
+  kernels().add(dst, dst, src);
 }
