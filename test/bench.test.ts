@@ -202,3 +202,28 @@ describe('Timer: warm-up, runs and the time budget (synthetic durations)', () =>
     assert.equal(median([4, 1, 3, 2]), 2.5);
   });
 });
+
+describe('training memory against batch size', () => {
+  test('the least-squares line and the deviation from it', async () => {
+    const { fitLine, summarise } = await import('../src/bench/train_memory.js');
+    const [a, b] = fitLine([32, 64, 128, 256], [10 + 0.5 * 32, 10 + 0.5 * 64, 10 + 0.5 * 128, 10 + 0.5 * 256]);
+    assert.ok(Math.abs(a - 10) < 1e-9 && Math.abs(b - 0.5) < 1e-12);
+    const pts = [32, 64, 128].map((batch) => ({ batch, baselineRssMB: 50, peakRssMB: 50 + 20 + batch }));
+    pts.push({ batch: 256, baselineRssMB: 50, peakRssMB: 50 + 20 + 256 + 60 }); // one point off the line
+    const s = summarise('w', pts);
+    assert.ok(s.slopeMBPerImage > 1 && s.maxDeviationPct > 5, JSON.stringify(s));
+    assert.throws(() => fitLine([1], [1]), /two points/);
+  });
+
+  test('each batch size runs in a fresh process and reports its peak above the baseline', async () => {
+    const { measureTrainMemory } = await import('../src/bench/train_memory.js');
+    const worker = fileURLToPath(new URL('../src/bench/rss_worker.js', import.meta.url));
+    const r = measureTrainMemory(worker, 'tiny-train', [2, 8], kernels().name, 1, process.env);
+    assert.ok(!('error' in r), JSON.stringify(r));
+    if ('error' in r) return;
+    assert.deepEqual(r.points.map((p) => p.batch), [2, 8]);
+    for (const p of r.points) assert.ok(p.peakRssMB >= p.baselineRssMB && p.baselineRssMB > 10, JSON.stringify(p));
+    const bad = measureTrainMemory(worker, 'no-such-workload', [2], kernels().name, 1, process.env);
+    assert.ok('error' in bad && /batch 2/.test(bad.error), JSON.stringify(bad));
+  });
+});

@@ -13,7 +13,8 @@ import { cpuSample, otherCores } from './cpu.js';
 import { runOurs } from './ours.js';
 import { defaultCacheDir, ortMemory, runJson, runOrt, runTorch, torchMemory, type EngineResult, type MemoryResult, type PeerOptions, type PeerRun } from './peers.js';
 import type { TimingPlan } from './timing.js';
-import { MEMORY_WORKLOAD, getWorkload, selectWorkloads, type Workload } from './workloads.js';
+import { measureTrainMemory, type TrainMemoryReport } from './train_memory.js';
+import { MEMORY_WORKLOAD, TRAIN_MEMORY, getWorkload, selectWorkloads, type Workload } from './workloads.js';
 
 export { WORKLOADS, selectWorkloads, getWorkload, type Workload } from './workloads.js';
 export { formatReport } from './report.js';
@@ -86,6 +87,8 @@ export interface BenchReport {
   peers: { onnxruntime: Omit<PeerRun, 'results'> | null; pytorch: Omit<PeerRun, 'results'> | null };
   workloads: WorkloadReport[];
   memory: { workload: string; method: string; results: Record<Engine, MemoryResult> } | null;
+  /** resnet-ts training memory against batch size (when TRAIN_MEMORY's workload is selected) */
+  trainMemory: TrainMemoryReport | { error: string } | null;
 }
 
 const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'];
@@ -186,6 +189,13 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     };
   }
 
+  // 4. Training memory against batch size (resnet-ts only), each batch size in a fresh process.
+  let trainMemory: BenchReport['trainMemory'] = null;
+  if ((o.memory ?? true) && workloads.some((w) => w.id === TRAIN_MEMORY.workload)) {
+    log(`training memory of ${TRAIN_MEMORY.workload} at batch ${TRAIN_MEMORY.batches.join(', ')} (fresh processes) ...`);
+    trainMemory = measureTrainMemory(RSS_WORKER, TRAIN_MEMORY.workload, TRAIN_MEMORY.batches, backend, threads, { ...process.env, RESNET_NUM_THREADS: String(threads) });
+  }
+
   const c4 = cpuSample();
   const round = (x: number | null): number | null => (x === null ? null : +x.toFixed(2));
   const otherProcessesCores = {
@@ -234,6 +244,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
       };
     }),
     memory,
+    trainMemory,
   };
 }
 

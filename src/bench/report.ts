@@ -115,5 +115,15 @@ export function formatReport(r: BenchReport): string {
     out.push(cols(rows, [false, true, true, true, false]).trimEnd());
     out.push('');
   }
+  const tm = r.trainMemory;
+  if (tm && 'error' in tm) {
+    out.push(`training memory against batch size: not available: ${tm.error}`, '');
+  } else if (tm) {
+    out.push(`training memory against batch size, ${tm.workload} (resnet-ts): ${tm.method}`);
+    const rows = [['batch', 'peak RSS (MB)', 'baseline (MB)', 'peak - baseline']];
+    for (const p of tm.points) rows.push([String(p.batch), p.peakRssMB.toFixed(0), p.baselineRssMB.toFixed(0), (p.peakRssMB - p.baselineRssMB).toFixed(0)]);
+    out.push(cols(rows, [true, true, true, true]).trimEnd());
+    out.push(`  linear fit: ${tm.interceptMB.toFixed(1)} MB + ${tm.slopeMBPerImage.toFixed(3)} MB per image; largest deviation from the line ${tm.maxDeviationPct.toFixed(1)} %`, '');
+  }
   return out.join('\n');
 }

@@ -55,6 +55,8 @@ export const WORKLOADS: readonly Workload[] = [
 
 /** The workload whose peak memory is reported (in a fresh process per engine). */
 export const MEMORY_WORKLOAD = 'resnet50-b1';
+/** Training memory is measured at these batch sizes of this workload (resnet-ts only). */
+export const TRAIN_MEMORY = { workload: 'resnet20-train', batches: [32, 64, 128, 256] } as const;
 
 export function getWorkload(id: string): Workload {
   const w = WORKLOADS.find((x) => x.id === id);

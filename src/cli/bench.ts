@@ -45,7 +45,7 @@ export const benchCommand: Command = {
     runs: { type: 'string', value: 'N', default: String(DEFAULTS.runs), description: 'timed runs per workload (the median is reported)' },
     budget: { type: 'string', value: 'S', default: String(DEFAULTS.budgetS), description: 'time budget per workload and engine in seconds (0: none)' },
     'no-peers': { type: 'boolean', description: 'measure resnet-ts only' },
-    'no-memory': { type: 'boolean', description: 'skip the peak-memory measurement of resnet50-b1' },
+    'no-memory': { type: 'boolean', description: 'skip the peak-memory measurements (resnet50-b1 inference per engine; resnet20-train at batch 32-256)' },
     json: { type: 'boolean', description: 'print the report as a JSON object instead of tables' },
     save: { type: 'string', value: '<file.json>', description: 'also write the JSON report to a file' },
     python: { type: 'string', value: '<path>', default: DEFAULTS.python, description: 'Python interpreter with torch and torchvision' },
