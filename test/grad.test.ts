@@ -706,3 +706,32 @@ describe('sgdStep (ts backend) vs PyTorch SGD', () => {
     assert.ok(Math.abs(nest[0]![0]! - 0.4809905) < 1e-12);
   });
 });
+
+test('every op writes all of its output and input gradients (uninitialised buffers poisoned with NaN)', async () => {
+  const { setUninitializedFill } = await import('../src/tensor/tensor.js');
+  const { createModel } = await import('../src/models/registry.js');
+  const { listBackends, withBackend } = await import('../src/kernels/registry.js');
+  const { crossEntropy } = await import('../src/ops/index.js');
+  setUninitializedFill(NaN);
+  try {
+    for (const backend of listBackends()) {
+      withBackend(backend, () => {
+        // option-A shortcut (resnet20) and the ImageNet stem with max pool and 1x1 downsample (resnet18)
+        for (const [name, shape] of [['resnet20', [3, 3, 12, 12]], ['resnet18', [2, 3, 33, 30]]] as const) {
+          const m = createModel(name, { numClasses: 4, ...(name === 'resnet18' ? { widths: [4, 8, 8, 8], stemWidth: 4 } : {}) });
+          for (const mode of ['train', 'eval'] as const) {
+            m.train(mode === 'train');
+            m.zeroGrad();
+            const x = randomTensor([...shape], new Generator(3));
+            const loss = crossEntropy(m.call(x), [0, 1, 2].slice(0, shape[0]));
+            assert.ok(Number.isFinite(loss.values[0]!), `${backend} ${name} ${mode}: finite loss`);
+            backward(loss);
+            for (const [pn, p] of m.namedParameters()) assert.ok(p.grad!.every(Number.isFinite), `${backend} ${name} ${mode}: finite gradient of ${pn}`);
+          }
+        }
+      });
+    }
+  } finally {
+    setUninitializedFill(null);
+  }
+});

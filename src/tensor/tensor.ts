@@ -190,9 +190,22 @@ const UNINIT_MIN = 1024;
  * activation and gradient of a training step. Each array owns its ArrayBuffer (byteOffset 0).
  */
 export function uninitialized(n: number): Float32Array {
-  if (n < UNINIT_MIN) return new Float32Array(n);
+  if (n < UNINIT_MIN && poison === null) return new Float32Array(n);
   const b = Buffer.allocUnsafeSlow(n * 4);
-  return new Float32Array(b.buffer, b.byteOffset, n);
+  const a = new Float32Array(b.buffer, b.byteOffset, n);
+  if (poison !== null) a.fill(poison);
+  return a;
+}
+
+let poison: number | null = null;
+
+/**
+ * Debugging aid: with a number (NaN is the useful one), every `uninitialized` buffer is filled with
+ * it, so an op that leaves part of its output unwritten shows up as NaN downstream instead of as
+ * stale memory that happens to be harmless. `null` (the default) turns it off.
+ */
+export function setUninitializedFill(value: number | null): void {
+  poison = value;
 }
 
 function storage(shape: readonly number[]): Float32Array | null {
