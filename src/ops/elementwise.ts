@@ -117,14 +117,27 @@ export function zeroPadSubsample(y: Float32Array, x: Float32Array, xShape: reado
   const oh = Math.ceil(h / stride);
   const ow = Math.ceil(w / stride);
   const front = Math.floor((cOut - cIn) / 2);
-  if (!adjoint) y.fill(0);
-  for (let b = 0; b < n; b++)
-    for (let c = 0; c < cIn; c++)
-      for (let oy = 0; oy < oh; oy++)
-        for (let ox = 0; ox < ow; ox++) {
-          const yi = ((b * cOut + c + front) * oh + oy) * ow + ox;
-          const xi = ((b * cIn + c) * h + oy * stride) * w + ox * stride;
-          if (adjoint) x[xi] = y[yi]!;
-          else y[yi] = x[xi]!;
-        }
+  const plane = oh * ow;
+  const inPlane = h * w;
+  for (let b = 0; b < n; b++) {
+    const yb = b * cOut * plane;
+    if (!adjoint) {
+      // only the padding channels are zeros; the others are written below
+      y.fill(0, yb, yb + front * plane);
+      y.fill(0, yb + (front + cIn) * plane, yb + cOut * plane);
+    }
+    for (let c = 0; c < cIn; c++) {
+      let yi = yb + (c + front) * plane;
+      const xc = (b * cIn + c) * inPlane;
+      if (stride === 1 && !adjoint) {
+        y.set(x.subarray(xc, xc + inPlane), yi);
+        continue;
+      }
+      for (let oy = 0; oy < oh; oy++) {
+        const xi = xc + oy * stride * w;
+        if (adjoint) for (let ox = 0; ox < ow; ox++) x[xi + ox * stride] = y[yi++]!;
+        else for (let ox = 0; ox < ow; ox++) y[yi++] = x[xi + ox * stride]!;
+      }
+    }
+  }
 }
