@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -67,6 +67,12 @@ test('fine-tune resnet18 on an ImageFolder with a frozen backbone, then evaluate
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^final validation accuracy \d+\.\d\d%, best \d+\.\d\d%/);
   for (const f of ['best.safetensors', 'model.safetensors', 'metrics.csv', 'curves.png']) assert.ok(existsSync(path.join(out, f)), f);
+  // the run records its whole recipe; unset options are the defaults of docs/RESULTS.md's run
+  const config = JSON.parse(readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').split('\n')[0]!).config;
+  assert.deepEqual(
+    { schedule: config.schedule, momentum: config.momentum, weightDecay: config.weightDecay, nesterov: config.nesterov, warmupEpochs: config.warmupEpochs, batch: config.batch },
+    { schedule: 'cosine', momentum: 0.9, weightDecay: 5e-4, nesterov: true, warmupEpochs: 1, batch: 4 },
+  );
 
   const pre = readStateDict(ckpt).stateDict;
   const best = readStateDict(path.join(out, 'best.safetensors'));

@@ -1,8 +1,10 @@
 /**
  * `resnet train` and `resnet eval`: the trainer and the evaluator on Fashion-MNIST, CIFAR-10 or
- * an ImageFolder of your own images, with the seeds' recipe as defaults (SGD 0.1, momentum 0.9,
- * weight decay 1e-4, step decay, crop + flip augmentation, Kaiming init, zero-init of the last BN,
- * batch 128). Fine-tuning: --pretrained (file, HF folder, torchvision weights name, Hub repo id),
+ * an ImageFolder of your own images. The defaults are the recipe of docs/RESULTS.md (ResNet-20 on
+ * Fashion-MNIST, 94 %+): 35 epochs, SGD 0.1 with Nesterov momentum 0.9, weight decay 5e-4, one
+ * epoch of linear warm-up then cosine decay, crop + flip augmentation, Kaiming init, zero-init of
+ * the last BN, batch 128. The seeds' recipe is `--schedule multistep --weight-decay 1e-4
+ * --no-nesterov --warmup-epochs 0`. Fine-tuning: --pretrained (file, HF folder, torchvision weights name, Hub repo id),
  * a new head for the dataset's classes, optionally --freeze-backbone.
  *
  * The exported weights (best.safetensors, model.safetensors) record in their metadata the
@@ -64,6 +66,12 @@ function listClasses(c: readonly string[]): string {
   return c.length > 8 ? `${c.slice(0, 8).join(', ')} and ${c.length - 8} more` : c.join(', ');
 }
 
+/** Nesterov momentum unless --no-nesterov (both flags together are a usage error). */
+function nesterovOption(args: ParsedArgs): boolean {
+  if (flag(args, 'nesterov') && flag(args, 'no-nesterov')) throw new UsageError('--nesterov and --no-nesterov contradict each other');
+  return !flag(args, 'no-nesterov');
+}
+
 export const trainCommand: Command = {
   name: 'train',
   summary: 'Train (or fine-tune) a ResNet on Fashion-MNIST, CIFAR-10 or a folder of your images, with checkpoints, logs and curves.',
@@ -72,6 +80,10 @@ export const trainCommand: Command = {
     'train --dataset imagefolder --data DIR [--pretrained <weights>] [--freeze-backbone] [--image-size N] [options]',
   ],
   details: [
+    'The defaults are the recipe that reached 94.15% test accuracy on Fashion-MNIST with ResNet-20 (docs/RESULTS.md): ' +
+      '35 epochs, batch 128, SGD lr 0.1 with Nesterov momentum 0.9, weight decay 5e-4, 1 epoch of linear warm-up then ' +
+      'cosine decay, random crop (4 px padding) + horizontal flip, zero-initialised last BN of each block. The seeds\' ' +
+      'step-decay recipe is --schedule multistep --weight-decay 1e-4 --no-nesterov --warmup-epochs 0.',
     'Each epoch ends with a validation pass on the test split, a line in DIR/metrics.csv and DIR/metrics.jsonl, ' +
       'the chart DIR/curves.png, and DIR/checkpoint.safetensors (written atomically; --resume continues from it and ' +
       'reproduces an uninterrupted run exactly). The best model is DIR/best.safetensors (torchvision key names), the ' +
@@ -101,17 +113,18 @@ export const trainCommand: Command = {
     data: { type: 'string', value: 'DIR', description: 'folder holding the dataset files (required for imagefolder: the image folder)' },
     'image-size': { type: 'string', value: 'N', default: '224', description: 'imagefolder: input size the images are cropped/resized to (e.g. 64 for small images)' },
     'val-fraction': { type: 'string', value: 'X', default: '0.1', description: 'imagefolder without train/ and val/ sub-folders: fraction of each class held out for validation' },
-    epochs: { type: 'string', value: 'N', default: '30', description: 'epochs to train' },
+    epochs: { type: 'string', value: 'N', default: '35', description: 'epochs to train' },
     batch: { type: 'string', value: 'N', default: '128', description: 'batch size' },
     lr: { type: 'string', value: 'X', default: '0.1', description: 'learning rate (peak for onecycle)' },
     momentum: { type: 'string', value: 'X', default: '0.9', description: 'SGD momentum' },
-    'weight-decay': { type: 'string', value: 'X', default: '1e-4', description: 'weight decay (decoupled for adamw)' },
-    nesterov: { type: 'boolean', description: 'Nesterov momentum' },
+    'weight-decay': { type: 'string', value: 'X', default: '5e-4', description: 'weight decay (decoupled for adamw)' },
+    nesterov: { type: 'boolean', description: 'Nesterov momentum (the default)' },
+    'no-nesterov': { type: 'boolean', description: 'plain (heavy-ball) momentum' },
     optimizer: { type: 'string', value: 'sgd|adamw', default: 'sgd', description: 'optimizer' },
-    schedule: { type: 'string', value: '<name>', default: 'multistep', description: 'multistep (x gamma at 50% and 75% of the epochs) | cosine | onecycle | constant' },
+    schedule: { type: 'string', value: '<name>', default: 'cosine', description: 'cosine | multistep (x gamma at 50% and 75% of the epochs) | onecycle | constant' },
     milestones: { type: 'string', value: 'E,E', description: 'epochs where multistep multiplies the lr by gamma' },
     gamma: { type: 'string', value: 'X', default: '0.1', description: 'multistep factor' },
-    'warmup-epochs': { type: 'string', value: 'N', default: '0', description: 'linear warm-up from lr/10 (not with onecycle)' },
+    'warmup-epochs': { type: 'string', value: 'N', default: '1 (0 with onecycle, which has its own, or with --epochs 1)', description: 'linear warm-up from lr/10' },
     'label-smoothing': { type: 'string', value: 'X', default: '0', description: 'cross-entropy label smoothing' },
     'clip-grad-norm': { type: 'string', value: 'X', description: 'clip the global gradient norm (advised past ~150 layers)' },
     'no-augment': { type: 'boolean', description: 'no random crop / flip' },
@@ -140,20 +153,20 @@ export const trainCommand: Command = {
   async run(args) {
     const archArg = str(args, 'arch');
     const dataset = choice(args, 'dataset', DATASETS, 'fashion-mnist');
-    const epochs = intOption(args, 'epochs') ?? 30;
+    const epochs = intOption(args, 'epochs') ?? 35;
     const batch = intOption(args, 'batch') ?? 128;
     const seed = intOption(args, 'seed', 0) ?? 0;
     const workers = intOption(args, 'workers', 0) ?? 1;
     const threads = intOption(args, 'threads');
     const optimizer = choice(args, 'optimizer', ['sgd', 'adamw'] as const, 'sgd');
-    const schedule = choice(args, 'schedule', ['multistep', 'cosine', 'onecycle', 'constant'] as const, 'multistep');
+    const schedule = choice(args, 'schedule', ['multistep', 'cosine', 'onecycle', 'constant'] as const, 'cosine');
     const milestonesArg = str(args, 'milestones');
     const milestones = milestonesArg?.split(',').map((s) => {
       const n = Number(s.trim());
       if (!Number.isInteger(n) || n < 1) throw new UsageError(`--milestones must be epochs like 15,22, got ${JSON.stringify(milestonesArg)}`);
       return n;
     });
-    const warmupEpochs = intOption(args, 'warmup-epochs', 0) ?? 0;
+    const warmupEpochs = intOption(args, 'warmup-epochs', 0) ?? (schedule === 'onecycle' || epochs === 1 ? 0 : 1);
     if (warmupEpochs > 0 && schedule === 'onecycle') throw new UsageError('--warmup-epochs does not combine with --schedule onecycle (it has its own warm-up)');
     if (warmupEpochs >= epochs) throw new UsageError(`--warmup-epochs (${warmupEpochs}) must be less than --epochs (${epochs})`);
     const clip = str(args, 'clip-grad-norm') === undefined ? undefined : num(args, 'clip-grad-norm', 0, 1e-12);
@@ -181,12 +194,18 @@ export const trainCommand: Command = {
     const trainData = batchSource(data.train, { batchSize: batch, shuffle: true, seed, transform: trainTransform(data, !flag(args, 'no-augment')), workers, dropLast: false });
     // No validation images (--val-fraction 0): the best model is chosen by training accuracy.
     const testData = data.test.length === 0 ? null : batchSource(data.test, { batchSize: 256, shuffle: false, seed, transform: evalTransform(data), workers });
+    const recipe = {
+      momentum: num(args, 'momentum', 0.9),
+      weightDecay: num(args, 'weight-decay', 5e-4),
+      nesterov: nesterovOption(args),
+      warmupEpochs,
+    };
     const { optimizer: opt, scheduler, per } = buildOptimizer(model.parameters(), {
       optimizer,
       lr: num(args, 'lr', 0.1),
-      momentum: num(args, 'momentum', 0.9),
-      weightDecay: num(args, 'weight-decay', 1e-4),
-      nesterov: flag(args, 'nesterov'),
+      momentum: recipe.momentum,
+      weightDecay: recipe.weightDecay,
+      nesterov: recipe.nesterov,
       schedule,
       milestones,
       gamma: num(args, 'gamma', 0.1),
@@ -205,6 +224,7 @@ export const trainCommand: Command = {
       optimizer,
       schedule,
       lr: opt.paramGroups[0]!.lr,
+      ...recipe,
       argv: process.argv.slice(2),
     };
     const history = await train(model, opt, scheduler, trainData, testData, {
