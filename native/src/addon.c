@@ -86,12 +86,16 @@ static int flag(args_t *a, size_t i) {
   return b;
 }
 
-/* Optional trailing boolean: false when absent (undefined). */
-static int opt_flag(args_t *a, size_t i) {
-  if (a->failed) return 0;
+/* Whether argument i is null or undefined (absent). */
+static int absent(args_t *a, size_t i) {
   napi_valuetype t;
   napi_typeof(a->env, a->argv[i], &t);
-  if (t == napi_undefined || t == napi_null) return 0;
+  return t == napi_null || t == napi_undefined;
+}
+
+/* Optional trailing boolean: false when absent (undefined). */
+static int opt_flag(args_t *a, size_t i) {
+  if (a->failed || absent(a, i)) return 0;
   return flag(a, i);
 }
 
@@ -114,6 +118,18 @@ static int conv_geom(args_t *a, size_t i, conv_p *p) {
 #define SZ(x) ((size_t)(x))
 
 /* Element counts of a convolution's input, output and weight. */
+static void conv_sizes(const conv_p *p, size_t *nx, size_t *ny, size_t *nw);
+
+/* The shared start of the convolution entry points: at least `want` arguments, the geometry at
+ * argument `gi`, and the element counts of x, y and w. */
+static int conv_args(napi_env env, napi_callback_info info, args_t *a, size_t want, size_t gi, conv_p *p, size_t *nx,
+                     size_t *ny, size_t *nw) {
+  if (!get_args(env, info, a, want) || !conv_geom(a, gi, p)) return 0;
+  conv_sizes(p, nx, ny, nw);
+  return 1;
+}
+
+/* Element counts of a convolution's input, output and weight. */
 static void conv_sizes(const conv_p *p, size_t *nx, size_t *ny, size_t *nw) {
   *nx = SZ(p->n) * p->cin * p->h * p->w;
   *ny = SZ(p->n) * p->cout * p->oh * p->ow;
@@ -123,15 +139,12 @@ static void conv_sizes(const conv_p *p, size_t *nx, size_t *ny, size_t *nw) {
 static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
-  if (!get_args(env, info, &a, 7) || !conv_geom(&a, 6, &p)) return NULL;
   size_t nx, ny, nw;
-  conv_sizes(&p, &nx, &ny, &nw);
+  if (!conv_args(env, info, &a, 7, 6, &p, &nx, &ny, &nw)) return NULL;
   /* optional pre-packed weights (argument 7) with their panel height (argument 8); w may then be null */
   int mr = 0;
   const float *wp = NULL;
-  napi_valuetype t7;
-  napi_typeof(env, a.argv[7], &t7);
-  if (t7 != napi_null && t7 != napi_undefined) {
+  if (!absent(&a, 7)) {
     mr = (int)num(&a, 8);
     if (!a.failed && (mr < 1 || mr > 64)) return fail(&a, "native: invalid packed-weight panel height"), NULL;
     if (a.failed) return NULL;
@@ -161,9 +174,8 @@ static napi_value js_conv_packed_length(napi_env env, napi_callback_info info) {
 static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
-  if (!get_args(env, info, &a, 3) || !conv_geom(&a, 2, &p)) return NULL;
   size_t nx, ny, nw;
-  conv_sizes(&p, &nx, &ny, &nw);
+  if (!conv_args(env, info, &a, 3, 2, &p, &nx, &ny, &nw)) return NULL;
   float *dst = f32(&a, 0, (size_t)conv2d_packed_size(&p), 0);
   const float *w = f32(&a, 1, nw, 0);
   if (a.failed) return NULL;
@@ -175,9 +187,8 @@ static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
 static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
-  if (!get_args(env, info, &a, 4) || !conv_geom(&a, 3, &p)) return NULL;
   size_t nx, ny, nw;
-  conv_sizes(&p, &nx, &ny, &nw);
+  if (!conv_args(env, info, &a, 4, 3, &p, &nx, &ny, &nw)) return NULL;
   float *dx = f32(&a, 0, nx, 0);
   const float *dy = f32(&a, 1, ny, 0), *w = f32(&a, 2, nw, 0);
   if (a.failed) return NULL;
@@ -188,9 +199,8 @@ static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
 static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
-  if (!get_args(env, info, &a, 4) || !conv_geom(&a, 3, &p)) return NULL;
   size_t nx, ny, nw;
-  conv_sizes(&p, &nx, &ny, &nw);
+  if (!conv_args(env, info, &a, 4, 3, &p, &nx, &ny, &nw)) return NULL;
   float *dw = f32(&a, 0, nw, 0);
   const float *x = f32(&a, 1, nx, 0), *dy = f32(&a, 2, ny, 0);
   if (a.failed) return NULL;
@@ -280,9 +290,7 @@ static napi_value js_maxpool(napi_env env, napi_callback_info info) {
   memcpy(&p, g, sizeof p);
   size_t ny = SZ(p.n) * p.c * p.oh * p.ow, nx = SZ(p.n) * p.c * p.h * p.w;
   float *y = f32(&a, 0, ny, 0);
-  napi_valuetype t1;
-  napi_typeof(env, a.argv[1], &t1);
-  int32_t *am = (t1 == napi_null || t1 == napi_undefined) ? NULL : i32(&a, 1, ny); /* null: no argmax */
+  int32_t *am = absent(&a, 1) ? NULL : i32(&a, 1, ny); /* null: no argmax */
   const float *x = f32(&a, 2, nx, 0);
   if (a.failed) return NULL;
   maxpool_fwd(y, am, x, &p);
