@@ -351,3 +351,10 @@ describe('resnet run', () => {
     assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes('.tmp-')), [], 'no temp files left behind');
   });
 });
+
+test('the resnet bin is executable and runs by itself (npx resnet executes it directly)', () => {
+  assert.ok((fs.statSync(CLI).mode & 0o111) !== 0, `${CLI} is not executable: the build must chmod it (scripts/bin-exec.mjs)`);
+  const r = spawnSync(CLI, ['--version'], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /\d+\.\d+\.\d+/);
+});
