@@ -41,6 +41,11 @@ const convCases: [string, Conv2dParams][] = [
   ['large enough to thread: 64 -> 64 on 28x28, batch 7', convCase(7, 64, 28, 28, 64, 3, 1, 1, 1, 1)],
   ['batch 1, 2x2 map, weights beyond L2 (packed GEMM), K = 576 over several k-blocks', convCase(1, 64, 2, 2, 512, 3, 1, 1, 1, 1)],
   ['K = 360 over two k-blocks, 16 output channels (8-row panels)', convCase(2, 40, 9, 9, 16, 3, 1, 1, 1, 1)],
+  // pixel-row kernels (AVX-512): output width a multiple of 7, >= 32 output channels, K >= 256
+  ['pixel rows: 3x3 on 14x14, batch 3, 40 output channels (a partial 32-channel panel)', convCase(3, 32, 14, 14, 40, 3, 1, 1, 1, 1)],
+  ['pixel rows: 3x3/2 to 7x7, batch 1 (an odd number of 7-pixel runs)', convCase(1, 48, 13, 14, 64, 3, 2, 1, 1, 1)],
+  ['pixel rows: 1x1 on 7x7 reading the input in place, 300 -> 33', convCase(2, 300, 7, 7, 33, 1, 1, 0, 1, 1)],
+  ['pixel rows: dilated 3x3 on a 14-wide map, 7 rows', convCase(1, 30, 7, 14, 32, 3, 1, 2, 2, 1)],
 ];
 
 for (const [name, p] of convCases) {
@@ -62,6 +67,8 @@ for (const [name, p] of convCases) {
     const yp = new Float32Array(ny).fill(NaN);
     nat!.conv2dFused(yp, x, null, b, null, false, p, packed);
     assertClose(yp, yr, scaleTol(yr), 'forward with pre-packed weights');
+    assert.equal(packed.layout, nat!.convPackLayout(p));
+    assert.deepEqual(nat!.unpackConvWeights(packed, p), w, 'unpacked weights are the original ones');
     // fused epilogue: + residual, relu
     const res = randomArray(ny, gen);
     const fused = new Float32Array(ny);
@@ -84,6 +91,24 @@ for (const [name, p] of convCases) {
     assertClose(dwn, dwr, scaleTol(dwr), 'backward weight');
   });
 }
+
+test('native conv2d: weights packed for one input size still give the right answer at another', { skip }, () => {
+  // 14x14 takes the pixel-row kernel (its own packed layout); 16x16 the q-grid one (micro-kernel panels)
+  const a = convCase(2, 32, 14, 14, 64, 3, 1, 1, 1, 1);
+  const b = convCase(2, 32, 16, 16, 64, 3, 1, 1, 1, 1);
+  const w = randomArray(64 * 32 * 9, gen, 0.3);
+  for (const [packFor, runOn] of [[a, b], [b, a]] as const) {
+    const packed = nat!.packConvWeights(w, packFor);
+    const x = randomArray(runOn.n * runOn.cIn * runOn.h * runOn.w, gen);
+    const ny = runOn.n * runOn.cOut * runOn.oh * runOn.ow;
+    const yr = new Float32Array(ny);
+    tsKernels.conv2d(yr, x, w, null, runOn);
+    const yp = new Float32Array(ny).fill(NaN);
+    nat!.conv2dFused(yp, x, null, null, null, false, runOn, packed);
+    assertClose(yp, yr, scaleTol(yr), `packed for ${packFor.h}x${packFor.w}, run on ${runOn.h}x${runOn.w}`);
+  }
+  if (nat!.isa === 'avx512') assert.notEqual(nat!.convPackLayout(a), nat!.convPackLayout(b), 'the two sizes use different layouts');
+});
 
 test('native gemm = reference for every transpose combination and odd sizes', { skip }, () => {
   for (const [m, n, k] of [[1, 1, 1], [7, 13, 5], [15, 33, 300], [29, 65, 17], [100, 3, 257], [16, 40, 9], [130, 70, 400]] as const) {

@@ -3,7 +3,8 @@
  *            native/src/gemm.c native/src/pool.c -o /tmp/convbench -lpthread -lm
  * Run:   T=1 /tmp/convbench [filter-substring]   (T = threads; SECS = seconds per measurement;
  *        CPUTIME=1 times CPU time, for T=1 on a loaded machine; NOCHECK=1 skips the correctness check;
- *        RES=1 times the forward with bias + residual + relu, as the inference plan runs it) */
+ *        RES=1 times the forward with bias + residual + relu, as the inference plan runs it;
+ *        PACKED=1 packs the weights once first, as the inference plan does) */
 #include "conv.h"
 #include "pool.h"
 #include <math.h>
@@ -156,6 +157,9 @@ int main(int argc, char **argv) {
     for (long i = 0; i < ny; i++) y[i] = frand();
     /* RES=1: forward with the inference epilogue (bias, a separate residual buffer, relu) */
     int res = getenv("RES") && atoi(getenv("RES"));
+    int packed = getenv("PACKED") && atoi(getenv("PACKED"));
+    float *wpk = packed ? malloc(conv2d_packed_size(&p) * 4) : NULL;
+    int layout = packed ? conv2d_pack_weights(wpk, w, &p) : 0;
     float *r = malloc(ny * 4), *bias = malloc(p.cout * 4);
     for (long i = 0; i < ny; i++) r[i] = frand();
     for (int i = 0; i < p.cout; i++) bias[i] = frand();
@@ -168,7 +172,8 @@ int main(int argc, char **argv) {
         int reps = 0;
         double t0 = now();
         do {
-          if (m == 0) conv2d_forward(y, x, w, res ? bias : NULL, res ? r : NULL, res, &p);
+          if (m == 0 && packed) conv2d_forward_packed(y, x, NULL, wpk, layout, res ? bias : NULL, res ? r : NULL, res, &p);
+          else if (m == 0) conv2d_forward(y, x, w, res ? bias : NULL, res ? r : NULL, res, &p);
           else if (m == 1) conv2d_backward_input(dx, y, w, &p);
           else conv2d_backward_weight(dw, x, y, &p);
           reps++;
@@ -180,7 +185,7 @@ int main(int argc, char **argv) {
     }
     printf("\n");
     fflush(stdout);
-    free(x); free(y); free(w); free(dx); free(dw); free(r); free(bias);
+    free(x); free(y); free(w); free(dx); free(dw); free(r); free(bias); free(wpk);
   }
   return 0;
 }

@@ -141,22 +141,22 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   conv_p p;
   size_t nx, ny, nw;
   if (!conv_args(env, info, &a, 7, 6, &p, &nx, &ny, &nw)) return NULL;
-  /* optional pre-packed weights (argument 7) with their panel height (argument 8); w may then be null */
-  int mr = 0;
+  /* optional pre-packed weights (argument 7) with their layout (argument 8); w may then be null */
+  int layout = 0;
   const float *wp = NULL;
   if (!absent(&a, 7)) {
-    mr = (int)num(&a, 8);
-    if (!a.failed && (mr < 1 || mr > 64)) return fail(&a, "native: invalid packed-weight panel height"), NULL;
+    layout = (int)num(&a, 8);
     if (a.failed) return NULL;
-    const size_t cout_g = p.cout / p.groups, K = nw / (p.cout ? p.cout : 1);
-    wp = f32(&a, 7, SZ(p.groups) * ((cout_g + mr - 1) / mr) * mr * K, 0);
+    long size = conv2d_layout_size(&p, layout);
+    if (size < 0) return fail(&a, "native: invalid packed-weight layout"), NULL;
+    wp = f32(&a, 7, (size_t)size, 0);
   }
   float *y = f32(&a, 0, ny, 0);
   const float *x = f32(&a, 1, nx, 0), *w = f32(&a, 2, nw, wp != NULL), *b = f32(&a, 3, p.cout, 1);
   const float *res = f32(&a, 4, ny, 1);
   int relu = flag(&a, 5);
   if (a.failed) return NULL;
-  conv2d_forward_packed(y, x, w, wp, mr, b, res, relu, &p);
+  conv2d_forward_packed(y, x, w, wp, layout, b, res, relu, &p);
   return undef(env);
 }
 
@@ -170,7 +170,34 @@ static napi_value js_conv_packed_length(napi_env env, napi_callback_info info) {
   return r;
 }
 
-/* convPackWeights(dst, w, geometry) -> panel height, to pass back to conv2d with dst. */
+/* convPackLayout(geometry): the packed layout that conv2d reads for this geometry. */
+static napi_value js_conv_pack_layout(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  if (!get_args(env, info, &a, 1) || !conv_geom(&a, 0, &p)) return NULL;
+  napi_value r;
+  napi_create_int32(env, conv2d_pack_layout(&p), &r);
+  return r;
+}
+
+/* convUnpackWeights(w, packed, layout, geometry): the plain weights back from packed ones. */
+static napi_value js_conv_unpack_weights(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  size_t nx, ny, nw;
+  if (!conv_args(env, info, &a, 4, 3, &p, &nx, &ny, &nw)) return NULL;
+  int layout = (int)num(&a, 2);
+  if (a.failed) return NULL;
+  long size = conv2d_layout_size(&p, layout);
+  if (size < 0) return fail(&a, "native: invalid packed-weight layout"), NULL;
+  float *w = f32(&a, 0, nw, 0);
+  const float *wp = f32(&a, 1, (size_t)size, 0);
+  if (a.failed) return NULL;
+  conv2d_unpack_weights(w, wp, layout, &p);
+  return undef(env);
+}
+
+/* convPackWeights(dst, w, geometry) -> layout, to pass back to conv2d with dst. */
 static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
@@ -412,6 +439,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"conv2d", NULL, js_conv2d, NULL, NULL, NULL, napi_default, NULL},
     {"convPackedLength", NULL, js_conv_packed_length, NULL, NULL, NULL, napi_default, NULL},
     {"convPackWeights", NULL, js_conv_pack_weights, NULL, NULL, NULL, napi_default, NULL},
+    {"convPackLayout", NULL, js_conv_pack_layout, NULL, NULL, NULL, napi_default, NULL},
+    {"convUnpackWeights", NULL, js_conv_unpack_weights, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardInput", NULL, js_conv2d_bwd_input, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardWeight", NULL, js_conv2d_bwd_weight, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormTrain", NULL, js_bn_train, NULL, NULL, NULL, napi_default, NULL},

@@ -11,13 +11,20 @@ typedef struct {
  * residual. */
 void conv2d_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
                     const conv_p *p);
-/* Weights packed once for conv2d_forward_packed (inference: per model, not per call). The packed
- * buffer holds conv2d_packed_size floats; conv2d_pack_weights returns the panel height it used,
- * which conv2d_forward_packed checks (a mismatch, e.g. after the ISA was forced, falls back to w). */
+/* Weights packed once for conv2d_forward_packed (inference: per model, not per call), in the layout
+ * that the forward pass picks for this geometry (all of conv_p matters, spatial sizes included):
+ * conv2d_pack_layout names it, conv2d_packed_size gives its floats, conv2d_pack_weights writes it
+ * and returns the layout. conv2d_forward_packed checks the layout it is given; a mismatch (another
+ * input size, or the ISA forced since) falls back to the plain weights, unpacking them if need be. */
+#define CONV_LAYOUT_PROW 1032 /* pixel-row panels: K x 32 output channels each; other values: A-panel height */
+int conv2d_pack_layout(const conv_p *p);
 long conv2d_packed_size(const conv_p *p);
+/* Floats of weights packed in `layout` for this geometry; -1 when the layout cannot hold them. */
+long conv2d_layout_size(const conv_p *p, int layout);
 int conv2d_pack_weights(float *wp, const float *w, const conv_p *p);
-/* As conv2d_forward with the weights given packed (wp, panel height mr); w may then be NULL. */
-void conv2d_forward_packed(float *y, const float *x, const float *w, const float *wp, int mr, const float *bias,
+void conv2d_unpack_weights(float *w, const float *wp, int layout, const conv_p *p);
+/* As conv2d_forward with the weights given packed (wp, in `layout`); w may then be NULL. */
+void conv2d_forward_packed(float *y, const float *x, const float *w, const float *wp, int layout, const float *bias,
                            const float *residual, int relu, const conv_p *p);
 /* dx = conv^T(dy, w) (overwrites dx). */
 void conv2d_backward_input(float *dx, const float *dy, const float *w, const conv_p *p);

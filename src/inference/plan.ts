@@ -21,7 +21,9 @@ import { zeroPadSubsample } from '../ops/elementwise.js';
 import { Tensor, meta, shapeStr } from '../tensor/tensor.js';
 
 /** A convolution with its batch norm folded in: y = conv(x, w') + b'. On the native backend the
- * weights are kept only packed in the micro-kernel's layout (`packed`, made once per fold). */
+ * weights are packed into the layout the kernel reads on first use, which depends on the input
+ * size (a different size can pick another kernel); the plain copy is then dropped, and a later
+ * input size that wants another layout repacks from the packed copy. */
 interface FoldedConv {
   conv: Conv2d;
   bn: BatchNorm2d | null;
@@ -52,7 +54,7 @@ interface Act {
   shape: Shape4;
 }
 
-function foldConv(conv: Conv2d, bn: BatchNorm2d | null, nat: NativeKernels | null): FoldedConv {
+function foldConv(conv: Conv2d, bn: BatchNorm2d | null): FoldedConv {
   const cout = conv.outChannels;
   const per = conv.weight.numel / cout;
   const w = new Float32Array(conv.weight.values);
@@ -69,11 +71,17 @@ function foldConv(conv: Conv2d, bn: BatchNorm2d | null, nat: NativeKernels | nul
       b[c] = (b[c]! - rm[c]!) * scale + shift;
     }
   }
-  if (nat) {
-    const packed = nat.packConvWeights(w, { cIn: conv.inChannels, cOut: cout, kh: conv.kernelSize[0], kw: conv.kernelSize[1], groups: conv.groups });
-    return { conv, bn, w: null, b, packed };
-  }
   return { conv, bn, w, b, packed: null };
+}
+
+/** The folded weights packed for geometry p (packing or repacking them when needed). */
+function packedFor(nat: NativeKernels, f: FoldedConv, p: Conv2dParams): PackedConvWeights {
+  const layout = nat.convPackLayout(p);
+  if (f.packed && f.packed.layout === layout) return f.packed;
+  const w = f.w ?? nat.unpackConvWeights(f.packed!, p);
+  f.packed = nat.packConvWeights(w, p);
+  f.w = null;
+  return f.packed;
 }
 
 function convParams(c: Conv2d, x: Shape4): Conv2dParams {
@@ -118,7 +126,7 @@ export class InferencePlan {
     const convs: FoldedConv[] = [];
     const m = this.model;
     const nat = InferencePlan.packTarget();
-    const fold = (c: Conv2d, bn: BatchNorm2d | null): FoldedConv => foldConv(c, bn, nat);
+    const fold = (c: Conv2d, bn: BatchNorm2d | null): FoldedConv => foldConv(c, bn);
     convs.push(fold(m.conv1, m.bn1));
     for (const stage of m.stages) {
       for (const block of stage.layers) {
@@ -229,10 +237,11 @@ export class InferencePlan {
     if (residual && residual.data.length !== n) {
       throw new ShapeError(`inference plan: residual ${shapeStr(residual.shape)} does not match the block output [${p.n}, ${p.cOut}, ${p.oh}, ${p.ow}]`);
     }
-    if (f.packed && this.packedFor && k === this.packedFor) {
+    if (this.packedFor && k === this.packedFor) {
+      const packed = packedFor(this.packedFor, f, p);
       // the fused kernel reads each residual element before it writes that output element
       const y = inPlace && residual ? residual.data : this.pool.acquire(n);
-      this.packedFor.conv2dFused(y, x.data, null, f.b, residual ? residual.data : null, relu, p, f.packed);
+      this.packedFor.conv2dFused(y, x.data, null, f.b, residual ? residual.data : null, relu, p, packed);
       return { data: y, shape: [p.n, p.cOut, p.oh, p.ow] };
     }
     const y = this.pool.acquire(n);

@@ -11,12 +11,16 @@ type F32 = Float32Array;
 
 export interface NativeBinding {
   /** geometry: Int32Array(16) = n cin h w cout kh kw sh sw ph pw dh dw groups oh ow. With `packed`
-   * (from convPackWeights) and its panel height `mr`, the weights are read from there and `w` may be null. */
-  conv2d(y: F32, x: F32, w: F32 | null, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed?: F32 | null, mr?: number): void;
-  /** Floats that convPackWeights writes for the weights of this geometry (only cout, cin, kh, kw, groups matter). */
+   * (from convPackWeights) and its `layout`, the weights are read from there and `w` may be null. */
+  conv2d(y: F32, x: F32, w: F32 | null, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed?: F32 | null, layout?: number): void;
+  /** The packed weight layout that conv2d reads for this geometry (spatial sizes included). */
+  convPackLayout(geometry: Int32Array): number;
+  /** Floats that convPackWeights writes for this geometry. */
   convPackedLength(geometry: Int32Array): number;
-  /** Packs conv weights into the GEMM micro-kernel's panel layout; returns the panel height. */
+  /** Packs conv weights in the layout convPackLayout names; returns that layout. */
   convPackWeights(dst: F32, w: F32, geometry: Int32Array): number;
+  /** The plain weights [cout, cin/groups, kh, kw] back from weights packed in `layout`. */
+  convUnpackWeights(w: F32, packed: F32, layout: number, geometry: Int32Array): void;
   conv2dBackwardInput(dx: F32, dy: F32, w: F32, geometry: Int32Array): void;
   conv2dBackwardWeight(dw: F32, x: F32, dy: F32, geometry: Int32Array): void;
   batchNormTrain(y: F32, mean: F32, invStd: F32, varU: F32, x: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number, relu?: boolean): void;

@@ -7,11 +7,12 @@ import type { NativeBinding } from './binding.js';
 
 type F32 = Float32Array;
 
-/** Conv weights packed once into the GEMM micro-kernel's layout (see packConvWeights). */
+/** Conv weights packed once into the layout the forward kernel reads (see packConvWeights). */
 export interface PackedConvWeights {
   readonly data: F32;
-  /** panel height the weights were packed with; the kernel checks it against the one it uses */
-  readonly mr: number;
+  /** the layout they were packed in; it depends on the whole geometry (the kernel that a geometry
+   * gets decides it), and conv2dFused checks it: a mismatch falls back to unpacked weights */
+  readonly layout: number;
 }
 
 /** Extra capabilities of the native backend, for the inference path. */
@@ -19,8 +20,14 @@ export interface NativeKernels extends Kernels {
   /** y = conv(x, w) + bias (+ residual) (then relu); y may be the residual buffer itself. With
    * `packed` the weights are read from it (w may then be null). */
   conv2dFused(y: F32, x: F32, w: F32 | null, bias: F32 | null, residual: F32 | null, relu: boolean, p: Conv2dParams, packed?: PackedConvWeights | null): void;
-  /** Packs conv weights [cOut, cIn/groups, kh, kw] once, so that conv2dFused does not repack them on every call. */
-  packConvWeights(w: F32, p: Pick<Conv2dParams, 'cIn' | 'cOut' | 'kh' | 'kw' | 'groups'>): PackedConvWeights;
+  /** The layout packConvWeights would use for this geometry: when it differs from a packing's
+   * layout, repack (unpackConvWeights, then packConvWeights). */
+  convPackLayout(p: Conv2dParams): number;
+  /** Packs conv weights [cOut, cIn/groups, kh, kw] once for this geometry, so that conv2dFused does
+   * not repack them on every call. */
+  packConvWeights(w: F32, p: Conv2dParams): PackedConvWeights;
+  /** The plain weights back from a packing made for the same cIn, cOut, kh, kw and groups. */
+  unpackConvWeights(packed: PackedConvWeights, p: Conv2dParams): F32;
   /** Max pool without the argmax indices that backward needs (inference). */
   maxPool2dNoIndices(y: F32, x: F32, p: Pool2dParams): void;
   setThreads(n: number): void;
@@ -56,11 +63,16 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     getThreads: () => b.getThreads(),
     conv2d: (y, x, w, bias, p) => b.conv2d(y, x, w, bias, null, false, conv(p)),
     conv2dFused: (y, x, w, bias, residual, relu, p, packed) =>
-      b.conv2d(y, x, w, bias, residual, relu, conv(p), packed ? packed.data : null, packed ? packed.mr : 0),
+      b.conv2d(y, x, w, bias, residual, relu, conv(p), packed ? packed.data : null, packed ? packed.layout : 0),
+    convPackLayout: (p) => b.convPackLayout(conv(p)),
     packConvWeights: (w, p) => {
-      const g = conv({ n: 1, cIn: p.cIn, h: p.kh, w: p.kw, cOut: p.cOut, kh: p.kh, kw: p.kw, sh: 1, sw: 1, ph: 0, pw: 0, dh: 1, dw: 1, groups: p.groups, oh: 1, ow: 1 });
-      const data = new Float32Array(b.convPackedLength(g));
-      return { data, mr: b.convPackWeights(data, w, g) };
+      const data = new Float32Array(b.convPackedLength(conv(p)));
+      return { data, layout: b.convPackWeights(data, w, conv(p)) };
+    },
+    unpackConvWeights: (packed, p) => {
+      const w = new Float32Array(p.cOut * (p.cIn / p.groups) * p.kh * p.kw);
+      b.convUnpackWeights(w, packed.data, packed.layout, conv(p));
+      return w;
     },
     conv2dBackwardInput: (dx, dy, w, p) => b.conv2dBackwardInput(dx, dy, w, conv(p)),
     conv2dBackwardWeight: (dw, x, dy, p) => b.conv2dBackwardWeight(dw, x, dy, conv(p)),
