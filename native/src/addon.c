@@ -4,7 +4,11 @@
  * (src/ops); the typed declaration of this surface is src/backends/native/binding.ts. */
 #include <node_api.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include "conv.h"
 #include "gemm.h"
 #include "ops.h"
@@ -434,7 +438,24 @@ static napi_value js_isa(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* Node allocates ArrayBuffer memory with malloc/calloc. glibc serves blocks above its mmap threshold
+ * (128 KB, adapted up to 32 MB) with fresh mmaps and unmaps them on free, and returns the top of the
+ * heap to the system past its trim threshold: every step of a training loop then touches new pages
+ * (about 6,700 page faults and 25 ms of system time per ResNet-20 step at batch 128). With both
+ * thresholds raised, freed activations are reused without faults; the price is that freed memory
+ * stays with the process (its high-water mark) instead of going back to the system.
+ * RESNET_MALLOC_TUNE=0 keeps glibc's defaults. */
+static void tune_malloc(void) {
+#if defined(__GLIBC__)
+  const char *e = getenv("RESNET_MALLOC_TUNE");
+  if (e && strcmp(e, "0") == 0) return;
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
 static napi_value init(napi_env env, napi_value exports) {
+  tune_malloc();
   napi_property_descriptor props[] = {
     {"conv2d", NULL, js_conv2d, NULL, NULL, NULL, napi_default, NULL},
     {"convPackedLength", NULL, js_conv_packed_length, NULL, NULL, NULL, napi_default, NULL},
