@@ -1098,6 +1098,153 @@ static void prow_forward(float *y, const float *x, const float *wt, const float 
   pool_run_dynamic(prow_task, &j, items < T ? (int)items : T);
   free(j.g.off);
 }
+
+/* ---- gathered GEMM (AVX-512): small maps without im2col ------------------------------------------
+ *
+ * For what neither kernel above takes, mostly small maps (8x8 down to 1x1: ResNet-18 on 32x32
+ * inputs), where im2col writes a row of a few floats per call and then the GEMM packs it again. Here
+ * the GEMM's B panels (kc x 32 columns, column = image x output pixel) are gathered straight from x
+ * with masked AVX-512 gathers (zeros for padding), the weights are A (micro-kernel panels), and the
+ * result goes from a per-block buffer to NCHW with the bias/residual/relu epilogue. Work items are
+ * blocks of GG_NB columns over all output channels, handed out dynamically. */
+#define GG_NB 128
+#define GG_KC 256
+
+typedef struct {
+  const conv_p *p;
+  int K, M, mr;
+  const float *Ap, *x, *bias, *residual;
+  float *y;
+  int relu;
+  long ncols, P;
+  int mgroups; /* output channels split into this many groups of panels (few column blocks) */
+  atomic_long next;
+} gg_job;
+
+static _Thread_local buf_t gg_b_buf, gg_c_buf;
+
+__attribute__((target("avx512f"))) static void gg_task(void *ctx, int tid, int n) {
+  (void)tid; (void)n;
+  gg_job *j = ctx;
+  const conv_p *p = j->p;
+  const int K = j->K, M = j->M, mr = j->mr, kk = p->kh * p->kw;
+  const long HW = (long)p->h * p->w, P = j->P;
+  const int Mp = (M + mr - 1) / mr * mr;
+  float *Bp = grow(&gg_b_buf, (size_t)GG_KC * GG_NB);
+  float *Cb = grow(&gg_c_buf, (size_t)Mp * GG_NB);
+  int base[GG_NB] __attribute__((aligned(64))), iy0[GG_NB] __attribute__((aligned(64))), ix0[GG_NB] __attribute__((aligned(64)));
+  const long nblocks = (j->ncols + GG_NB - 1) / GG_NB;
+  for (;;) {
+    long it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+    if (it >= nblocks * j->mgroups) break;
+    long j0 = (it / j->mgroups) * GG_NB;
+    long plo, phi;
+    pool_split(Mp / mr, (int)(it % j->mgroups), j->mgroups, 1, &plo, &phi);
+    const int m_lo = (int)plo * mr, m_hi = (int)phi * mr < M ? (int)phi * mr : M;
+    if (m_lo >= m_hi) continue;
+    int nc = j->ncols - j0 < GG_NB ? (int)(j->ncols - j0) : GG_NB;
+    int ncp = (nc + 31) & ~31; /* whole 32-column panels; columns past nc read nothing (masked) */
+    for (int c = 0; c < ncp; c++) {
+      if (c < nc) {
+        long col = j0 + c, b = col / P, pix = col % P;
+        int oy = (int)(pix / p->ow), ox = (int)(pix % p->ow);
+        iy0[c] = oy * p->sh - p->ph;
+        ix0[c] = ox * p->sw - p->pw;
+        base[c] = (int)(b * p->cin * HW + (long)iy0[c] * p->w + ix0[c]);
+      } else {
+        iy0[c] = ix0[c] = -(1 << 28); /* out of bounds for every tap: gathers nothing */
+        base[c] = 0;
+      }
+    }
+    const __m512i vh = _mm512_set1_epi32(p->h), vw = _mm512_set1_epi32(p->w);
+    for (int pc = 0; pc < K; pc += GG_KC) {
+      int kc = K - pc < GG_KC ? K - pc : GG_KC;
+      /* B panels: Bp[panel][k][32] */
+      for (int k = 0; k < kc; k++) {
+        int kg = pc + k, c = kg / kk, t = kg % kk, ky = t / p->kw, kx = t % p->kw;
+        int dy = ky * p->dh, dx = kx * p->dw;
+        const __m512i vdy = _mm512_set1_epi32(dy), vdx = _mm512_set1_epi32(dx);
+        const __m512i voff = _mm512_set1_epi32((int)((long)c * HW + (long)dy * p->w + dx));
+        for (int c0 = 0; c0 < ncp; c0 += 16) {
+          __m512i iy = _mm512_add_epi32(_mm512_load_si512(iy0 + c0), vdy), ix = _mm512_add_epi32(_mm512_load_si512(ix0 + c0), vdx);
+          /* 0 <= iy < h and 0 <= ix < w, as unsigned compares */
+          __mmask16 m = _mm512_cmplt_epu32_mask(iy, vh) & _mm512_cmplt_epu32_mask(ix, vw);
+          __m512i idx = _mm512_add_epi32(_mm512_load_si512(base + c0), voff);
+          __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, j->x, 4);
+          _mm512_store_ps(Bp + (long)(c0 / 32) * kc * 32 + (long)k * 32 + (c0 & 31), v);
+        }
+      }
+      float beta = pc == 0 ? 0.0f : 1.0f;
+      for (int m0 = m_lo; m0 < m_hi; m0 += mr) {
+        const float *ap = j->Ap + (long)m0 * K + (long)pc * mr;
+        for (int c0 = 0; c0 < ncp; c0 += 32) sgemm_kernel(M, kc, ap, Bp + (long)(c0 / 32) * kc * 32, Cb + (long)m0 * GG_NB + c0, GG_NB, beta);
+      }
+    }
+    /* epilogue: columns [j0, j0 + nc) are runs of consecutive pixels of one image each */
+    const __m512 zero = _mm512_setzero_ps();
+    for (int c = 0; c < nc;) {
+      long col = j0 + c, b = col / P, pix = col % P;
+      int len = (int)(P - pix < nc - c ? P - pix : nc - c);
+      for (int co = m_lo; co < m_hi; co++) {
+        long o = (b * M + co) * P + pix;
+        const float *src = Cb + (long)co * GG_NB + c;
+        const __m512 vb = _mm512_set1_ps(j->bias ? j->bias[co] : 0.0f);
+        for (int i = 0; i < len; i += 16) {
+          int cnt = len - i < 16 ? len - i : 16;
+          __mmask16 mk = (__mmask16)(cnt == 16 ? 0xFFFFu : (1u << cnt) - 1);
+          __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, src + i), vb);
+          if (j->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->residual + o + i));
+          if (j->relu) v = _mm512_max_ps(zero, v);
+          _mm512_mask_storeu_ps(j->y + o + i, mk, v);
+        }
+      }
+      c += len;
+    }
+  }
+}
+
+/* Whether the gathered GEMM takes a convolution that the other AVX-512 paths do not: groups 1, not
+ * pointwise (a plain GEMM reads a 1x1 stride-1 convolution's input as it is), and indices that fit
+ * the 32-bit gathers. RESNET_GG=0 turns it off (measurements). */
+static int gg_ok(const conv_p *p) {
+  if (p->groups != 1 || strcmp(sgemm_isa(), "avx512") != 0 || p->n < 1 || no_implicit() || sgemm_nr() != 32) return 0;
+  if (is_pointwise(p)) return 0;
+  const char *e = getenv("RESNET_GG");
+  if (e && strcmp(e, "0") == 0) return 0;
+  return (long)p->n * p->cin * p->h * p->w < (1L << 31) - (1L << 20);
+}
+
+static void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
+                       const float *residual, int relu, const conv_p *p) {
+  static _Thread_local buf_t gg_w_buf;
+  gg_job j;
+  memset(&j, 0, sizeof j);
+  j.p = p;
+  j.K = p->cin * p->kh * p->kw;
+  j.M = p->cout;
+  j.mr = sgemm_mr(j.M);
+  if (wp) {
+    j.Ap = wp;
+  } else {
+    float *Ap = grow(&gg_w_buf, sgemm_packed_a_size(j.M, j.K));
+    sgemm_pack_a(wt, j.M, j.K, j.mr, Ap);
+    j.Ap = Ap;
+  }
+  j.x = x; j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
+  j.P = (long)p->oh * p->ow;
+  j.ncols = (long)p->n * j.P;
+  atomic_init(&j.next, 0);
+  long items = (j.ncols + GG_NB - 1) / GG_NB;
+  int T = pool_threads(), panels = (j.M + j.mr - 1) / j.mr;
+  j.mgroups = 1;
+  if (items < 4L * T && T > 1) {
+    j.mgroups = (int)((4L * T + items - 1) / items);
+    if (j.mgroups > panels) j.mgroups = panels;
+  }
+  items *= j.mgroups;
+  pool_run_dynamic(gg_task, &j, items < T ? (int)items : T);
+}
+
 #endif
 
 static void forward_impl(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
@@ -1107,8 +1254,13 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     prow_forward(y, x, w, wp, bias, residual, relu, p);
     return;
   }
-  if (implicit_ok(p, 65)) {
+  /* below 85 % useful columns (8x8 maps and smaller) the gathered GEMM is faster */
+  if (implicit_ok(p, 85) || (!gg_ok(p) && implicit_ok(p, 65))) {
     implicit_forward(y, x, w, wp, bias, residual, relu, p);
+    return;
+  }
+  if (gg_ok(p)) {
+    gg_forward(y, x, w, wp, bias, residual, relu, p);
     return;
   }
 #endif
@@ -1148,18 +1300,24 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
     conv_p q = {p->n, p->cout, p->oh, p->ow, p->cin, p->kh, p->kw, 1, 1, (p->kh - 1) * p->dh - p->ph,
                 (p->kw - 1) * p->dw - p->pw, p->dh, p->dw, 1, p->h, p->w};
     if (q.ph >= 0 && q.pw >= 0 && q.oh == (p->oh + 2 * q.ph - (p->kh - 1) * p->dh) && q.ow == (p->ow + 2 * q.pw - (p->kw - 1) * p->dw) &&
-        (prow_ok(&q) || implicit_ok(&q, 65))) {
+        (prow_ok(&q) || implicit_ok(&q, 65) || gg_ok(&q))) {
+      const int use_implicit = implicit_ok(&q, 85) || (!gg_ok(&q) && implicit_ok(&q, 65));
       long K = (long)p->cout * p->kh * p->kw;
       float *wt = malloc(sizeof(float) * K * p->cin);
       if (!wt) abort();
-      for (int co = 0; co < p->cout; co++)
-        for (int c = 0; c < p->cin; c++)
-          for (int ky = 0; ky < p->kh; ky++)
-            for (int kx = 0; kx < p->kw; kx++)
-              wt[(long)c * K + ((long)co * p->kh + (p->kh - 1 - ky)) * p->kw + (p->kw - 1 - kx)] =
-                  w[(((long)co * p->cin + c) * p->kh + ky) * p->kw + kx];
+      /* in 32 x 32 blocks of (c, co): a plain loop nest strides through one of the two matrices */
+      const int kk = p->kh * p->kw;
+      for (int c0 = 0; c0 < p->cin; c0 += 32)
+        for (int co0 = 0; co0 < p->cout; co0 += 32)
+          for (int c = c0; c < c0 + 32 && c < p->cin; c++)
+            for (int co = co0; co < co0 + 32 && co < p->cout; co++) {
+              const float *s = w + ((long)co * p->cin + c) * kk;
+              float *d = wt + (long)c * K + (long)co * kk;
+              for (int t = 0; t < kk; t++) d[kk - 1 - t] = s[t]; /* (ky, kx) -> (kh-1-ky, kw-1-kx) */
+            }
       if (prow_ok(&q)) prow_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
-      else implicit_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
+      else if (use_implicit) implicit_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
+      else gg_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
       free(wt);
       return;
     }

@@ -388,6 +388,11 @@ static const isa_t *pick(int M) {
 
 int sgemm_mr(int M) { return pick(M)->mr; }
 
+void sgemm_kernel(int M, int kc, const float *Ap, const float *Bp, float *C, int ldc, float beta) {
+  pick(M)->kernel(kc, Ap, Bp, C, ldc, 1.0f, beta);
+}
+int sgemm_nr(void) { return get_isa()->nr; }
+
 size_t sgemm_packed_a_size(int M, int K) {
   int mr = sgemm_mr(M);
   return (size_t)((M + mr - 1) / mr) * mr * (size_t)K;

@@ -32,6 +32,12 @@ void sgemm_ex_pa(int transA, int transB, int M, int N, int K, float alpha, const
 void sgemm_ex_pa_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
                     const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int relu);
 
+/* One micro-kernel call of the kernel that GEMMs with M rows use: C[mr][nr] (row stride ldc) =
+ * Ap (mr x kc, packed as sgemm_pack_a packs a panel) * Bp (kc x nr, row-major panel) + beta * C,
+ * for callers that pack B themselves (convolution). nr = sgemm_nr(). */
+void sgemm_kernel(int M, int kc, const float *Ap, const float *Bp, float *C, int ldc, float beta);
+int sgemm_nr(void);
+
 /* Name of the micro-kernel in use: "avx512", "avx2" or "portable". */
 const char *sgemm_isa(void);
 /* Force an ISA (for tests): 0 auto, 1 portable, 2 avx2, 3 avx512. Returns the one selected. */
