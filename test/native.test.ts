@@ -49,6 +49,9 @@ const convCases: [string, Conv2dParams][] = [
   // gathered GEMM (AVX-512): small maps; column blocks across images, several k-blocks, a partial panel
   ['gathered GEMM: 4x4 maps, batch 9 (144 columns), K = 360, 24 output channels', convCase(9, 40, 4, 4, 24, 3, 1, 1, 1, 1)],
   ['gathered GEMM: 8x8 stride 2 with padding 2, 5x5 kernel', convCase(3, 12, 8, 8, 20, 5, 2, 2, 1, 1)],
+  // backward weight by gathered GEMM (>= 64 output channels): K = 63 (a partial 32-tap panel), 66
+  // channels (a partial row panel), 800 columns split over threads with partial sums
+  ['gathered backward weight: K = 63, 66 output channels, split reduction', convCase(2, 7, 20, 20, 66, 3, 1, 1, 1, 1)],
 ];
 
 for (const [name, p] of convCases) {
