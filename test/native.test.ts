@@ -215,6 +215,12 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
     nat!.maxPool2d(yn, an, xm, p);
     assert.deepEqual(yn, yr);
     assert.deepEqual(an, ar);
+    // ties (ReLU outputs are full of zeros): the first maximum in window order, on every path
+    const xt = x.map((v) => Math.max(0, Math.round(v)));
+    const yt = new Float32Array(ny), at = new Int32Array(ny), ytn = new Float32Array(ny), atn = new Int32Array(ny);
+    tsKernels.maxPool2d(yt, at, xt, p);
+    nat!.maxPool2d(ytn, atn, xt, p);
+    assert.deepEqual(atn, at, 'max pool argmax with ties');
     const yi = new Float32Array(ny).fill(7);
     nat!.maxPool2dNoIndices(yi, xm, p);
     assert.deepEqual(yi, yr, 'max pool without indices (inference path)');

@@ -297,27 +297,80 @@ void add_relu_fwd(float *y, const float *a, const float *b, long n) { ew(3, y, a
 /* ---- pooling ------------------------------------------------------------------------------ */
 
 /* One plane with argmax (training): the first maximum in window order, NaN wins (as PyTorch). */
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* Outputs [ox0, ox0 + cnt) (cnt <= 16) of row oy whose windows lie inside the map along x: one lane
+ * per output, gathers per tap, the same selection as the scalar loop. */
+__attribute__((target("avx512f"))) static void maxpool_argmax16(float *yr, int32_t *ar, const float *xp, const pool_p *p,
+                                                                int ox0, int cnt, int by, int ky0, int ky1) {
+  const __mmask16 m = (__mmask16)(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1);
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i bx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(ox0)), _mm512_set1_epi32(p->sw)),
+                                      _mm512_set1_epi32(-p->pw));
+  __m512i bi = _mm512_add_epi32(bx, _mm512_set1_epi32((by + ky0 * p->dh) * p->w));
+  __m512 best = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, bi, xp, 4);
+  for (int ky = ky0; ky < ky1; ky++) {
+    const __m512i rowi = _mm512_add_epi32(bx, _mm512_set1_epi32((by + ky * p->dh) * p->w));
+    for (int kx = 0; kx < p->kw; kx++) {
+      const __m512i idx = _mm512_add_epi32(rowi, _mm512_set1_epi32(kx * p->dw));
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, xp, 4);
+      const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      best = _mm512_mask_mov_ps(best, take, v);
+      bi = _mm512_mask_mov_epi32(bi, take, idx);
+    }
+  }
+  _mm512_mask_storeu_ps(yr + ox0, m, best);
+  _mm512_mask_storeu_epi32(ar + ox0, m, bi);
+}
+static int have_avx512 = -1;
+#endif
+
 static void maxpool_plane_argmax(float *yp, int32_t *ap, const float *xp, const pool_p *p) {
-  for (int oy = 0; oy < p->oh; oy++)
+  /* [vx0, vx1): outputs whose windows lie inside the map along x (the vector path's columns) */
+  int vx0 = 0, vx1 = p->ow;
+  while (vx0 < p->ow && vx0 * p->sw - p->pw < 0) vx0++;
+  while (vx1 > vx0 && (vx1 - 1) * p->sw - p->pw + (p->kw - 1) * p->dw >= p->w) vx1--;
+#if defined(__x86_64__)
+  if (have_avx512 < 0) have_avx512 = __builtin_cpu_supports("avx512f");
+#endif
+  for (int oy = 0; oy < p->oh; oy++) {
+    /* taps inside the map: ky in [ky0, ky1) (then kx likewise per column), no bounds tests inside */
+    int ky0 = 0, ky1 = p->kh, by = oy * p->sh - p->ph;
+    while (ky0 < ky1 && by + ky0 * p->dh < 0) ky0++;
+    while (ky1 > ky0 && by + (ky1 - 1) * p->dh >= p->h) ky1--;
     for (int ox = 0; ox < p->ow; ox++) {
+#if defined(__x86_64__)
+      if (have_avx512 && ox == vx0 && ky0 < ky1 && vx1 - vx0 >= 4) {
+        for (int o = vx0; o < vx1; o += 16)
+          maxpool_argmax16(yp + (long)oy * p->ow, ap + (long)oy * p->ow, xp, p, o, vx1 - o < 16 ? vx1 - o : 16, by, ky0, ky1);
+        ox = vx1 - 1;
+        continue;
+      }
+#endif
+      int kx0 = 0, kx1 = p->kw, bx = ox * p->sw - p->pw;
+      while (kx0 < kx1 && bx + kx0 * p->dw < 0) kx0++;
+      while (kx1 > kx0 && bx + (kx1 - 1) * p->dw >= p->w) kx1--;
       float best = -INFINITY;
       int32_t bi = -1;
-      for (int ky = 0; ky < p->kh; ky++) {
-        int iy = oy * p->sh - p->ph + ky * p->dh;
-        if (iy < 0 || iy >= p->h) continue;
-        for (int kx = 0; kx < p->kw; kx++) {
-          int ix = ox * p->sw - p->pw + kx * p->dw;
-          if (ix < 0 || ix >= p->w) continue;
-          float v = xp[iy * p->w + ix];
-          if (bi < 0 || v > best || v != v) {
-            best = v;
-            bi = iy * p->w + ix;
+      if (ky0 < ky1 && kx0 < kx1) {
+        bi = (by + ky0 * p->dh) * p->w + bx + kx0 * p->dw;
+        best = xp[bi];
+        for (int ky = ky0; ky < ky1; ky++) {
+          const int rowi = (by + ky * p->dh) * p->w + bx;
+          for (int kx = kx0; kx < kx1; kx++) {
+            const int idx = rowi + kx * p->dw;
+            const float v = xp[idx];
+            /* the first maximum in window order; a NaN wins (as PyTorch); branch-free selects */
+            const int take = (v > best) | (v != v);
+            best = take ? v : best;
+            bi = take ? idx : bi;
           }
         }
       }
       yp[oy * p->ow + ox] = best;
       ap[oy * p->ow + ox] = bi;
     }
+  }
 }
 
 /* The running maximum that keeps a NaN once it has seen one. */
