@@ -1471,10 +1471,31 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
         (prow_ok(&q) || implicit_ok(&q, 65) || gg_ok(&q))) {
       const int use_implicit = implicit_ok(&q, 85) || (!gg_ok(&q) && implicit_ok(&q, 65));
       long K = (long)p->cout * p->kh * p->kw;
+      const int kk = p->kh * p->kw;
+      if (!prow_ok(&q) && !use_implicit) {
+        /* the gathered GEMM reads A panels: pack the flipped, transposed kernel straight into them,
+         * A[c][co*kk + t] = w[co][c][kk-1-t] (consecutive panel rows c are kk floats apart in w) */
+        const int mr = sgemm_mr(p->cin);
+        float *Ap = malloc(sizeof(float) * sgemm_packed_a_size(p->cin, (int)K));
+        if (!Ap) abort();
+        for (int c0 = 0; c0 < p->cin; c0 += mr) {
+          float *d = Ap + (long)c0 * K;
+          const int rows = p->cin - c0 < mr ? p->cin - c0 : mr;
+          for (int co = 0; co < p->cout; co++)
+            for (int t = 0; t < kk; t++, d += mr) {
+              const float *s = w + ((long)co * p->cin + c0) * kk + (kk - 1 - t);
+              int r = 0;
+              for (; r < rows; r++) d[r] = s[(long)r * kk];
+              for (; r < mr; r++) d[r] = 0.0f;
+            }
+        }
+        gg_forward(dx, dy, NULL, Ap, NULL, NULL, 0, &q);
+        free(Ap);
+        return;
+      }
       float *wt = malloc(sizeof(float) * K * p->cin);
       if (!wt) abort();
       /* in 32 x 32 blocks of (c, co): a plain loop nest strides through one of the two matrices */
-      const int kk = p->kh * p->kw;
       for (int c0 = 0; c0 < p->cin; c0 += 32)
         for (int co0 = 0; co0 < p->cout; co0 += 32)
           for (int c = c0; c < c0 + 32 && c < p->cin; c++)
@@ -1484,8 +1505,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
               for (int t = 0; t < kk; t++) d[kk - 1 - t] = s[t]; /* (ky, kx) -> (kh-1-ky, kw-1-kx) */
             }
       if (prow_ok(&q)) prow_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
-      else if (use_implicit) implicit_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
-      else gg_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
+      else implicit_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
       free(wt);
       return;
     }
