@@ -445,7 +445,7 @@ static void build_phases(const igeo *g, const float *x, float *dst) { build_phas
 #define PH_TAIL(g) (2 * IT + (g)->Wq + 16)
 
 #define DEF_IFWD(MR)                                                                                                   \
-  __attribute__((target("avx512f"))) static void ifwd##MR(int K, const float *Ap, const float *base, const int *off,  \
+  __attribute__((target("avx512f"), noinline)) static void ifwd##MR(int K, const float *Ap, const float *base, const int *off,  \
                                                           float *t) {                                                 \
     __m512 c0[MR], c1[MR];                                                                                             \
     _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) c0[r] = c1[r] = _mm512_setzero_ps();                         \
@@ -936,7 +936,7 @@ static int implicit_ok(const conv_p *p, int min_pct) {
 
 /* R runs of 7 pixels (a[0..R-1] their bases in the phase planes) x 32 channels, over all K; t[(7r+i)*32 + co] */
 #define DEF_PROW(R)                                                                                               \
-  __attribute__((target("avx512f"))) static void prow##R(int K, const float *Bp, const float *const *a,         \
+  __attribute__((target("avx512f"), noinline)) static void prow##R(int K, const float *Bp, const float *const *a,         \
                                                          const int *off, float *t) {                           \
     __m512 c0[7 * R], c1[7 * R];                                                                               \
     _Pragma("GCC unroll 14") for (int i = 0; i < 7 * R; i++) c0[i] = c1[i] = _mm512_setzero_ps();               \
