@@ -934,9 +934,10 @@ static int implicit_ok(const conv_p *p, int min_pct) {
  * in panels of 32 output channels (K x 32 floats each, zero-padded past cout). No column is wasted;
  * the epilogue transposes each 7-pixel run into its NCHW rows (gathers, 7 lanes). */
 
-/* R runs of 7 pixels (a[0..R-1] their bases in the phase planes) x 32 channels, over all K; t[(7r+i)*32 + co] */
-#define DEF_PROW(R)                                                                                               \
-  __attribute__((target("avx512f"), noinline)) static void prow##R(int K, const float *Bp, const float *const *a,         \
+/* R runs of 7 pixels (a[0..R-1] their bases in the phase planes, pixels PS floats apart) x 32 channels, over
+ * all K; t[(7r+i)*32 + co]. PS = 2: a strided 1x1 convolution reading x in place. */
+#define DEF_PROW(R, PS, NAME)                                                                                             \
+  __attribute__((target("avx512f"), noinline)) static void NAME(int K, const float *Bp, const float *const *a,         \
                                                          const int *off, float *t) {                           \
     __m512 c0[7 * R], c1[7 * R];                                                                               \
     _Pragma("GCC unroll 14") for (int i = 0; i < 7 * R; i++) c0[i] = c1[i] = _mm512_setzero_ps();               \
@@ -945,13 +946,13 @@ static int implicit_ok(const conv_p *p, int min_pct) {
       __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);                                          \
       const float *p0 = a0 + off[k], *p1 = a1 + off[k];                                                        \
       _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) {                                                    \
-        __m512 v = _mm512_set1_ps(p0[i]);                                                                      \
+        __m512 v = _mm512_set1_ps(p0[i * PS]);                                                                  \
         c0[i] = _mm512_fmadd_ps(v, b0, c0[i]);                                                                 \
         c1[i] = _mm512_fmadd_ps(v, b1, c1[i]);                                                                 \
       }                                                                                                        \
       if (R == 2) {                                                                                            \
         _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) {                                                  \
-          __m512 v = _mm512_set1_ps(p1[i]);                                                                    \
+          __m512 v = _mm512_set1_ps(p1[i * PS]);                                                                \
           c0[7 * (R - 1) + i] = _mm512_fmadd_ps(v, b0, c0[7 * (R - 1) + i]);                                   \
           c1[7 * (R - 1) + i] = _mm512_fmadd_ps(v, b1, c1[7 * (R - 1) + i]);                                   \
         }                                                                                                      \
@@ -963,12 +964,16 @@ static int implicit_ok(const conv_p *p, int min_pct) {
       _mm512_store_ps(t + i * PR_NR + 16, c1[i]);                                                              \
     }                                                                                                          \
   }
-DEF_PROW(1)
-DEF_PROW(2)
+DEF_PROW(1, 1, prow1)
+DEF_PROW(2, 1, prow2)
+DEF_PROW(1, 2, prow1s2)
+DEF_PROW(2, 2, prow2s2)
 
 typedef struct {
   igeo g;
   int K, M, relu, rpr; /* rpr: runs per output row (ow / 7) */
+  long rowstep;        /* floats from one output row's input to the next (g.Wq; sh * w for a strided 1x1) */
+  int colstep;         /* floats between neighbouring pixels' inputs (1; sw for a strided 1x1) */
   const float *Bp, *phases, *bias, *residual;
   float *y;
   long ph_img, y_img, y_ch, nruns, ntiles;
@@ -1000,11 +1005,11 @@ __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int
       for (int r = 0; r < R; r++) {
         long ri = r0 + r, b = ri / per_img, rem = ri % per_img;
         int oy = (int)(rem / j->rpr), ox = (int)(rem % j->rpr) * PR_RUN;
-        a[r] = j->phases + b * j->ph_img + (long)oy * j->g.Wq + ox;
+        a[r] = j->phases + b * j->ph_img + (long)oy * j->rowstep + (long)ox * j->colstep;
         yo[r] = b * j->y_img + (long)oy * p->ow + ox;
       }
-      if (R == 2) prow2(j->K, Bp, a, j->g.off, t);
-      else prow1(j->K, Bp, a, j->g.off, t);
+      if (j->colstep == 2) (R == 2 ? prow2s2 : prow1s2)(j->K, Bp, a, j->g.off, t);
+      else (R == 2 ? prow2 : prow1)(j->K, Bp, a, j->g.off, t);
       for (int r = 0; r < R; r++) {
         const float *tr = t + r * PR_RUN * PR_NR;
         for (int c = 0; c < cos; c++) {
@@ -1036,23 +1041,24 @@ static void prow_build_task(void *ctx, int tid, int n) {
 
 /* Whether the pixel-row path takes this convolution: AVX-512, groups 1, output width a multiple of 7,
  * at least 32 output channels (the panel width) and K >= 256 (below that the transposing epilogue
- * costs more than the tile fill gains), and not a strided 1x1 (it would copy all sh*sw phases to use
- * one). Measured on ResNet-50's shapes it beats the q-grid tiling everywhere else, most on small maps
- * (7x7: 2.2x) where that tiling wastes columns. RESNET_PROW=0 turns the path off, RESNET_PROW=all lifts
- * the K and strided-1x1 limits (both for measurements). */
+ * costs more than the tile fill gains); a strided 1x1 only with stride 2 along x and no padding (it
+ * reads x in place, pixels 2 apart). Measured on ResNet-50's shapes it beats the q-grid tiling
+ * everywhere else, most on small maps (7x7: 2.2x) where that tiling wastes columns. RESNET_PROW=0
+ * turns the path off, RESNET_PROW=all lifts the K limit (both for measurements). */
 static int prow_ok(const conv_p *p) {
   if (p->groups != 1 || strcmp(sgemm_isa(), "avx512") != 0 || p->n < 1 || no_implicit()) return 0;
   if (p->ow % PR_RUN != 0 || p->cout < PR_NR) return 0;
   long K = (long)p->cin * p->kh * p->kw;
   long Hq = p->oh + ((p->kh - 1) * p->dh) / p->sh, Wq = p->ow + ((p->kw - 1) * p->dw) / p->sw;
   if (K > (1L << 24) || Hq * Wq * p->sh * p->sw * p->cin > (1L << 26)) return 0;
-  static int mode = -1; /* RESNET_PROW: 0 off, "all" without the K and strided-1x1 limits (experiments) */
+  static int mode = -1; /* RESNET_PROW: 0 off, "all" without the K limit (experiments) */
   if (mode < 0) {
     const char *e = getenv("RESNET_PROW");
     mode = !e ? 1 : strcmp(e, "0") == 0 ? 0 : strcmp(e, "all") == 0 ? 2 : 1;
   }
-  if (mode != 1) return mode == 2;
-  return K >= 256 && !(p->kh == 1 && p->kw == 1 && (p->sh > 1 || p->sw > 1));
+  if (mode == 0) return 0;
+  if (p->kh == 1 && p->kw == 1 && (p->sh > 1 || p->sw > 1) && !(p->sw == 2 && p->ph == 0 && p->pw == 0)) return 0;
+  return mode == 2 || K >= 256;
 }
 
 static void prow_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
@@ -1075,7 +1081,17 @@ static void prow_forward(float *y, const float *x, const float *wt, const float 
     wp = b;
   }
   j.Bp = wp;
-  if (is_pointwise(p) && j.g.img == x_img) {
+  j.rowstep = j.g.Wq;
+  j.colstep = 1;
+  if (p->kh == 1 && p->kw == 1 && p->ph == 0 && p->pw == 0 && p->sw == 2) {
+    /* strided 1x1: x in place; tap k is channel k */
+    j.phases = x;
+    j.rowstep = (long)p->sh * p->w;
+    j.colstep = 2;
+    for (int k = 0; k < j.K; k++) j.g.off[k] = (int)((long)k * p->h * p->w);
+    x_img = (long)p->cin * p->h * p->w;
+    j.g.img = x_img;
+  } else if (is_pointwise(p) && j.g.img == x_img) {
     j.phases = x;
   } else {
     float *ph = grow(&prow_ph_buf, (size_t)p->n * j.g.img);
