@@ -388,13 +388,14 @@ __attribute__((target("avx512f"))) static void deal_row2(const float *s, int w, 
   }
 }
 
-/* Region (phase, c) goes to dst + (phase*cin + c) * rstride. */
-static void build_phases_rs(const igeo *g, const float *x, float *dst, long rstride) {
+/* Region (phase, c) goes to dst + (phase*cin + c) * rstride; channels [c_lo, c_hi) only. */
+static void build_phases_range(const igeo *g, const float *x, float *dst, long rstride, int c_lo, int c_hi) {
   const conv_p *p = g->p;
   if (p->sh > 1 || p->sw > 1) {
     /* strided: zero every plane, then deal each input row out to its phases (one pass over x) */
-    for (int ph = 0; ph < g->nph * p->cin; ph++) memset(dst + ph * rstride, 0, sizeof(float) * g->plane);
-    for (int c = 0; c < p->cin; c++) {
+    for (int ph = 0; ph < g->nph; ph++)
+      for (int c = c_lo; c < c_hi; c++) memset(dst + ((long)ph * p->cin + c) * rstride, 0, sizeof(float) * g->plane);
+    for (int c = c_lo; c < c_hi; c++) {
       const float *xc = x + (long)c * p->h * p->w;
       for (int iy = 0; iy < p->h; iy++) {
         int ty = iy + p->ph;
@@ -418,7 +419,7 @@ static void build_phases_rs(const igeo *g, const float *x, float *dst, long rstr
   }
   for (int py = 0; py < p->sh; py++)
     for (int px = 0; px < p->sw; px++)
-      for (int c = 0; c < p->cin; c++) {
+      for (int c = c_lo; c < c_hi; c++) {
         float *d = dst + ((long)(py * p->sw + px) * p->cin + c) * rstride;
         const float *xc = x + (long)c * p->h * p->w;
         /* columns s with 0 <= s*sw + px - pw < w */
@@ -440,6 +441,9 @@ static void build_phases_rs(const igeo *g, const float *x, float *dst, long rstr
           for (int q = s1; q < g->Wq; q++) d[q] = 0.0f;
         }
       }
+}
+static void build_phases_rs(const igeo *g, const float *x, float *dst, long rstride) {
+  build_phases_range(g, x, dst, rstride, 0, g->p->cin);
 }
 static void build_phases(const igeo *g, const float *x, float *dst) { build_phases_rs(g, x, dst, g->plane); }
 #define PH_TAIL(g) (2 * IT + (g)->Wq + 16)
@@ -1032,11 +1036,22 @@ typedef struct {
   float *dst;
   long x_img;
 } prow_build_job;
+/* Images split over the threads, or with fewer images than threads, channels (batch 1). */
 static void prow_build_task(void *ctx, int tid, int n) {
   prow_build_job *b = ctx;
+  const conv_p *p = b->g->p;
   long lo, hi;
-  pool_split(b->g->p->n, tid, n, 1, &lo, &hi);
-  for (long i = lo; i < hi; i++) build_phases(b->g, b->x + i * b->x_img, b->dst + i * b->g->img);
+  if (p->n >= n) {
+    pool_split(p->n, tid, n, 1, &lo, &hi);
+    for (long i = lo; i < hi; i++) build_phases(b->g, b->x + i * b->x_img, b->dst + i * b->g->img);
+    return;
+  }
+  pool_split((long)p->n * p->cin, tid, n, 1, &lo, &hi);
+  for (long i = lo; i < hi;) {
+    long img = i / p->cin, c0 = i % p->cin, c1 = c0 + (hi - i) < p->cin ? c0 + (hi - i) : p->cin;
+    build_phases_range(b->g, b->x + img * b->x_img, b->dst + img * b->g->img, b->g->plane, (int)c0, (int)c1);
+    i += c1 - c0;
+  }
 }
 
 /* Whether the pixel-row path takes this convolution: AVX-512, groups 1, output width a multiple of 7,
@@ -1096,7 +1111,7 @@ static void prow_forward(float *y, const float *x, const float *wt, const float 
   } else {
     float *ph = grow(&prow_ph_buf, (size_t)p->n * j.g.img);
     prow_build_job bj = {&j.g, x, ph, x_img};
-    pool_run_n(prow_build_task, &bj, p->n);
+    pool_run_n(prow_build_task, &bj, (long)p->n * p->cin < (1 << 30) ? p->n * p->cin : 1 << 30);
     j.phases = ph;
   }
   j.ph_img = j.g.img;
