@@ -20,13 +20,16 @@ import { maxPool2dParams } from '../ops/pool.js';
 import { zeroPadSubsample } from '../ops/elementwise.js';
 import { Tensor, meta, shapeStr } from '../tensor/tensor.js';
 
-/** A convolution with its batch norm folded in: y = conv(x, w') + b'. On the native backend the
- * weights are packed into the layout the kernel reads on first use, which depends on the input
- * size (a different size can pick another kernel); the plain copy is then dropped, and a later
- * input size that wants another layout repacks from the packed copy. */
+/** A convolution with its batch norm folded in: y = conv(x, w') + b'. The bias b' is computed when
+ * the plan folds; the weights w' only when a layer first runs, and on the native backend they are
+ * then packed into the layout the kernel reads (it depends on the input size: a different size can
+ * pick another kernel) and the plain copy is dropped, so that at most one layer's plain copy exists
+ * beside the packed weights (ResNet-50's are 100 MB). A later input size that wants another layout
+ * repacks from the packed copy. */
 interface FoldedConv {
   conv: Conv2d;
-  bn: BatchNorm2d | null;
+  /** per output channel: the batch norm's scale (null: no batch norm) */
+  scale: Float64Array | null;
   w: Float32Array | null;
   b: Float32Array;
   packed: PackedConvWeights | null;
@@ -56,29 +59,35 @@ interface Act {
 
 function foldConv(conv: Conv2d, bn: BatchNorm2d | null): FoldedConv {
   const cout = conv.outChannels;
-  const per = conv.weight.numel / cout;
-  const w = new Float32Array(conv.weight.values);
   const b = new Float32Array(cout);
   if (conv.bias) b.set(conv.bias.values);
-  if (bn) {
-    if (!bn.runningMean || !bn.runningVar) throw new ShapeError('inference plan: batch norm without running statistics cannot be folded');
-    const rm = bn.runningMean.values;
-    const rv = bn.runningVar.values;
-    for (let c = 0; c < cout; c++) {
-      const scale = (bn.weight ? bn.weight.values[c]! : 1) / Math.sqrt(rv[c]! + bn.eps);
-      const shift = bn.bias ? bn.bias.values[c]! : 0;
-      for (let i = 0; i < per; i++) w[c * per + i]! *= scale;
-      b[c] = (b[c]! - rm[c]!) * scale + shift;
-    }
+  if (!bn) return { conv, scale: null, w: null, b, packed: null };
+  if (!bn.runningMean || !bn.runningVar) throw new ShapeError('inference plan: batch norm without running statistics cannot be folded');
+  const rm = bn.runningMean.values;
+  const rv = bn.runningVar.values;
+  const scale = new Float64Array(cout);
+  for (let c = 0; c < cout; c++) {
+    scale[c] = (bn.weight ? bn.weight.values[c]! : 1) / Math.sqrt(rv[c]! + bn.eps);
+    b[c] = (b[c]! - rm[c]!) * scale[c]! + (bn.bias ? bn.bias.values[c]! : 0);
   }
-  return { conv, bn, w, b, packed: null };
+  return { conv, scale, w: null, b, packed: null };
+}
+
+/** The plain folded weights w' = w * scale[co]. */
+function foldedWeights(f: FoldedConv): Float32Array {
+  const w = new Float32Array(f.conv.weight.values);
+  if (f.scale) {
+    const per = w.length / f.scale.length;
+    for (let c = 0; c < f.scale.length; c++) for (let i = 0; i < per; i++) w[c * per + i]! *= f.scale[c]!;
+  }
+  return w;
 }
 
 /** The folded weights packed for geometry p (packing or repacking them when needed). */
 function packedFor(nat: NativeKernels, f: FoldedConv, p: Conv2dParams): PackedConvWeights {
   const layout = nat.convPackLayout(p);
   if (f.packed && f.packed.layout === layout) return f.packed;
-  const w = f.w ?? nat.unpackConvWeights(f.packed!, p);
+  const w = f.w ?? (f.packed ? nat.unpackConvWeights(f.packed, p) : foldedWeights(f));
   f.packed = nat.packConvWeights(w, p);
   f.w = null;
   return f.packed;
@@ -246,7 +255,7 @@ export class InferencePlan {
     }
     const y = this.pool.acquire(n);
     {
-      if (!f.w) throw new Error('inference plan: weights were packed for another backend (internal error)');
+      f.w ??= foldedWeights(f);
       k.conv2d(y, x.data, f.w, f.b, p);
       if (residual && relu) k.addRelu(y, y, residual.data);
       else if (residual) k.add(y, y, residual.data);
