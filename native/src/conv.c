@@ -471,6 +471,50 @@ static void build_phases(const igeo *g, const float *x, float *dst) { build_phas
 DEF_IFWD(8)
 DEF_IFWD(14)
 
+/* The same tile when its 32 columns are 32 consecutive outputs (no junk columns, tile inside the
+ * map): the epilogue (bias, residual, relu) runs on the accumulators and stores straight into the
+ * output rows (row r at y + r * ych); y may be the residual itself. */
+#define DEF_IFWD_DIRECT(MR)                                                                                            \
+  __attribute__((target("avx512f"), noinline)) static void ifwd##MR##d(int K, const float *Ap, const float *base,        \
+                                                                     const int *off, float *y, const float *res,      \
+                                                                     long ych, const float *bias, int relu, int rows) { \
+    __m512 c0[MR], c1[MR];                                                                                             \
+    _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) c0[r] = c1[r] = _mm512_setzero_ps();                         \
+    for (int k = 0; k < K; k++) {                                                                                      \
+      const float *bp = base + off[k];                                                                                 \
+      __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);                                                  \
+      _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) {                                                          \
+        __m512 a = _mm512_set1_ps(Ap[r]);                                                                              \
+        c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);                                                                         \
+        c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);                                                                         \
+      }                                                                                                                \
+      Ap += MR;                                                                                                        \
+    }                                                                                                                  \
+    const __m512 zero = _mm512_setzero_ps();                                                                           \
+    _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) {                                                            \
+      if (r >= rows) break;                                                                                            \
+      float *yr = y + r * ych;                                                                                         \
+      __m512 v0 = c0[r], v1 = c1[r];                                                                                   \
+      if (bias) {                                                                                                      \
+        const __m512 vb = _mm512_set1_ps(bias[r]);                                                                     \
+        v0 = _mm512_add_ps(v0, vb);                                                                                    \
+        v1 = _mm512_add_ps(v1, vb);                                                                                    \
+      }                                                                                                                \
+      if (res) {                                                                                                       \
+        v0 = _mm512_add_ps(v0, _mm512_loadu_ps(res + r * ych));                                                        \
+        v1 = _mm512_add_ps(v1, _mm512_loadu_ps(res + r * ych + 16));                                                   \
+      }                                                                                                                \
+      if (relu) {                                                                                                      \
+        v0 = _mm512_max_ps(zero, v0);                                                                                  \
+        v1 = _mm512_max_ps(zero, v1);                                                                                  \
+      }                                                                                                                \
+      _mm512_storeu_ps(yr, v0);                                                                                        \
+      _mm512_storeu_ps(yr + 16, v1);                                                                                   \
+    }                                                                                                                  \
+  }
+DEF_IFWD_DIRECT(8)
+DEF_IFWD_DIRECT(14)
+
 typedef struct ifwd_job ifwd_job;
 struct ifwd_job {
   igeo g;
@@ -555,9 +599,16 @@ __attribute__((target("avx512f"))) static void ifwd_tiles(const ifwd_job *j, int
           }
         }
       }
+      int rows = j->M - m0 < j->mr ? j->M - m0 : j->mr;
+      if (ns == 1 && seg_len[0] == IT && seg_tc[0] == 0 && j->xsd == 1) {
+        /* 32 consecutive outputs: epilogue from the registers */
+        const long ob = (long)b * j->y_img + (long)m0 * j->y_ch + seg_o[0];
+        (j->mr == 8 ? ifwd8d : ifwd14d)(j->K, ap, base, g->off, j->y + ob, j->residual ? j->residual + ob : NULL, j->y_ch,
+                                        j->bias ? j->bias + m0 : NULL, j->relu, rows);
+        continue;
+      }
       if (j->mr == 8) ifwd8(j->K, ap, base, g->off, t);
       else ifwd14(j->K, ap, base, g->off, t);
-      int rows = j->M - m0 < j->mr ? j->M - m0 : j->mr;
       for (int r = 0; r < rows; r++) {
         int co = m0 + r;
         long ob = (long)b * j->y_img + (long)co * j->y_ch;
