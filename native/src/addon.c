@@ -140,6 +140,16 @@ static void conv_sizes(const conv_p *p, size_t *nx, size_t *ny, size_t *nw) {
   *nw = SZ(p->cout) * (p->cin / p->groups) * p->kh * p->kw;
 }
 
+/* Packed weights (argument ia) in the layout given by argument il, sized for geometry p; NULL (and
+ * a.failed) on a bad layout or buffer. */
+static const float *packed_arg(args_t *a, size_t ia, size_t il, const conv_p *p, int *layout) {
+  *layout = (int)num(a, il);
+  if (a->failed) return NULL;
+  long size = conv2d_layout_size(p, *layout);
+  if (size < 0) return fail(a, "native: invalid packed-weight layout"), NULL;
+  return f32(a, ia, (size_t)size, 0);
+}
+
 static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
@@ -147,14 +157,8 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   if (!conv_args(env, info, &a, 7, 6, &p, &nx, &ny, &nw)) return NULL;
   /* optional pre-packed weights (argument 7) with their layout (argument 8); w may then be null */
   int layout = 0;
-  const float *wp = NULL;
-  if (!absent(&a, 7)) {
-    layout = (int)num(&a, 8);
-    if (a.failed) return NULL;
-    long size = conv2d_layout_size(&p, layout);
-    if (size < 0) return fail(&a, "native: invalid packed-weight layout"), NULL;
-    wp = f32(&a, 7, (size_t)size, 0);
-  }
+  const float *wp = absent(&a, 7) ? NULL : packed_arg(&a, 7, 8, &p, &layout);
+  if (a.failed) return NULL;
   float *y = f32(&a, 0, ny, 0);
   const float *x = f32(&a, 1, nx, 0), *w = f32(&a, 2, nw, wp != NULL), *b = f32(&a, 3, p.cout, 1);
   const float *res = f32(&a, 4, ny, 1);
@@ -190,12 +194,9 @@ static napi_value js_conv_unpack_weights(napi_env env, napi_callback_info info) 
   conv_p p;
   size_t nx, ny, nw;
   if (!conv_args(env, info, &a, 4, 3, &p, &nx, &ny, &nw)) return NULL;
-  int layout = (int)num(&a, 2);
-  if (a.failed) return NULL;
-  long size = conv2d_layout_size(&p, layout);
-  if (size < 0) return fail(&a, "native: invalid packed-weight layout"), NULL;
+  int layout = 0;
+  const float *wp = packed_arg(&a, 1, 2, &p, &layout);
   float *w = f32(&a, 0, nw, 0);
-  const float *wp = f32(&a, 1, (size_t)size, 0);
   if (a.failed) return NULL;
   conv2d_unpack_weights(w, wp, layout, &p);
   return undef(env);

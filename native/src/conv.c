@@ -448,10 +448,9 @@ static void build_phases_rs(const igeo *g, const float *x, float *dst, long rstr
 static void build_phases(const igeo *g, const float *x, float *dst) { build_phases_rs(g, x, dst, g->plane); }
 #define PH_TAIL(g) (2 * IT + (g)->Wq + 16)
 
-#define DEF_IFWD(MR)                                                                                                   \
-  __attribute__((target("avx512f"), noinline)) static void ifwd##MR(int K, const float *Ap, const float *base, const int *off,  \
-                                                          float *t) {                                                 \
-    __m512 c0[MR], c1[MR];                                                                                             \
+/* The q-grid tile: MR output channels x 32 columns over all K, in accumulators c0 (columns 0-15) and c1
+ * (declared by the caller). */
+#define IFWD_ACCUMULATE(MR)                                                                                            \
     _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) c0[r] = c1[r] = _mm512_setzero_ps();                         \
     for (int k = 0; k < K; k++) {                                                                                      \
       const float *bp = base + off[k];                                                                                 \
@@ -462,7 +461,13 @@ static void build_phases(const igeo *g, const float *x, float *dst) { build_phas
         c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);                                                                         \
       }                                                                                                                \
       Ap += MR;                                                                                                        \
-    }                                                                                                                  \
+    }
+
+#define DEF_IFWD(MR)                                                                                                   \
+  __attribute__((target("avx512f"), noinline)) static void ifwd##MR(int K, const float *Ap, const float *base, const int *off,  \
+                                                          float *t) {                                                 \
+    __m512 c0[MR], c1[MR];                                                                                             \
+    IFWD_ACCUMULATE(MR)                                                                                                \
     _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) {                                                            \
       _mm512_storeu_ps(t + r * IT, c0[r]);                                                                             \
       _mm512_storeu_ps(t + r * IT + 16, c1[r]);                                                                        \
@@ -479,17 +484,7 @@ DEF_IFWD(14)
                                                                      const int *off, float *y, const float *res,      \
                                                                      long ych, const float *bias, int relu, int rows) { \
     __m512 c0[MR], c1[MR];                                                                                             \
-    _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) c0[r] = c1[r] = _mm512_setzero_ps();                         \
-    for (int k = 0; k < K; k++) {                                                                                      \
-      const float *bp = base + off[k];                                                                                 \
-      __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);                                                  \
-      _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) {                                                          \
-        __m512 a = _mm512_set1_ps(Ap[r]);                                                                              \
-        c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);                                                                         \
-        c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);                                                                         \
-      }                                                                                                                \
-      Ap += MR;                                                                                                        \
-    }                                                                                                                  \
+    IFWD_ACCUMULATE(MR)                                                                                                \
     const __m512 zero = _mm512_setzero_ps();                                                                           \
     _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) {                                                            \
       if (r >= rows) break;                                                                                            \
