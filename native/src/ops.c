@@ -211,6 +211,68 @@ static void bn_backward_task(void *ctx, int tid, int nt) {
   }
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* Backward for one channel with AVX-512: masked tails instead of scalar remainders, so small maps
+ * (7x7, 14x14: 49 or 196 floats per image and channel) do not spend their time in per-row call and
+ * tail overhead (measured 1.4 ms for a 128x64x7x7 batch, 8 GB/s; the plain loops above). The sums
+ * go to double once per image, as above. */
+__attribute__((target("avx512f"))) static void bn_backward_channel512(const bn_job *j, long ch, double m) {
+  const float mu = j->cmean[ch], inv = j->cinvstd[ch];
+  const __m512 vmu = _mm512_set1_ps(mu), zero = _mm512_setzero_ps();
+  const long hw = j->hw;
+  const __mmask16 tail = (__mmask16)((1u << (hw & 15)) - 1);
+  double sdy = 0, sdyx = 0;
+  for (int b = 0; b < j->n; b++) {
+    const long off = ((long)b * j->c + ch) * hw;
+    const float *dy = j->dy + off, *x = j->x + off, *ym = j->ymask ? j->ymask + off : NULL;
+    __m512 a = zero, s = zero;
+    for (long i = 0; i < hw; i += 16) {
+      const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
+      __m512 g = _mm512_maskz_loadu_ps(mk, dy + i);
+      /* relu backward: dy where the relu output is not <= 0 (a NaN output passes dy, as the scalar code) */
+      if (ym) g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mk, ym + i), zero, _CMP_NLE_UQ), g);
+      a = _mm512_add_ps(a, g);
+      s = _mm512_fmadd_ps(g, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vmu), s);
+    }
+    sdy += _mm512_reduce_add_ps(a);
+    sdyx += _mm512_reduce_add_ps(s);
+  }
+  const double sdyxhat = sdyx * inv;
+  if (j->dgamma) j->dgamma[ch] = (float)sdyxhat;
+  if (j->dbeta) j->dbeta[ch] = (float)sdy;
+  const float gm = j->gamma ? j->gamma[ch] : 1.0f;
+  const float k1 = gm * inv;
+  const float k2 = j->training ? (float)(-gm * inv * inv * sdyxhat / m) : 0.0f;
+  const float k3 = j->training ? (float)(-gm * inv * sdy / m) : 0.0f;
+  const __m512 v1 = _mm512_set1_ps(k1), v2 = _mm512_set1_ps(k2), v3 = _mm512_set1_ps(k3);
+  for (int b = j->n - 1; b >= 0; b--) {
+    const long off = ((long)b * j->c + ch) * hw;
+    const float *dy = j->dy + off, *x = j->x + off, *ym = j->ymask ? j->ymask + off : NULL;
+    float *dx = j->dx + off;
+    for (long i = 0; i < hw; i += 16) {
+      const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
+      __m512 g = _mm512_maskz_loadu_ps(mk, dy + i);
+      if (ym) g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mk, ym + i), zero, _CMP_NLE_UQ), g);
+      __m512 v = _mm512_fmadd_ps(v2, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vmu), v3);
+      _mm512_mask_storeu_ps(dx + i, mk, _mm512_fmadd_ps(v1, g, v));
+    }
+  }
+}
+
+static void bn_backward_task512(void *ctx, int tid, int nt) {
+  bn_job *j = ctx;
+  long lo, hi;
+  pool_split(j->c, tid, nt, 1, &lo, &hi);
+  for (long ch = lo; ch < hi; ch++) bn_backward_channel512(j, ch, (double)j->n * j->hw);
+}
+static int has_avx512(void) {
+  static int v = -1;
+  if (v < 0) v = __builtin_cpu_supports("avx512f") && !getenv("RESNET_OPS_NO_AVX512");
+  return v;
+}
+#endif
+
 static void run_channels(pool_fn fn, bn_job *j) {
   long total = (long)j->n * j->c * j->hw;
   if (total < PAR_MIN) fn(j, 0, 1);
@@ -235,6 +297,12 @@ void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const 
                  const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y) {
   bn_job j = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .cmean = mean, .cinvstd = invstd,
               .gamma = gamma, .training = training, .n = n, .c = c, .hw = hw, .ymask = relu_y};
+#if defined(__x86_64__)
+  if (has_avx512()) {
+    run_channels(bn_backward_task512, &j);
+    return;
+  }
+#endif
   run_channels(bn_backward_task, &j);
 }
 
