@@ -47,6 +47,9 @@ const convCases: [string, Conv2dParams][] = [
   ['pixel rows: 1x1 on 7x7 reading the input in place, 300 -> 33', convCase(2, 300, 7, 7, 33, 1, 1, 0, 1, 1)],
   ['pixel rows: dilated 3x3 on a 14-wide map, 7 rows', convCase(1, 30, 7, 14, 32, 3, 1, 2, 2, 1)],
   ['pixel rows: strided 1x1 reading x in place (pixels 2 apart), 260 -> 40, odd height', convCase(2, 260, 13, 14, 40, 1, 2, 0, 1, 1)],
+  ['pixel rows, 16-channel panels: 28-pixel tiles, 13 output channels', convCase(2, 16, 28, 28, 13, 3, 1, 1, 1, 1)],
+  ['pixel rows per image (batch 9), 14x14, a partial 32-channel panel', convCase(9, 32, 14, 14, 40, 3, 1, 1, 1, 1)],
+  ['pixel rows per image (batch 8), 7x7: 7 runs per image, a 1-run tile each', convCase(8, 40, 7, 7, 32, 3, 1, 1, 1, 1)],
   // gathered GEMM (AVX-512): small maps; column blocks across images, several k-blocks, a partial panel
   ['gathered GEMM: 4x4 maps, batch 9 (144 columns), K = 360, 24 output channels', convCase(9, 40, 4, 4, 24, 3, 1, 1, 1, 1)],
   ['gathered GEMM: 8x8 stride 2 with padding 2, 5x5 kernel', convCase(3, 12, 8, 8, 20, 5, 2, 2, 1, 1)],
