@@ -56,6 +56,10 @@ const convCases: [string, Conv2dParams][] = [
   // backward weight by gathered GEMM (>= 64 output channels): K = 63 (a partial 32-tap panel), 66
   // channels (a partial row panel), 800 columns split over threads with partial sums
   ['gathered backward weight: K = 63, 66 output channels, split reduction', convCase(2, 7, 20, 20, 66, 3, 1, 1, 1, 1)],
+  // backward weight by channels-last outer products (16-64 channels in multiples of 16, stride 1)
+  ['channels-last backward weight: 32 -> 48, odd 9x7 map, batch 3', convCase(3, 32, 9, 7, 48, 3, 1, 1, 1, 1)],
+  ['channels-last backward weight: dilation 2, padding 2', convCase(2, 16, 10, 9, 16, 3, 1, 2, 2, 1)],
+  ['channels-last backward weight: 1x1, 16 -> 64', convCase(5, 16, 6, 5, 64, 1, 1, 0, 1, 1)],
 ];
 
 for (const [name, p] of convCases) {

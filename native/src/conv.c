@@ -1691,6 +1691,120 @@ static void ggw_backward_weight(float *dw, const float *x, const float *dy, cons
   free(koff);
 }
 
+
+/* ---- backward weight, channels-last outer products (AVX-512) -------------------------------------
+ * For 16/32/48/64 channels on stride-1 maps (ResNet-20's layers). Per image, the input is copied into
+ * zero-padded channels-last planes X[(r*Wq + s)*cin + c] and dy onto the q grid as dyT[q*cout + co]
+ * (zeros in the kw-1 junk columns of each row), both with 16x16 in-register transposes. Then for
+ * every tap t = (ky, kx) and 16x16 block of (c, co):
+ *   dw[co][c][t] += sum_q X[(q + ky*Wq + kx)*cin + c] * dyT[q*cout + co]
+ * a register tile of 16 input channels (broadcast from one contiguous 64-byte row) x 16 output
+ * channels (one vector), 16 FMAs per q. Images are spread over threads, each with its own partial
+ * sums [tap][c][co], added in a fixed order at the end. */
+typedef struct {
+  const conv_p *p;
+  const float *x, *dy;
+  float *partials; /* per thread: kk * cin * cout floats */
+  int Hq, Wq, Lq;
+  atomic_long next;
+} bwt_job;
+
+__attribute__((target("avx512f"), noinline)) static void bwt16(long Q, const float *xq, long xs, const float *dq, long ds,
+                                                              float *acc, long lda) {
+  __m512 c[16];
+  _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) c[r] = _mm512_setzero_ps();
+  for (long q = 0; q < Q; q++, xq += xs, dq += ds) {
+    const __m512 b = _mm512_load_ps(dq);
+    _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) c[r] = _mm512_fmadd_ps(_mm512_set1_ps(xq[r]), b, c[r]);
+  }
+  _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) _mm512_storeu_ps(acc + r * lda, _mm512_add_ps(_mm512_loadu_ps(acc + r * lda), c[r]));
+}
+
+/* dst[i*ld + c] = src[c*ss + i] for 16 channels c and cnt (<= 16) positions i: one 16x16 transpose */
+__attribute__((target("avx512f"))) static void t16_store(const float *src, long ss, int cnt, float *dst, long ld) {
+  const __mmask16 m = (__mmask16)(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1);
+  __m512 r[16];
+  for (int c = 0; c < 16; c++) r[c] = _mm512_maskz_loadu_ps(m, src + c * ss);
+  transpose16(r);
+  for (int i = 0; i < cnt; i++) _mm512_store_ps(dst + i * ld, r[i]);
+}
+
+static _Thread_local buf_t bwt_x_buf, bwt_d_buf;
+
+__attribute__((target("avx512f"))) static void bwt_task(void *ctx, int tid, int n) {
+  (void)n;
+  bwt_job *j = ctx;
+  const conv_p *p = j->p;
+  const int cin = p->cin, cout = p->cout, kk = p->kh * p->kw, Wq = j->Wq, Hq = j->Hq, Lq = j->Lq;
+  const long xsz = ((long)Hq * Wq + p->kw + 16) * cin, dsz = (long)Lq * cout;
+  float *X = grow(&bwt_x_buf, (size_t)xsz), *D = grow(&bwt_d_buf, (size_t)dsz);
+  float *acc = j->partials + (long)tid * kk * cin * cout; /* zeroed by the caller: a worker may never start */
+  const long HW = (long)p->h * p->w, P = (long)p->oh * p->ow;
+  for (;;) {
+    const long b = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+    if (b >= p->n) break;
+    /* X: zero, then the image's rows transposed in 16-channel blocks */
+    memset(X, 0, sizeof(float) * xsz);
+    const float *xb = j->x + b * cin * HW;
+    for (int iy = 0; iy < p->h; iy++) {
+      float *row = X + ((long)(iy + p->ph) * Wq + p->pw) * cin;
+      for (int c0 = 0; c0 < cin; c0 += 16)
+        for (int ix = 0; ix < p->w; ix += 16)
+          t16_store(xb + (long)c0 * HW + (long)iy * p->w + ix, HW, p->w - ix < 16 ? p->w - ix : 16, row + (long)ix * cin + c0, cin);
+    }
+    /* dyT on the q grid, zero junk columns */
+    const float *db = j->dy + b * cout * P;
+    for (int oy = 0; oy < p->oh; oy++) {
+      float *row = D + (long)oy * Wq * cout;
+      for (int co0 = 0; co0 < cout; co0 += 16)
+        for (int ox = 0; ox < p->ow; ox += 16)
+          t16_store(db + (long)co0 * P + (long)oy * p->ow + ox, P, p->ow - ox < 16 ? p->ow - ox : 16, row + (long)ox * cout + co0, cout);
+      memset(row + (long)p->ow * cout, 0, sizeof(float) * (Wq - p->ow) * cout);
+    }
+    for (int t = 0; t < kk; t++) {
+      const int ky = t / p->kw, kx = t % p->kw;
+      const float *xt = X + ((long)ky * p->dh * Wq + (long)kx * p->dw) * cin;
+      for (int c0 = 0; c0 < cin; c0 += 16)
+        for (int co0 = 0; co0 < cout; co0 += 16)
+          bwt16(Lq, xt + c0, cin, D + co0, cout, acc + ((long)t * cin + c0) * cout + co0, cout);
+    }
+  }
+}
+
+/* Stride 1, groups 1, channel counts multiples of 16 up to 64 (wider layers take the gathered GEMM). */
+static int bwt_ok(const conv_p *p) {
+  const char *e = getenv("RESNET_BWT");
+  if (e && strcmp(e, "0") == 0) return 0;
+  if (p->groups != 1 || strcmp(sgemm_isa(), "avx512") != 0 || p->n < 1 || no_implicit()) return 0;
+  if (p->sh != 1 || p->sw != 1 || p->cin % 16 || p->cout % 16 || p->cin > 64 || p->cout > 64) return 0;
+  long Wq = p->ow + (long)(p->kw - 1) * p->dw, Hq = p->oh + (long)(p->kh - 1) * p->dh;
+  /* the planes are the padded input: ph/pw as given, and no output reading past them */
+  return p->ph >= 0 && p->pw >= 0 && Wq == p->w + 2L * p->pw && Hq == p->h + 2L * p->ph && Hq * Wq * p->cin < (1L << 24);
+}
+
+static void bwt_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
+  bwt_job j;
+  memset(&j, 0, sizeof j);
+  j.p = p; j.x = x; j.dy = dy;
+  j.Wq = p->ow + (p->kw - 1) * p->dw;
+  j.Hq = p->oh + (p->kh - 1) * p->dh;
+  j.Lq = p->oh * j.Wq;
+  const int T = pool_threads(), used = p->n < T ? p->n : T, kk = p->kh * p->kw;
+  const long per = (long)kk * p->cin * p->cout;
+  j.partials = calloc((size_t)per * used, sizeof(float));
+  if (!j.partials) abort();
+  atomic_init(&j.next, 0);
+  pool_run_dynamic(bwt_task, &j, used);
+  /* a thread that got no image (or never started) left its partials zero; sum in thread order, then
+   * [t][c][co] -> [co][c][t] */
+  for (int s = 1; s < used; s++)
+    for (long i = 0; i < per; i++) j.partials[i] += j.partials[(long)s * per + i];
+  for (int t = 0; t < kk; t++)
+    for (int c = 0; c < p->cin; c++)
+      for (int co = 0; co < p->cout; co++) dw[((long)co * p->cin + c) * kk + t] = j.partials[((long)t * p->cin + c) * p->cout + co];
+  free(j.partials);
+}
+
 #endif
 
 static void forward_impl(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
@@ -1835,6 +1949,10 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     return;
   }
 #if defined(__x86_64__)
+  if (bwt_ok(p)) {
+    bwt_backward_weight(dw, x, dy, p);
+    return;
+  }
   if (ggw_ok(p)) {
     ggw_backward_weight(dw, x, dy, p);
     return;
