@@ -124,6 +124,22 @@ test('native conv2d: weights packed for one input size still give the right answ
   if (nat!.isa === 'avx512') assert.notEqual(nat!.convPackLayout(a), nat!.convPackLayout(b), 'the two sizes use different layouts');
 });
 
+test('native conv2d backward weight gives the same bits on every run (reductions in a fixed order)', { skip }, () => {
+  // one shape per backward-weight path: channels-last (16-64 channels), gathered GEMM (>= 64), dot
+  // products (strided, narrow), im2col (groups); batch large enough that several blocks run
+  for (const p of [convCase(12, 16, 14, 14, 32, 3, 1, 1, 1, 1), convCase(9, 8, 6, 6, 64, 3, 1, 1, 1, 1), convCase(16, 8, 14, 14, 16, 3, 2, 1, 1, 1), convCase(16, 8, 6, 6, 8, 3, 1, 1, 1, 2)]) {
+    const x = randomArray(p.n * p.cIn * p.h * p.w, gen);
+    const dy = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
+    const first = new Float32Array(p.cOut * (p.cIn / p.groups) * p.kh * p.kw);
+    nat!.conv2dBackwardWeight(first, x, dy, p);
+    for (let r = 0; r < 8; r++) {
+      const again = new Float32Array(first.length);
+      nat!.conv2dBackwardWeight(again, x, dy, p);
+      assert.deepEqual(again, first, `run ${r} of ${JSON.stringify(p)}`);
+    }
+  }
+});
+
 test('native gemm = reference for every transpose combination and odd sizes', { skip }, () => {
   for (const [m, n, k] of [[1, 1, 1], [7, 13, 5], [15, 33, 300], [29, 65, 17], [100, 3, 257], [16, 40, 9], [130, 70, 400]] as const) {
     for (const ta of [false, true]) {

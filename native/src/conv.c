@@ -231,8 +231,8 @@ typedef struct {
   const conv_p *p;
   float *y, *dx, *dw, *partials;
   const float *x, *w, *wp, *bias, *residual, *dy;
-  int relu, cb, nchunks;
-  atomic_int next; /* chunks are handed out dynamically */
+  int relu, cb, nchunks, nblocks;
+  atomic_int next; /* chunks (backward weight: blocks of chunks) are handed out dynamically */
 } conv_job;
 
 static void backward_input_chunk(float *dx, const float *dy, const float *w, const conv_p *p, int b0, int nb);
@@ -242,19 +242,30 @@ static void chunk_task(void *ctx, int tid, int n) {
   conv_job *j = ctx;
   const conv_p *p = j->p;
   mt = 0;
-  long wn = (long)p->cout * (p->cin / p->groups) * p->kh * p->kw;
-  float *dw = j->kind == 2 ? (tid == 0 ? j->dw : j->partials + (long)(tid - 1) * wn) : NULL;
-  int first = 1;
+  if (j->kind == 2) {
+    /* backward weight: units are fixed blocks of chunks, each summing into its own slot, so the
+     * result does not depend on which thread ran which block */
+    long wn = (long)p->cout * (p->cin / p->groups) * p->kh * p->kw;
+    for (;;) {
+      int blk = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+      if (blk >= j->nblocks) break;
+      long c0, c1;
+      pool_split(j->nchunks, blk, j->nblocks, 1, &c0, &c1);
+      for (long c = c0; c < c1; c++) {
+        int b0 = (int)c * j->cb, nb = p->n - b0 < j->cb ? p->n - b0 : j->cb;
+        backward_weight_chunk(j->partials + blk * wn, j->x, j->dy, p, b0, nb, c == c0);
+      }
+    }
+    mt = 1;
+    return;
+  }
   for (;;) {
     int c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
     if (c >= j->nchunks) break;
     int b0 = c * j->cb, nb = p->n - b0 < j->cb ? p->n - b0 : j->cb;
     if (j->kind == 0) forward_chunk(j->y, j->x, j->w, j->wp, j->bias, j->residual, j->relu, p, b0, nb);
-    else if (j->kind == 1) backward_input_chunk(j->dx, j->dy, j->w, p, b0, nb);
-    else backward_weight_chunk(dw, j->x, j->dy, p, b0, nb, first);
-    first = 0;
+    else backward_input_chunk(j->dx, j->dy, j->w, p, b0, nb);
   }
-  if (j->kind == 2 && first) memset(dw, 0, sizeof(float) * wn);
   mt = 1;
 }
 
@@ -268,15 +279,16 @@ static void run_chunks(conv_job *j) {
   if (T > 1 && j->nchunks >= T) {
     long wn = (long)p->cout * (p->cin / p->groups) * p->kh * p->kw;
     if (j->kind == 2) {
-      j->partials = calloc((size_t)wn * (T - 1), sizeof(float));
+      j->nblocks = j->nchunks < 2 * T ? j->nchunks : 2 * T;
+      j->partials = malloc(sizeof(float) * (size_t)wn * j->nblocks);
       if (!j->partials) abort();
     }
     atomic_init(&j->next, 0);
-    pool_run_dynamic(chunk_task, j, j->nchunks);
+    pool_run_dynamic(chunk_task, j, j->kind == 2 ? j->nblocks : j->nchunks);
     if (j->kind == 2) {
-      int used = T < j->nchunks ? T : j->nchunks;
-      for (int t = 1; t < used; t++) {
-        const float *src = j->partials + (long)(t - 1) * wn;
+      memcpy(j->dw, j->partials, sizeof(float) * wn);
+      for (int b = 1; b < j->nblocks; b++) {
+        const float *src = j->partials + (long)b * wn;
         for (long i = 0; i < wn; i++) j->dw[i] += src[i];
       }
       free(j->partials);
@@ -866,10 +878,10 @@ __attribute__((target("avx512f"))) static void idot(long L, const float *const *
 
 typedef struct {
   igeo g;
-  int K, nbc;
+  int K, nbc, nblocks;
   const float *x, *dy;
-  float *dw, *partials;
-  atomic_long next; /* next chunk's first image */
+  float *dw, *partials; /* partials: one slot of cout * K floats per block of chunks */
+  atomic_long next;     /* next block */
 } ibw_job;
 
 static _Thread_local buf_t dyq_buf;
@@ -883,8 +895,6 @@ static void ibw_task(void *ctx, int tid, int n) {
   /* chunk layout: region (phase, c) = [img][plane] for the chunk's images, so that a tap is one shift
    * over the whole chunk: x(region, img i, q) at (phase*cin + c)*cs + i*R + q. */
   const int NRG = g->nph * p->cin;
-  float *dw = tid == 0 ? j->dw : j->partials + (long)(tid - 1) * M * K;
-  memset(dw, 0, sizeof(float) * M * K);
   int nbc = j->nbc;
   const long cs = (long)nbc * R; /* region stride */
   long L = (cs + 15) & ~15L;
@@ -900,9 +910,17 @@ static void ibw_task(void *ctx, int tid, int n) {
     long inpl = o - phs * p->cin * g->plane;
     off2[k] = (int)((phs * p->cin + c) * cs + inpl);
   }
+  const long nchunks = (p->n + nbc - 1) / nbc;
   for (;;) {
-    long b0 = atomic_fetch_add_explicit(&j->next, nbc, memory_order_relaxed);
-    if (b0 >= p->n) break;
+    /* units are fixed blocks of chunks, each summing into its own slot (deterministic bits) */
+    const long blk = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+    if (blk >= j->nblocks) break;
+    float *dw = j->partials + blk * (long)M * K;
+    memset(dw, 0, sizeof(float) * M * K);
+    long c0, c1;
+    pool_split(nchunks, (int)blk, j->nblocks, 1, &c0, &c1);
+    for (long ci = c0; ci < c1; ci++) {
+    const long b0 = ci * nbc;
     int nb = p->n - b0 < nbc ? (int)(p->n - b0) : nbc;
     long Lc = ((long)nb * R + 15) & ~15L;
     for (int i = 0; i < nb; i++) build_phases_rs(g, j->x + (b0 + i) * (long)p->cin * p->h * p->w, xs + (long)i * R, cs);
@@ -935,6 +953,7 @@ static void ibw_task(void *ctx, int tid, int n) {
           for (int c = 0; c < DC && k0 + c < K; c++) dw[(long)(m0 + r) * K + k0 + c] += out[r * DC + c];
       }
     }
+    }
   }
   free(off2);
 }
@@ -956,15 +975,15 @@ static void implicit_backward_weight(float *dw, const float *x, const float *dy,
   if (nbc < 1) nbc = 1;
   j.nbc = nbc;
   atomic_init(&j.next, 0);
-  int used = T < p->n ? T : p->n;
+  const long nchunks = (p->n + nbc - 1) / nbc;
+  j.nblocks = (int)(nchunks < 2L * T ? nchunks : 2L * T);
   long wn = (long)p->cout * j.K;
-  if (used > 1) {
-    j.partials = calloc((size_t)wn * (used - 1), sizeof(float));
-    if (!j.partials) abort();
-  }
-  pool_run_dynamic(ibw_task, &j, used);
-  for (int t = 1; t < used; t++) {
-    const float *src = j.partials + (long)(t - 1) * wn;
+  j.partials = malloc(sizeof(float) * (size_t)wn * j.nblocks);
+  if (!j.partials) abort();
+  pool_run_dynamic(ibw_task, &j, j.nblocks < T ? j.nblocks : T);
+  memcpy(dw, j.partials, sizeof(float) * wn);
+  for (int b = 1; b < j.nblocks; b++) {
+    const float *src = j.partials + (long)b * wn;
     for (long i = 0; i < wn; i++) dw[i] += src[i];
   }
   free(j.partials);
@@ -1704,8 +1723,8 @@ static void ggw_backward_weight(float *dw, const float *x, const float *dy, cons
 typedef struct {
   const conv_p *p;
   const float *x, *dy;
-  float *partials; /* per thread: kk * cin * cout floats */
-  int Hq, Wq, Lq;
+  float *partials; /* per block of images: kk * cin * cout floats */
+  int Hq, Wq, Lq, nblocks;
   atomic_long next;
 } bwt_job;
 
@@ -1738,11 +1757,15 @@ __attribute__((target("avx512f"))) static void bwt_task(void *ctx, int tid, int 
   const int cin = p->cin, cout = p->cout, kk = p->kh * p->kw, Wq = j->Wq, Hq = j->Hq, Lq = j->Lq;
   const long xsz = ((long)Hq * Wq + p->kw + 16) * cin, dsz = (long)Lq * cout;
   float *X = grow(&bwt_x_buf, (size_t)xsz), *D = grow(&bwt_d_buf, (size_t)dsz);
-  float *acc = j->partials + (long)tid * kk * cin * cout; /* zeroed by the caller: a worker may never start */
   const long HW = (long)p->h * p->w, P = (long)p->oh * p->ow;
   for (;;) {
-    const long b = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-    if (b >= p->n) break;
+    /* units are fixed blocks of images, each summing into its own slot (deterministic bits) */
+    const long blk = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+    if (blk >= j->nblocks) break;
+    float *acc = j->partials + blk * kk * cin * cout;
+    long b0, b1;
+    pool_split(p->n, (int)blk, j->nblocks, 1, &b0, &b1);
+    for (long b = b0; b < b1; b++) {
     /* X: zero, then the image's rows transposed in 16-channel blocks */
     memset(X, 0, sizeof(float) * xsz);
     const float *xb = j->x + b * cin * HW;
@@ -1768,6 +1791,7 @@ __attribute__((target("avx512f"))) static void bwt_task(void *ctx, int tid, int 
         for (int co0 = 0; co0 < cout; co0 += 16)
           bwt16(Lq, xt + c0, cin, D + co0, cout, acc + ((long)t * cin + c0) * cout + co0, cout);
     }
+    }
   }
 }
 
@@ -1789,14 +1813,15 @@ static void bwt_backward_weight(float *dw, const float *x, const float *dy, cons
   j.Wq = p->ow + (p->kw - 1) * p->dw;
   j.Hq = p->oh + (p->kh - 1) * p->dh;
   j.Lq = p->oh * j.Wq;
-  const int T = pool_threads(), used = p->n < T ? p->n : T, kk = p->kh * p->kw;
+  const int T = pool_threads(), kk = p->kh * p->kw;
+  j.nblocks = p->n < 2 * T ? p->n : 2 * T;
+  const int used = j.nblocks;
   const long per = (long)kk * p->cin * p->cout;
   j.partials = calloc((size_t)per * used, sizeof(float));
   if (!j.partials) abort();
   atomic_init(&j.next, 0);
-  pool_run_dynamic(bwt_task, &j, used);
-  /* a thread that got no image (or never started) left its partials zero; sum in thread order, then
-   * [t][c][co] -> [co][c][t] */
+  pool_run_dynamic(bwt_task, &j, used < T ? used : T);
+  /* sum the blocks in order, then [t][c][co] -> [co][c][t] */
   for (int s = 1; s < used; s++)
     for (long i = 0; i < per; i++) j.partials[i] += j.partials[(long)s * per + i];
   for (int t = 0; t < kk; t++)
