@@ -1,8 +1,10 @@
 /**
  * Training steps against PyTorch (float64 reference, scripts/golden/gen_train_steps.py): forward in
  * training mode, cross-entropy, backward, SGD with momentum and weight decay, BN running stats.
- * One step within 1e-5 of each tensor's scale; 20 steps within 1e-3 (the trajectories separate
- * slowly through float32 rounding, as PyTorch's own float32 run does).
+ * One step within 1e-5 of each tensor's scale; 20 steps within 1e-4 (float32 runs, PyTorch's own
+ * included, stay within ~1e-6 of the float64 one at this learning rate, 0.02; at 0.1 a single ReLU
+ * input within rounding of zero could flip a gradient element and separate the trajectories by 1e-2,
+ * whichever implementation: see scripts/golden/gen_train_steps.py).
  */
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -33,7 +35,7 @@ for (const backend of listBackends()) {
       const init = new Map([...ref].filter(([k]) => k.startsWith('init.')).map(([k, t]) => [k.slice(5), t]));
       model.loadStateDict(init);
       model.train();
-      const opt = new SGD(model.parameters(), { lr: 0.1, momentum: 0.9, weightDecay: 5e-4 });
+      const opt = new SGD(model.parameters(), { lr: 0.02, momentum: 0.9, weightDecay: 5e-4 });
       const xs = get('inputs');
       const ys = get('targets').values;
       const [steps, batch, c, h, w] = xs.shape as [number, number, number, number, number];
@@ -43,11 +45,11 @@ for (const backend of listBackends()) {
         const x = new Tensor([batch, c, h, w], xs.values.slice(s * per, (s + 1) * per));
         opt.zeroGrad();
         const loss = F.crossEntropy(model.call(x), ys.subarray(s * batch, (s + 1) * batch));
-        closeToScale([loss.item()], [losses[s]!], s === 0 ? 1e-5 : 1e-3, `loss of step ${s + 1}`);
+        closeToScale([loss.item()], [losses[s]!], s === 0 ? 1e-5 : 1e-4, `loss of step ${s + 1}`);
         backward(loss);
         opt.step();
         if (s === 0 || s === steps - 1) {
-          const rel = s === 0 ? 1e-5 : 1e-3;
+          const rel = s === 0 ? 1e-5 : 1e-4;
           for (const [k, t] of model.stateDict()) closeToScale(t.values, get(`step${s + 1}.${k}`).values, rel, `${k} after step ${s + 1}`);
         }
       }
