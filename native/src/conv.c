@@ -462,6 +462,17 @@ static void build_phases_rs(const igeo *g, const float *x, float *dst, long rstr
 static void build_phases(const igeo *g, const float *x, float *dst) { build_phases_rs(g, x, dst, g->plane); }
 #define PH_TAIL(g) (2 * IT + (g)->Wq + 16)
 
+/* The first and last line of an epilogue row of len floats at o in the residual (read) and the output
+ * (written), fetched while a tile computes: with many planes at once the hardware prefetcher does
+ * not follow them. */
+__attribute__((target("avx512f"))) static inline void prefetch_row(const float *res, const float *y, long o, int len) {
+  _mm_prefetch((const char *)(res + o), _MM_HINT_T0);
+  _mm_prefetch((const char *)(res + o + len - 1), _MM_HINT_T0);
+  _mm_prefetch((const char *)(y + o), _MM_HINT_ET0);
+  _mm_prefetch((const char *)(y + o + len - 1), _MM_HINT_ET0);
+}
+
+
 /* The q-grid tile: MR output channels x 32 columns over all K, in accumulators c0 (columns 0-15) and c1
  * (declared by the caller). */
 #define IFWD_ACCUMULATE(MR)                                                                                            \
@@ -600,12 +611,7 @@ __attribute__((target("avx512f"))) static void ifwd_tiles(const ifwd_job *j, int
         int rows = j->M - m0 < j->mr ? j->M - m0 : j->mr;
         for (int r = 0; r < rows; r++) {
           const long ob = (long)b * j->y_img + (long)(m0 + r) * j->y_ch;
-          for (int s = 0; s < ns; s++) {
-            _mm_prefetch((const char *)(j->residual + ob + seg_o[s]), _MM_HINT_T0);
-            _mm_prefetch((const char *)(j->residual + ob + seg_o[s] + seg_len[s] - 1), _MM_HINT_T0);
-            _mm_prefetch((const char *)(j->y + ob + seg_o[s]), _MM_HINT_ET0);
-            _mm_prefetch((const char *)(j->y + ob + seg_o[s] + seg_len[s] - 1), _MM_HINT_ET0);
-          }
+          for (int s = 0; s < ns; s++) prefetch_row(j->residual, j->y, ob + seg_o[s], seg_len[s]);
         }
       }
       int rows = j->M - m0 < j->mr ? j->M - m0 : j->mr;
@@ -1130,11 +1136,7 @@ __attribute__((target("avx512f"))) static void prow_tile32(const prow_job *j, in
   if (j->residual) /* the epilogue's residual and output lines, fetched while the tile computes (as in ifwd_tiles) */
     for (int r = 0; r < R; r++)
       for (int c = 0; c < cos; c++) {
-        const long o = yo[r] + (long)(co0 + c) * j->y_ch;
-        _mm_prefetch((const char *)(j->residual + o), _MM_HINT_T0);
-        _mm_prefetch((const char *)(j->residual + o + PR_RUN - 1), _MM_HINT_T0);
-        _mm_prefetch((const char *)(j->y + o), _MM_HINT_ET0);
-        _mm_prefetch((const char *)(j->y + o + PR_RUN - 1), _MM_HINT_ET0);
+        prefetch_row(j->residual, j->y, yo[r] + (long)(co0 + c) * j->y_ch, PR_RUN);
       }
   if (j->colstep == 2) (R == 2 ? prow2s2 : prow1s2)(j->K, Bp, a, j->g.off, t);
   else (R == 2 ? prow2 : prow1)(j->K, Bp, a, j->g.off, t);
@@ -1169,11 +1171,7 @@ __attribute__((target("avx512f"))) static void prow_tile16(const prow_job *j, co
   const __mmask16 m12 = 0x0FFF;
   if (j->residual)
     for (int c = 0; c < j->M; c++) {
-      const long o = yo + (long)c * j->y_ch;
-      _mm_prefetch((const char *)(j->residual + o), _MM_HINT_T0);
-      _mm_prefetch((const char *)(j->residual + o + 27), _MM_HINT_T0);
-      _mm_prefetch((const char *)(j->y + o), _MM_HINT_ET0);
-      _mm_prefetch((const char *)(j->y + o + 27), _MM_HINT_ET0);
+      prefetch_row(j->residual, j->y, yo + (long)c * j->y_ch, 28);
     }
   prow28x16(j->K, j->Bp, a, j->g.off, t);
   __m512 lo[16], hi[16];
