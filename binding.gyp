@@ -5,6 +5,9 @@
       "sources": [
         "native/src/addon.c",
         "native/src/conv.c",
+        "native/src/conv_gather.c",
+        "native/src/conv_prow.c",
+        "native/src/conv_qgrid.c",
         "native/src/gemm.c",
         "native/src/ops.c",
         "native/src/pool.c"

@@ -1,0 +1,444 @@
+/* Gathered-GEMM convolution and the wide/narrow backward-weight kernels (AVX-512).
+ *
+ * Gathered GEMM: for what neither the pixel-row nor the q-grid kernels take, mostly small maps (8x8 down to 1x1: ResNet-18 on 32x32
+ * inputs), where im2col writes a row of a few floats per call and then the GEMM packs it again. Here
+ * the GEMM's B panels (kc x 32 columns, column = image x output pixel) are gathered straight from x
+ * with masked AVX-512 gathers (zeros for padding), the weights are A (micro-kernel panels), and the
+ * result goes from a per-block buffer to NCHW with the bias/residual/relu epilogue. Work items are
+ * blocks of GG_NB columns over all output channels, handed out dynamically. */
+#include "conv_internal.h"
+#include "gemm.h"
+#include "pool.h"
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+
+#define GG_NB 128
+#define GG_KC 256
+
+typedef struct {
+  const conv_p *p;
+  int K, M, mr;
+  const float *Ap, *x, *bias, *residual;
+  float *y;
+  int relu;
+  long ncols, P;
+  int mgroups; /* output channels split into this many groups of panels (few column blocks) */
+  atomic_long next;
+} gg_job;
+
+static _Thread_local buf_t gg_b_buf, gg_c_buf;
+
+__attribute__((target("avx512f"))) static void gg_task(void *ctx, int tid, int n) {
+  (void)tid; (void)n;
+  gg_job *j = ctx;
+  const conv_p *p = j->p;
+  const int K = j->K, M = j->M, mr = j->mr, kk = p->kh * p->kw;
+  const long HW = (long)p->h * p->w, P = j->P;
+  const int Mp = (M + mr - 1) / mr * mr;
+  float *Bp = grow(&gg_b_buf, (size_t)GG_KC * GG_NB);
+  float *Cb = grow(&gg_c_buf, (size_t)Mp * GG_NB);
+  int base[GG_NB] __attribute__((aligned(64))), iy0[GG_NB] __attribute__((aligned(64))), ix0[GG_NB] __attribute__((aligned(64)));
+  const long nblocks = (j->ncols + GG_NB - 1) / GG_NB;
+  for (;;) {
+    long it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+    if (it >= nblocks * j->mgroups) break;
+    long j0 = (it / j->mgroups) * GG_NB;
+    long plo, phi;
+    pool_split(Mp / mr, (int)(it % j->mgroups), j->mgroups, 1, &plo, &phi);
+    const int m_lo = (int)plo * mr, m_hi = (int)phi * mr < M ? (int)phi * mr : M;
+    if (m_lo >= m_hi) continue;
+    int nc = j->ncols - j0 < GG_NB ? (int)(j->ncols - j0) : GG_NB;
+    int ncp = (nc + 31) & ~31; /* whole 32-column panels; columns past nc read nothing (masked) */
+    for (int c = 0; c < ncp; c++) {
+      if (c < nc) {
+        long col = j0 + c, b = col / P, pix = col % P;
+        int oy = (int)(pix / p->ow), ox = (int)(pix % p->ow);
+        iy0[c] = oy * p->sh - p->ph;
+        ix0[c] = ox * p->sw - p->pw;
+        base[c] = (int)(b * p->cin * HW + (long)iy0[c] * p->w + ix0[c]);
+      } else {
+        iy0[c] = ix0[c] = -(1 << 28); /* out of bounds for every tap: gathers nothing */
+        base[c] = 0;
+      }
+    }
+    const __m512i vh = _mm512_set1_epi32(p->h), vw = _mm512_set1_epi32(p->w);
+    for (int pc = 0; pc < K; pc += GG_KC) {
+      int kc = K - pc < GG_KC ? K - pc : GG_KC;
+      /* B panels: Bp[panel][k][32] */
+      for (int k = 0; k < kc; k++) {
+        int kg = pc + k, c = kg / kk, t = kg % kk, ky = t / p->kw, kx = t % p->kw;
+        int dy = ky * p->dh, dx = kx * p->dw;
+        const __m512i vdy = _mm512_set1_epi32(dy), vdx = _mm512_set1_epi32(dx);
+        const __m512i voff = _mm512_set1_epi32((int)((long)c * HW + (long)dy * p->w + dx));
+        for (int c0 = 0; c0 < ncp; c0 += 16) {
+          __m512i iy = _mm512_add_epi32(_mm512_load_si512(iy0 + c0), vdy), ix = _mm512_add_epi32(_mm512_load_si512(ix0 + c0), vdx);
+          /* 0 <= iy < h and 0 <= ix < w, as unsigned compares */
+          __mmask16 m = _mm512_cmplt_epu32_mask(iy, vh) & _mm512_cmplt_epu32_mask(ix, vw);
+          __m512i idx = _mm512_add_epi32(_mm512_load_si512(base + c0), voff);
+          __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, j->x, 4);
+          _mm512_store_ps(Bp + (long)(c0 / 32) * kc * 32 + (long)k * 32 + (c0 & 31), v);
+        }
+      }
+      float beta = pc == 0 ? 0.0f : 1.0f;
+      for (int m0 = m_lo; m0 < m_hi; m0 += mr) {
+        const float *ap = j->Ap + (long)m0 * K + (long)pc * mr;
+        for (int c0 = 0; c0 < ncp; c0 += 32) sgemm_kernel(M, kc, ap, Bp + (long)(c0 / 32) * kc * 32, Cb + (long)m0 * GG_NB + c0, GG_NB, beta);
+      }
+    }
+    /* epilogue: columns [j0, j0 + nc) are runs of consecutive pixels of one image each */
+    const __m512 zero = _mm512_setzero_ps();
+    for (int c = 0; c < nc;) {
+      long col = j0 + c, b = col / P, pix = col % P;
+      int len = (int)(P - pix < nc - c ? P - pix : nc - c);
+      for (int co = m_lo; co < m_hi; co++) {
+        long o = (b * M + co) * P + pix;
+        const float *src = Cb + (long)co * GG_NB + c;
+        const __m512 vb = _mm512_set1_ps(j->bias ? j->bias[co] : 0.0f);
+        for (int i = 0; i < len; i += 16) {
+          int cnt = len - i < 16 ? len - i : 16;
+          __mmask16 mk = (__mmask16)(cnt == 16 ? 0xFFFFu : (1u << cnt) - 1);
+          __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, src + i), vb);
+          if (j->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->residual + o + i));
+          if (j->relu) v = _mm512_max_ps(zero, v);
+          _mm512_mask_storeu_ps(j->y + o + i, mk, v);
+        }
+      }
+      c += len;
+    }
+  }
+}
+
+/* Whether the gathered GEMM takes a convolution that the other AVX-512 paths do not: groups 1, not
+ * pointwise (a plain GEMM reads a 1x1 stride-1 convolution's input as it is), and indices that fit
+ * the 32-bit gathers. RESNET_GG=0 turns it off (measurements). */
+int gg_ok(const conv_p *p) {
+  if (p->groups != 1 || strcmp(sgemm_isa(), "avx512") != 0 || p->n < 1 || no_implicit() || sgemm_nr() != 32) return 0;
+  if (is_pointwise(p)) return 0;
+  const char *e = getenv("RESNET_GG");
+  if (e && strcmp(e, "0") == 0) return 0;
+  return (long)p->n * p->cin * p->h * p->w < (1L << 31) - (1L << 20);
+}
+
+void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
+                       const float *residual, int relu, const conv_p *p) {
+  static _Thread_local buf_t gg_w_buf;
+  gg_job j;
+  memset(&j, 0, sizeof j);
+  j.p = p;
+  j.K = p->cin * p->kh * p->kw;
+  j.M = p->cout;
+  j.mr = sgemm_mr(j.M);
+  if (wp) {
+    j.Ap = wp;
+  } else {
+    float *Ap = grow(&gg_w_buf, sgemm_packed_a_size(j.M, j.K));
+    sgemm_pack_a(wt, j.M, j.K, j.mr, Ap);
+    j.Ap = Ap;
+  }
+  j.x = x; j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
+  j.P = (long)p->oh * p->ow;
+  j.ncols = (long)p->n * j.P;
+  atomic_init(&j.next, 0);
+  long items = (j.ncols + GG_NB - 1) / GG_NB;
+  int T = pool_threads(), panels = (j.M + j.mr - 1) / j.mr;
+  j.mgroups = 1;
+  if (items < 4L * T && T > 1) {
+    j.mgroups = (int)((4L * T + items - 1) / items);
+    if (j.mgroups > panels) j.mgroups = panels;
+  }
+  items *= j.mgroups;
+  pool_run_dynamic(gg_task, &j, items < T ? (int)items : T);
+}
+
+
+/* ---- gathered GEMM for backward weight (AVX-512) ------------------------------------------------
+ *   dw[co][k] = sum_j dy[co][j] * X[k][j],   j = (image, output pixel), X[k][j] the input under tap k
+ * as a GEMM with the reduction over j: A = dy, packed once into micro-kernel panels over all j
+ * (shared by the threads); B panels (j x 32 taps) gathered from x per block of GG_KC values of j;
+ * each work item owns a 32-column panel of dw (and, when there are few panels, a share of j whose
+ * partial sums are added at the end). */
+typedef struct {
+  const conv_p *p;
+  int K, M, mr, npanels, jsplits;
+  long J, P;
+  const float *x, *Ap;
+  float *dw, *partials;
+  const int *koff, *kdy, *kdx;
+  atomic_long next;
+} ggw_job;
+
+typedef struct {
+  const ggw_job *g;
+  const float *dy;
+  float *Ap;
+} ggw_pack_job;
+
+static void ggw_pack_task(void *ctx, int tid, int n) {
+  ggw_pack_job *pj = ctx;
+  const ggw_job *g = pj->g;
+  const int mr = g->mr, M = g->M;
+  const long P = g->P;
+  long lo, hi;
+  pool_split(g->p->n, tid, n, 1, &lo, &hi);
+  for (int m0 = 0; m0 < M; m0 += mr) {
+    float *panel = pj->Ap + (long)m0 * g->J;
+    for (long b = lo; b < hi; b++) {
+      float *d = panel + b * P * mr;
+      for (int r = 0; r < mr; r++) {
+        if (m0 + r >= M) {
+          for (long q = 0; q < P; q++) d[q * mr + r] = 0.0f;
+          continue;
+        }
+        const float *s = pj->dy + (b * M + m0 + r) * P;
+        for (long q = 0; q < P; q++) d[q * mr + r] = s[q];
+      }
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) static void ggw_task(void *ctx, int tid, int n) {
+  (void)n;
+  ggw_job *g = ctx;
+  const conv_p *p = g->p;
+  const int K = g->K, M = g->M, mr = g->mr;
+  const long HW = (long)p->h * p->w, P = g->P;
+  float *Bp = grow(&gg_b_buf, (size_t)GG_KC * 32);
+  float tile[14 * 32] __attribute__((aligned(64)));
+  const __m512i vh = _mm512_set1_epi32(p->h), vw = _mm512_set1_epi32(p->w);
+  for (;;) {
+    long it = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
+    if (it >= (long)g->npanels * g->jsplits) break;
+    int panel = (int)(it / g->jsplits), split = (int)(it % g->jsplits);
+    long jlo, jhi;
+    pool_split(g->J, split, g->jsplits, GG_KC, &jlo, &jhi);
+    float *dw = split == 0 ? g->dw : g->partials + (long)(split - 1) * M * K;
+    int k0 = panel * 32, kcols = K - k0 < 32 ? K - k0 : 32;
+    (void)tid;
+    /* taps of this panel (past K: never in bounds) */
+    __m512i ko[2], kyv[2], kxv[2];
+    for (int h = 0; h < 2; h++) {
+      int tmpo[16], tmpy[16], tmpx[16];
+      for (int i = 0; i < 16; i++) {
+        int k = k0 + h * 16 + i;
+        tmpo[i] = k < K ? g->koff[k] : 0;
+        tmpy[i] = k < K ? g->kdy[k] : -(1 << 28);
+        tmpx[i] = k < K ? g->kdx[k] : -(1 << 28);
+      }
+      ko[h] = _mm512_loadu_si512(tmpo); kyv[h] = _mm512_loadu_si512(tmpy); kxv[h] = _mm512_loadu_si512(tmpx);
+    }
+    for (long j0 = jlo; j0 < jhi; j0 += GG_KC) {
+      int jc = jhi - j0 < GG_KC ? (int)(jhi - j0) : GG_KC;
+      for (int jj = 0; jj < jc; jj++) {
+        long j = j0 + jj, b = j / P, pix = j % P;
+        int oy = (int)(pix / p->ow), ox = (int)(pix % p->ow);
+        int iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
+        const float *xb = g->x + b * p->cin * HW + (long)iy0 * p->w + ix0;
+        const __m512i viy = _mm512_set1_epi32(iy0), vix = _mm512_set1_epi32(ix0);
+        for (int h = 0; h < 2; h++) {
+          __mmask16 m = _mm512_cmplt_epu32_mask(_mm512_add_epi32(viy, kyv[h]), vh) & _mm512_cmplt_epu32_mask(_mm512_add_epi32(vix, kxv[h]), vw);
+          /* masked lanes are not read: xb + koff may point outside x only where the mask is off */
+          _mm512_store_ps(Bp + (long)jj * 32 + h * 16, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, ko[h], xb, 4));
+        }
+      }
+      float beta = j0 == jlo ? 0.0f : 1.0f;
+      for (int m0 = 0; m0 < M; m0 += mr) {
+        const float *ap = g->Ap + (long)m0 * g->J + j0 * mr;
+        int rows = M - m0 < mr ? M - m0 : mr;
+        float *c = dw + (long)m0 * K + k0;
+        if (rows == mr && kcols == 32) {
+          sgemm_kernel(M, jc, ap, Bp, c, K, beta);
+        } else {
+          sgemm_kernel(M, jc, ap, Bp, tile, 32, 0.0f);
+          for (int r = 0; r < rows; r++)
+            for (int q = 0; q < kcols; q++) c[(long)r * K + q] = beta == 0.0f ? tile[r * 32 + q] : c[(long)r * K + q] + tile[r * 32 + q];
+        }
+      }
+    }
+    if (jlo >= jhi) /* an empty share still owns its partial panel */
+      for (int r = 0; r < M; r++) memset(dw + (long)r * K + k0, 0, sizeof(float) * kcols);
+  }
+}
+
+/* Gathers cost the same per 32 taps whatever cout is; from 64 output channels on they are small next
+ * to the FMAs (measured: 64 x 7x7 1.7x, ResNet-18's 4x4 and 2x2 maps 1.5-1.8x faster than the q-grid
+ * dot products or im2col; with 16 or 32 channels those win). RESNET_GGW=0 turns it off. */
+int ggw_ok(const conv_p *p) {
+  const char *e = getenv("RESNET_GGW");
+  if (e && strcmp(e, "0") == 0) return 0;
+  return p->cout >= 64 && gg_ok(p) && (long)p->n * p->oh * p->ow < (1L << 31) / 16;
+}
+
+void ggw_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
+  static _Thread_local buf_t ggw_a_buf;
+  ggw_job g;
+  memset(&g, 0, sizeof g);
+  g.p = p;
+  g.K = p->cin * p->kh * p->kw;
+  g.M = p->cout;
+  g.mr = sgemm_mr(g.M);
+  g.P = (long)p->oh * p->ow;
+  g.J = (long)p->n * g.P;
+  g.x = x; g.dw = dw;
+  int *koff = malloc(sizeof(int) * 3 * (size_t)g.K);
+  if (!koff) abort();
+  int *kdy = koff + g.K, *kdx = kdy + g.K;
+  for (int k = 0; k < g.K; k++) {
+    int c = k / (p->kh * p->kw), t = k % (p->kh * p->kw), ky = t / p->kw, kx = t % p->kw;
+    kdy[k] = ky * p->dh; kdx[k] = kx * p->dw;
+    koff[k] = (int)((long)c * p->h * p->w + (long)kdy[k] * p->w + kdx[k]);
+  }
+  g.koff = koff; g.kdy = kdy; g.kdx = kdx;
+  const int Mp = (g.M + g.mr - 1) / g.mr * g.mr;
+  float *Ap = grow(&ggw_a_buf, (size_t)Mp * g.J);
+  ggw_pack_job pj = {&g, dy, Ap};
+  pool_run_n(ggw_pack_task, &pj, p->n);
+  g.Ap = Ap;
+  g.npanels = (g.K + 31) / 32;
+  int T = pool_threads();
+  g.jsplits = 1;
+  if (T > 1 && g.npanels < 4 * T) {
+    long blocks = (g.J + GG_KC - 1) / GG_KC;
+    g.jsplits = (4 * T + g.npanels - 1) / g.npanels;
+    if (g.jsplits > blocks) g.jsplits = (int)blocks;
+    if (g.jsplits < 1) g.jsplits = 1;
+  }
+  if (g.jsplits > 1) {
+    g.partials = malloc(sizeof(float) * (size_t)(g.jsplits - 1) * g.M * g.K);
+    if (!g.partials) abort();
+  }
+  atomic_init(&g.next, 0);
+  long items = (long)g.npanels * g.jsplits;
+  pool_run_dynamic(ggw_task, &g, items < T ? (int)items : T);
+  long wn = (long)g.M * g.K;
+  for (int s = 1; s < g.jsplits; s++) {
+    const float *src = g.partials + (long)(s - 1) * wn;
+    for (long i = 0; i < wn; i++) dw[i] += src[i];
+  }
+  free(g.partials);
+  free(koff);
+}
+
+
+/* ---- backward weight, channels-last outer products (AVX-512) -------------------------------------
+ * For 16/32/48/64 channels on stride-1 maps (ResNet-20's layers). Per image, the input is copied into
+ * zero-padded channels-last planes X[(r*Wq + s)*cin + c] and dy onto the q grid as dyT[q*cout + co]
+ * (zeros in the kw-1 junk columns of each row), both with 16x16 in-register transposes. Then for
+ * every tap t = (ky, kx) and 16x16 block of (c, co):
+ *   dw[co][c][t] += sum_q X[(q + ky*Wq + kx)*cin + c] * dyT[q*cout + co]
+ * a register tile of 16 input channels (broadcast from one contiguous 64-byte row) x 16 output
+ * channels (one vector), 16 FMAs per q. Images are spread over threads, each with its own partial
+ * sums [tap][c][co], added in a fixed order at the end. */
+typedef struct {
+  const conv_p *p;
+  const float *x, *dy;
+  float *partials; /* per block of images: kk * cin * cout floats */
+  int Hq, Wq, Lq, nblocks;
+  atomic_long next;
+} bwt_job;
+
+__attribute__((target("avx512f"), noinline)) static void bwt16(long Q, const float *xq, long xs, const float *dq, long ds,
+                                                              float *acc, long lda) {
+  __m512 c[16];
+  _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) c[r] = _mm512_setzero_ps();
+  for (long q = 0; q < Q; q++, xq += xs, dq += ds) {
+    const __m512 b = _mm512_load_ps(dq);
+    _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) c[r] = _mm512_fmadd_ps(_mm512_set1_ps(xq[r]), b, c[r]);
+  }
+  _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) _mm512_storeu_ps(acc + r * lda, _mm512_add_ps(_mm512_loadu_ps(acc + r * lda), c[r]));
+}
+
+/* dst[i*ld + c] = src[c*ss + i] for 16 channels c and cnt (<= 16) positions i: one 16x16 transpose */
+__attribute__((target("avx512f"))) static void t16_store(const float *src, long ss, int cnt, float *dst, long ld) {
+  const __mmask16 m = (__mmask16)(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1);
+  __m512 r[16];
+  for (int c = 0; c < 16; c++) r[c] = _mm512_maskz_loadu_ps(m, src + c * ss);
+  transpose16(r);
+  for (int i = 0; i < cnt; i++) _mm512_store_ps(dst + i * ld, r[i]);
+}
+
+static _Thread_local buf_t bwt_x_buf, bwt_d_buf;
+
+__attribute__((target("avx512f"))) static void bwt_task(void *ctx, int tid, int n) {
+  (void)n;
+  bwt_job *j = ctx;
+  const conv_p *p = j->p;
+  const int cin = p->cin, cout = p->cout, kk = p->kh * p->kw, Wq = j->Wq, Hq = j->Hq, Lq = j->Lq;
+  const long xsz = ((long)Hq * Wq + p->kw + 16) * cin, dsz = (long)Lq * cout;
+  float *X = grow(&bwt_x_buf, (size_t)xsz), *D = grow(&bwt_d_buf, (size_t)dsz);
+  const long HW = (long)p->h * p->w, P = (long)p->oh * p->ow;
+  for (;;) {
+    /* units are fixed blocks of images, each summing into its own slot (deterministic bits) */
+    const long blk = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+    if (blk >= j->nblocks) break;
+    float *acc = j->partials + blk * kk * cin * cout;
+    long b0, b1;
+    pool_split(p->n, (int)blk, j->nblocks, 1, &b0, &b1);
+    for (long b = b0; b < b1; b++) {
+    /* X: zero, then the image's rows transposed in 16-channel blocks */
+    memset(X, 0, sizeof(float) * xsz);
+    const float *xb = j->x + b * cin * HW;
+    for (int iy = 0; iy < p->h; iy++) {
+      float *row = X + ((long)(iy + p->ph) * Wq + p->pw) * cin;
+      for (int c0 = 0; c0 < cin; c0 += 16)
+        for (int ix = 0; ix < p->w; ix += 16)
+          t16_store(xb + (long)c0 * HW + (long)iy * p->w + ix, HW, p->w - ix < 16 ? p->w - ix : 16, row + (long)ix * cin + c0, cin);
+    }
+    /* dyT on the q grid, zero junk columns */
+    const float *db = j->dy + b * cout * P;
+    for (int oy = 0; oy < p->oh; oy++) {
+      float *row = D + (long)oy * Wq * cout;
+      for (int co0 = 0; co0 < cout; co0 += 16)
+        for (int ox = 0; ox < p->ow; ox += 16)
+          t16_store(db + (long)co0 * P + (long)oy * p->ow + ox, P, p->ow - ox < 16 ? p->ow - ox : 16, row + (long)ox * cout + co0, cout);
+      memset(row + (long)p->ow * cout, 0, sizeof(float) * (Wq - p->ow) * cout);
+    }
+    for (int t = 0; t < kk; t++) {
+      const int ky = t / p->kw, kx = t % p->kw;
+      const float *xt = X + ((long)ky * p->dh * Wq + (long)kx * p->dw) * cin;
+      for (int c0 = 0; c0 < cin; c0 += 16)
+        for (int co0 = 0; co0 < cout; co0 += 16)
+          bwt16(Lq, xt + c0, cin, D + co0, cout, acc + ((long)t * cin + c0) * cout + co0, cout);
+    }
+    }
+  }
+}
+
+/* Stride 1, groups 1, channel counts multiples of 16 up to 64 (wider layers take the gathered GEMM). */
+int bwt_ok(const conv_p *p) {
+  const char *e = getenv("RESNET_BWT");
+  if (e && strcmp(e, "0") == 0) return 0;
+  if (p->groups != 1 || strcmp(sgemm_isa(), "avx512") != 0 || p->n < 1 || no_implicit()) return 0;
+  if (p->sh != 1 || p->sw != 1 || p->cin % 16 || p->cout % 16 || p->cin > 64 || p->cout > 64) return 0;
+  long Wq = p->ow + (long)(p->kw - 1) * p->dw, Hq = p->oh + (long)(p->kh - 1) * p->dh;
+  /* the planes are the padded input: ph/pw as given, and no output reading past them */
+  return p->ph >= 0 && p->pw >= 0 && Wq == p->w + 2L * p->pw && Hq == p->h + 2L * p->ph && Hq * Wq * p->cin < (1L << 24);
+}
+
+void bwt_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
+  bwt_job j;
+  memset(&j, 0, sizeof j);
+  j.p = p; j.x = x; j.dy = dy;
+  j.Wq = p->ow + (p->kw - 1) * p->dw;
+  j.Hq = p->oh + (p->kh - 1) * p->dh;
+  j.Lq = p->oh * j.Wq;
+  const int T = pool_threads(), kk = p->kh * p->kw;
+  j.nblocks = p->n < 2 * T ? p->n : 2 * T;
+  const int used = j.nblocks;
+  const long per = (long)kk * p->cin * p->cout;
+  j.partials = calloc((size_t)per * used, sizeof(float));
+  if (!j.partials) abort();
+  atomic_init(&j.next, 0);
+  pool_run_dynamic(bwt_task, &j, used < T ? used : T);
+  /* sum the blocks in order, then [t][c][co] -> [co][c][t] */
+  for (int s = 1; s < used; s++)
+    for (long i = 0; i < per; i++) j.partials[i] += j.partials[(long)s * per + i];
+  for (int t = 0; t < kk; t++)
+    for (int c = 0; c < p->cin; c++)
+      for (int co = 0; co < p->cout; co++) dw[((long)co * p->cin + c) * kk + t] = j.partials[((long)t * p->cin + c) * p->cout + co];
+  free(j.partials);
+}
+
+#endif

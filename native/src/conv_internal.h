@@ -1,0 +1,98 @@
+/* Internal to the convolution sources (conv.c: dispatch, packing, im2col + GEMM; conv_qgrid.c,
+ * conv_prow.c, conv_gather.c: the AVX-512 kernels). Not part of the addon's surface. */
+#ifndef RESNET_CONV_INTERNAL_H
+#define RESNET_CONV_INTERNAL_H
+#include "conv.h"
+#include <stddef.h>
+
+/* A scratch buffer that grows on demand and is kept (thread-local instances: no allocation in
+ * steady state). */
+typedef struct {
+  float *p;
+  size_t cap;
+} buf_t;
+float *grow(buf_t *b, size_t n);
+int is_pointwise(const conv_p *p);
+
+/* Pixel-row weight panels of nr output channels (32, or 16 for the 16-channel kernel):
+ * dst[(j*K + k)*nr + i] = w[(j + i)*K + k], 0 past M. layout_nr: the panel width of a layout, 0 if
+ * it is not a pixel-row one. */
+#define PR_RUN 7
+#define PR_NR 32
+long prow_packed_size(int M, int K, int nr);
+void prow_pack(const float *w, int M, int K, int nr, float *dst);
+void prow_unpack(const float *src, int M, int K, int nr, float *w);
+int layout_nr(int layout);
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define IT 32 /* output columns per q-grid tile */
+
+/* Geometry of the phase planes (conv_qgrid.c). */
+typedef struct {
+  const conv_p *p;
+  int Hq, Wq, nph, Lq, ntiles;
+  long plane, img; /* floats per phase plane (Hq*Wq), per image (nph*cin*plane) */
+  int *off;        /* K shifts */
+} igeo;
+#define PH_TAIL(g) (2 * IT + (g)->Wq + 16)
+int igeo_init(igeo *g, const conv_p *p);
+void build_phases_range(const igeo *g, const float *x, float *dst, long rstride, int c_lo, int c_hi);
+void build_phases_rs(const igeo *g, const float *x, float *dst, long rstride);
+void build_phases(const igeo *g, const float *x, float *dst);
+int no_implicit(void);
+
+/* The AVX-512 paths: whether each takes a geometry, and the passes it implements. */
+int implicit_ok(const conv_p *p, int min_pct);
+void implicit_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
+                      const float *residual, int relu, const conv_p *p);
+void implicit_backward_input_strided(float *dx, const float *dy, const float *w, const conv_p *p);
+void implicit_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
+int prow_nr(const conv_p *p);
+int prow_ok(const conv_p *p);
+void prow_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
+                  const float *residual, int relu, const conv_p *p);
+int gg_ok(const conv_p *p);
+void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
+                const float *residual, int relu, const conv_p *p);
+int ggw_ok(const conv_p *p);
+void ggw_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
+int bwt_ok(const conv_p *p);
+void bwt_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
+
+/* The first and last line of an epilogue row of len floats at o in the residual (read) and the output
+ * (written), fetched while a tile computes: with many planes at once the hardware prefetcher does
+ * not follow them. */
+__attribute__((target("avx512f"))) static inline void prefetch_row(const float *res, const float *y, long o, int len) {
+  _mm_prefetch((const char *)(res + o), _MM_HINT_T0);
+  _mm_prefetch((const char *)(res + o + len - 1), _MM_HINT_T0);
+  _mm_prefetch((const char *)(y + o), _MM_HINT_ET0);
+  _mm_prefetch((const char *)(y + o + len - 1), _MM_HINT_ET0);
+}
+
+/* In-register transpose of a 16x16 block of floats (r[i] lane j -> r[j] lane i). */
+__attribute__((target("avx512f"))) static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
+  }
+  for (int i = 0; i < 4; i++) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+  }
+  for (int i = 0; i < 8; i++) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+#endif
+#endif
