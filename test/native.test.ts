@@ -53,6 +53,8 @@ const convCases: [string, Conv2dParams][] = [
   // gathered GEMM (AVX-512): small maps; column blocks across images, several k-blocks, a partial panel
   ['gathered GEMM: 4x4 maps, batch 9 (144 columns), K = 360, 24 output channels', convCase(9, 40, 4, 4, 24, 3, 1, 1, 1, 1)],
   ['gathered GEMM: 8x8 stride 2 with padding 2, 5x5 kernel', convCase(3, 12, 8, 8, 20, 5, 2, 2, 1, 1)],
+  ['gathered GEMM by tap pattern: 2x2 maps (4 patterns, 4 of 9 taps each), batch 9', convCase(9, 24, 2, 2, 40, 3, 1, 1, 1, 1)],
+  ['gathered GEMM: padding wider than the kernel reaches (border outputs are the bias alone)', convCase(3, 20, 3, 3, 24, 1, 1, 1, 1, 1)],
   // backward weight by gathered GEMM (>= 64 output channels): K = 63 (a partial 32-tap panel), 66
   // channels (a partial row panel), 800 columns split over threads with partial sums
   ['gathered backward weight: K = 63, 66 output channels, split reduction', convCase(2, 7, 20, 20, 66, 3, 1, 1, 1, 1)],
