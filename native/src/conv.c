@@ -41,6 +41,21 @@ float *grow(buf_t *b, size_t n) {
   return b->p;
 }
 
+const float *a_panels(const float *wt, const float *wp, int M, int K, buf_t *buf) {
+  if (wp) return wp;
+  float *Ap = grow(buf, sgemm_packed_a_size(M, K));
+  sgemm_pack_a(wt, M, K, sgemm_mr(M), Ap);
+  return Ap;
+}
+
+int env_zero(const char *name, int *cache) {
+  if (*cache < 0) {
+    const char *e = getenv(name);
+    *cache = e != NULL && strcmp(e, "0") == 0;
+  }
+  return *cache;
+}
+
 int is_pointwise(const conv_p *p) {
   return p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->ph == 0 && p->pw == 0;
 }

@@ -172,8 +172,8 @@ static int tap_runs(int out, int in, int k, int s, int pad, int d, tap_run *runs
 int gg_ok(const conv_p *p) {
   if (p->groups != 1 || strcmp(sgemm_isa(), "avx512") != 0 || p->n < 1 || no_implicit() || sgemm_nr() != 32) return 0;
   if (is_pointwise(p)) return 0;
-  const char *e = getenv("RESNET_GG");
-  if (e && strcmp(e, "0") == 0) return 0;
+  static int off = -1;
+  if (env_zero("RESNET_GG", &off)) return 0;
   return (long)p->n * p->cin * p->h * p->w < (1L << 31) - (1L << 20) && (long)p->n * p->cout * p->oh * p->ow < (1L << 31) - (1L << 20);
 }
 
@@ -186,13 +186,7 @@ void gg_forward(float *y, const float *x, const float *wt, const float *wp, cons
   j.K = p->cin * p->kh * p->kw;
   j.M = p->cout;
   j.mr = sgemm_mr(j.M);
-  if (wp) {
-    j.Ap = wp;
-  } else {
-    float *Ap = grow(&gg_w_buf, sgemm_packed_a_size(j.M, j.K));
-    sgemm_pack_a(wt, j.M, j.K, j.mr, Ap);
-    j.Ap = Ap;
-  }
+  j.Ap = a_panels(wt, wp, j.M, j.K, &gg_w_buf);
   j.x = x; j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
   j.P = (long)p->oh * p->ow;
   tap_run *rows = malloc(sizeof(tap_run) * ((size_t)p->oh + p->ow));
@@ -203,7 +197,7 @@ void gg_forward(float *y, const float *x, const float *wt, const float *wp, cons
   int *idx = malloc(sizeof(int) * 2 * (size_t)nr * ncr * j.K);
   if (!pat || !idx) abort();
   /* output channels split into groups of panels when the columns are few (batch 1, small maps) */
-  long ncols_all = (long)p->n * j.P, blocks_all = 0;
+  long blocks_all = 0;
   int npat = 0;
   for (int r = 0; r < nr; r++)
     for (int c = 0; c < ncr; c++) {
@@ -225,7 +219,6 @@ void gg_forward(float *y, const float *x, const float *wt, const float *wp, cons
       blocks_all += (pt->ncols + GG_NB - 1) / GG_NB;
       npat++;
     }
-  (void)ncols_all;
   int T = pool_threads(), panels = (j.M + j.mr - 1) / j.mr;
   j.mgroups = 1;
   if (blocks_all < 4L * T && T > 1) {
@@ -375,8 +368,8 @@ __attribute__((target("avx512f"))) static void ggw_task(void *ctx, int tid, int 
  * to the FMAs (measured: 64 x 7x7 1.7x, ResNet-18's 4x4 and 2x2 maps 1.5-1.8x faster than the q-grid
  * dot products or im2col; with 16 or 32 channels those win). RESNET_GGW=0 turns it off. */
 int ggw_ok(const conv_p *p) {
-  const char *e = getenv("RESNET_GGW");
-  if (e && strcmp(e, "0") == 0) return 0;
+  static int off = -1;
+  if (env_zero("RESNET_GGW", &off)) return 0;
   return p->cout >= 64 && gg_ok(p) && (long)p->n * p->oh * p->ow < (1L << 31) / 16;
 }
 
@@ -517,8 +510,8 @@ __attribute__((target("avx512f"))) static void bwt_task(void *ctx, int tid, int 
 
 /* Stride 1, groups 1, channel counts multiples of 16 up to 64 (wider layers take the gathered GEMM). */
 int bwt_ok(const conv_p *p) {
-  const char *e = getenv("RESNET_BWT");
-  if (e && strcmp(e, "0") == 0) return 0;
+  static int off = -1;
+  if (env_zero("RESNET_BWT", &off)) return 0;
   if (p->groups != 1 || strcmp(sgemm_isa(), "avx512") != 0 || p->n < 1 || no_implicit()) return 0;
   if (p->sh != 1 || p->sw != 1 || p->cin % 16 || p->cout % 16 || p->cin > 64 || p->cout > 64) return 0;
   long Wq = p->ow + (long)(p->kw - 1) * p->dw, Hq = p->oh + (long)(p->kh - 1) * p->dh;

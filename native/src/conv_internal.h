@@ -13,6 +13,11 @@ typedef struct {
 } buf_t;
 float *grow(buf_t *b, size_t n);
 int is_pointwise(const conv_p *p);
+/* Weights [M][K] as the GEMM micro-kernel's A panels: wp itself when already packed, else packed
+ * into buf (panel height sgemm_mr(M)). */
+const float *a_panels(const float *wt, const float *wp, int M, int K, buf_t *buf);
+/* Whether environment variable name is "0" (a path switched off for measurements); read once into *cache. */
+int env_zero(const char *name, int *cache);
 
 /* Pixel-row weight panels of nr output channels (32, or 16 for the 16-channel kernel):
  * dst[(j*K + k)*nr + i] = w[(j + i)*K + k], 0 past M. layout_nr: the panel width of a layout, 0 if

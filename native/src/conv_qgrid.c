@@ -347,11 +347,7 @@ static void ifwd_task(void *ctx, int tid, int n) {
         j->build(j, b, ph);
         src = ph;
       }
-      if (getenv("PANEL_OUTER")) {
-        for (int m0 = 0; m0 < j->M; m0 += j->mr) ifwd_tiles(j, (int)b, 0, g->ntiles, src, m0, m0 + j->mr < j->M ? m0 + j->mr : j->M);
-      } else {
-        ifwd_tiles(j, (int)b, 0, g->ntiles, src, 0, j->M);
-      }
+      ifwd_tiles(j, (int)b, 0, g->ntiles, src, 0, j->M);
     }
   } else {
     if (j->mgroups > 1) {
@@ -390,13 +386,7 @@ static void ifwd_task(void *ctx, int tid, int n) {
 static void ifwd_run(ifwd_job *j, const float *wt, const float *wpacked) {
   const conv_p *p = j->g.p;
   j->mr = sgemm_mr(j->M); /* 8 or 14: the GEMM's choice, so that pre-packed weights serve both */
-  if (wpacked) {
-    j->Ap = wpacked;
-  } else {
-    float *Ap = grow(&wp_buf, sgemm_packed_a_size(j->M, j->K));
-    sgemm_pack_a(wt, j->M, j->K, j->mr, Ap);
-    j->Ap = Ap;
-  }
+  j->Ap = a_panels(wt, wpacked, j->M, j->K, &wp_buf);
   int T = pool_threads();
   j->by_image = p->n >= 4 * T || T == 1;
   atomic_init(&j->next, 0);
@@ -652,7 +642,7 @@ void implicit_backward_weight(float *dw, const float *x, const float *dy, const 
 
 int no_implicit(void) {
   static int v = -1;
-  if (v < 0) v = getenv("RESNET_NO_IMPLICIT") != NULL;
+  if (v < 0) v = getenv("RESNET_NO_IMPLICIT") != NULL; /* set at all: every AVX-512 path off */
   return v;
 }
 

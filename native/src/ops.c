@@ -213,6 +213,12 @@ static void bn_backward_task(void *ctx, int tid, int nt) {
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+/* AVX-512 paths of this file (RESNET_OPS_NO_AVX512 set: the portable loops, for comparisons) */
+static int has_avx512(void) {
+  static int v = -1;
+  if (v < 0) v = __builtin_cpu_supports("avx512f") && !getenv("RESNET_OPS_NO_AVX512");
+  return v;
+}
 /* Backward for one channel with AVX-512: masked tails instead of scalar remainders, so small maps
  * (7x7, 14x14: 49 or 196 floats per image and channel) do not spend their time in per-row call and
  * tail overhead (measured 1.4 ms for a 128x64x7x7 batch, 8 GB/s; the plain loops above). The sums
@@ -323,11 +329,6 @@ static void bn_backward_task512(void *ctx, int tid, int nt) {
   pool_split(j->c, tid, nt, 1, &lo, &hi);
   for (long ch = lo; ch < hi; ch++) bn_backward_channel512(j, ch, (double)j->n * j->hw);
 }
-static int has_avx512(void) {
-  static int v = -1;
-  if (v < 0) v = __builtin_cpu_supports("avx512f") && !getenv("RESNET_OPS_NO_AVX512");
-  return v;
-}
 #endif
 
 static void run_channels(pool_fn fn, bn_job *j) {
@@ -427,9 +428,7 @@ void add_relu_fwd(float *y, const float *a, const float *b, long n) { ew(3, y, a
 
 /* ---- pooling ------------------------------------------------------------------------------ */
 
-/* One plane with argmax (training): the first maximum in window order, NaN wins (as PyTorch). */
 #if defined(__x86_64__)
-#include <immintrin.h>
 /* Outputs [ox0, ox0 + cnt) (cnt <= 16) of row oy whose windows lie inside the map along x: one lane
  * per output, gathers per tap, the same selection as the scalar loop. */
 __attribute__((target("avx512f"))) static void maxpool_argmax16(float *yr, int32_t *ar, const float *xp, const pool_p *p,
@@ -453,17 +452,14 @@ __attribute__((target("avx512f"))) static void maxpool_argmax16(float *yr, int32
   _mm512_mask_storeu_ps(yr + ox0, m, best);
   _mm512_mask_storeu_epi32(ar + ox0, m, bi);
 }
-static int have_avx512 = -1;
 #endif
 
+/* One plane with argmax (training): the first maximum in window order, NaN wins (as PyTorch). */
 static void maxpool_plane_argmax(float *yp, int32_t *ap, const float *xp, const pool_p *p) {
   /* [vx0, vx1): outputs whose windows lie inside the map along x (the vector path's columns) */
   int vx0 = 0, vx1 = p->ow;
   while (vx0 < p->ow && vx0 * p->sw - p->pw < 0) vx0++;
   while (vx1 > vx0 && (vx1 - 1) * p->sw - p->pw + (p->kw - 1) * p->dw >= p->w) vx1--;
-#if defined(__x86_64__)
-  if (have_avx512 < 0) have_avx512 = __builtin_cpu_supports("avx512f");
-#endif
   for (int oy = 0; oy < p->oh; oy++) {
     /* taps inside the map: ky in [ky0, ky1) (then kx likewise per column), no bounds tests inside */
     int ky0 = 0, ky1 = p->kh, by = oy * p->sh - p->ph;
@@ -471,7 +467,7 @@ static void maxpool_plane_argmax(float *yp, int32_t *ap, const float *xp, const 
     while (ky1 > ky0 && by + (ky1 - 1) * p->dh >= p->h) ky1--;
     for (int ox = 0; ox < p->ow; ox++) {
 #if defined(__x86_64__)
-      if (have_avx512 && ox == vx0 && ky0 < ky1 && vx1 - vx0 >= 4) {
+      if (has_avx512() && ox == vx0 && ky0 < ky1 && vx1 - vx0 >= 4) {
         for (int o = vx0; o < vx1; o += 16)
           maxpool_argmax16(yp + (long)oy * p->ow, ap + (long)oy * p->ow, xp, p, o, vx1 - o < 16 ? vx1 - o : 16, by, ky0, ky1);
         ox = vx1 - 1;
