@@ -292,6 +292,14 @@ test('the addon refuses buffers shorter than the geometry instead of overrunning
   const p = convCase(1, 3, 8, 8, 4, 3, 1, 1, 1, 1);
   assert.throws(() => nat!.conv2d(new Float32Array(10), new Float32Array(192), new Float32Array(108), null, p), /shorter than the geometry/);
   assert.throws(() => nat!.conv2d(new Float32Array(256), new Float32Array(192), new Float32Array(108), new Float32Array(4) as never, { ...p, groups: 2 }), /invalid convolution geometry/);
+  // packed weights: an unknown layout, or a buffer shorter than that layout needs for the geometry
+  const packed = nat!.packConvWeights(new Float32Array(108), p);
+  const y = new Float32Array(256), x = new Float32Array(192);
+  assert.throws(() => nat!.conv2dFused(y, x, null, null, null, false, p, { data: packed.data, layout: 999 }), /invalid packed-weight layout/);
+  assert.throws(() => nat!.conv2dFused(y, x, null, null, null, false, p, { data: packed.data.subarray(1), layout: packed.layout }), /shorter than the geometry/);
+  assert.throws(() => nat!.unpackConvWeights({ data: packed.data, layout: 0 }, p), /invalid packed-weight layout/);
+  const grouped = convCase(1, 4, 8, 8, 4, 3, 1, 1, 1, 2); // pixel-row panels exist only for groups = 1
+  assert.throws(() => nat!.conv2dFused(y, new Float32Array(256), null, null, null, false, grouped, { data: new Float32Array(4096), layout: 1032 }), /invalid packed-weight layout/);
 });
 
 test('thread count can be changed and results do not depend on it', { skip }, () => {
