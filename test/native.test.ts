@@ -143,7 +143,8 @@ test('native conv2d backward weight gives the same bits on every run (reductions
 });
 
 test('native gemm = reference for every transpose combination and odd sizes', { skip }, () => {
-  for (const [m, n, k] of [[1, 1, 1], [7, 13, 5], [15, 33, 300], [29, 65, 17], [100, 3, 257], [16, 40, 9], [130, 70, 400]] as const) {
+  for (const [m, n, k] of [[1, 1, 1], [7, 13, 5], [15, 33, 300], [29, 65, 17], [100, 3, 257], [16, 40, 9], [130, 70, 400], [1, 1000, 2048], [3, 37, 61], [4, 513, 300], [2, 5, 33]] as const) {
+    // (m <= 4: the matrix-vector path of a classifier head at small batch)
     for (const ta of [false, true]) {
       for (const tb of [false, true]) {
         const a = randomArray(m * k, gen);
@@ -151,7 +152,8 @@ test('native gemm = reference for every transpose combination and odd sizes', { 
         const c0 = randomArray(m * n, gen);
         for (const [alpha, beta] of [[1, 0], [0.5, 1], [2, -0.5]] as const) {
           const cr = c0.slice();
-          const cn = c0.slice();
+          // beta = 0: C is output only (NaN there must not leak into the result)
+          const cn = beta === 0 ? new Float32Array(m * n).fill(NaN) : c0.slice();
           tsKernels.gemm(cr, a, b, m, n, k, ta, tb, alpha, beta);
           nat!.gemm(cn, a, b, m, n, k, ta, tb, alpha, beta);
           assertClose(cn, cr, scaleTol(cr), `gemm ${m}x${n}x${k} ta=${ta} tb=${tb} alpha=${alpha} beta=${beta}`);
@@ -229,7 +231,7 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
   const out = new Float32Array(3);
   nat!.relu(out, nan);
   assert.ok(Number.isNaN(out[0]!) && out[1] === 0 && out[2] === 2, 'relu propagates NaN');
-  const poolCases = [[1, 3, 9, 9, 3, 2, 1], [7, 2, 8, 7, 2, 2, 0], [2, 5, 11, 6, 3, 1, 1], [1, 64, 112, 111, 3, 2, 1]] as const;
+  const poolCases = [[1, 3, 9, 9, 3, 2, 1], [7, 2, 8, 7, 2, 2, 0], [2, 5, 11, 6, 3, 1, 1], [1, 64, 112, 111, 3, 2, 1], [3, 4, 35, 34, 3, 2, 0], [2, 3, 5, 4, 3, 2, 1], [1, 2, 7, 70, 3, 2, 1]] as const;
   for (const [n, c, h, w, k, s, pad] of poolCases) {
     const p: Pool2dParams = { n, c, h, w, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, dh: 1, dw: 1, oh: convOutSize(h, k, s, pad, 1), ow: convOutSize(w, k, s, pad, 1) };
     const x = randomArray(n * c * h * w, gen);

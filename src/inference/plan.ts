@@ -118,9 +118,7 @@ export class InferencePlan {
   }
 
   private weightVersion(): number {
-    let v = 0;
-    for (const t of this.model.stateDict().values()) v += t.version + t.id * 1e-9;
-    return v;
+    return this.model.stateVersion();
   }
 
   /** The native backend when it is the active one: weights are then packed for it. */

@@ -181,6 +181,17 @@ export abstract class Module {
 
   // ---- state dict ------------------------------------------------------------------------
 
+  /** A number that changes when a parameter or buffer anywhere in this module tree is modified in
+   * place (its version) or replaced (its id). Walks the tree without building names: the inference
+   * plan checks it on every call to know when to re-fold. */
+  stateVersion(): number {
+    let v = 0;
+    for (const t of this.params_.values()) if (t) v += t.version + t.id * 1e-9;
+    for (const t of this.buffers_.values()) if (t) v += t.version + t.id * 1e-9;
+    for (const m of this.modules_.values()) if (m) v += m.stateVersion();
+    return v;
+  }
+
   /** Parameters and buffers by dotted name, in PyTorch's state_dict() order. Shares storage. */
   stateDict(): StateDict {
     const out: StateDict = new Map();
