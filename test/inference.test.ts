@@ -13,6 +13,8 @@ import { noGrad } from '../src/tensor/autograd.js';
 import { randn } from '../src/tensor/tensor.js';
 import { Generator } from '../src/tensor/rng.js';
 import { ShapeError } from '../src/errors.js';
+import { Module } from '../src/nn/module.js';
+import type { Tensor } from '../src/tensor/tensor.js';
 import { assertClose } from './helpers.js';
 
 const GOLDEN = fileURLToPath(new URL('../../test/fixtures/golden/', import.meta.url));
@@ -53,6 +55,42 @@ test('the plan re-folds when weights change, and rejects bad inputs', () => {
   assert.ok(after.some((v, i) => v !== before[i]), 'output changed with the weights');
   assert.throws(() => plan.run(randn([2, 3, 12, 12])), ShapeError);
   assert.throws(() => plan.run(randn([3, 12, 12])), /4-D/);
+});
+
+test('stateVersion (what the plan checks per run) sees in-place changes, replaced tensors and new children', () => {
+  class Box extends Module {
+    w = this.addParameter('w', randn([2]));
+    forward(x: Tensor): Tensor {
+      return x;
+    }
+    swap(t: Tensor): void {
+      this.setParameter('w', t);
+    }
+  }
+  class Outer extends Module {
+    inner = this.addModule('inner', new Box());
+    more: Box | null = null;
+    forward(x: Tensor): Tensor {
+      return x;
+    }
+    grow(): void {
+      this.more = this.addModule('more', new Box());
+    }
+  }
+  const o = new Outer();
+  const v0 = o.stateVersion();
+  assert.equal(o.stateVersion(), v0, 'stable while nothing changes');
+  o.inner.w.version++;
+  const v1 = o.stateVersion();
+  assert.notEqual(v1, v0, 'in-place change');
+  o.inner.swap(randn([2]));
+  const v2 = o.stateVersion();
+  assert.notEqual(v2, v1, 'replaced parameter (the cached tensor list is rebuilt)');
+  o.grow();
+  const v3 = o.stateVersion();
+  assert.notEqual(v3, v2, 'a new child with its own parameter');
+  o.more!.w.version++;
+  assert.notEqual(o.stateVersion(), v3, 'in-place change in the new child');
 });
 
 test('packed weights: grouped convs, kernels cropped on 1x1 maps, backend switches and ISA changes', (t) => {

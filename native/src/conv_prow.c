@@ -111,6 +111,21 @@ __attribute__((target("avx512f"))) static void prow_tile32(const prow_job *j, in
     for (int i = 0; i < 16; i++) rr[i] = i < PR_RUN * R ? _mm512_load_ps(t + i * PR_NR + 16 * h) : zero;
     transpose16(rr);
     const int cn = cos - 16 * h < 16 ? cos - 16 * h : 16;
+    if (R == 2 && yo[1] == yo[0] + PR_RUN) {
+      /* both runs in one output row, side by side (14-wide rows, or any row but its last run when
+       * it has an odd count): lanes 0-13 are 14 consecutive outputs, one load and one store each */
+      const __mmask16 m14 = 0x3FFF;
+      for (int c = 0; c < cn; c++) {
+        const int co = co0 + 16 * h + c;
+        const long o = yo[0] + (long)co * j->y_ch;
+        __m512 v = rr[c];
+        if (j->bias) v = _mm512_add_ps(v, _mm512_set1_ps(j->bias[co]));
+        if (j->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m14, j->residual + o));
+        if (j->relu) v = _mm512_max_ps(zero, v);
+        _mm512_mask_storeu_ps(j->y + o, m14, v);
+      }
+      continue;
+    }
     for (int c = 0; c < cn; c++) {
       const int co = co0 + 16 * h + c;
       const long o0 = yo[0] + (long)co * j->y_ch, o1 = yo[R - 1] + (long)co * j->y_ch;

@@ -33,6 +33,9 @@ interface FoldedConv {
   w: Float32Array | null;
   b: Float32Array;
   packed: PackedConvWeights | null;
+  /** the input (n, h, w) the packing's layout was last confirmed for: the layout depends only on
+   * the geometry, so repeated runs at one input size skip asking the addon */
+  packedFor?: string;
 }
 
 type Shape4 = [number, number, number, number];
@@ -85,7 +88,10 @@ function foldedWeights(f: FoldedConv): Float32Array {
 
 /** The folded weights packed for geometry p (packing or repacking them when needed). */
 function packedFor(nat: NativeKernels, f: FoldedConv, p: Conv2dParams): PackedConvWeights {
+  const key = `${p.n},${p.h},${p.w}`;
+  if (f.packed && f.packedFor === key) return f.packed;
   const layout = nat.convPackLayout(p);
+  f.packedFor = key;
   if (f.packed && f.packed.layout === layout) return f.packed;
   const w = f.w ?? (f.packed ? nat.unpackConvWeights(f.packed, p) : foldedWeights(f));
   f.packed = nat.packConvWeights(w, p);

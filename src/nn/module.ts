@@ -43,6 +43,10 @@ export function registerGlobalForwardHook(hook: ForwardHook): Handle {
   return { remove: () => void (globalHooks = globalHooks.filter((h) => h !== hook)) };
 }
 
+/** Bumped whenever any module registers or replaces a parameter, buffer or child: cached flat
+ * views of a module tree (stateVersion) are rebuilt when it moves. */
+let structureEpoch = 0;
+
 export abstract class Module {
   training = true;
   private readonly modules_ = new Map<string, Module | null>();
@@ -83,6 +87,7 @@ export abstract class Module {
   protected addModule<M extends Module | null>(name: string, m: M): M {
     checkName(name, this.modules_.has(name) || this.params_.has(name) || this.buffers_.has(name));
     this.modules_.set(name, m);
+    structureEpoch++;
     return m;
   }
 
@@ -90,12 +95,14 @@ export abstract class Module {
     checkName(name, this.modules_.has(name) || this.params_.has(name) || this.buffers_.has(name));
     if (t !== null) t.requiresGrad = true;
     this.params_.set(name, t);
+    structureEpoch++;
     return t;
   }
 
   protected addBuffer<T extends Tensor | null>(name: string, t: T): T {
     checkName(name, this.modules_.has(name) || this.params_.has(name) || this.buffers_.has(name));
     this.buffers_.set(name, t);
+    structureEpoch++;
     return t;
   }
 
@@ -103,6 +110,7 @@ export abstract class Module {
   protected setParameter(name: string, t: Tensor): void {
     if (!this.params_.has(name)) throw new StateDictError(`${this.typeName} has no parameter "${name}"`);
     this.params_.set(name, t);
+    structureEpoch++;
   }
 
   // ---- traversal -------------------------------------------------------------------------
@@ -182,15 +190,25 @@ export abstract class Module {
   // ---- state dict ------------------------------------------------------------------------
 
   /** A number that changes when a parameter or buffer anywhere in this module tree is modified in
-   * place (its version) or replaced (its id). Walks the tree without building names: the inference
-   * plan checks it on every call to know when to re-fold. */
+   * place (its version) or replaced (its id). The inference plan checks it on every call to know
+   * when to re-fold, so it sums over a cached flat list of the tree's tensors (rebuilt when any
+   * module's registrations change) instead of building the state dict's names. */
   stateVersion(): number {
+    if (!this.stateTensors_ || this.stateTensors_.epoch !== structureEpoch) {
+      const tensors: Tensor[] = [];
+      const walk = (m: Module): void => {
+        for (const t of m.params_.values()) if (t) tensors.push(t);
+        for (const t of m.buffers_.values()) if (t) tensors.push(t);
+        for (const c of m.modules_.values()) if (c) walk(c);
+      };
+      walk(this);
+      this.stateTensors_ = { epoch: structureEpoch, tensors };
+    }
     let v = 0;
-    for (const t of this.params_.values()) if (t) v += t.version + t.id * 1e-9;
-    for (const t of this.buffers_.values()) if (t) v += t.version + t.id * 1e-9;
-    for (const m of this.modules_.values()) if (m) v += m.stateVersion();
+    for (const t of this.stateTensors_.tensors) v += t.version + t.id * 1e-9;
     return v;
   }
+  private stateTensors_: { epoch: number; tensors: Tensor[] } | null = null;
 
   /** Parameters and buffers by dotted name, in PyTorch's state_dict() order. Shares storage. */
   stateDict(): StateDict {
