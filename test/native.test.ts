@@ -41,7 +41,10 @@ const convCases: [string, Conv2dParams][] = [
   ['large enough to thread: 64 -> 64 on 28x28, batch 7', convCase(7, 64, 28, 28, 64, 3, 1, 1, 1, 1)],
   ['batch 1, 2x2 map, weights beyond L2 (packed GEMM), K = 576 over several k-blocks', convCase(1, 64, 2, 2, 512, 3, 1, 1, 1, 1)],
   ['K = 360 over two k-blocks, 16 output channels (8-row panels)', convCase(2, 40, 9, 9, 16, 3, 1, 1, 1, 1)],
-  // pixel-row kernels (AVX-512): output width a multiple of 7, >= 32 output channels, K >= 256
+  // pixel-row kernels (AVX-512): output width a multiple of 7, >= 32 output channels, K >= 128 (64 for
+  // a stride-1 1x1)
+  ['pixel rows: 1x1 with K = 64 on a 28-wide map (side-by-side runs stored as one), 64 -> 40', convCase(2, 64, 5, 28, 40, 1, 1, 0, 1, 1)],
+  ['pixel rows: 7x7/2 stem, K = 147, to 14x14 (two runs per row), 3 -> 32', convCase(1, 3, 28, 27, 32, 7, 2, 3, 1, 1)],
   ['pixel rows: 3x3 on 14x14, batch 3, 40 output channels (a partial 32-channel panel)', convCase(3, 32, 14, 14, 40, 3, 1, 1, 1, 1)],
   ['pixel rows: 3x3/2 to 7x7, batch 1 (an odd number of 7-pixel runs)', convCase(1, 48, 13, 14, 64, 3, 2, 1, 1, 1)],
   ['pixel rows: 1x1 on 7x7 reading the input in place, 300 -> 33', convCase(2, 300, 7, 7, 33, 1, 1, 0, 1, 1)],

@@ -272,7 +272,7 @@ static void prow_build_task(void *ctx, int tid, int n) {
 }
 
 /* Whether the pixel-row path takes this convolution, and with which panel width (0: no). AVX-512,
- * groups 1, output width a multiple of 7, and K >= 256 (128 for a stride-1 1x1; below that the
+ * groups 1, output width a multiple of 7, and K >= 128 (64 for a stride-1 1x1; below that the
  * transposing epilogue costs more than the tile fill gains); then
  *  - 32: at least 32 output channels; a strided 1x1 only with stride 2 along x and no padding (it
  *    reads x in place, pixels 2 apart). Measured on ResNet-50's shapes it beats the q-grid tiling
@@ -296,8 +296,10 @@ int prow_nr(const conv_p *p) {
   const int pw1 = p->kh == 1 && p->kw == 1;
   if (p->cout >= 32) {
     if (pw1 && (p->sh > 1 || p->sw > 1) && !(p->sw == 2 && p->ph == 0 && p->pw == 0)) return 0;
-    /* a stride-1 1x1 from K = 128 (ResNet-50's 128 -> 512 expansions: ~10 % faster than the q grid) */
-    const int kmin = pw1 && p->sh == 1 && p->sw == 1 ? 128 : 256;
+    /* a stride-1 1x1 from K = 64 (ResNet-50's 64 -> 256 expansions on 56x56 maps: as fast as the q
+     * grid at batch 1, 15-30 % faster at batch 8; 128 -> 512: ~10 %), others from K = 128 (the 7x7
+     * stem, K = 147: 5-9 %) */
+    const int kmin = pw1 && p->sh == 1 && p->sw == 1 ? 64 : 128;
     return mode == 2 || K >= kmin ? 32 : 0;
   }
   if (p->cout >= 9 && p->ow % 28 == 0 && !(pw1 && (p->sh > 1 || p->sw > 1))) return mode == 2 || K >= 64 ? 16 : 0;
