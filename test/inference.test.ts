@@ -124,3 +124,46 @@ test('packed weights: grouped convs, kernels cropped on 1x1 maps, backend switch
   }
   assert.equal(binding!.isa(), original);
 });
+
+test('blocked activations (NCHW16c): the plan takes them at 224x224 on AVX-512 and equals model.call; other sizes run NCHW', (t) => {
+  const nat = nativeBackend();
+  if (!nat) {
+    t.skip('native addon not built');
+    return;
+  }
+  const g = new Generator(5);
+  // reduced widths, whole 16-channel blocks; batch-norm statistics that are not the identity
+  const models = [
+    new ResNet('bottleneck', [1, 2, 1, 1], { numClasses: 5, widths: [16, 16, 32, 32], stemWidth: 16 }),
+    new ResNet('basic', [2, 1, 1, 1], { numClasses: 5, widths: [16, 32, 32, 48], stemWidth: 16 }),
+  ];
+  for (const model of models) {
+    for (const [name, p] of model.namedParameters()) if (name.includes('bn')) p.values.set(randn(p.shape, g).values.map((v) => 1 + 0.2 * v));
+    for (const [name, b] of model.namedBuffers()) if (name.endsWith('running_var')) b.values.fill(1.3);
+    model.eval();
+    const auto = compileInference(model);
+    const nchw = compileInference(model, { layout: 'nchw' });
+    const blockedNow = nat.convBlockedOk({ n: 1, cIn: 16, h: 14, w: 14, cOut: 16, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1, dh: 1, dw: 1, groups: 1, oh: 14, ow: 14 }, true);
+    withBackend('native', () => {
+      for (const n of [1, 3]) {
+        const x = randn([n, 3, 224, 224], new Generator(n));
+        const expected = withBackend('ts', () => noGrad(() => model.call(x))).values;
+        const got = auto.run(x).values;
+        closeToScale(got, expected, `${model.options.block} batch ${n}, layout auto`);
+        closeToScale(nchw.run(x).values, expected, `${model.options.block} batch ${n}, layout nchw`);
+        assert.equal((auto as any).blockedFits.get(x.shape.join(',')), blockedNow, 'blocked exactly where the CPU has AVX-512');
+        // features (pooled, [N, C]) agree as well
+        const f = auto.features(x);
+        assert.deepEqual(f.shape, [n, model.numFeatures]);
+      }
+      // 96x96: map widths 48, 24, 12, 6, 3 are not whole 7-pixel runs: NCHW, still right
+      const small = randn([2, 3, 96, 96], new Generator(7));
+      closeToScale(auto.run(small).values, withBackend('ts', () => noGrad(() => model.call(small))).values, `${model.options.block} 96x96`);
+      assert.equal((auto as any).blockedFits.get(small.shape.join(',')), false);
+      // and back: the weights, repacked for the NCHW kernels, are packed for the blocked ones again
+      const x = randn([1, 3, 224, 224], new Generator(1));
+      closeToScale(auto.run(x).values, withBackend('ts', () => noGrad(() => model.call(x))).values, `${model.options.block} 224 again`);
+    });
+  }
+  assert.throws(() => compileInference(models[0]!, { layout: 'nhwc' as any }), /layout must be 'auto' or 'nchw'/);
+});

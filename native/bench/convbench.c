@@ -5,7 +5,8 @@
  *        CPUTIME=1 times CPU time, for T=1 on a loaded machine; NOCHECK=1 skips the correctness check;
  *        RES=1 times the forward with bias + residual + relu, as the inference plan runs it;
  *        PACKED=1 packs the weights once first, as the inference plan does; INPLACE=1 with both: the
- *        output overwrites the residual, as the plan runs a block's last conv) */
+ *        output overwrites the residual, as the plan runs a block's last conv; BLK=1: blocked
+ *        activations, the plan's layout on AVX-512) */
 #include "conv.h"
 #include "pool.h"
 #include <math.h>
@@ -171,8 +172,12 @@ int main(int argc, char **argv) {
     /* INPLACE=1 (with RES=1 PACKED=1): the output overwrites the residual, as the inference plan runs
      * a block's last conv (the residual then grows each run; only the time matters here) */
     int inplace = res && getenv("INPLACE") && atoi(getenv("INPLACE"));
-    float *wpk = packed ? malloc(conv2d_packed_size(&p) * 4) : NULL;
-    int layout = packed ? conv2d_pack_weights(wpk, w, &p) : 0;
+    /* BLK=1: blocked activations (NCHW16c; blocked input when cin is a multiple of 16), as the
+     * inference plan runs on AVX-512 (the data is random, so only the time means anything) */
+    int blk = getenv("BLK") && atoi(getenv("BLK")) && conv2d_blocked_ok(&p, p.cin % 16 == 0);
+    if (blk) packed = 1;
+    float *wpk = packed ? malloc((blk ? conv2d_layout_size(&p, CONV_LAYOUT_PROW) : conv2d_packed_size(&p)) * 4) : NULL;
+    int layout = blk ? conv2d_pack_weights_blocked(wpk, w, &p) : packed ? conv2d_pack_weights(wpk, w, &p) : 0;
     float *r = malloc(ny * 4), *bias = malloc(p.cout * 4);
     for (long i = 0; i < ny; i++) r[i] = frand();
     for (int i = 0; i < p.cout; i++) bias[i] = frand();
@@ -185,7 +190,8 @@ int main(int argc, char **argv) {
         int reps = 0;
         double t0 = now();
         do {
-          if (m == 0 && packed) conv2d_forward_packed(inplace ? r : y, x, NULL, wpk, layout, res ? bias : NULL, res ? r : NULL, res, &p);
+          if (m == 0 && blk) conv2d_forward_blocked(inplace ? r : y, x, wpk, layout, res ? bias : NULL, res ? r : NULL, res, &p, p.cin % 16 == 0);
+          else if (m == 0 && packed) conv2d_forward_packed(inplace ? r : y, x, NULL, wpk, layout, res ? bias : NULL, res ? r : NULL, res, &p);
           else if (m == 0) conv2d_forward(y, x, w, res ? bias : NULL, res ? r : NULL, res, &p);
           else if (m == 1) conv2d_backward_input(dx, y, w, &p);
           else conv2d_backward_weight(dw, x, y, &p);

@@ -216,6 +216,55 @@ static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* convBlockedOk(geometry, xBlocked): whether conv2dBlocked takes this geometry. */
+static napi_value js_conv_blocked_ok(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  if (!get_args(env, info, &a, 2) || !conv_geom(&a, 0, &p)) return NULL;
+  int xb = flag(&a, 1);
+  if (a.failed) return NULL;
+  napi_value r;
+  napi_get_boolean(env, conv2d_blocked_ok(&p, xb), &r);
+  return r;
+}
+
+/* convPackWeightsBlocked(dst, w, geometry) -> layout (dst: convLayoutLength(geometry, layout) floats,
+ * layout CONV_LAYOUT_PROW). */
+static napi_value js_conv_pack_weights_blocked(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  size_t nx, ny, nw;
+  if (!conv_args(env, info, &a, 3, 2, &p, &nx, &ny, &nw)) return NULL;
+  if (p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
+  float *dst = f32(&a, 0, (size_t)conv2d_layout_size(&p, CONV_LAYOUT_PROW), 0);
+  const float *w = f32(&a, 1, nw, 0);
+  if (a.failed) return NULL;
+  napi_value r;
+  napi_create_int32(env, conv2d_pack_weights_blocked(dst, w, &p), &r);
+  return r;
+}
+
+/* conv2dBlocked(y, x, bias, residual, relu, geometry, packed, layout, xBlocked): blocked output
+ * (NCHW16c), input blocked or NCHW; bias and residual may be null. */
+static napi_value js_conv2d_blocked(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  size_t nx, ny, nw;
+  if (!conv_args(env, info, &a, 9, 5, &p, &nx, &ny, &nw)) return NULL;
+  int layout = 0;
+  const float *wp = packed_arg(&a, 6, 7, &p, &layout);
+  if (a.failed) return NULL;
+  float *y = f32(&a, 0, ny, 0);
+  const float *x = f32(&a, 1, nx, 0), *b = f32(&a, 2, p.cout, 1), *res = f32(&a, 3, ny, 1);
+  int relu = flag(&a, 4), xb = flag(&a, 8);
+  if (a.failed) return NULL;
+  if (conv2d_forward_blocked(y, x, wp, layout, b, res, relu, &p, xb) != 0) {
+    fail(&a, "native: this convolution cannot run on blocked activations (see convBlockedOk) or its weights are not packed for it");
+    return NULL;
+  }
+  return undef(env);
+}
+
 static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
@@ -326,6 +375,38 @@ static napi_value js_maxpool(napi_env env, napi_callback_info info) {
   const float *x = f32(&a, 2, nx, 0);
   if (a.failed) return NULL;
   maxpool_fwd(y, am, x, &p);
+  return undef(env);
+}
+
+/* maxPool2dBlocked(y, x, geometry), avgPoolGlobalBlocked(y, x, n, c, hw): blocked (NCHW16c) inputs,
+ * c a multiple of 16; the average pool writes [n][c]. */
+static napi_value js_maxpool_blocked(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 3)) return NULL;
+  int32_t *g = i32(&a, 2, 14);
+  if (!g) return NULL;
+  pool_p p;
+  memcpy(&p, g, sizeof p);
+  if (p.c % 16 || p.n < 0 || p.c < 0) return fail(&a, "native: blocked max pool needs a multiple of 16 channels"), NULL;
+  size_t ny = SZ(p.n) * p.c * p.oh * p.ow, nx = SZ(p.n) * p.c * p.h * p.w;
+  float *y = f32(&a, 0, ny, 0);
+  const float *x = f32(&a, 1, nx, 0);
+  if (a.failed) return NULL;
+  maxpool_fwd_blocked(y, x, &p);
+  return undef(env);
+}
+
+static napi_value js_avgpool_global_blocked(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 5)) return NULL;
+  int n = (int)num(&a, 2), c = (int)num(&a, 3);
+  double hw = num(&a, 4);
+  if (a.failed) return NULL;
+  if (n < 0 || c < 0 || c % 16 || hw < 1) return fail(&a, "native: blocked average pool needs a multiple of 16 channels"), NULL;
+  float *y = f32(&a, 0, SZ(n) * c, 0);
+  const float *x = f32(&a, 1, SZ(n) * c * (size_t)hw, 0);
+  if (a.failed) return NULL;
+  avgpool_global_blocked(y, x, n, c, (long)hw);
   return undef(env);
 }
 
@@ -463,6 +544,11 @@ static napi_value init(napi_env env, napi_value exports) {
     {"convPackWeights", NULL, js_conv_pack_weights, NULL, NULL, NULL, napi_default, NULL},
     {"convPackLayout", NULL, js_conv_pack_layout, NULL, NULL, NULL, napi_default, NULL},
     {"convUnpackWeights", NULL, js_conv_unpack_weights, NULL, NULL, NULL, napi_default, NULL},
+    {"convBlockedOk", NULL, js_conv_blocked_ok, NULL, NULL, NULL, napi_default, NULL},
+    {"convPackWeightsBlocked", NULL, js_conv_pack_weights_blocked, NULL, NULL, NULL, napi_default, NULL},
+    {"conv2dBlocked", NULL, js_conv2d_blocked, NULL, NULL, NULL, napi_default, NULL},
+    {"maxPool2dBlocked", NULL, js_maxpool_blocked, NULL, NULL, NULL, napi_default, NULL},
+    {"avgPoolGlobalBlocked", NULL, js_avgpool_global_blocked, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardInput", NULL, js_conv2d_bwd_input, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardWeight", NULL, js_conv2d_bwd_weight, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormTrain", NULL, js_bn_train, NULL, NULL, NULL, napi_default, NULL},

@@ -615,6 +615,59 @@ void conv2d_forward_packed(float *y, const float *x, const float *w, const float
   free(tmp);
 }
 
+int conv2d_blocked_ok(const conv_p *p, int x_blocked) {
+#if defined(__x86_64__)
+  conv_p q;
+  int ky0, kx0;
+  if (strcmp(sgemm_isa(), "avx512") != 0 || no_implicit() || crop(p, &q, &ky0, &kx0)) return 0;
+  return prow_blocked_ok(p, x_blocked);
+#else
+  (void)p; (void)x_blocked;
+  return 0;
+#endif
+}
+
+int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p) {
+  prow_pack(w, p->cout, (p->cin / p->groups) * p->kh * p->kw, PR_NR, wp);
+  return CONV_LAYOUT_PROW;
+}
+
+/* NCHW <-> NCHW16c for n images of c channels (a multiple of 16) and hw pixels. */
+static void blocked_to_nchw(float *dst, const float *src, int n, int c, long hw) {
+  for (long b = 0; b < (long)n * (c / 16); b++)
+    for (long i = 0; i < hw; i++)
+      for (int l = 0; l < 16; l++) dst[(b * 16 + l) * hw + i] = src[(b * hw + i) * 16 + l];
+}
+static void nchw_to_blocked(float *dst, const float *src, int n, int c, long hw) {
+  for (long b = 0; b < (long)n * (c / 16); b++)
+    for (long i = 0; i < hw; i++)
+      for (int l = 0; l < 16; l++) dst[(b * hw + i) * 16 + l] = src[(b * 16 + l) * hw + i];
+}
+
+int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout, const float *bias, const float *residual,
+                           int relu, const conv_p *p, int x_blocked) {
+  if (layout != CONV_LAYOUT_PROW || p->groups != 1 || p->cout % 16 || (x_blocked && p->cin % 16)) return -1;
+#if defined(__x86_64__)
+  if (conv2d_blocked_ok(p, x_blocked)) {
+    prow_forward_blocked(y, x, wp, bias, residual, relu, p, x_blocked);
+    return 0;
+  }
+#endif
+  /* no AVX-512 (a forced ISA) or a geometry outside the fast path: through NCHW, slowly but right */
+  const long hw = (long)p->h * p->w, ohw = (long)p->oh * p->ow, ny = (long)p->n * p->cout * ohw;
+  const long K = (long)p->cin * p->kh * p->kw;
+  float *w = malloc(sizeof(float) * p->cout * K), *yt = malloc(sizeof(float) * ny);
+  float *xt = x_blocked ? malloc(sizeof(float) * p->n * p->cin * hw) : NULL, *rt = residual ? malloc(sizeof(float) * ny) : NULL;
+  if (!w || !yt || (x_blocked && !xt) || (residual && !rt)) abort();
+  prow_unpack(wp, p->cout, (int)K, PR_NR, w);
+  if (xt) blocked_to_nchw(xt, x, p->n, p->cin, hw);
+  if (rt) blocked_to_nchw(rt, residual, p->n, p->cout, ohw);
+  conv2d_forward(yt, xt ? xt : x, w, bias, rt, relu, p);
+  nchw_to_blocked(y, yt, p->n, p->cout, ohw);
+  free(w); free(yt); free(xt); free(rt);
+  return 0;
+}
+
 void conv2d_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
                     const conv_p *p) {
   conv2d_forward_packed(y, x, w, NULL, 0, bias, residual, relu, p);

@@ -57,6 +57,9 @@ int prow_nr(const conv_p *p);
 int prow_ok(const conv_p *p);
 void prow_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
                   const float *residual, int relu, const conv_p *p);
+int prow_blocked_ok(const conv_p *p, int xblk);
+void prow_forward_blocked(float *y, const float *x, const float *wp, const float *bias, const float *residual, int relu,
+                          const conv_p *p, int xblk);
 int gg_ok(const conv_p *p);
 void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
                 const float *residual, int relu, const conv_p *p);

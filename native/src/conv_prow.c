@@ -57,6 +57,65 @@ DEF_PROW(2, 1, prow2)
 DEF_PROW(1, 2, prow1s2)
 DEF_PROW(2, 2, prow2s2)
 
+/* The same tile for blocked (NCHW16c) output, epilogue from the registers: pixel i of run r is one
+ * 16-channel vector at yr[r] + 16 i (channels 0-15 of the panel) and chblk floats further (16-31, when
+ * `two`); bias, the residual at the same places in rr[r] (may be yr[r] itself) and relu on the way.
+ * No transposes: a channel block's pixels are contiguous. PS: the input pixels' distance (1: NCHW
+ * phase planes, the stem; 16: blocked input; 32: a stride-2 1x1 reading blocked x in place). */
+#define DEF_PROWB(R, PS, NAME)                                                                                            \
+  __attribute__((target("avx512f"), noinline)) static void NAME(int K, const float *Bp, const float *const *a,         \
+                                                                 const int *off, float *const *yr,                     \
+                                                                 const float *const *rr, long chblk,                   \
+                                                                 const float *bias, int relu, int two) {               \
+    __m512 c0[7 * R], c1[7 * R];                                                                                       \
+    _Pragma("GCC unroll 14") for (int i = 0; i < 7 * R; i++) c0[i] = c1[i] = _mm512_setzero_ps();                       \
+    const float *a0 = a[0], *a1 = a[R - 1];                                                                            \
+    for (int k = 0; k < K; k++) {                                                                                      \
+      __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);                                                  \
+      const float *p0 = a0 + off[k], *p1 = a1 + off[k];                                                                \
+      _mm_prefetch((const char *)(p1 + 7 * PS), _MM_HINT_T0);                                                          \
+      _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) {                                                            \
+        __m512 v = _mm512_set1_ps(p0[i * PS]);                                                                          \
+        c0[i] = _mm512_fmadd_ps(v, b0, c0[i]);                                                                         \
+        c1[i] = _mm512_fmadd_ps(v, b1, c1[i]);                                                                         \
+      }                                                                                                                \
+      if (R == 2) {                                                                                                    \
+        _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) {                                                          \
+          __m512 v = _mm512_set1_ps(p1[i * PS]);                                                                        \
+          c0[7 * (R - 1) + i] = _mm512_fmadd_ps(v, b0, c0[7 * (R - 1) + i]);                                           \
+          c1[7 * (R - 1) + i] = _mm512_fmadd_ps(v, b1, c1[7 * (R - 1) + i]);                                           \
+        }                                                                                                              \
+      }                                                                                                                \
+      Bp += PR_NR;                                                                                                     \
+    }                                                                                                                  \
+    const __m512 zero = _mm512_setzero_ps();                                                                           \
+    const __m512 vb0 = bias ? _mm512_loadu_ps(bias) : zero, vb1 = bias && two ? _mm512_loadu_ps(bias + 16) : zero;     \
+    _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {                                                              \
+      float *o = yr[r];                                                                                                \
+      const float *q = rr ? rr[r] : NULL;                                                                              \
+      _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) {                                                            \
+        __m512 v = _mm512_add_ps(c0[7 * r + i], vb0);                                                                  \
+        if (q) v = _mm512_add_ps(v, _mm512_loadu_ps(q + 16 * i));                                                      \
+        if (relu) v = _mm512_max_ps(zero, v); /* NaN stays NaN: max returns its second operand */                       \
+        _mm512_storeu_ps(o + 16 * i, v);                                                                               \
+        if (two) {                                                                                                     \
+          __m512 u = _mm512_add_ps(c1[7 * r + i], vb1);                                                                \
+          if (q) u = _mm512_add_ps(u, _mm512_loadu_ps(q + chblk + 16 * i));                                            \
+          if (relu) u = _mm512_max_ps(zero, u);                                                                        \
+          _mm512_storeu_ps(o + chblk + 16 * i, u);                                                                     \
+        }                                                                                                              \
+      }                                                                                                                \
+    }                                                                                                                  \
+  }
+DEF_PROWB(1, 1, prowb1)
+DEF_PROWB(2, 1, prowb2)
+DEF_PROWB(1, 2, prowb1s2)
+DEF_PROWB(2, 2, prowb2s2)
+DEF_PROWB(1, 16, prowb1c)
+DEF_PROWB(2, 16, prowb2c)
+DEF_PROWB(1, 32, prowb1c2)
+DEF_PROWB(2, 32, prowb2c2)
+
 /* 28 consecutive pixels (one base, pixel i at a + off[k] + i) x 16 channels, over all K; t[i*16 + co]. */
 __attribute__((target("avx512f"), noinline)) static void prow28x16(int K, const float *Bp, const float *a, const int *off,
                                                                   float *t) {
@@ -84,8 +143,32 @@ typedef struct {
   int nr, by_image, direct;       /* panel width; items are images; the planes are x itself */
   const float *x;                 /* by_image: the input, x_img floats per image */
   long x_img;
+  int yblk, xblk;                 /* blocked (NCHW16c) output / input */
+  long chblk;                     /* blocked output: floats per 16-channel block of an image (oh*ow*16) */
   atomic_long next;
 } prow_job;
+
+/* One tile of a 32-channel panel with blocked output: yo[r] is run r's first pixel in channel block 0. */
+__attribute__((target("avx512f"))) static void prow_tile32b(const prow_job *j, int panel, const float *const *a, const long *yo, int R) {
+  const float *Bp = j->Bp + (long)panel * PR_NR * j->K;
+  const int co0 = panel * PR_NR, two = j->M - co0 > 16;
+  float *yr[2];
+  const float *rr[2];
+  for (int r = 0; r < R; r++) {
+    const long o = yo[r] + (long)(co0 / 16) * j->chblk;
+    yr[r] = j->y + o;
+    rr[r] = j->residual ? j->residual + o : NULL;
+    if (j->residual) /* 7 pixels x 16 channels: 7 lines per block, fetched while the tile computes */
+      for (int h = 0; h <= two; h++)
+        for (int l = 0; l < 7; l++) _mm_prefetch((const char *)(rr[r] + h * j->chblk + 16 * l), _MM_HINT_T0);
+  }
+  const float *const *res = j->residual ? rr : NULL;
+  const float *bias = j->bias ? j->bias + co0 : NULL;
+  if (j->colstep == 1) (R == 2 ? prowb2 : prowb1)(j->K, Bp, a, j->g.off, yr, res, j->chblk, bias, j->relu, two);
+  else if (j->colstep == 2) (R == 2 ? prowb2s2 : prowb1s2)(j->K, Bp, a, j->g.off, yr, res, j->chblk, bias, j->relu, two);
+  else if (j->colstep == 16) (R == 2 ? prowb2c : prowb1c)(j->K, Bp, a, j->g.off, yr, res, j->chblk, bias, j->relu, two);
+  else (R == 2 ? prowb2c2 : prowb1c2)(j->K, Bp, a, j->g.off, yr, res, j->chblk, bias, j->relu, two);
+}
 
 /* One tile of a 32-channel panel: runs a[0..R-1] (R = 1 or 2) whose outputs start at yo[r] (channel 0). */
 __attribute__((target("avx512f"))) static void prow_tile32(const prow_job *j, int panel, const float *const *a, const long *yo,
@@ -188,8 +271,45 @@ static void prow_runs(const prow_job *j, long b, const float *base, long r0, int
     const long ri = r0 + r;
     const int oy = (int)(ri / j->rpr), ox = (int)(ri % j->rpr) * PR_RUN;
     a[r] = base + (long)oy * j->rowstep + (long)ox * j->colstep;
-    yo[r] = b * j->y_img + (long)oy * j->g.p->ow + ox;
+    yo[r] = b * j->y_img + ((long)oy * j->g.p->ow + ox) * (j->yblk ? 16 : 1);
   }
+}
+
+/* Phase planes of one blocked image (x: [cin/16][h][w][16]) into dst: [cin/16][phase][Hq][Wq][16],
+ * channel blocks [cb_lo, cb_hi); each element a 16-channel vector, zero where the window reads padding. */
+__attribute__((target("avx512f"))) static void build_phases_blk(const igeo *g, const float *x, float *dst, int cb_lo, int cb_hi) {
+  const conv_p *p = g->p;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int cb = cb_lo; cb < cb_hi; cb++)
+    for (int py = 0; py < p->sh; py++)
+      for (int px = 0; px < p->sw; px++) {
+        float *d = dst + ((long)cb * g->nph + py * p->sw + px) * g->plane * 16;
+        const float *xc = x + (long)cb * p->h * p->w * 16;
+        for (int r = 0; r < g->Hq; r++) {
+          const int iy = r * p->sh + py - p->ph;
+          for (int q = 0; q < g->Wq; q++, d += 16) {
+            const int ix = q * p->sw + px - p->pw;
+            _mm512_storeu_ps(d, iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? _mm512_loadu_ps(xc + ((long)iy * p->w + ix) * 16) : zero);
+          }
+        }
+      }
+}
+
+/* Input offsets of the K taps for blocked input: into the blocked phase planes above, or (direct)
+ * into x itself ([cin/16][h][w][16]; 1x1 without padding). */
+static void blk_offsets(igeo *g, int direct) {
+  const conv_p *p = g->p;
+  for (int c = 0; c < p->cin; c++)
+    for (int ky = 0; ky < p->kh; ky++)
+      for (int kx = 0; kx < p->kw; kx++) {
+        const int k = (c * p->kh + ky) * p->kw + kx, cb = c / 16, cl = c % 16;
+        if (direct) {
+          g->off[k] = (int)((long)cb * p->h * p->w * 16 + cl);
+          continue;
+        }
+        const int yy = ky * p->dh, xx = kx * p->dw, phs = (yy % p->sh) * p->sw + xx % p->sw;
+        g->off[k] = (int)(((long)cb * g->nph + phs) * g->plane * 16 + ((long)(yy / p->sh) * g->Wq + xx / p->sw) * 16 + cl);
+      }
 }
 
 static _Thread_local buf_t prow_img_buf;
@@ -211,7 +331,8 @@ __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int
       if (b >= p->n) break;
       const float *base = j->x + b * j->x_img;
       if (!j->direct) {
-        build_phases(&j->g, base, ph);
+        if (j->xblk) build_phases_blk(&j->g, base, ph, 0, p->cin / 16);
+        else build_phases(&j->g, base, ph);
         base = ph;
       }
       for (int panel = 0; panel < j->npanels; panel++)
@@ -221,6 +342,7 @@ __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int
           long yo[4];
           prow_runs(j, b, base, r0, R, a, yo);
           if (j->nr == 16) prow_tile16(j, a[0], yo[0], t);
+          else if (j->yblk) prow_tile32b(j, panel, a, yo, R);
           else prow_tile32(j, panel, a, yo, R, t);
         }
     }
@@ -242,6 +364,7 @@ __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int
         prow_runs(j, b, j->phases + b * j->ph_img, ri % per_img, 1, a + r, yo + r);
       }
       if (j->nr == 16) prow_tile16(j, a[0], yo[0], t);
+      else if (j->yblk) prow_tile32b(j, panel, a, yo, R);
       else prow_tile32(j, panel, a, yo, R, t);
     }
   }
@@ -252,12 +375,20 @@ typedef struct {
   const float *x;
   float *dst;
   long x_img;
+  int xblk;
 } prow_build_job;
 /* Images split over the threads, or with fewer images than threads, channels (batch 1). */
 static void prow_build_task(void *ctx, int tid, int n) {
   prow_build_job *b = ctx;
   const conv_p *p = b->g->p;
   long lo, hi;
+  if (b->xblk) { /* (image, channel block) items */
+    const int nb = p->cin / 16;
+    pool_split((long)p->n * nb, tid, n, 1, &lo, &hi);
+    for (long i = lo; i < hi; i++)
+      build_phases_blk(b->g, b->x + (i / nb) * b->x_img, b->dst + (i / nb) * b->g->img, (int)(i % nb), (int)(i % nb) + 1);
+    return;
+  }
   if (p->n >= n) {
     pool_split(p->n, tid, n, 1, &lo, &hi);
     for (long i = lo; i < hi; i++) build_phases(b->g, b->x + i * b->x_img, b->dst + i * b->g->img);
@@ -307,8 +438,10 @@ int prow_nr(const conv_p *p) {
 }
 int prow_ok(const conv_p *p) { return prow_nr(p) != 0; }
 
-void prow_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
-                         const float *residual, int relu, const conv_p *p) {
+/* The pixel-row convolution with panels of nr channels; xblk / yblk: input / output blocked
+ * (NCHW16c, nr 32 only). */
+static void prow_exec(float *y, const float *x, const float *wt, const float *wp, const float *bias, const float *residual,
+                      int relu, const conv_p *p, int nr, int xblk, int yblk) {
   static _Thread_local buf_t prow_w_buf, prow_ph_buf;
   prow_job j;
   memset(&j, 0, sizeof j);
@@ -317,9 +450,12 @@ void prow_forward(float *y, const float *x, const float *wt, const float *wp, co
   j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
   j.y_ch = (long)p->oh * p->ow;
   j.y_img = (long)p->cout * j.y_ch;
+  j.xblk = xblk;
+  j.yblk = yblk;
+  j.chblk = j.y_ch * 16;
   j.rpr = p->ow / PR_RUN;
   j.nruns = (long)p->n * p->oh * j.rpr;
-  const int nr = prow_nr(p), runs_per_tile = nr == 16 ? 4 : 2;
+  const int runs_per_tile = nr == 16 ? 4 : 2;
   j.ntiles = (j.nruns + runs_per_tile - 1) / runs_per_tile;
   long x_img = (long)p->cin * p->h * p->w;
   if (!wp) {
@@ -329,18 +465,33 @@ void prow_forward(float *y, const float *x, const float *wt, const float *wp, co
   }
   j.Bp = wp;
   j.nr = nr;
-  j.rowstep = j.g.Wq;
-  j.colstep = 1;
-  if (p->kh == 1 && p->kw == 1 && p->ph == 0 && p->pw == 0 && p->sw == 2) {
-    /* strided 1x1: x in place; tap k is channel k */
-    j.phases = x;
-    j.rowstep = (long)p->sh * p->w;
-    j.colstep = 2;
-    for (int k = 0; k < j.K; k++) j.g.off[k] = (int)((long)k * p->h * p->w);
-    x_img = (long)p->cin * p->h * p->w;
-    j.g.img = x_img;
-  } else if (is_pointwise(p) && j.g.img == x_img) {
-    j.phases = x;
+  const int pw1 = p->kh == 1 && p->kw == 1 && p->ph == 0 && p->pw == 0;
+  if (xblk) {
+    /* 1x1 without padding, stride 1 or 2 along x: x in place (pixels 16 or 32 floats apart) */
+    const int direct = pw1 && (p->sw == 1 || p->sw == 2);
+    blk_offsets(&j.g, direct);
+    if (direct) {
+      j.phases = x;
+      j.rowstep = (long)p->sh * p->w * 16;
+      j.colstep = 16 * p->sw;
+      j.g.img = x_img;
+    } else {
+      j.rowstep = (long)j.g.Wq * 16;
+      j.colstep = 16;
+    }
+  } else {
+    j.rowstep = j.g.Wq;
+    j.colstep = 1;
+    if (pw1 && p->sw == 2) {
+      /* strided 1x1: x in place; tap k is channel k */
+      j.phases = x;
+      j.rowstep = (long)p->sh * p->w;
+      j.colstep = 2;
+      for (int k = 0; k < j.K; k++) j.g.off[k] = (int)((long)k * p->h * p->w);
+      j.g.img = x_img;
+    } else if (is_pointwise(p) && j.g.img == x_img) {
+      j.phases = x;
+    }
   }
   j.direct = j.phases == x;
   j.x = x;
@@ -358,8 +509,9 @@ void prow_forward(float *y, const float *x, const float *wt, const float *wp, co
   }
   if (!j.direct) {
     float *ph = grow(&prow_ph_buf, (size_t)p->n * j.g.img);
-    prow_build_job bj = {&j.g, x, ph, x_img};
-    pool_run_n(prow_build_task, &bj, (long)p->n * p->cin < (1 << 30) ? p->n * p->cin : 1 << 30);
+    prow_build_job bj = {&j.g, x, ph, x_img, xblk};
+    const long items = (long)p->n * (xblk ? p->cin / 16 : p->cin);
+    pool_run_n(prow_build_task, &bj, items < (1 << 30) ? (int)items : 1 << 30);
     j.phases = ph;
   }
   j.ph_img = j.g.img;
@@ -375,6 +527,26 @@ void prow_forward(float *y, const float *x, const float *wt, const float *wp, co
   long items = (long)j.npanels * j.chunks;
   pool_run_dynamic(prow_task, &j, items < T ? (int)items : T);
   free(j.g.off);
+}
+
+void prow_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
+                  const float *residual, int relu, const conv_p *p) {
+  prow_exec(y, x, wt, wp, bias, residual, relu, p, prow_nr(p), 0, 0);
+}
+
+/* Whether prow_forward_blocked takes this geometry (besides AVX-512, checked by the caller): groups 1,
+ * whole 16-channel output blocks, whole 7-pixel runs, blocked input in whole blocks, sizes that the
+ * int offsets hold. */
+int prow_blocked_ok(const conv_p *p, int xblk) {
+  if (p->groups != 1 || p->n < 1 || p->cout % 16 || p->ow % PR_RUN || (xblk && p->cin % 16)) return 0;
+  long K = (long)p->cin * p->kh * p->kw;
+  long Hq = p->oh + ((p->kh - 1) * p->dh) / p->sh, Wq = p->ow + ((p->kw - 1) * p->dw) / p->sw;
+  return K <= (1L << 24) && Hq * Wq * p->sh * p->sw * p->cin <= (1L << 26) && (long)p->h * p->w * p->cin <= (1L << 26);
+}
+
+void prow_forward_blocked(float *y, const float *x, const float *wp, const float *bias, const float *residual, int relu,
+                          const conv_p *p, int xblk) {
+  prow_exec(y, x, NULL, wp, bias, residual, relu, p, PR_NR, xblk, 1);
 }
 
 #endif

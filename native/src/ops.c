@@ -642,6 +642,88 @@ void maxpool_fwd(float *y, int32_t *argmax, const float *x, const pool_p *p) {
   else pool_run_n(maxpool_task, &j, planes < 1 << 30 ? (int)planes : 1 << 30);
 }
 
+/* ---- blocked (NCHW16c) pooling for the inference plan: [n][c/16][h][w][16], c a multiple of 16 ---- */
+/* One output row of one 16-channel block: every tap is a 16-lane vector (vectorised by the compiler). */
+MV static void maxpool_blk_row(float *yr, const float *xb, const pool_p *p, int oy) {
+  for (int ox = 0; ox < p->ow; ox++) {
+    float best[16];
+    for (int l = 0; l < 16; l++) best[l] = -INFINITY;
+    for (int ky = 0; ky < p->kh; ky++) {
+      const int iy = oy * p->sh - p->ph + ky * p->dh;
+      if (iy < 0 || iy >= p->h) continue;
+      for (int kx = 0; kx < p->kw; kx++) {
+        const int ix = ox * p->sw - p->pw + kx * p->dw;
+        if (ix < 0 || ix >= p->w) continue;
+        const float *v = xb + ((long)iy * p->w + ix) * 16;
+        for (int l = 0; l < 16; l++) best[l] = (v[l] > best[l] || v[l] != v[l]) ? v[l] : best[l];
+      }
+    }
+    for (int l = 0; l < 16; l++) yr[(long)ox * 16 + l] = best[l];
+  }
+}
+
+#if defined(__x86_64__)
+/* The same row with explicit 16-lane vectors (GCC leaves the loop above scalar: 3 ms on the stem's
+ * 64x112x112 output, 0.1 ms here). */
+__attribute__((target("avx512f"))) static void maxpool_blk_row512(float *yr, const float *xb, const pool_p *p, int oy) {
+  for (int ox = 0; ox < p->ow; ox++) {
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    for (int ky = 0; ky < p->kh; ky++) {
+      const int iy = oy * p->sh - p->ph + ky * p->dh;
+      if (iy < 0 || iy >= p->h) continue;
+      for (int kx = 0; kx < p->kw; kx++) {
+        const int ix = ox * p->sw - p->pw + kx * p->dw;
+        if (ix < 0 || ix >= p->w) continue;
+        best = nanmax512(best, _mm512_loadu_ps(xb + ((long)iy * p->w + ix) * 16));
+      }
+    }
+    _mm512_storeu_ps(yr + (long)ox * 16, best);
+  }
+}
+#endif
+
+typedef struct {
+  float *y;
+  const float *x;
+  const pool_p *p;
+} maxpool_blk_job;
+
+static void maxpool_blk_task(void *ctx, int tid, int nt) {
+  const maxpool_blk_job *j = ctx;
+  const pool_p *p = j->p;
+  long lo, hi;
+  pool_split((long)p->n * (p->c / 16) * p->oh, tid, nt, 1, &lo, &hi);
+  for (long r = lo; r < hi; r++) {
+    const long blk = r / p->oh;
+    const int oy = (int)(r % p->oh);
+#if defined(__x86_64__)
+    if (has_avx512()) {
+      maxpool_blk_row512(j->y + (blk * p->oh + oy) * p->ow * 16, j->x + blk * p->h * p->w * 16, p, oy);
+      continue;
+    }
+#endif
+    maxpool_blk_row(j->y + (blk * p->oh + oy) * p->ow * 16, j->x + blk * p->h * p->w * 16, p, oy);
+  }
+}
+
+void maxpool_fwd_blocked(float *y, const float *x, const pool_p *p) {
+  maxpool_blk_job j = {y, x, p};
+  const long rows = (long)p->n * (p->c / 16) * p->oh;
+  if (rows * p->ow * 16 * p->kh * p->kw < PAR_MIN || rows < 2) maxpool_blk_task(&j, 0, 1);
+  else pool_run(maxpool_blk_task, &j);
+}
+
+/* y[b][c] = mean of channel c of image b over its hw pixels (x blocked). */
+MV void avgpool_global_blocked(float *y, const float *x, int n, int c, long hw) {
+  for (long blk = 0; blk < (long)n * (c / 16); blk++) {
+    double acc[16] = {0};
+    const float *xb = x + blk * hw * 16;
+    for (long i = 0; i < hw; i++)
+      for (int l = 0; l < 16; l++) acc[l] += xb[i * 16 + l];
+    for (int l = 0; l < 16; l++) y[blk * 16 + l] = (float)(acc[l] / (double)hw);
+  }
+}
+
 void maxpool_bwd(float *dx, const float *dy, const int32_t *argmax, const pool_p *p) {
   memset(dx, 0, sizeof(float) * (long)p->n * p->c * p->h * p->w);
   for (long pl = 0; pl < (long)p->n * p->c; pl++) {

@@ -36,6 +36,8 @@ interface FoldedConv {
   /** the input (n, h, w) the packing's layout was last confirmed for: the layout depends only on
    * the geometry, so repeated runs at one input size skip asking the addon */
   packedFor?: string;
+  /** the packing is the one conv2dBlocked reads (pixel-row panels; any input size) */
+  packedBlocked?: boolean;
 }
 
 type Shape4 = [number, number, number, number];
@@ -95,6 +97,18 @@ function packedFor(nat: NativeKernels, f: FoldedConv, p: Conv2dParams): PackedCo
   if (f.packed && f.packed.layout === layout) return f.packed;
   const w = f.w ?? (f.packed ? nat.unpackConvWeights(f.packed, p) : foldedWeights(f));
   f.packed = nat.packConvWeights(w, p);
+  f.packedBlocked = false;
+  f.w = null;
+  return f.packed;
+}
+
+/** The folded weights packed for conv2dBlocked (packing them, or repacking an NCHW-path packing). */
+function packedBlocked(nat: NativeKernels, f: FoldedConv, p: Conv2dParams): PackedConvWeights {
+  if (f.packed && f.packedBlocked) return f.packed;
+  const w = f.w ?? (f.packed ? nat.unpackConvWeights(f.packed, p) : foldedWeights(f));
+  f.packed = nat.packConvWeightsBlocked(w, p);
+  f.packedBlocked = true;
+  f.packedFor = undefined;
   f.w = null;
   return f.packed;
 }
@@ -112,14 +126,32 @@ function convParams(c: Conv2d, x: Shape4): Conv2dParams {
   return { n, cIn, h, w, cOut: c.outChannels, kh, kw, sh, sw, ph, pw, dh, dw, groups: c.groups, oh, ow };
 }
 
+/** Options of compileInference. */
+export interface InferenceOptions {
+  /** Activation layout between layers on the native backend: 'auto' (default) runs blocked
+   * NCHW16c activations (16 channels of a pixel side by side) when the CPU has AVX-512 and every
+   * layer allows it at the input size (torchvision ResNets at 224x224: map widths 112, 56, 28, 14, 7),
+   * else NCHW; 'nchw' always NCHW. Inputs and outputs are NCHW either way; the results agree to
+   * float rounding. */
+  layout?: 'auto' | 'nchw';
+}
+
 export class InferencePlan {
   private folded: FoldedConv[] = [];
+  /** per input shape: whether every layer runs on blocked activations (cleared on refold) */
+  private blockedFits = new Map<string, boolean>();
   private versions = 0;
   /** the native backend the weights were packed for (null: plain weights for any backend) */
   private packedFor: NativeKernels | null = null;
   private readonly pool = new BufferPool();
 
-  constructor(readonly model: ResNet) {
+  constructor(
+    readonly model: ResNet,
+    private readonly options: InferenceOptions = {},
+  ) {
+    if (options.layout !== undefined && options.layout !== 'auto' && options.layout !== 'nchw') {
+      throw new ShapeError(`inference plan: layout must be 'auto' or 'nchw', got ${String(options.layout)}`);
+    }
     this.refold();
   }
 
@@ -155,6 +187,7 @@ export class InferencePlan {
       }
     }
     this.folded = convs;
+    this.blockedFits.clear();
     this.packedFor = nat;
     this.versions = this.weightVersion();
   }
@@ -179,6 +212,7 @@ export class InferencePlan {
   features(x: Tensor): { data: Float32Array; shape: [number, number] } {
     if (this.weightVersion() !== this.versions || InferencePlan.packTarget() !== this.packedFor) this.refold();
     const k = kernels();
+    if (this.packedFor && k === this.packedFor && this.useBlocked(this.packedFor, x.shape as Shape4)) return this.featuresBlocked(this.packedFor, x);
     const m = this.model;
     let i = 0;
     const next = (): FoldedConv => this.folded[i++]!;
@@ -243,6 +277,96 @@ export class InferencePlan {
     return { data: pooled, shape: [n, c] };
   }
 
+  /** Whether this input shape runs on blocked activations: every conv of the walk takes them (a
+   * shape-only walk, cached per shape), max pool and the head get whole 16-channel blocks, and no
+   * block has a zero-padding shortcut. */
+  private useBlocked(nat: NativeKernels, shape: Shape4): boolean {
+    if (this.options.layout === 'nchw') return false;
+    const key = shape.join(',');
+    let fits = this.blockedFits.get(key);
+    if (fits === undefined) {
+      fits = this.walkFits(nat, shape);
+      this.blockedFits.set(key, fits);
+    }
+    return fits;
+  }
+
+  private walkFits(nat: NativeKernels, shape: Shape4): boolean {
+    const m = this.model;
+    let i = 0;
+    const conv = (s: Shape4 | null, xBlocked: boolean): Shape4 | null => {
+      if (!s) return null;
+      const p = convParams(this.folded[i++]!.conv, s);
+      return nat.convBlockedOk(p, xBlocked) ? [p.n, p.cOut, p.oh, p.ow] : null;
+    };
+    let a = conv(shape, false);
+    if (a && m.maxpool) {
+      const p = maxPool2dParams(meta(a), m.maxpool.options);
+      a = p.c % 16 === 0 ? [p.n, p.c, p.oh, p.ow] : null;
+    }
+    for (const stage of m.stages) {
+      for (const block of stage.layers) {
+        const b = block as BasicBlock | Bottleneck;
+        let h = a;
+        for (let c = 0; c < (b instanceof Bottleneck ? 3 : 2); c++) h = conv(h, true);
+        if (b.downsample instanceof ZeroPadShortcut) return false;
+        if (b.downsample instanceof Sequential && !conv(a, true)) return false;
+        a = h;
+      }
+    }
+    return a !== null;
+  }
+
+  /** features() on blocked activations (NCHW16c): the stem reads the NCHW input, every later layer
+   * blocked buffers, and the global average pool returns [N, C]. Same walk as features(). */
+  private featuresBlocked(nat: NativeKernels, x: Tensor): { data: Float32Array; shape: [number, number] } {
+    const m = this.model;
+    let i = 0;
+    const next = (): FoldedConv => this.folded[i++]!;
+    let a = this.convBlocked(nat, next(), { data: x.values, shape: x.shape as Shape4 }, false, null, true, false);
+    if (m.maxpool) {
+      const p = maxPool2dParams(meta(a.shape), m.maxpool.options);
+      const out = this.pool.acquire(p.n * p.c * p.oh * p.ow);
+      nat.maxPool2dBlocked(out, a.data, p);
+      this.pool.release(a.data);
+      a = { data: out, shape: [p.n, p.c, p.oh, p.ow] };
+    }
+    for (const stage of m.stages) {
+      for (const block of stage.layers) {
+        const plain = block instanceof PlainBasicBlock || block instanceof PlainBottleneck;
+        const b = block as BasicBlock | Bottleneck;
+        const nConvs = b instanceof Bottleneck ? 3 : 2;
+        const mids: FoldedConv[] = [];
+        for (let c = 0; c < nConvs; c++) mids.push(next());
+        let shortcut: Act | null = null;
+        if (!plain) shortcut = b.downsample instanceof Sequential ? this.convBlocked(nat, next(), a, true, null, false, false) : a;
+        let h: Act = a;
+        for (let c = 0; c < nConvs; c++) {
+          const res = c === nConvs - 1 ? shortcut : null;
+          // the block's last conv adds the shortcut in place, into the shortcut's buffer (as features())
+          const out = this.convBlocked(nat, mids[c]!, h, true, res, true, res !== null);
+          if (h !== a) this.pool.release(h.data);
+          h = out;
+        }
+        if (shortcut && shortcut !== a && shortcut.data !== h.data) this.pool.release(shortcut.data);
+        if (a.data !== h.data) this.pool.release(a.data);
+        a = h;
+      }
+    }
+    const [n, c, hh, ww] = a.shape;
+    const pooled = this.pool.acquire(n * c);
+    nat.avgPoolGlobalBlocked(pooled, a.data, n, c, hh * ww);
+    this.pool.release(a.data);
+    return { data: pooled, shape: [n, c] };
+  }
+
+  private convBlocked(nat: NativeKernels, f: FoldedConv, x: Act, xBlocked: boolean, residual: Act | null, relu: boolean, inPlace: boolean): Act {
+    const p = convParams(f.conv, x.shape);
+    const y = inPlace && residual ? residual.data : this.pool.acquire(p.n * p.cOut * p.oh * p.ow);
+    nat.conv2dBlocked(y, x.data, f.b, residual ? residual.data : null, relu, p, packedBlocked(nat, f, p), xBlocked);
+    return { data: y, shape: [p.n, p.cOut, p.oh, p.ow] };
+  }
+
   /** conv + bias (+ residual) (+ relu); with `inPlace`, the result overwrites the residual's buffer. */
   private conv(k: Kernels, f: FoldedConv, x: Act, residual: Act | null, relu: boolean, inPlace = false): Act {
     const p = convParams(f.conv, x.shape);
@@ -284,6 +408,6 @@ export class InferencePlan {
 }
 
 /** Compiles `model` for fast inference (see InferencePlan). */
-export function compileInference(model: ResNet): InferencePlan {
-  return new InferencePlan(model);
+export function compileInference(model: ResNet, options: InferenceOptions = {}): InferencePlan {
+  return new InferencePlan(model, options);
 }
