@@ -69,7 +69,7 @@ describe('runBench (in process)', () => {
     assert.deepEqual(w.ratios, { vsOnnxruntime: null, vsPytorch: null });
     assert.deepEqual(r.peers, { onnxruntime: null, pytorch: null });
     assert.equal(r.memory, null, 'memory is measured only for resnet50-b1');
-    assert.deepEqual(r.settings, { threads: 2, warmup: 0, runs: 1, budgetS: 0, seed: 0 });
+    assert.deepEqual(r.settings, { threads: 2, warmup: 0, runs: 1, rounds: 1, budgetS: 0, seed: 0 }, 'rounds: at most the runs');
     JSON.parse(JSON.stringify(r)); // serialisable
 
     const text = formatReport(r);
@@ -79,6 +79,20 @@ describe('runBench (in process)', () => {
     assert.match(text, /^ {2}engine\s+ms\/iter\s+img\/s\s+runs\s+note$/m);
     assert.match(text, new RegExp(`^  resnet-ts \\(${r.backend}\\)\\s+[\\d,]+\\.\\d\\d\\s+[\\d.]+\\s+1/1( {2}contended: .*)?$`, 'm'));
     assert.match(text, /^ {2}resnet-ts vs ORT: - {3}resnet-ts vs PyTorch: -/m);
+  });
+
+  test('rounds: the engines take turns, the runs are shared out, the median is over all of them', () => {
+    const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 5, rounds: 2, budgetS: 0 });
+    assert.equal(r.settings.rounds, 2);
+    const ours = r.workloads[0]!.results['resnet-ts'];
+    assert.ok(ours.status === 'ok');
+    assert.equal(ours.runs, 5);
+    assert.equal(ours.samplesMs.length, 5);
+    assert.equal(ours.roundsMs?.length, 2, 'one median per round');
+    const sorted = [...ours.samplesMs].sort((a, b) => a - b);
+    assert.equal(ours.msPerIter, sorted[2], 'median of all rounds together');
+    assert.match(formatReport(r), /round medians [\d.]+ \/ [\d.]+/);
+    assert.throws(() => runBench({ only: 'tiny', peers: false, rounds: 0 }), (e: unknown) => e instanceof UsageError && /--rounds must be an integer >= 1/.test(e.message));
   });
 
   test('a training workload runs SGD steps', () => {

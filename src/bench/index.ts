@@ -12,7 +12,7 @@ import { getNumThreads, setNumThreads } from '../kernels/registry.js';
 import { cpuSample, otherCores } from './cpu.js';
 import { runOurs } from './ours.js';
 import { defaultCacheDir, ortMemory, runJson, runOrt, runTorch, torchMemory, type EngineResult, type MemoryResult, type PeerOptions, type PeerRun } from './peers.js';
-import type { TimingPlan } from './timing.js';
+import { median, type TimingPlan } from './timing.js';
 import { measureTrainMemory, type TrainMemoryReport } from './train_memory.js';
 import { MEMORY_WORKLOAD, TRAIN_MEMORY, getWorkload, selectWorkloads, type Workload } from './workloads.js';
 
@@ -27,6 +27,10 @@ export interface BenchOptions {
   threads?: number;
   warmup?: number;
   runs?: number;
+  /** Rounds the engines take in turn (resnet-ts, ONNX Runtime, PyTorch, resnet-ts, ...), each with a
+   * share of the timed runs, so that a slow phase of a shared machine falls on every engine rather
+   * than on one; the median is over the runs of all rounds. */
+  rounds?: number;
   /** Time budget per workload and engine, in seconds (0: none). */
   budgetS?: number;
   /** Measure ONNX Runtime and PyTorch too (default true). */
@@ -40,7 +44,7 @@ export interface BenchOptions {
   log?: (msg: string) => void;
 }
 
-export const DEFAULTS = { threads: 2, warmup: 2, runs: 7, budgetS: 60, python: '/usr/bin/python3' } as const;
+export const DEFAULTS = { threads: 2, warmup: 2, runs: 9, rounds: 3, budgetS: 60, python: '/usr/bin/python3' } as const;
 
 export const ENGINES = ['resnet-ts', 'onnxruntime', 'pytorch'] as const;
 export type Engine = (typeof ENGINES)[number];
@@ -79,7 +83,8 @@ export interface BenchReport {
     /** Environment variables that affect the engines' threading, as set when the bench started. */
     env: Record<string, string | null>;
   };
-  settings: { threads: number; warmup: number; runs: number; budgetS: number; seed: number };
+  /** runs: timed runs per workload and engine over all rounds; warm-up runs are per round */
+  settings: { threads: number; warmup: number; runs: number; rounds: number; budgetS: number; seed: number };
   /** Threads resnet-ts's kernels actually use (1 on the single-threaded ts backend). */
   oursThreads: number;
   backend: string;
@@ -150,25 +155,48 @@ export function runBench(o: BenchOptions = {}): BenchReport {
   const loadAverageStart = os.loadavg().map((x) => +x.toFixed(2));
   const date = new Date().toISOString();
 
-  const c0 = cpuSample();
-  // 1. resnet-ts, in this process.
-  const ours: Record<string, EngineResult> = {};
-  for (const w of workloads) {
-    log(`resnet-ts (${backend}): ${w.id} ...`);
-    const r = runOurs(w, plan, (kind, ms) => log(`  ${kind} ${fmtMs(ms)}`));
-    ours[w.id] = { status: 'ok', ...r };
-    log(`  ${w.id}: ${fmtMs(r.msPerIter)} per iteration (median of ${r.runs})${r.limited ? ` [${r.limited}]` : ''}`);
-  }
-
-  // 2. Peers, in child processes.
-  const po: PeerOptions = { threads, plan, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log };
+  // Rounds: resnet-ts (in this process), then the peers (child processes), again and again; each
+  // round takes a share of the timed runs (the first rounds the remainder) and of the budget.
+  const rounds = Math.min(positiveInt(o.rounds, 'rounds', DEFAULTS.rounds), plan.runs);
+  const roundPlan = (r: number): TimingPlan => ({
+    warmup: plan.warmup,
+    runs: Math.floor(plan.runs / rounds) + (r < plan.runs % rounds ? 1 : 0),
+    budgetMs: plan.budgetMs / rounds,
+  });
   const wantPeers = o.peers ?? true;
   const skipped = (): PeerRun => ({ available: false, reason: 'skipped (--no-peers)', results: Object.fromEntries(workloads.map((w) => [w.id, { status: 'n/a', reason: 'skipped (--no-peers)' }])) });
-  const c1 = cpuSample();
-  const ort = wantPeers ? runOrt(workloads, po) : skipped();
-  const c2 = cpuSample();
-  const torch = wantPeers ? runTorch(workloads, po) : skipped();
+  const oursRounds: Record<string, EngineResult>[] = [];
+  const ortRounds: PeerRun[] = [];
+  const torchRounds: PeerRun[] = [];
+  const busy = { ours: [] as (number | null)[], ort: [] as (number | null)[], torch: [] as (number | null)[] };
+  for (let r = 0; r < rounds; r++) {
+    const rp = roundPlan(r);
+    if (rounds > 1) log(`round ${r + 1} of ${rounds}`);
+    const c0 = cpuSample();
+    const oursRound: Record<string, EngineResult> = {};
+    for (const w of workloads) {
+      log(`resnet-ts (${backend}): ${w.id} ...`);
+      const m = runOurs(w, rp, (kind, ms) => log(`  ${kind} ${fmtMs(ms)}`));
+      oursRound[w.id] = { status: 'ok', ...m };
+      log(`  ${w.id}: ${fmtMs(m.msPerIter)} per iteration (median of ${m.runs})${m.limited ? ` [${m.limited}]` : ''}`);
+    }
+    oursRounds.push(oursRound);
+    const po: PeerOptions = { threads, plan: rp, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log };
+    const c1 = cpuSample();
+    // a peer found unavailable (not installed) in the first round is not asked again
+    ortRounds.push(wantPeers && (r === 0 || ortRounds[0]!.available) ? runOrt(workloads, po) : (ortRounds[0] ?? skipped()));
+    const c2 = cpuSample();
+    torchRounds.push(wantPeers && (r === 0 || torchRounds[0]!.available) ? runTorch(workloads, po) : (torchRounds[0] ?? skipped()));
+    const c3 = cpuSample();
+    busy.ours.push(otherCores(c0, c1));
+    busy.ort.push(otherCores(c1, c2));
+    busy.torch.push(otherCores(c2, c3));
+  }
+  const ours = mergeRounds(workloads, oursRounds);
+  const ort = mergePeer(workloads, ortRounds);
+  const torch = mergePeer(workloads, torchRounds);
   const c3 = cpuSample();
+  const po: PeerOptions = { threads, plan, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log };
 
   // 3. Peak memory of ResNet-50 batch 1, each engine in a fresh process.
   let memory: BenchReport['memory'] = null;
@@ -198,10 +226,11 @@ export function runBench(o: BenchOptions = {}): BenchReport {
 
   const c4 = cpuSample();
   const round = (x: number | null): number | null => (x === null ? null : +x.toFixed(2));
+  const mean = (xs: (number | null)[]): number | null => (xs.some((x) => x === null) ? null : xs.reduce((a: number, x) => a + x!, 0) / xs.length);
   const otherProcessesCores = {
-    'resnet-ts': round(otherCores(c0, c1)),
-    onnxruntime: wantPeers ? round(otherCores(c1, c2)) : null,
-    pytorch: wantPeers ? round(otherCores(c2, c3)) : null,
+    'resnet-ts': round(mean(busy.ours)),
+    onnxruntime: wantPeers ? round(mean(busy.ort)) : null,
+    pytorch: wantPeers ? round(mean(busy.torch)) : null,
     memory: memory ? round(otherCores(c3, c4)) : null,
   };
   const peerInfo = (p: PeerRun): Omit<PeerRun, 'results'> => {
@@ -224,7 +253,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
       otherProcessesCores,
       env,
     },
-    settings: { threads, warmup: plan.warmup, runs: plan.runs, budgetS: plan.budgetMs / 1000, seed },
+    settings: { threads, warmup: plan.warmup, runs: plan.runs, rounds, budgetS: plan.budgetMs / 1000, seed },
     oursThreads,
     backend,
     backends: listBackends(),
@@ -246,6 +275,44 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     memory,
     trainMemory,
   };
+}
+
+/** One engine's results over the rounds: per workload the timed runs of every round that measured
+ * it, their median, and the rounds' medians (roundsMs); a workload no round measured keeps the
+ * first round's reason. */
+function mergeRounds(workloads: readonly Workload[], rounds: Record<string, EngineResult>[]): Record<string, EngineResult> {
+  const out: Record<string, EngineResult> = {};
+  for (const w of workloads) {
+    const got = rounds.map((r) => r[w.id]!);
+    const ok = got.filter((g): g is Extract<EngineResult, { status: 'ok' }> => g.status === 'ok');
+    if (ok.length === 0) {
+      out[w.id] = got[0]!;
+      continue;
+    }
+    const samplesMs = ok.flatMap((g) => g.samplesMs);
+    const msPerIter = median(samplesMs);
+    const limited = [...new Set(ok.map((g) => g.limited).filter((l): l is string => l !== null))];
+    if (ok.length < got.length) limited.push(`${got.length - ok.length} of ${got.length} rounds failed`);
+    const busyCores = ok.map((g) => g.otherCores);
+    out[w.id] = {
+      ...ok[0]!,
+      msPerIter,
+      imgPerSec: (w.batch * 1000) / msPerIter,
+      runs: samplesMs.length,
+      warmup: ok.reduce((a, g) => a + g.warmup, 0),
+      samplesMs,
+      roundsMs: ok.map((g) => g.msPerIter),
+      limited: limited.length ? limited.join('; ') : null,
+      otherCores: busyCores.some((b) => b === null) ? null : busyCores.reduce((a: number, b) => a + b!, 0) / busyCores.length,
+    };
+  }
+  return out;
+}
+
+function mergePeer(workloads: readonly Workload[], rounds: PeerRun[]): PeerRun {
+  const ok = rounds.filter((r) => r.available);
+  if (ok.length === 0) return rounds[0]!;
+  return { ...ok[0]!, results: mergeRounds(workloads, ok.map((r) => r.results)) };
 }
 
 export function fmtMs(ms: number): string {

@@ -33,6 +33,7 @@ function engineName(r: BenchReport, e: Engine): string {
 function resultCells(res: EngineResult, runsWanted: number): [string, string, string, string] {
   if (res.status !== 'ok') return ['-', '-', '-', res.status === 'n/a' ? res.reason : `not available: ${res.reason}`];
   const notes = [res.limited ?? ''];
+  if (res.roundsMs && res.roundsMs.length > 1) notes.push(`round medians ${res.roundsMs.map((m) => fmtMsCell(m)).join(' / ')}`);
   if (res.otherCores !== null && res.otherCores !== undefined && res.otherCores > CONTENDED) {
     notes.push(`contended: other processes used ${res.otherCores.toFixed(2)} cores`);
   }
@@ -64,7 +65,7 @@ export function formatReport(r: BenchReport): string {
     `settings: backend ${r.backend} (registered: ${r.backends.join(', ')}), ${s.threads} thread(s)` +
       `${r.oursThreads !== s.threads ? ` (resnet-ts kernels use ${r.oursThreads}${r.backend === 'ts' ? ': the ts backend is single-threaded' : ''})` : ''}, float32`,
   );
-  out.push(`          ${s.warmup} warm-up + ${s.runs} timed runs, median; time budget ${s.budgetS > 0 ? `${s.budgetS} s` : 'none'} per workload and engine`);
+  out.push(`          ${s.rounds} round(s) in turn, each ${s.warmup} warm-up + its share of ${s.runs} timed runs; median over all; time budget ${s.budgetS > 0 ? `${s.budgetS} s` : 'none'} per workload and engine`);
   out.push(
     `peers:    ${peerLine('ONNX Runtime', r.peers.onnxruntime, () => `onnxruntime-node, CPU provider, intra-op ${s.threads}, inter-op 1, graph optimisation all, sequential`)}`,
   );

@@ -31,6 +31,8 @@ export interface Measurement {
   /** Warm-up runs made. */
   warmup: number;
   samplesMs: number[];
+  /** With several rounds (bench --rounds): each round's median, in order. */
+  roundsMs?: number[];
   /** Why fewer runs than asked were made (null when the plan was followed). */
   limited: string | null;
   /** Average cores other processes kept busy during the runs (null where not measurable). */

@@ -19,7 +19,7 @@ function budgetOption(args: ParsedArgs): number | undefined {
 export const benchCommand: Command = {
   name: 'bench',
   summary: 'Benchmark inference and training speed against ONNX Runtime and PyTorch on this machine.',
-  usage: ['bench [--only <ids>] [--backend ts|native] [--threads N] [--warmup N] [--runs N] [--budget S] [--no-peers] [--json]'],
+  usage: ['bench [--only <ids>] [--backend ts|native] [--threads N] [--warmup N] [--runs N] [--rounds N] [--budget S] [--no-peers] [--json]'],
   details: [
     'Workloads (float32): ' +
       WORKLOADS.filter((w) => !w.hidden)
@@ -31,6 +31,9 @@ export const benchCommand: Command = {
         .join(', ') +
       '.',
     'Each engine runs the warm-up runs, then the timed runs, and reports the median in ms per iteration and images/s. ' +
+      'The engines take turns in rounds (resnet-ts, ONNX Runtime, PyTorch, then again), each round with its warm-up and a ' +
+      'share of the timed runs, so that a slow phase of a shared machine hits every engine instead of one; the median is ' +
+      'over all rounds\' runs. ' +
       'A time budget per workload and engine cuts the number of runs for a slow engine (the note column says so). ' +
       'Peers run in child processes of the same invocation with the same thread count: ONNX Runtime (onnxruntime-node; ' +
       'torchvision models exported once to ONNX with scripts/bench/export_onnx.py and cached) and PyTorch ' +
@@ -42,7 +45,8 @@ export const benchCommand: Command = {
     backend: { type: 'string', value: 'ts|native', default: 'the active backend', description: 'resnet-ts kernel backend' },
     threads: { type: 'string', value: 'N', default: String(DEFAULTS.threads), description: 'threads for every engine' },
     warmup: { type: 'string', value: 'N', default: String(DEFAULTS.warmup), description: 'warm-up runs per workload' },
-    runs: { type: 'string', value: 'N', default: String(DEFAULTS.runs), description: 'timed runs per workload (the median is reported)' },
+    runs: { type: 'string', value: 'N', default: String(DEFAULTS.runs), description: 'timed runs per workload and engine, over all rounds (the median is reported)' },
+    rounds: { type: 'string', value: 'N', default: String(DEFAULTS.rounds), description: 'rounds the engines take in turn (at most --runs)' },
     budget: { type: 'string', value: 'S', default: String(DEFAULTS.budgetS), description: 'time budget per workload and engine in seconds (0: none)' },
     'no-peers': { type: 'boolean', description: 'measure resnet-ts only' },
     'no-memory': { type: 'boolean', description: 'skip the peak-memory measurements (resnet50-b1 inference per engine; resnet20-train at batch 32-256)' },
@@ -64,6 +68,7 @@ export const benchCommand: Command = {
       threads: intOption(args, 'threads'),
       warmup: intOption(args, 'warmup', 0),
       runs: intOption(args, 'runs'),
+      rounds: intOption(args, 'rounds'),
       budgetS: budgetOption(args),
       peers: !flag(args, 'no-peers'),
       memory: !flag(args, 'no-memory'),
