@@ -4,6 +4,10 @@
  * and activation buffers recycled from a pool so steady-state runs allocate nothing but the
  * returned logits.
  *
+ * On the native backend with AVX-512 the activations between layers are blocked (NCHW16c) when
+ * every layer allows it at the input's size (see InferenceOptions.layout); input and output stay
+ * NCHW.
+ *
  * The plan reads the model's weights when it is compiled and re-folds them automatically when
  * any parameter or buffer has changed since (Tensor.version), so it never runs stale weights.
  * It does not record gradients; use the model itself for training.
