@@ -33,7 +33,7 @@ export { SGD } from './optim/sgd.js';
 export { AdamW } from './optim/adamw.js';
 export * from './optim/schedulers.js';
 export { train, evaluate, TrainingDiverged, type BatchSource, type TrainOptions, type EpochRecord } from './train/trainer.js';
-export { compileInference, InferencePlan } from './inference/plan.js';
+export { compileInference, InferencePlan, type InferenceOptions } from './inference/plan.js';
 export { InferenceWorker, type InferenceWorkerSpec, type InferenceWorkerOptions, type InferenceInput } from './inference/worker.js';
 export * from './hub/index.js';
 export * from './image/index.js';
