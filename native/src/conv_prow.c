@@ -335,16 +335,19 @@ __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int
         else build_phases(&j->g, base, ph);
         base = ph;
       }
-      for (int panel = 0; panel < j->npanels; panel++)
-        for (long r0 = 0; r0 < per_img; r0 += rt) {
-          const int R = per_img - r0 < rt ? (int)(per_img - r0) : rt;
-          const float *a[4];
-          long yo[4];
-          prow_runs(j, b, base, r0, R, a, yo);
-          if (j->nr == 16) prow_tile16(j, a[0], yo[0], t);
-          else if (j->yblk) prow_tile32b(j, panel, a, yo, R);
-          else prow_tile32(j, panel, a, yo, R, t);
-        }
+      /* chunks of tiles whose input fits half an L2, all panels over each (the weights stay in L2) */
+      const long step = (long)j->per_chunk * rt;
+      for (long c0 = 0; c0 < per_img; c0 += step)
+        for (int panel = 0; panel < j->npanels; panel++)
+          for (long r0 = c0; r0 < c0 + step && r0 < per_img; r0 += rt) {
+            const int R = per_img - r0 < rt ? (int)(per_img - r0) : rt;
+            const float *a[4];
+            long yo[4];
+            prow_runs(j, b, base, r0, R, a, yo);
+            if (j->nr == 16) prow_tile16(j, a[0], yo[0], t);
+            else if (j->yblk) prow_tile32b(j, panel, a, yo, R);
+            else prow_tile32(j, panel, a, yo, R, t);
+          }
     }
     return;
   }
@@ -503,7 +506,13 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   /* per image when there are images enough and the weights stay in L2 across them (every image
    * streams all panels) */
   j.by_image = p->n >= 4 * T && (long)j.npanels * nr * j.K * 4 <= (512L << 10);
+  /* tiles per chunk: the input of a chunk (about cin x kh input rows x the tiles' width span) fits
+   * in half an L2, so that all the panels of a chunk find it there (ResNet-50's strided 1x1 at
+   * batch 8, one thread: each panel had streamed the whole batch's input from L3, 23-27 -> 16.5 ms) */
+  const long tile_bytes = (long)p->cin * p->kh * ((long)PR_RUN * runs_per_tile * p->sw + p->kw) * 4;
+  const long fit = (512L << 10) / (tile_bytes > 0 ? tile_bytes : 1);
   if (j.by_image) {
+    j.per_chunk = fit >= 1 ? (int)(fit < (1L << 30) ? fit : 1L << 30) : 1;
     atomic_init(&j.next, 0);
     pool_run_dynamic(prow_task, &j, p->n < T ? p->n : T);
     free(j.g.off);
@@ -524,14 +533,7 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   if (chunks > j.ntiles) chunks = j.ntiles;
   if (chunks < 1) chunks = 1;
   j.per_chunk = (int)((j.ntiles + chunks - 1) / chunks);
-  /* and chunks whose input (about cin x kh input rows x the tile's width span) fits in half an L2,
-   * so that the panels of a chunk find it there (ResNet-50's strided 1x1 at batch 8: each panel
-   * otherwise streamed the whole batch's input from L3) */
-  {
-    const long tile_bytes = (long)p->cin * p->kh * ((long)PR_RUN * runs_per_tile * p->sw + p->kw) * 4;
-    const long fit = (512L << 10) / (tile_bytes > 0 ? tile_bytes : 1);
-    if (fit >= 1 && fit < j.per_chunk) j.per_chunk = (int)fit;
-  }
+  if (fit >= 1 && fit < j.per_chunk) j.per_chunk = (int)fit; /* and input that fits (above) */
   j.chunks = (int)((j.ntiles + j.per_chunk - 1) / j.per_chunk);
   atomic_init(&j.next, 0);
   long items = (long)j.npanels * j.chunks;
