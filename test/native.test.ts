@@ -53,6 +53,7 @@ const convCases: [string, Conv2dParams][] = [
   ['pixel rows, 16-channel panels: 28-pixel tiles, 13 output channels', convCase(2, 16, 28, 28, 13, 3, 1, 1, 1, 1)],
   ['pixel rows per image (batch 9), 14x14, a partial 32-channel panel', convCase(9, 32, 14, 14, 40, 3, 1, 1, 1, 1)],
   ['pixel rows per image (batch 8), 7x7: 7 runs per image, a 1-run tile each', convCase(8, 40, 7, 7, 32, 3, 1, 1, 1, 1)],
+  ['pixel rows per image in L2-sized chunks of tiles (batch 8, K = 256 on 28x28: 2 chunks per image)', convCase(8, 256, 28, 28, 32, 1, 1, 0, 1, 1)],
   // gathered GEMM (AVX-512): small maps; column blocks across images, several k-blocks, a partial panel
   ['gathered GEMM: 4x4 maps, batch 9 (144 columns), K = 360, 24 output channels', convCase(9, 40, 4, 4, 24, 3, 1, 1, 1, 1)],
   ['gathered GEMM: 8x8 stride 2 with padding 2, 5x5 kernel', convCase(3, 12, 8, 8, 20, 5, 2, 2, 1, 1)],
@@ -377,6 +378,7 @@ const blockedCases: [string, Conv2dParams, boolean][] = [
   ['16 channels in and out, 7x7, batch 8 (one run per tile)', convCase(8, 16, 7, 7, 16, 3, 1, 1, 1, 1), true],
   ['1x1/2 reading NCHW in place', convCase(1, 16, 6, 14, 32, 1, 2, 0, 1, 1), false],
   ['dilated 3x3 (dilation 2, padding 2)', convCase(1, 16, 9, 14, 32, 3, 1, 2, 2, 1), true],
+  ['per image in L2-sized chunks of tiles (batch 8, K = 256 on 28x28)', convCase(8, 256, 28, 28, 32, 1, 1, 0, 1, 1), true],
 ];
 
 for (const [name, p, xBlocked] of blockedCases) {
