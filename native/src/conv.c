@@ -340,8 +340,28 @@ int layout_nr(int layout) { return layout == CONV_LAYOUT_PROW ? 32 : layout == C
 
 
 
+/* A 1x1 convolution of 1x1 maps (a 3x3 conv on a 1x1 map, cropped: ResNet-18's last stage on 32x32
+ * inputs) is a linear layer over the batch: NCHW with HW = 1 is [n][c]. One GEMM over all images
+ * instead of one matrix-vector product per image (3.5 -> ~0.6 ms per pass on 64 x 512 x 512). */
+static int is_linear(const conv_p *p) {
+  return p->groups == 1 && p->kh == 1 && p->kw == 1 && p->h == 1 && p->w == 1 && p->oh == 1 && p->ow == 1 && p->ph == 0 &&
+         p->pw == 0 && p->n > 0;
+}
+
 static void forward_impl(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
                          int relu, const conv_p *p) {
+  if (w && is_linear(p)) {
+    /* y[n][co] = x[n][:] . w[co][:] (+ residual) + bias[co], then relu */
+    const long ny = (long)p->n * p->cout;
+    if (residual && residual != y) memcpy(y, residual, sizeof(float) * ny);
+    sgemm_ex(0, 1, p->n, p->cout, p->cin, 1.0f, x, p->cin, w, p->cin, residual ? 1.0f : 0.0f, y, p->cout, NULL, 0);
+    if (bias || relu)
+      for (long i = 0; i < ny; i++) {
+        const float v = y[i] + (bias ? bias[i % p->cout] : 0.0f);
+        y[i] = relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
+      }
+    return;
+  }
 #if defined(__x86_64__)
   if (prow_ok(p)) {
     prow_forward(y, x, w, wp, bias, residual, relu, p);
@@ -387,6 +407,10 @@ static void backward_input_chunk(float *dx, const float *dy, const float *w, con
 }
 
 static void backward_input_impl(float *dx, const float *dy, const float *w, const conv_p *p) {
+  if (is_linear(p)) { /* dx[n][ci] = dy[n][:] . w[:][ci] */
+    sgemm_ex(0, 0, p->n, p->cin, p->cout, 1.0f, dy, p->cout, w, p->cin, 0.0f, dx, p->cin, NULL, 0);
+    return;
+  }
 #if defined(__x86_64__)
   /* stride 1: dx is the forward convolution of dy with the flipped, transposed kernel */
   if (p->sh == 1 && p->sw == 1 && p->groups == 1) {
@@ -479,6 +503,10 @@ static void backward_weight_chunk(float *dw, const float *x, const float *dy, co
 static void backward_weight_impl(float *dw, const float *x, const float *dy, const conv_p *p) {
   if (p->n == 0) {
     memset(dw, 0, sizeof(float) * (size_t)p->cout * (p->cin / p->groups) * p->kh * p->kw);
+    return;
+  }
+  if (is_linear(p)) { /* dw[co][ci] = sum over images of dy[n][co] x[n][ci]; each element by one thread, in order */
+    sgemm_ex(1, 0, p->cout, p->cin, p->n, 1.0f, dy, p->cout, x, p->cin, 0.0f, dw, p->cin, NULL, 0);
     return;
   }
 #if defined(__x86_64__)
