@@ -202,17 +202,20 @@ static napi_value js_conv_unpack_weights(napi_env env, napi_callback_info info) 
   return undef(env);
 }
 
-/* convPackWeights(dst, w, geometry) -> layout, to pass back to conv2d with dst. */
+/* convPackWeights(dst, w, geometry[, blocked]) -> layout, to pass back to conv2d with dst (blocked:
+ * for conv2dBlocked, CONV_LAYOUT_PROW, ceil(cout/32)*32*K floats; else convPackedLength floats). */
 static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   size_t nx, ny, nw;
   if (!conv_args(env, info, &a, 3, 2, &p, &nx, &ny, &nw)) return NULL;
-  float *dst = f32(&a, 0, (size_t)conv2d_packed_size(&p), 0);
+  const int blocked = opt_flag(&a, 3);
+  if (blocked && p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
+  float *dst = f32(&a, 0, (size_t)(blocked ? conv2d_layout_size(&p, CONV_LAYOUT_PROW) : conv2d_packed_size(&p)), 0);
   const float *w = f32(&a, 1, nw, 0);
   if (a.failed) return NULL;
   napi_value r;
-  napi_create_int32(env, conv2d_pack_weights(dst, w, &p), &r);
+  napi_create_int32(env, blocked ? conv2d_pack_weights_blocked(dst, w, &p) : conv2d_pack_weights(dst, w, &p), &r);
   return r;
 }
 
@@ -225,22 +228,6 @@ static napi_value js_conv_blocked_ok(napi_env env, napi_callback_info info) {
   if (a.failed) return NULL;
   napi_value r;
   napi_get_boolean(env, conv2d_blocked_ok(&p, xb), &r);
-  return r;
-}
-
-/* convPackWeightsBlocked(dst, w, geometry) -> layout (dst: convLayoutLength(geometry, layout) floats,
- * layout CONV_LAYOUT_PROW). */
-static napi_value js_conv_pack_weights_blocked(napi_env env, napi_callback_info info) {
-  args_t a;
-  conv_p p;
-  size_t nx, ny, nw;
-  if (!conv_args(env, info, &a, 3, 2, &p, &nx, &ny, &nw)) return NULL;
-  if (p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
-  float *dst = f32(&a, 0, (size_t)conv2d_layout_size(&p, CONV_LAYOUT_PROW), 0);
-  const float *w = f32(&a, 1, nw, 0);
-  if (a.failed) return NULL;
-  napi_value r;
-  napi_create_int32(env, conv2d_pack_weights_blocked(dst, w, &p), &r);
   return r;
 }
 
@@ -545,7 +532,6 @@ static napi_value init(napi_env env, napi_value exports) {
     {"convPackLayout", NULL, js_conv_pack_layout, NULL, NULL, NULL, napi_default, NULL},
     {"convUnpackWeights", NULL, js_conv_unpack_weights, NULL, NULL, NULL, napi_default, NULL},
     {"convBlockedOk", NULL, js_conv_blocked_ok, NULL, NULL, NULL, napi_default, NULL},
-    {"convPackWeightsBlocked", NULL, js_conv_pack_weights_blocked, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBlocked", NULL, js_conv2d_blocked, NULL, NULL, NULL, napi_default, NULL},
     {"maxPool2dBlocked", NULL, js_maxpool_blocked, NULL, NULL, NULL, napi_default, NULL},
     {"avgPoolGlobalBlocked", NULL, js_avgpool_global_blocked, NULL, NULL, NULL, napi_default, NULL},

@@ -19,61 +19,18 @@
 
 #if defined(__x86_64__)
 
-/* R runs of 7 pixels (a[0..R-1] their bases in the phase planes, pixels PS floats apart) x 32 channels, over
- * all K; t[(7r+i)*32 + co]. PS = 2: a strided 1x1 convolution reading x in place. */
-#define DEF_PROW(R, PS, NAME)                                                                                             \
-  __attribute__((target("avx512f"), noinline)) static void NAME(int K, const float *Bp, const float *const *a,         \
-                                                         const int *off, float *t) {                           \
-    __m512 c0[7 * R], c1[7 * R];                                                                               \
-    _Pragma("GCC unroll 14") for (int i = 0; i < 7 * R; i++) c0[i] = c1[i] = _mm512_setzero_ps();               \
-    const float *a0 = a[0], *a1 = a[R - 1];                                                                    \
-    for (int k = 0; k < K; k++) {                                                                              \
-      __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);                                          \
-      const float *p0 = a0 + off[k], *p1 = a1 + off[k];                                                        \
-      /* the next tile's input line of this k: with many input planes (1x1 on 56x56 at batch 8) the    \
-       * hardware prefetcher loses track, and every k would wait for memory */                         \
-      _mm_prefetch((const char *)(p1 + 15 * PS), _MM_HINT_T0);                                         \
-      _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) {                                                    \
-        __m512 v = _mm512_set1_ps(p0[i * PS]);                                                                  \
-        c0[i] = _mm512_fmadd_ps(v, b0, c0[i]);                                                                 \
-        c1[i] = _mm512_fmadd_ps(v, b1, c1[i]);                                                                 \
-      }                                                                                                        \
-      if (R == 2) {                                                                                            \
-        _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) {                                                  \
-          __m512 v = _mm512_set1_ps(p1[i * PS]);                                                                \
-          c0[7 * (R - 1) + i] = _mm512_fmadd_ps(v, b0, c0[7 * (R - 1) + i]);                                   \
-          c1[7 * (R - 1) + i] = _mm512_fmadd_ps(v, b1, c1[7 * (R - 1) + i]);                                   \
-        }                                                                                                      \
-      }                                                                                                        \
-      Bp += PR_NR;                                                                                             \
-    }                                                                                                          \
-    _Pragma("GCC unroll 14") for (int i = 0; i < 7 * R; i++) {                                                  \
-      _mm512_store_ps(t + i * PR_NR, c0[i]);                                                                   \
-      _mm512_store_ps(t + i * PR_NR + 16, c1[i]);                                                              \
-    }                                                                                                          \
-  }
-DEF_PROW(1, 1, prow1)
-DEF_PROW(2, 1, prow2)
-DEF_PROW(1, 2, prow1s2)
-DEF_PROW(2, 2, prow2s2)
-
-/* The same tile for blocked (NCHW16c) output, epilogue from the registers: pixel i of run r is one
- * 16-channel vector at yr[r] + 16 i (channels 0-15 of the panel) and chblk floats further (16-31, when
- * `two`); bias, the residual at the same places in rr[r] (may be yr[r] itself) and relu on the way.
- * No transposes: a channel block's pixels are contiguous. PS: the input pixels' distance (1: NCHW
- * phase planes, the stem; 16: blocked input; 32: a stride-2 1x1 reading blocked x in place). */
-#define DEF_PROWB(R, PS, NAME)                                                                                            \
-  __attribute__((target("avx512f"), noinline)) static void NAME(int K, const float *Bp, const float *const *a,         \
-                                                                 const int *off, float *const *yr,                     \
-                                                                 const float *const *rr, long chblk,                   \
-                                                                 const float *bias, int relu, int two) {               \
-    __m512 c0[7 * R], c1[7 * R];                                                                                       \
+/* The pixel-row tile: R runs of 7 pixels (a[0..R-1] their bases in the phase planes, pixels PS floats
+ * apart) x 32 channels over all K, in accumulators c0 (channels 0-15) and c1 (16-31) of pixel 7r+i
+ * (declared by the caller). Each k also prefetches the input line PF floats past the last run's
+ * (the next tile's, for this k: with many input planes, a 1x1 on 56x56 at batch 8, the hardware
+ * prefetcher loses track and every k would wait for memory). */
+#define PROW_ACCUMULATE(R, PS, PF)                                                                                     \
     _Pragma("GCC unroll 14") for (int i = 0; i < 7 * R; i++) c0[i] = c1[i] = _mm512_setzero_ps();                       \
     const float *a0 = a[0], *a1 = a[R - 1];                                                                            \
     for (int k = 0; k < K; k++) {                                                                                      \
       __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);                                                  \
       const float *p0 = a0 + off[k], *p1 = a1 + off[k];                                                                \
-      _mm_prefetch((const char *)(p1 + 7 * PS), _MM_HINT_T0);                                                          \
+      _mm_prefetch((const char *)(p1 + (PF)), _MM_HINT_T0);                                                            \
       _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) {                                                            \
         __m512 v = _mm512_set1_ps(p0[i * PS]);                                                                          \
         c0[i] = _mm512_fmadd_ps(v, b0, c0[i]);                                                                         \
@@ -87,7 +44,37 @@ DEF_PROW(2, 2, prow2s2)
         }                                                                                                              \
       }                                                                                                                \
       Bp += PR_NR;                                                                                                     \
+    }
+
+/* The tile stored to t[(7r+i)*32 + co] for the transposing NCHW epilogue. PS = 2: a strided 1x1
+ * convolution reading x in place. */
+#define DEF_PROW(R, PS, NAME)                                                                                          \
+  __attribute__((target("avx512f"), noinline)) static void NAME(int K, const float *Bp, const float *const *a,      \
+                                                                 const int *off, float *t) {                        \
+    __m512 c0[7 * R], c1[7 * R];                                                                                       \
+    PROW_ACCUMULATE(R, PS, 15 * PS)                                                                                    \
+    _Pragma("GCC unroll 14") for (int i = 0; i < 7 * R; i++) {                                                         \
+      _mm512_store_ps(t + i * PR_NR, c0[i]);                                                                           \
+      _mm512_store_ps(t + i * PR_NR + 16, c1[i]);                                                                      \
     }                                                                                                                  \
+  }
+DEF_PROW(1, 1, prow1)
+DEF_PROW(2, 1, prow2)
+DEF_PROW(1, 2, prow1s2)
+DEF_PROW(2, 2, prow2s2)
+
+/* The same tile for blocked (NCHW16c) output, epilogue from the registers: pixel i of run r is one
+ * 16-channel vector at yr[r] + 16 i (channels 0-15 of the panel) and chblk floats further (16-31, when
+ * `two`); bias, the residual at the same places in rr[r] (may be yr[r] itself) and relu on the way.
+ * No transposes: a channel block's pixels are contiguous. PS: the input pixels' distance (1: NCHW
+ * phase planes, the stem; 16: blocked input; 32: a stride-2 1x1 reading blocked x in place). */
+#define DEF_PROWB(R, PS, NAME)                                                                                         \
+  __attribute__((target("avx512f"), noinline)) static void NAME(int K, const float *Bp, const float *const *a,      \
+                                                                 const int *off, float *const *yr,                  \
+                                                                 const float *const *rr, long chblk,                \
+                                                                 const float *bias, int relu, int two) {            \
+    __m512 c0[7 * R], c1[7 * R];                                                                                       \
+    PROW_ACCUMULATE(R, PS, 7 * PS)                                                                                     \
     const __m512 zero = _mm512_setzero_ps();                                                                           \
     const __m512 vb0 = bias ? _mm512_loadu_ps(bias) : zero, vb1 = bias && two ? _mm512_loadu_ps(bias + 16) : zero;     \
     _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {                                                              \

@@ -643,40 +643,36 @@ void maxpool_fwd(float *y, int32_t *argmax, const float *x, const pool_p *p) {
 }
 
 /* ---- blocked (NCHW16c) pooling for the inference plan: [n][c/16][h][w][16], c a multiple of 16 ---- */
-/* One output row of one 16-channel block: every tap is a 16-lane vector (vectorised by the compiler). */
-MV static void maxpool_blk_row(float *yr, const float *xb, const pool_p *p, int oy) {
+/* The taps of output (oy, ox) inside the map: BODY runs with `v` at the tap's 16-channel vector. */
+#define FOR_BLK_TAPS(p, xb, oy, ox, BODY)                                                                            \
+  for (int ky = 0; ky < (p)->kh; ky++) {                                                                             \
+    const int iy = (oy) * (p)->sh - (p)->ph + ky * (p)->dh;                                                          \
+    if (iy < 0 || iy >= (p)->h) continue;                                                                            \
+    for (int kx = 0; kx < (p)->kw; kx++) {                                                                           \
+      const int ix = (ox) * (p)->sw - (p)->pw + kx * (p)->dw;                                                        \
+      if (ix < 0 || ix >= (p)->w) continue;                                                                          \
+      const float *v = (xb) + ((long)iy * (p)->w + ix) * 16;                                                         \
+      BODY                                                                                                           \
+    }                                                                                                                \
+  }
+
+/* One output row of one 16-channel block: every tap is a 16-lane vector (portable loops). */
+static void maxpool_blk_row(float *yr, const float *xb, const pool_p *p, int oy) {
   for (int ox = 0; ox < p->ow; ox++) {
     float best[16];
     for (int l = 0; l < 16; l++) best[l] = -INFINITY;
-    for (int ky = 0; ky < p->kh; ky++) {
-      const int iy = oy * p->sh - p->ph + ky * p->dh;
-      if (iy < 0 || iy >= p->h) continue;
-      for (int kx = 0; kx < p->kw; kx++) {
-        const int ix = ox * p->sw - p->pw + kx * p->dw;
-        if (ix < 0 || ix >= p->w) continue;
-        const float *v = xb + ((long)iy * p->w + ix) * 16;
-        for (int l = 0; l < 16; l++) best[l] = (v[l] > best[l] || v[l] != v[l]) ? v[l] : best[l];
-      }
-    }
+    FOR_BLK_TAPS(p, xb, oy, ox, for (int l = 0; l < 16; l++) best[l] = (v[l] > best[l] || v[l] != v[l]) ? v[l] : best[l];)
     for (int l = 0; l < 16; l++) yr[(long)ox * 16 + l] = best[l];
   }
 }
 
 #if defined(__x86_64__)
 /* The same row with explicit 16-lane vectors (GCC leaves the loop above scalar: 3 ms on the stem's
- * 64x112x112 output, 0.1 ms here). */
+ * 64x112x112 output, 0.08 ms here). */
 __attribute__((target("avx512f"))) static void maxpool_blk_row512(float *yr, const float *xb, const pool_p *p, int oy) {
   for (int ox = 0; ox < p->ow; ox++) {
     __m512 best = _mm512_set1_ps(-INFINITY);
-    for (int ky = 0; ky < p->kh; ky++) {
-      const int iy = oy * p->sh - p->ph + ky * p->dh;
-      if (iy < 0 || iy >= p->h) continue;
-      for (int kx = 0; kx < p->kw; kx++) {
-        const int ix = ox * p->sw - p->pw + kx * p->dw;
-        if (ix < 0 || ix >= p->w) continue;
-        best = nanmax512(best, _mm512_loadu_ps(xb + ((long)iy * p->w + ix) * 16));
-      }
-    }
+    FOR_BLK_TAPS(p, xb, oy, ox, best = nanmax512(best, _mm512_loadu_ps(v));)
     _mm512_storeu_ps(yr + (long)ox * 16, best);
   }
 }

@@ -220,15 +220,8 @@ export class InferencePlan {
     const m = this.model;
     let i = 0;
     const next = (): FoldedConv => this.folded[i++]!;
-    let a: Act = { data: x.values, shape: x.shape as Shape4 };
-    let owned = false;
-    const drop = (act: Act): void => {
-      if (owned) this.pool.release(act.data);
-    };
-    // stem
-    let y = this.conv(k, next(), a, null, true);
-    a = y;
-    owned = true;
+    // stem (from then on every activation is a pooled buffer of the plan's)
+    let a = this.conv(k, next(), { data: x.values, shape: x.shape as Shape4 }, null, true);
     if (m.maxpool) {
       const p = maxPool2dParams(meta(a.shape), m.maxpool.options);
       const out = this.pool.acquire(p.n * p.c * p.oh * p.ow);
@@ -240,45 +233,49 @@ export class InferencePlan {
         k.maxPool2d(out, new Int32Array(scratch.buffer, scratch.byteOffset, scratch.length), a.data, p);
         this.pool.release(scratch);
       }
-      drop(a);
+      this.pool.release(a.data);
       a = { data: out, shape: [p.n, p.c, p.oh, p.ow] };
     }
-    for (const stage of m.stages) {
-      for (const block of stage.layers) {
-        const plain = block instanceof PlainBasicBlock || block instanceof PlainBottleneck;
-        const b = block as BasicBlock | Bottleneck;
-        const nConvs = b instanceof Bottleneck ? 3 : 2;
-        let h: Act = a;
-        const mids: FoldedConv[] = [];
-        for (let c = 0; c < nConvs; c++) mids.push(next());
-        // shortcut first (its conv comes after the block's convs in `folded`)
-        let shortcut: Act | null = null;
-        if (!plain) {
-          if (b.downsample instanceof Sequential) shortcut = this.conv(k, this.folded[i++]!, a, null, false);
-          else if (b.downsample instanceof ZeroPadShortcut) shortcut = this.zeroPad(a, b.downsample);
-          else shortcut = a;
-        }
-        for (let c = 0; c < nConvs; c++) {
-          const res = c === nConvs - 1 ? shortcut : null;
-          // The last conv adds the shortcut in place, into the shortcut's own buffer (when the plan
-          // owns it): one stream less through memory than reading it and writing a new buffer.
-          const inPlace = res !== null && (res !== a || owned);
-          const out = this.conv(k, mids[c]!, h, res, true, inPlace);
-          if (h !== a) this.pool.release(h.data);
-          h = out;
-        }
-        if (shortcut && shortcut !== a && shortcut.data !== h.data) this.pool.release(shortcut.data);
-        if (a.data !== h.data) drop(a);
-        a = h;
-        owned = true;
-      }
-    }
+    a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.conv(k, f, x, res, relu, inPlace));
     // global average pool to [N, C]
     const [n, c, hh, ww] = a.shape;
     const pooled = this.pool.acquire(n * c);
     k.adaptiveAvgPool2d(pooled, a.data, { n, c, h: hh, w: ww, oh: 1, ow: 1 });
-    drop(a);
+    this.pool.release(a.data);
     return { data: pooled, shape: [n, c] };
+  }
+
+  /** The residual stages from `a` (a buffer of the plan's), each conv through `conv`: a block's
+   * shortcut first (its conv comes after the block's convs in `folded`), then its convs, the last of
+   * which adds the shortcut in place, into the shortcut's own buffer (one stream less through memory
+   * than reading it and writing a new buffer); buffers go back to the pool as soon as they are dead. */
+  private blocks(a: Act, next: () => FoldedConv, conv: (f: FoldedConv, x: Act, residual: Act | null, relu: boolean, inPlace: boolean) => Act): Act {
+    for (const stage of this.model.stages) {
+      for (const block of stage.layers) {
+        const plain = block instanceof PlainBasicBlock || block instanceof PlainBottleneck;
+        const b = block as BasicBlock | Bottleneck;
+        const nConvs = b instanceof Bottleneck ? 3 : 2;
+        const mids: FoldedConv[] = [];
+        for (let c = 0; c < nConvs; c++) mids.push(next());
+        let shortcut: Act | null = null;
+        if (!plain) {
+          if (b.downsample instanceof Sequential) shortcut = conv(next(), a, null, false, false);
+          else if (b.downsample instanceof ZeroPadShortcut) shortcut = this.zeroPad(a, b.downsample);
+          else shortcut = a;
+        }
+        let h: Act = a;
+        for (let c = 0; c < nConvs; c++) {
+          const res = c === nConvs - 1 ? shortcut : null;
+          const out = conv(mids[c]!, h, res, true, res !== null);
+          if (h !== a) this.pool.release(h.data);
+          h = out;
+        }
+        if (shortcut && shortcut !== a && shortcut.data !== h.data) this.pool.release(shortcut.data);
+        if (a.data !== h.data) this.pool.release(a.data);
+        a = h;
+      }
+    }
+    return a;
   }
 
   /** Whether this input shape runs on blocked activations: every conv of the walk takes them (a
@@ -335,28 +332,7 @@ export class InferencePlan {
       this.pool.release(a.data);
       a = { data: out, shape: [p.n, p.c, p.oh, p.ow] };
     }
-    for (const stage of m.stages) {
-      for (const block of stage.layers) {
-        const plain = block instanceof PlainBasicBlock || block instanceof PlainBottleneck;
-        const b = block as BasicBlock | Bottleneck;
-        const nConvs = b instanceof Bottleneck ? 3 : 2;
-        const mids: FoldedConv[] = [];
-        for (let c = 0; c < nConvs; c++) mids.push(next());
-        let shortcut: Act | null = null;
-        if (!plain) shortcut = b.downsample instanceof Sequential ? this.convBlocked(nat, next(), a, true, null, false, false) : a;
-        let h: Act = a;
-        for (let c = 0; c < nConvs; c++) {
-          const res = c === nConvs - 1 ? shortcut : null;
-          // the block's last conv adds the shortcut in place, into the shortcut's buffer (as features())
-          const out = this.convBlocked(nat, mids[c]!, h, true, res, true, res !== null);
-          if (h !== a) this.pool.release(h.data);
-          h = out;
-        }
-        if (shortcut && shortcut !== a && shortcut.data !== h.data) this.pool.release(shortcut.data);
-        if (a.data !== h.data) this.pool.release(a.data);
-        a = h;
-      }
-    }
+    a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.convBlocked(nat, f, x, true, res, relu, inPlace));
     const [n, c, hh, ww] = a.shape;
     const pooled = this.pool.acquire(n * c);
     nat.avgPoolGlobalBlocked(pooled, a.data, n, c, hh * ww);

@@ -17,15 +17,14 @@ export interface NativeBinding {
   convPackLayout(geometry: Int32Array): number;
   /** Floats that convPackWeights writes for this geometry. */
   convPackedLength(geometry: Int32Array): number;
-  /** Packs conv weights in the layout convPackLayout names; returns that layout. */
-  convPackWeights(dst: F32, w: F32, geometry: Int32Array): number;
+  /** Packs conv weights in the layout convPackLayout names, or with `blocked` for conv2dBlocked (dst:
+   * ceil(cout/32)*32*K floats); returns the layout. */
+  convPackWeights(dst: F32, w: F32, geometry: Int32Array, blocked?: boolean): number;
   /** The plain weights [cout, cin/groups, kh, kw] back from weights packed in `layout`. */
   convUnpackWeights(w: F32, packed: F32, layout: number, geometry: Int32Array): void;
   /** Blocked activations (NCHW16c: [n][c/16][h][w][16]) for the inference plan: whether conv2dBlocked
    * takes this geometry with blocked (or NCHW) input. */
   convBlockedOk(geometry: Int32Array, xBlocked: boolean): boolean;
-  /** Packs weights for conv2dBlocked (dst: ceil(cout/32)*32*K floats); returns the layout. */
-  convPackWeightsBlocked(dst: F32, w: F32, geometry: Int32Array): number;
   /** y (blocked) = conv(x) + bias (+ residual, blocked, may be y) (then relu); x blocked or NCHW. */
   conv2dBlocked(y: F32, x: F32, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed: F32, layout: number, xBlocked: boolean): void;
   /** Max pool on blocked activations (c a multiple of 16); geometry as maxPool2d's. */

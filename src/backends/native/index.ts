@@ -88,7 +88,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     packConvWeightsBlocked: (w, p) => {
       // pixel-row panels of 32 output channels (zero-padded) over K = cIn * kh * kw
       const data = new Float32Array(Math.ceil(p.cOut / 32) * 32 * p.cIn * p.kh * p.kw);
-      return { data, layout: b.convPackWeightsBlocked(data, w, conv(p)) };
+      return { data, layout: b.convPackWeights(data, w, conv(p), true) };
     },
     conv2dBlocked: (y, x, bias, residual, relu, p, packed, xBlocked) =>
       b.conv2dBlocked(y, x, bias, residual, relu, conv(p), packed.data, packed.layout, xBlocked),
