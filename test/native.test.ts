@@ -355,16 +355,27 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
   }
 });
 
-/** NCHW -> NCHW16c ([n][c/16][hw][16]) and back, for the blocked-activation kernels. */
-function toBlocked(x: Float32Array, n: number, c: number, hw: number): Float32Array {
-  const y = new Float32Array(x.length);
-  for (let b = 0; b < n; b++) for (let ch = 0; ch < c; ch++) for (let i = 0; i < hw; i++) y[((b * (c / 16) + (ch >> 4)) * hw + i) * 16 + (ch & 15)] = x[(b * c + ch) * hw + i]!;
+/** Index of (image b, channel ch, row y, column x) in a blocked buffer of c channels of h x w maps:
+ * NCHW16c with a one-pixel zero border, [n][c/16][h+2][w+2][16]. */
+function blockedIndex(b: number, ch: number, y: number, x: number, c: number, h: number, w: number): number {
+  return (((b * (c / 16) + (ch >> 4)) * (h + 2) + y + 1) * (w + 2) + x + 1) * 16 + (ch & 15);
+}
+/** NCHW -> blocked (border zero, or `border` to check that a kernel leaves it alone) and back. */
+function toBlocked(x: Float32Array, n: number, c: number, h: number, w: number, border = 0): Float32Array {
+  const y = new Float32Array(n * c * (h + 2) * (w + 2)).fill(border);
+  for (let b = 0; b < n; b++) for (let ch = 0; ch < c; ch++) for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) y[blockedIndex(b, ch, i, j, c, h, w)] = x[((b * c + ch) * h + i) * w + j]!;
   return y;
 }
-function fromBlocked(y: Float32Array, n: number, c: number, hw: number): Float32Array {
-  const x = new Float32Array(y.length);
-  for (let b = 0; b < n; b++) for (let ch = 0; ch < c; ch++) for (let i = 0; i < hw; i++) x[(b * c + ch) * hw + i] = y[((b * (c / 16) + (ch >> 4)) * hw + i) * 16 + (ch & 15)]!;
+function fromBlocked(y: Float32Array, n: number, c: number, h: number, w: number): Float32Array {
+  const x = new Float32Array(n * c * h * w);
+  for (let b = 0; b < n; b++) for (let ch = 0; ch < c; ch++) for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) x[((b * c + ch) * h + i) * w + j] = y[blockedIndex(b, ch, i, j, c, h, w)]!;
   return x;
+}
+/** Whether the border of a blocked buffer still holds only `v`. */
+function borderIs(y: Float32Array, n: number, c: number, h: number, w: number, v: number): boolean {
+  const inside = new Uint8Array(y.length);
+  for (let b = 0; b < n; b++) for (let ch = 0; ch < c; ch++) for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) inside[blockedIndex(b, ch, i, j, c, h, w)] = 1;
+  return y.every((x, i) => inside[i] === 1 || Object.is(x, v));
 }
 
 // blocked activations (NCHW16c), the inference plan's layout on AVX-512: [case, x blocked]
@@ -377,7 +388,7 @@ const blockedCases: [string, Conv2dParams, boolean][] = [
   ['1x1/2 reading x in place (pixels 32 floats apart)', convCase(2, 32, 13, 14, 32, 1, 2, 0, 1, 1), true],
   ['16 channels in and out, 7x7, batch 8 (one run per tile)', convCase(8, 16, 7, 7, 16, 3, 1, 1, 1, 1), true],
   ['1x1/2 reading NCHW in place', convCase(1, 16, 6, 14, 32, 1, 2, 0, 1, 1), false],
-  ['dilated 3x3 (dilation 2, padding 2)', convCase(1, 16, 9, 14, 32, 3, 1, 2, 2, 1), true],
+  ['dilated 3x3 (dilation 2, padding 2: more than the border, so the conversion fallback)', convCase(1, 16, 9, 14, 32, 3, 1, 2, 2, 1), true],
   ['per image in L2-sized chunks of tiles (batch 8, K = 256 on 28x28)', convCase(8, 256, 28, 28, 32, 1, 1, 0, 1, 1), true],
 ];
 
@@ -385,28 +396,32 @@ for (const [name, p, xBlocked] of blockedCases) {
   test(`native conv2d on blocked activations = reference: ${name}`, { skip }, async () => {
     const { loadBinding } = await import('../src/backends/native/binding.js');
     const b = loadBinding().binding!;
-    const hw = p.h * p.w, ohw = p.oh * p.ow, ny = p.n * p.cOut * ohw;
-    const x = randomArray(p.n * p.cIn * hw, gen);
+    const ny = p.n * p.cOut * p.oh * p.ow, nyb = p.n * p.cOut * (p.oh + 2) * (p.ow + 2);
+    const x = randomArray(p.n * p.cIn * p.h * p.w, gen);
     const w = randomArray(p.cOut * p.cIn * p.kh * p.kw, gen, 0.3);
     const bias = randomArray(p.cOut, gen);
     const res = randomArray(ny, gen);
     const yr = new Float32Array(ny);
     tsKernels.conv2d(yr, x, w, bias, p);
     const packed = nat!.packConvWeightsBlocked(w, p);
-    const xin = xBlocked ? toBlocked(x, p.n, p.cIn, hw) : x;
+    const xin = xBlocked ? toBlocked(x, p.n, p.cIn, p.h, p.w) : x;
     const original = b.isa();
     try {
       // the AVX-512 kernels where this CPU has them, then the conversion fallback of other ISAs
       for (const code of [0, 2]) {
         const isa = b.isa(code);
-        if (code === 0) assert.equal(nat!.convBlockedOk(p, xBlocked), isa === 'avx512', 'fast path exactly on AVX-512');
-        const y = new Float32Array(ny).fill(NaN); // every output written
+        const fast = isa === 'avx512' && (!xBlocked || (p.ph <= 1 && p.pw <= 1));
+        if (code === 0) assert.equal(nat!.convBlockedOk(p, xBlocked), fast, 'fast path exactly on AVX-512, padding within the border');
+        // every interior output written, the border left alone (7 here; zero in the plan)
+        const y = toBlocked(new Float32Array(ny).fill(NaN), p.n, p.cOut, p.oh, p.ow, 7);
         nat!.conv2dBlocked(y, xin, bias, null, false, p, packed, xBlocked);
-        assertClose(fromBlocked(y, p.n, p.cOut, ohw), yr, scaleTol(yr), `${isa}: conv + bias`);
-        const inplace = toBlocked(res, p.n, p.cOut, ohw); // the residual added in place, then relu
+        assertClose(fromBlocked(y, p.n, p.cOut, p.oh, p.ow), yr, scaleTol(yr), `${isa}: conv + bias`);
+        assert.ok(borderIs(y, p.n, p.cOut, p.oh, p.ow, 7), `${isa}: the output's border untouched`);
+        assert.equal(y.length, nyb);
+        const inplace = toBlocked(res, p.n, p.cOut, p.oh, p.ow); // the residual added in place, then relu
         nat!.conv2dBlocked(inplace, xin, bias, inplace, true, p, packed, xBlocked);
         const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
-        assertClose(fromBlocked(inplace, p.n, p.cOut, ohw), expect, scaleTol(expect), `${isa}: + residual in place, relu`);
+        assertClose(fromBlocked(inplace, p.n, p.cOut, p.oh, p.ow), expect, scaleTol(expect), `${isa}: + residual in place, relu`);
       }
     } finally {
       b.isa(0);
@@ -419,11 +434,14 @@ test('native blocked convolution refuses what it cannot run, clearly', { skip },
   const p = convCase(1, 16, 7, 7, 24, 3, 1, 1, 1, 1); // 24 output channels: not whole 16-channel blocks
   assert.equal(nat!.convBlockedOk(p, true), false);
   const packed = nat!.packConvWeightsBlocked(randomArray(24 * 16 * 9, gen), p);
-  assert.throws(() => nat!.conv2dBlocked(new Float32Array(24 * 49), new Float32Array(16 * 49), null, null, false, p, packed, true), /blocked activations/);
+  assert.throws(() => nat!.conv2dBlocked(new Float32Array(24 * 81), new Float32Array(16 * 81), null, null, false, p, packed, true), /blocked activations/);
   const q = convCase(1, 16, 7, 7, 32, 3, 1, 1, 1, 1);
   const other = nat!.packConvWeights(randomArray(32 * 16 * 9, gen), convCase(1, 16, 8, 8, 32, 3, 1, 1, 1, 1));
   assert.notEqual(other.layout, nat!.packConvWeightsBlocked(randomArray(32 * 16 * 9, gen), q).layout);
-  assert.throws(() => nat!.conv2dBlocked(new Float32Array(32 * 49), new Float32Array(16 * 49), null, null, false, q, other, true), /layout|blocked/);
+  assert.throws(() => nat!.conv2dBlocked(new Float32Array(32 * 81), new Float32Array(16 * 81), null, null, false, q, other, true), /layout|blocked/);
+  // buffers without the border are too short
+  const ok = nat!.packConvWeightsBlocked(randomArray(32 * 16 * 9, gen), q);
+  assert.throws(() => nat!.conv2dBlocked(new Float32Array(32 * 49), new Float32Array(16 * 81), null, null, false, q, ok, true), /shorter/);
 });
 
 test('native blocked max pool and global average pool = reference', { skip }, () => {
@@ -431,20 +449,21 @@ test('native blocked max pool and global average pool = reference', { skip }, ()
     const p: Pool2dParams = { n, c, h, w, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, dh: 1, dw: 1, oh: convOutSize(h, k, s, pad, 1), ow: convOutSize(w, k, s, pad, 1) };
     const x = randomArray(n * c * h * w, gen);
     for (let i = 0; i < 7; i++) x[Math.floor(gen.random() * x.length)] = NaN; // NaN wins its windows
-    const ohw = p.oh * p.ow;
-    const yr = new Float32Array(n * c * ohw), ar = new Int32Array(yr.length);
+    const yr = new Float32Array(n * c * p.oh * p.ow), ar = new Int32Array(yr.length);
     tsKernels.maxPool2d(yr, ar, x, p);
-    const yb = new Float32Array(yr.length).fill(7);
-    nat!.maxPool2dBlocked(yb, toBlocked(x, n, c, h * w), p);
-    assert.deepEqual(fromBlocked(yb, n, c, ohw), yr, `max pool ${n}x${c}x${h}x${w}`);
+    // the input's border is 5 here: the pool must not read it (windows are clipped to the map)
+    const yb = toBlocked(new Float32Array(yr.length).fill(NaN), n, c, p.oh, p.ow, 7);
+    nat!.maxPool2dBlocked(yb, toBlocked(x, n, c, h, w, 5), p);
+    assert.deepEqual(fromBlocked(yb, n, c, p.oh, p.ow), yr, `max pool ${n}x${c}x${h}x${w}`);
+    assert.ok(borderIs(yb, n, c, p.oh, p.ow, 7), 'max pool leaves the output border alone');
     const clean = x.map((v) => (Number.isNaN(v) ? 0.5 : v));
     const ar2 = new Float32Array(n * c);
     tsKernels.adaptiveAvgPool2d(ar2, clean, { n, c, h, w, oh: 1, ow: 1 });
     const ab = new Float32Array(n * c).fill(NaN);
-    nat!.avgPoolGlobalBlocked(ab, toBlocked(clean, n, c, h * w), n, c, h * w);
+    nat!.avgPoolGlobalBlocked(ab, toBlocked(clean, n, c, h, w, 1e6), n, c, h, w); // the border is not averaged
     assertClose(ab, ar2, tol, 'global average pool');
   }
   const p: Pool2dParams = { n: 1, c: 24, h: 4, w: 4, kh: 2, kw: 2, sh: 2, sw: 2, ph: 0, pw: 0, dh: 1, dw: 1, oh: 2, ow: 2 };
   assert.throws(() => nat!.maxPool2dBlocked(new Float32Array(96), new Float32Array(384), p), /multiple of 16/);
-  assert.throws(() => nat!.avgPoolGlobalBlocked(new Float32Array(24), new Float32Array(384), 1, 24, 16), /multiple of 16/);
+  assert.throws(() => nat!.avgPoolGlobalBlocked(new Float32Array(24), new Float32Array(864), 1, 24, 4, 4), /multiple of 16/);
 });

@@ -240,10 +240,13 @@ static napi_value js_conv2d_blocked(napi_env env, napi_callback_info info) {
   if (!conv_args(env, info, &a, 9, 5, &p, &nx, &ny, &nw)) return NULL;
   int layout = 0;
   const float *wp = packed_arg(&a, 6, 7, &p, &layout);
+  int relu = flag(&a, 4), xb = flag(&a, 8);
   if (a.failed) return NULL;
+  /* blocked buffers carry the zero border (conv.h) */
+  ny = SZ(p.n) * p.cout * (p.oh + 2 * CONV_BLK_BORDER) * (p.ow + 2 * CONV_BLK_BORDER);
+  if (xb) nx = SZ(p.n) * p.cin * (p.h + 2 * CONV_BLK_BORDER) * (p.w + 2 * CONV_BLK_BORDER);
   float *y = f32(&a, 0, ny, 0);
   const float *x = f32(&a, 1, nx, 0), *b = f32(&a, 2, p.cout, 1), *res = f32(&a, 3, ny, 1);
-  int relu = flag(&a, 4), xb = flag(&a, 8);
   if (a.failed) return NULL;
   if (conv2d_forward_blocked(y, x, wp, layout, b, res, relu, &p, xb) != 0) {
     fail(&a, "native: this convolution cannot run on blocked activations (see convBlockedOk) or its weights are not packed for it");
@@ -365,8 +368,8 @@ static napi_value js_maxpool(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* maxPool2dBlocked(y, x, geometry), avgPoolGlobalBlocked(y, x, n, c, hw): blocked (NCHW16c) inputs,
- * c a multiple of 16; the average pool writes [n][c]. */
+/* maxPool2dBlocked(y, x, geometry), avgPoolGlobalBlocked(y, x, n, c, h, w): blocked inputs (with the
+ * zero border, conv.h), c a multiple of 16; the average pool writes [n][c]. */
 static napi_value js_maxpool_blocked(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 3)) return NULL;
@@ -375,7 +378,8 @@ static napi_value js_maxpool_blocked(napi_env env, napi_callback_info info) {
   pool_p p;
   memcpy(&p, g, sizeof p);
   if (p.c % 16 || p.n < 0 || p.c < 0) return fail(&a, "native: blocked max pool needs a multiple of 16 channels"), NULL;
-  size_t ny = SZ(p.n) * p.c * p.oh * p.ow, nx = SZ(p.n) * p.c * p.h * p.w;
+  const int B = CONV_BLK_BORDER;
+  size_t ny = SZ(p.n) * p.c * (p.oh + 2 * B) * (p.ow + 2 * B), nx = SZ(p.n) * p.c * (p.h + 2 * B) * (p.w + 2 * B);
   float *y = f32(&a, 0, ny, 0);
   const float *x = f32(&a, 1, nx, 0);
   if (a.failed) return NULL;
@@ -385,15 +389,14 @@ static napi_value js_maxpool_blocked(napi_env env, napi_callback_info info) {
 
 static napi_value js_avgpool_global_blocked(napi_env env, napi_callback_info info) {
   args_t a;
-  if (!get_args(env, info, &a, 5)) return NULL;
-  int n = (int)num(&a, 2), c = (int)num(&a, 3);
-  double hw = num(&a, 4);
+  if (!get_args(env, info, &a, 6)) return NULL;
+  int n = (int)num(&a, 2), c = (int)num(&a, 3), h = (int)num(&a, 4), w = (int)num(&a, 5);
   if (a.failed) return NULL;
-  if (n < 0 || c < 0 || c % 16 || hw < 1) return fail(&a, "native: blocked average pool needs a multiple of 16 channels"), NULL;
+  if (n < 0 || c < 0 || c % 16 || h < 1 || w < 1) return fail(&a, "native: blocked average pool needs a multiple of 16 channels"), NULL;
   float *y = f32(&a, 0, SZ(n) * c, 0);
-  const float *x = f32(&a, 1, SZ(n) * c * (size_t)hw, 0);
+  const float *x = f32(&a, 1, SZ(n) * c * (h + 2 * CONV_BLK_BORDER) * (w + 2 * CONV_BLK_BORDER), 0);
   if (a.failed) return NULL;
-  avgpool_global_blocked(y, x, n, c, (long)hw);
+  avgpool_global_blocked(y, x, n, c, h, w);
   return undef(env);
 }
 

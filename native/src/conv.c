@@ -681,16 +681,23 @@ int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p) {
   return CONV_LAYOUT_PROW;
 }
 
-/* NCHW <-> NCHW16c for n images of c channels (a multiple of 16) and hw pixels. */
-static void blocked_to_nchw(float *dst, const float *src, int n, int c, long hw) {
-  for (long b = 0; b < (long)n * (c / 16); b++)
-    for (long i = 0; i < hw; i++)
-      for (int l = 0; l < 16; l++) dst[(b * 16 + l) * hw + i] = src[(b * hw + i) * 16 + l];
+/* Element (block b, row y, column x, lane l) of a blocked buffer of h x w maps (conv.h). */
+static long blk_at(long b, int y, int x, int l, int h, int w) {
+  const int B = CONV_BLK_BORDER;
+  return ((b * (h + 2 * B) + y + B) * (w + 2 * B) + x + B) * 16 + l;
 }
-static void nchw_to_blocked(float *dst, const float *src, int n, int c, long hw) {
+/* Blocked (interior) <-> NCHW for n images of c channels (a multiple of 16) of h x w. */
+static void blocked_to_nchw(float *dst, const float *src, int n, int c, int h, int w) {
   for (long b = 0; b < (long)n * (c / 16); b++)
-    for (long i = 0; i < hw; i++)
-      for (int l = 0; l < 16; l++) dst[(b * hw + i) * 16 + l] = src[(b * 16 + l) * hw + i];
+    for (int y = 0; y < h; y++)
+      for (int x = 0; x < w; x++)
+        for (int l = 0; l < 16; l++) dst[((b * 16 + l) * h + y) * w + x] = src[blk_at(b, y, x, l, h, w)];
+}
+static void nchw_to_blocked(float *dst, const float *src, int n, int c, int h, int w) {
+  for (long b = 0; b < (long)n * (c / 16); b++)
+    for (int y = 0; y < h; y++)
+      for (int x = 0; x < w; x++)
+        for (int l = 0; l < 16; l++) dst[blk_at(b, y, x, l, h, w)] = src[((b * 16 + l) * h + y) * w + x];
 }
 
 int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout, const float *bias, const float *residual,
@@ -709,10 +716,10 @@ int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout
   float *xt = x_blocked ? malloc(sizeof(float) * p->n * p->cin * hw) : NULL, *rt = residual ? malloc(sizeof(float) * ny) : NULL;
   if (!w || !yt || (x_blocked && !xt) || (residual && !rt)) abort();
   prow_unpack(wp, p->cout, (int)K, PR_NR, w);
-  if (xt) blocked_to_nchw(xt, x, p->n, p->cin, hw);
-  if (rt) blocked_to_nchw(rt, residual, p->n, p->cout, ohw);
+  if (xt) blocked_to_nchw(xt, x, p->n, p->cin, p->h, p->w);
+  if (rt) blocked_to_nchw(rt, residual, p->n, p->cout, p->oh, p->ow);
   conv2d_forward(yt, xt ? xt : x, w, bias, rt, relu, p);
-  nchw_to_blocked(y, yt, p->n, p->cout, ohw);
+  nchw_to_blocked(y, yt, p->n, p->cout, p->oh, p->ow);
   free(w); free(yt); free(xt); free(rt);
   return 0;
 }

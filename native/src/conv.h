@@ -27,16 +27,20 @@ void conv2d_unpack_weights(float *w, const float *wp, int layout, const conv_p *
 /* As conv2d_forward with the weights given packed (wp, in `layout`); w may then be NULL. */
 void conv2d_forward_packed(float *y, const float *x, const float *w, const float *wp, int layout, const float *bias,
                            const float *residual, int relu, const conv_p *p);
-/* Blocked activations for the inference plan (AVX-512): NCHW16c, [n][c/16][h][w][16], 16 channels of a
- * pixel side by side, so that output tiles store whole vectors (no transposes) and 1x1 convolutions
- * read contiguous channel groups. The output is always blocked; the input is blocked (x_blocked) or
- * NCHW (the stem). conv2d_blocked_ok: whether this geometry can run so (AVX-512, groups 1, cout a
- * multiple of 16, output width a multiple of 7, cin a multiple of 16 for blocked input). Weights are
- * packed once by conv2d_pack_weights_blocked (CONV_LAYOUT_PROW, conv2d_layout_size floats).
- * conv2d_forward_blocked: y = conv(x) + bias (+ residual, same layout as y, may be y) (then relu);
- * where conv2d_blocked_ok is false (another ISA forced, say) it converts to NCHW and back (slow, right);
- * -1 (nothing written) when groups != 1, the channel counts are not whole blocks, or the layout is
- * not CONV_LAYOUT_PROW. */
+/* Blocked activations for the inference plan (AVX-512): NCHW16c with a zero border,
+ * [n][c/16][h+2][w+2][16], 16 channels of a pixel side by side, so that output tiles store whole
+ * vectors (no transposes) and convolutions read contiguous channel groups; the border (which the
+ * kernels never write) stands in for padding up to one pixel, so no convolution copies its input
+ * into padded planes. The output is always blocked; the input is blocked (x_blocked) or NCHW (the
+ * stem). conv2d_blocked_ok: whether this geometry can run so (AVX-512, groups 1, cout a multiple of
+ * 16, output width a multiple of 7; for blocked input cin a multiple of 16, padding <= 1, stride 1
+ * or 2 along x). Weights are packed once by conv2d_pack_weights_blocked (CONV_LAYOUT_PROW,
+ * conv2d_layout_size floats).
+ * conv2d_forward_blocked: y = conv(x) + bias (+ residual, same layout as y, may be y) (then relu),
+ * y's interior only; where conv2d_blocked_ok is false (another ISA forced, say) it converts to NCHW
+ * and back (slow, right); -1 (nothing written) when groups != 1, the channel counts are not whole
+ * blocks, or the layout is not CONV_LAYOUT_PROW. */
+#define CONV_BLK_BORDER 1
 int conv2d_blocked_ok(const conv_p *p, int x_blocked);
 int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p);
 int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout, const float *bias, const float *residual,

@@ -130,8 +130,9 @@ typedef struct {
   int nr, by_image, direct;       /* panel width; items are images; the planes are x itself */
   const float *x;                 /* by_image: the input, x_img floats per image */
   long x_img;
-  int yblk, xblk;                 /* blocked (NCHW16c) output / input */
-  long chblk;                     /* blocked output: floats per 16-channel block of an image (oh*ow*16) */
+  int yblk, xblk;                 /* blocked output / input: NCHW16c with a zero border (conv.h) */
+  long chblk;                     /* blocked output: floats per 16-channel block of an image ((oh+2)*(ow+2)*16) */
+  int ywp;                        /* blocked output: padded row width ow + 2 */
   atomic_long next;
 } prow_job;
 
@@ -258,45 +259,22 @@ static void prow_runs(const prow_job *j, long b, const float *base, long r0, int
     const long ri = r0 + r;
     const int oy = (int)(ri / j->rpr), ox = (int)(ri % j->rpr) * PR_RUN;
     a[r] = base + (long)oy * j->rowstep + (long)ox * j->colstep;
-    yo[r] = b * j->y_img + ((long)oy * j->g.p->ow + ox) * (j->yblk ? 16 : 1);
+    yo[r] = b * j->y_img + (j->yblk ? ((long)(oy + CONV_BLK_BORDER) * j->ywp + ox + CONV_BLK_BORDER) * 16 : (long)oy * j->g.p->ow + ox);
   }
 }
 
-/* Phase planes of one blocked image (x: [cin/16][h][w][16]) into dst: [cin/16][phase][Hq][Wq][16],
- * channel blocks [cb_lo, cb_hi); each element a 16-channel vector, zero where the window reads padding. */
-__attribute__((target("avx512f"))) static void build_phases_blk(const igeo *g, const float *x, float *dst, int cb_lo, int cb_hi) {
+/* Input offsets of the K taps for blocked input ([cin/16][h+2][w+2][16], zero border): from an
+ * image's start to tap (c, ky, kx) of output (0, 0); the border stands in for padding up to one pixel,
+ * so every blocked convolution reads x in place, no phase planes. */
+static void blk_offsets(igeo *g) {
   const conv_p *p = g->p;
-  const __m512 zero = _mm512_setzero_ps();
-  for (int cb = cb_lo; cb < cb_hi; cb++)
-    for (int py = 0; py < p->sh; py++)
-      for (int px = 0; px < p->sw; px++) {
-        float *d = dst + ((long)cb * g->nph + py * p->sw + px) * g->plane * 16;
-        const float *xc = x + (long)cb * p->h * p->w * 16;
-        for (int r = 0; r < g->Hq; r++) {
-          const int iy = r * p->sh + py - p->ph;
-          for (int q = 0; q < g->Wq; q++, d += 16) {
-            const int ix = q * p->sw + px - p->pw;
-            _mm512_storeu_ps(d, iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? _mm512_loadu_ps(xc + ((long)iy * p->w + ix) * 16) : zero);
-          }
-        }
-      }
-}
-
-/* Input offsets of the K taps for blocked input: into the blocked phase planes above, or (direct)
- * into x itself ([cin/16][h][w][16]; 1x1 without padding). */
-static void blk_offsets(igeo *g, int direct) {
-  const conv_p *p = g->p;
+  const long wp = p->w + 2 * CONV_BLK_BORDER, plane = (long)(p->h + 2 * CONV_BLK_BORDER) * wp * 16;
+  const long origin = ((long)(CONV_BLK_BORDER - p->ph) * wp + CONV_BLK_BORDER - p->pw) * 16;
   for (int c = 0; c < p->cin; c++)
     for (int ky = 0; ky < p->kh; ky++)
-      for (int kx = 0; kx < p->kw; kx++) {
-        const int k = (c * p->kh + ky) * p->kw + kx, cb = c / 16, cl = c % 16;
-        if (direct) {
-          g->off[k] = (int)((long)cb * p->h * p->w * 16 + cl);
-          continue;
-        }
-        const int yy = ky * p->dh, xx = kx * p->dw, phs = (yy % p->sh) * p->sw + xx % p->sw;
-        g->off[k] = (int)(((long)cb * g->nph + phs) * g->plane * 16 + ((long)(yy / p->sh) * g->Wq + xx / p->sw) * 16 + cl);
-      }
+      for (int kx = 0; kx < p->kw; kx++)
+        g->off[(c * p->kh + ky) * p->kw + kx] =
+            (int)(origin + (long)(c / 16) * plane + ((long)ky * p->dh * wp + (long)kx * p->dw) * 16 + c % 16);
 }
 
 static _Thread_local buf_t prow_img_buf;
@@ -318,8 +296,7 @@ __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int
       if (b >= p->n) break;
       const float *base = j->x + b * j->x_img;
       if (!j->direct) {
-        if (j->xblk) build_phases_blk(&j->g, base, ph, 0, p->cin / 16);
-        else build_phases(&j->g, base, ph);
+        build_phases(&j->g, base, ph);
         base = ph;
       }
       /* chunks of tiles whose input fits half an L2, all panels over each (the weights stay in L2) */
@@ -367,20 +344,12 @@ typedef struct {
   const float *x;
   float *dst;
   long x_img;
-  int xblk;
 } prow_build_job;
 /* Images split over the threads, or with fewer images than threads, channels (batch 1). */
 static void prow_build_task(void *ctx, int tid, int n) {
   prow_build_job *b = ctx;
   const conv_p *p = b->g->p;
   long lo, hi;
-  if (b->xblk) { /* (image, channel block) items */
-    const int nb = p->cin / 16;
-    pool_split((long)p->n * nb, tid, n, 1, &lo, &hi);
-    for (long i = lo; i < hi; i++)
-      build_phases_blk(b->g, b->x + (i / nb) * b->x_img, b->dst + (i / nb) * b->g->img, (int)(i % nb), (int)(i % nb) + 1);
-    return;
-  }
   if (p->n >= n) {
     pool_split(p->n, tid, n, 1, &lo, &hi);
     for (long i = lo; i < hi; i++) build_phases(b->g, b->x + i * b->x_img, b->dst + i * b->g->img);
@@ -441,15 +410,16 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   j.M = p->cout;
   j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
   j.y_ch = (long)p->oh * p->ow;
-  j.y_img = (long)p->cout * j.y_ch;
   j.xblk = xblk;
   j.yblk = yblk;
-  j.chblk = j.y_ch * 16;
+  j.ywp = p->ow + 2 * CONV_BLK_BORDER;
+  j.chblk = (long)(p->oh + 2 * CONV_BLK_BORDER) * j.ywp * 16;
+  j.y_img = yblk ? (long)(p->cout / 16) * j.chblk : (long)p->cout * j.y_ch;
   j.rpr = p->ow / PR_RUN;
   j.nruns = (long)p->n * p->oh * j.rpr;
   const int runs_per_tile = nr == 16 ? 4 : 2;
   j.ntiles = (j.nruns + runs_per_tile - 1) / runs_per_tile;
-  long x_img = (long)p->cin * p->h * p->w;
+  long x_img = xblk ? (long)p->cin * (p->h + 2 * CONV_BLK_BORDER) * (p->w + 2 * CONV_BLK_BORDER) : (long)p->cin * p->h * p->w;
   if (!wp) {
     float *b = grow(&prow_w_buf, prow_packed_size(j.M, j.K, nr));
     prow_pack(wt, j.M, j.K, nr, b);
@@ -459,18 +429,12 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   j.nr = nr;
   const int pw1 = p->kh == 1 && p->kw == 1 && p->ph == 0 && p->pw == 0;
   if (xblk) {
-    /* 1x1 without padding, stride 1 or 2 along x: x in place (pixels 16 or 32 floats apart) */
-    const int direct = pw1 && (p->sw == 1 || p->sw == 2);
-    blk_offsets(&j.g, direct);
-    if (direct) {
-      j.phases = x;
-      j.rowstep = (long)p->sh * p->w * 16;
-      j.colstep = 16 * p->sw;
-      j.g.img = x_img;
-    } else {
-      j.rowstep = (long)j.g.Wq * 16;
-      j.colstep = 16;
-    }
+    /* x in place: pixels 16 floats apart times the stride (prow_blocked_ok: stride 1 or 2 along x) */
+    blk_offsets(&j.g);
+    j.phases = x;
+    j.rowstep = (long)p->sh * (p->w + 2 * CONV_BLK_BORDER) * 16;
+    j.colstep = 16 * p->sw;
+    j.g.img = x_img;
   } else {
     j.rowstep = j.g.Wq;
     j.colstep = 1;
@@ -507,8 +471,8 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   }
   if (!j.direct) {
     float *ph = grow(&prow_ph_buf, (size_t)p->n * j.g.img);
-    prow_build_job bj = {&j.g, x, ph, x_img, xblk};
-    const long items = (long)p->n * (xblk ? p->cin / 16 : p->cin);
+    prow_build_job bj = {&j.g, x, ph, x_img};
+    const long items = (long)p->n * p->cin;
     pool_run_n(prow_build_task, &bj, items < (1 << 30) ? (int)items : 1 << 30);
     j.phases = ph;
   }
@@ -537,7 +501,9 @@ void prow_forward(float *y, const float *x, const float *wt, const float *wp, co
  * whole 16-channel output blocks, whole 7-pixel runs, blocked input in whole blocks, sizes that the
  * int offsets hold. */
 int prow_blocked_ok(const conv_p *p, int xblk) {
-  if (p->groups != 1 || p->n < 1 || p->cout % 16 || p->ow % PR_RUN || (xblk && p->cin % 16)) return 0;
+  if (p->groups != 1 || p->n < 1 || p->cout % 16 || p->ow % PR_RUN) return 0;
+  /* blocked input: padding within the border, and a pixel step the kernels have (16 or 32 floats) */
+  if (xblk && (p->cin % 16 || p->ph > CONV_BLK_BORDER || p->pw > CONV_BLK_BORDER || (p->sw != 1 && p->sw != 2))) return 0;
   long K = (long)p->cin * p->kh * p->kw;
   long Hq = p->oh + ((p->kh - 1) * p->dh) / p->sh, Wq = p->ow + ((p->kw - 1) * p->dw) / p->sw;
   return K <= (1L << 24) && Hq * Wq * p->sh * p->sw * p->cin <= (1L << 26) && (long)p->h * p->w * p->cin <= (1L << 26);

@@ -5,6 +5,7 @@
  * AVX-512, AVX2 and baseline x86-64 with target_clones, picked at load time. Channel-wise and
  * element-wise work is split across the pool's threads when it is large enough to pay. */
 #include "ops.h"
+#include "conv.h" /* CONV_BLK_BORDER: the blocked layout's zero border */
 #include "pool.h"
 #include <math.h>
 #include <stdlib.h>
@@ -651,7 +652,7 @@ void maxpool_fwd(float *y, int32_t *argmax, const float *x, const pool_p *p) {
     for (int kx = 0; kx < (p)->kw; kx++) {                                                                           \
       const int ix = (ox) * (p)->sw - (p)->pw + kx * (p)->dw;                                                        \
       if (ix < 0 || ix >= (p)->w) continue;                                                                          \
-      const float *v = (xb) + ((long)iy * (p)->w + ix) * 16;                                                         \
+      const float *v = (xb) + ((long)(iy + CONV_BLK_BORDER) * ((p)->w + 2 * CONV_BLK_BORDER) + ix + CONV_BLK_BORDER) * 16; \
       BODY                                                                                                           \
     }                                                                                                                \
   }
@@ -689,16 +690,19 @@ static void maxpool_blk_task(void *ctx, int tid, int nt) {
   const pool_p *p = j->p;
   long lo, hi;
   pool_split((long)p->n * (p->c / 16) * p->oh, tid, nt, 1, &lo, &hi);
+  const int B = CONV_BLK_BORDER;
   for (long r = lo; r < hi; r++) {
     const long blk = r / p->oh;
     const int oy = (int)(r % p->oh);
+    float *yr = j->y + ((blk * (p->oh + 2 * B) + oy + B) * (p->ow + 2 * B) + B) * 16;
+    const float *xb = j->x + blk * (p->h + 2 * B) * (p->w + 2 * B) * 16;
 #if defined(__x86_64__)
     if (has_avx512()) {
-      maxpool_blk_row512(j->y + (blk * p->oh + oy) * p->ow * 16, j->x + blk * p->h * p->w * 16, p, oy);
+      maxpool_blk_row512(yr, xb, p, oy);
       continue;
     }
 #endif
-    maxpool_blk_row(j->y + (blk * p->oh + oy) * p->ow * 16, j->x + blk * p->h * p->w * 16, p, oy);
+    maxpool_blk_row(yr, xb, p, oy);
   }
 }
 
@@ -710,13 +714,16 @@ void maxpool_fwd_blocked(float *y, const float *x, const pool_p *p) {
 }
 
 /* y[b][c] = mean of channel c of image b over its hw pixels (x blocked). */
-MV void avgpool_global_blocked(float *y, const float *x, int n, int c, long hw) {
+MV void avgpool_global_blocked(float *y, const float *x, int n, int c, int h, int w) {
+  const int B = CONV_BLK_BORDER;
   for (long blk = 0; blk < (long)n * (c / 16); blk++) {
     double acc[16] = {0};
-    const float *xb = x + blk * hw * 16;
-    for (long i = 0; i < hw; i++)
-      for (int l = 0; l < 16; l++) acc[l] += xb[i * 16 + l];
-    for (int l = 0; l < 16; l++) y[blk * 16 + l] = (float)(acc[l] / (double)hw);
+    for (int r = 0; r < h; r++) {
+      const float *xr = x + ((blk * (h + 2 * B) + r + B) * (w + 2 * B) + B) * 16;
+      for (long i = 0; i < w; i++)
+        for (int l = 0; l < 16; l++) acc[l] += xr[i * 16 + l];
+    }
+    for (int l = 0; l < 16; l++) y[blk * 16 + l] = (float)(acc[l] / ((double)h * w));
   }
 }
 

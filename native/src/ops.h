@@ -23,10 +23,11 @@ typedef struct {
 /* argmax may be NULL (inference): then no indices are written and a faster separable path runs. */
 void maxpool_fwd(float *y, int32_t *argmax, const float *x, const pool_p *p);
 void maxpool_bwd(float *dx, const float *dy, const int32_t *argmax, const pool_p *p);
-/* Blocked (NCHW16c: [n][c/16][h][w][16], c a multiple of 16) max pool and global average pool (to
- * [n][c]) for the inference plan's blocked activations. */
+/* Max pool and global average pool (to [n][c]) on the inference plan's blocked activations
+ * (conv.h: [n][c/16][h+2][w+2][16] with a zero border, c a multiple of 16); the pool writes its
+ * output's interior only. */
 void maxpool_fwd_blocked(float *y, const float *x, const pool_p *p);
-void avgpool_global_blocked(float *y, const float *x, int n, int c, long hw);
+void avgpool_global_blocked(float *y, const float *x, int n, int c, int h, int w);
 void adaptive_avgpool_fwd(float *y, const float *x, int n, int c, int h, int w, int oh, int ow);
 void adaptive_avgpool_bwd(float *dx, const float *dy, int n, int c, int h, int w, int oh, int ow);
 

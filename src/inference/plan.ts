@@ -61,6 +61,21 @@ class BufferPool {
   }
 }
 
+/** Recycles zero-initialised Float32Arrays by a key (the blocked activations' shape). */
+class KeyedBufferPool {
+  private free = new Map<string, Float32Array[]>();
+
+  acquire(key: string, n: number): Float32Array {
+    return this.free.get(key)?.pop() ?? new Float32Array(n);
+  }
+
+  release(key: string, b: Float32Array): void {
+    const list = this.free.get(key);
+    if (list) list.push(b);
+    else this.free.set(key, [b]);
+  }
+}
+
 interface Act {
   data: Float32Array;
   shape: Shape4;
@@ -148,6 +163,7 @@ export class InferencePlan {
   /** the native backend the weights were packed for (null: plain weights for any backend) */
   private packedFor: NativeKernels | null = null;
   private readonly pool = new BufferPool();
+  private readonly blockedPool = new KeyedBufferPool();
 
   constructor(
     readonly model: ResNet,
@@ -236,7 +252,7 @@ export class InferencePlan {
       this.pool.release(a.data);
       a = { data: out, shape: [p.n, p.c, p.oh, p.ow] };
     }
-    a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.conv(k, f, x, res, relu, inPlace));
+    a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.conv(k, f, x, res, relu, inPlace), (act) => this.pool.release(act.data));
     // global average pool to [N, C]
     const [n, c, hh, ww] = a.shape;
     const pooled = this.pool.acquire(n * c);
@@ -249,7 +265,12 @@ export class InferencePlan {
    * shortcut first (its conv comes after the block's convs in `folded`), then its convs, the last of
    * which adds the shortcut in place, into the shortcut's own buffer (one stream less through memory
    * than reading it and writing a new buffer); buffers go back to the pool as soon as they are dead. */
-  private blocks(a: Act, next: () => FoldedConv, conv: (f: FoldedConv, x: Act, residual: Act | null, relu: boolean, inPlace: boolean) => Act): Act {
+  private blocks(
+    a: Act,
+    next: () => FoldedConv,
+    conv: (f: FoldedConv, x: Act, residual: Act | null, relu: boolean, inPlace: boolean) => Act,
+    release: (act: Act) => void,
+  ): Act {
     for (const stage of this.model.stages) {
       for (const block of stage.layers) {
         const plain = block instanceof PlainBasicBlock || block instanceof PlainBottleneck;
@@ -267,11 +288,11 @@ export class InferencePlan {
         for (let c = 0; c < nConvs; c++) {
           const res = c === nConvs - 1 ? shortcut : null;
           const out = conv(mids[c]!, h, res, true, res !== null);
-          if (h !== a) this.pool.release(h.data);
+          if (h !== a) release(h);
           h = out;
         }
-        if (shortcut && shortcut !== a && shortcut.data !== h.data) this.pool.release(shortcut.data);
-        if (a.data !== h.data) this.pool.release(a.data);
+        if (shortcut && shortcut !== a && shortcut.data !== h.data) release(shortcut);
+        if (a.data !== h.data) release(a);
         a = h;
       }
     }
@@ -327,24 +348,38 @@ export class InferencePlan {
     let a = this.convBlocked(nat, next(), { data: x.values, shape: x.shape as Shape4 }, false, null, true, false);
     if (m.maxpool) {
       const p = maxPool2dParams(meta(a.shape), m.maxpool.options);
-      const out = this.pool.acquire(p.n * p.c * p.oh * p.ow);
+      const shape: Shape4 = [p.n, p.c, p.oh, p.ow];
+      const out = this.acquireBlocked(shape);
       nat.maxPool2dBlocked(out, a.data, p);
-      this.pool.release(a.data);
-      a = { data: out, shape: [p.n, p.c, p.oh, p.ow] };
+      this.releaseBlocked(a);
+      a = { data: out, shape };
     }
-    a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.convBlocked(nat, f, x, true, res, relu, inPlace));
+    a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.convBlocked(nat, f, x, true, res, relu, inPlace), (act) => this.releaseBlocked(act));
     const [n, c, hh, ww] = a.shape;
     const pooled = this.pool.acquire(n * c);
-    nat.avgPoolGlobalBlocked(pooled, a.data, n, c, hh * ww);
-    this.pool.release(a.data);
+    nat.avgPoolGlobalBlocked(pooled, a.data, n, c, hh, ww);
+    this.releaseBlocked(a);
     return { data: pooled, shape: [n, c] };
   }
 
   private convBlocked(nat: NativeKernels, f: FoldedConv, x: Act, xBlocked: boolean, residual: Act | null, relu: boolean, inPlace: boolean): Act {
     const p = convParams(f.conv, x.shape);
-    const y = inPlace && residual ? residual.data : this.pool.acquire(p.n * p.cOut * p.oh * p.ow);
+    const shape: Shape4 = [p.n, p.cOut, p.oh, p.ow];
+    const y = inPlace && residual ? residual.data : this.acquireBlocked(shape);
     nat.conv2dBlocked(y, x.data, f.b, residual ? residual.data : null, relu, p, packedBlocked(nat, f, p), xBlocked);
-    return { data: y, shape: [p.n, p.cOut, p.oh, p.ow] };
+    return { data: y, shape };
+  }
+
+  /** A blocked buffer for activations of `shape` ([n][c/16][h+2][w+2][16]): pooled per shape, not per
+   * length, because the kernels write only the interior and the zero border (padding for the next
+   * convolution) must stay where this shape has it. */
+  private acquireBlocked(shape: Shape4): Float32Array {
+    const [n, c, h, w] = shape;
+    return this.blockedPool.acquire(`${shape.join(',')}`, n * c * (h + 2) * (w + 2));
+  }
+
+  private releaseBlocked(act: Act): void {
+    this.blockedPool.release(act.shape.join(','), act.data);
   }
 
   /** conv + bias (+ residual) (+ relu); with `inPlace`, the result overwrites the residual's buffer. */

@@ -22,15 +22,16 @@ export interface NativeBinding {
   convPackWeights(dst: F32, w: F32, geometry: Int32Array, blocked?: boolean): number;
   /** The plain weights [cout, cin/groups, kh, kw] back from weights packed in `layout`. */
   convUnpackWeights(w: F32, packed: F32, layout: number, geometry: Int32Array): void;
-  /** Blocked activations (NCHW16c: [n][c/16][h][w][16]) for the inference plan: whether conv2dBlocked
-   * takes this geometry with blocked (or NCHW) input. */
+  /** Blocked activations for the inference plan, NCHW16c with a zero border: [n][c/16][h+2][w+2][16]
+   * (the border stands in for padding up to 1). Whether conv2dBlocked takes this geometry with
+   * blocked (or NCHW) input. */
   convBlockedOk(geometry: Int32Array, xBlocked: boolean): boolean;
   /** y (blocked) = conv(x) + bias (+ residual, blocked, may be y) (then relu); x blocked or NCHW. */
   conv2dBlocked(y: F32, x: F32, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed: F32, layout: number, xBlocked: boolean): void;
   /** Max pool on blocked activations (c a multiple of 16); geometry as maxPool2d's. */
   maxPool2dBlocked(y: F32, x: F32, geometry: Int32Array): void;
-  /** Global average pool of blocked activations to [n, c]. */
-  avgPoolGlobalBlocked(y: F32, x: F32, n: number, c: number, hw: number): void;
+  /** Global average pool of blocked activations (h x w maps) to [n, c]. */
+  avgPoolGlobalBlocked(y: F32, x: F32, n: number, c: number, h: number, w: number): void;
   conv2dBackwardInput(dx: F32, dy: F32, w: F32, geometry: Int32Array): void;
   conv2dBackwardWeight(dw: F32, x: F32, dy: F32, geometry: Int32Array): void;
   batchNormTrain(y: F32, mean: F32, invStd: F32, varU: F32, x: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number, relu?: boolean): void;

@@ -30,16 +30,18 @@ export interface NativeKernels extends Kernels {
   unpackConvWeights(packed: PackedConvWeights, p: Conv2dParams): F32;
   /** Max pool without the argmax indices that backward needs (inference). */
   maxPool2dNoIndices(y: F32, x: F32, p: Pool2dParams): void;
-  /** Blocked activations (NCHW16c: [n][c/16][h][w][16], AVX-512 only), the inference plan's layout
-   * when every layer allows it: whether conv2dBlocked takes geometry p with blocked (or NCHW) input. */
+  /** Blocked activations (NCHW16c with a zero border: [n][c/16][h+2][w+2][16]; AVX-512), the
+   * inference plan's layout when every layer allows it: whether conv2dBlocked takes geometry p with
+   * blocked (or NCHW) input. Blocked outputs are written in their interior only: the border stays
+   * as the caller made it (zero). */
   convBlockedOk(p: Conv2dParams, xBlocked: boolean): boolean;
   /** Packs weights [cOut, cIn, kh, kw] for conv2dBlocked. */
   packConvWeightsBlocked(w: F32, p: Conv2dParams): PackedConvWeights;
   /** y (blocked) = conv(x) + bias (+ residual, blocked; may be y itself) (then relu); x blocked or NCHW. */
   conv2dBlocked(y: F32, x: F32, bias: F32 | null, residual: F32 | null, relu: boolean, p: Conv2dParams, packed: PackedConvWeights, xBlocked: boolean): void;
   maxPool2dBlocked(y: F32, x: F32, p: Pool2dParams): void;
-  /** Global average pool of blocked activations [n][c/16][hw][16] to [n, c]. */
-  avgPoolGlobalBlocked(y: F32, x: F32, n: number, c: number, hw: number): void;
+  /** Global average pool of blocked activations (h x w maps) to [n, c]. */
+  avgPoolGlobalBlocked(y: F32, x: F32, n: number, c: number, h: number, w: number): void;
   setThreads(n: number): void;
   getThreads(): number;
   readonly isa: string;
@@ -93,7 +95,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     conv2dBlocked: (y, x, bias, residual, relu, p, packed, xBlocked) =>
       b.conv2dBlocked(y, x, bias, residual, relu, conv(p), packed.data, packed.layout, xBlocked),
     maxPool2dBlocked: (y, x, p) => b.maxPool2dBlocked(y, x, pool(p)),
-    avgPoolGlobalBlocked: (y, x, n, c, hw) => b.avgPoolGlobalBlocked(y, x, n, c, hw),
+    avgPoolGlobalBlocked: (y, x, n, c, h, w) => b.avgPoolGlobalBlocked(y, x, n, c, h, w),
     conv2dBackwardInput: (dx, dy, w, p) => b.conv2dBackwardInput(dx, dy, w, conv(p)),
     conv2dBackwardWeight: (dw, x, dy, p) => b.conv2dBackwardWeight(dw, x, dy, conv(p)),
     batchNormTrain: (y, mean, invStd, varU, x, g, beta, p: BatchNormParams, relu = false) => b.batchNormTrain(y, mean, invStd, varU, x, g, beta, p.n, p.c, p.hw, p.eps, relu),
