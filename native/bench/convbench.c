@@ -166,6 +166,14 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strstr(shapes[c].name, argv[1])) continue;
     conv_p p = shapes[c].p;
     long nx = (long)p.n * p.cin * p.h * p.w, ny = (long)p.n * p.cout * p.oh * p.ow, nw = (long)p.cout * p.cin * p.kh * p.kw;
+    /* BLK=1: blocked activations (NCHW16c with a zero border, blocked input when cin is a multiple of
+     * 16), as the inference plan runs on AVX-512 (the data is random, so only the time means anything) */
+    const int blk = getenv("BLK") && atoi(getenv("BLK")) && conv2d_blocked_ok(&p, p.cin % 16 == 0);
+    if (blk) {
+      const int B = CONV_BLK_BORDER;
+      if (p.cin % 16 == 0) nx = (long)p.n * p.cin * (p.h + 2 * B) * (p.w + 2 * B);
+      ny = (long)p.n * p.cout * (p.oh + 2 * B) * (p.ow + 2 * B);
+    }
     float *x = malloc(nx * 4), *y = malloc(ny * 4), *w = malloc(nw * 4), *dx = malloc(nx * 4), *dw = malloc(nw * 4);
     for (long i = 0; i < nx; i++) x[i] = frand();
     for (long i = 0; i < nw; i++) w[i] = frand();
@@ -176,16 +184,13 @@ int main(int argc, char **argv) {
     /* INPLACE=1 (with RES=1 PACKED=1): the output overwrites the residual, as the inference plan runs
      * a block's last conv (the residual then grows each run; only the time matters here) */
     int inplace = res && getenv("INPLACE") && atoi(getenv("INPLACE"));
-    /* BLK=1: blocked activations (NCHW16c; blocked input when cin is a multiple of 16), as the
-     * inference plan runs on AVX-512 (the data is random, so only the time means anything) */
-    int blk = getenv("BLK") && atoi(getenv("BLK")) && conv2d_blocked_ok(&p, p.cin % 16 == 0);
     if (blk) packed = 1;
     float *wpk = packed ? malloc((blk ? conv2d_layout_size(&p, CONV_LAYOUT_PROW) : conv2d_packed_size(&p)) * 4) : NULL;
     int layout = blk ? conv2d_pack_weights_blocked(wpk, w, &p) : packed ? conv2d_pack_weights(wpk, w, &p) : 0;
     float *r = malloc(ny * 4), *bias = malloc(p.cout * 4);
     for (long i = 0; i < ny; i++) r[i] = frand();
     for (int i = 0; i < p.cout; i++) bias[i] = frand();
-    double fl = 2.0 * ny * p.cin * p.kh * p.kw;
+    double fl = 2.0 * p.n * p.cout * p.oh * p.ow * p.cin * p.kh * p.kw;
     printf("%-24s", shapes[c].name);
     for (int m = 0; m < 3; m++) {
       if (!(shapes[c].modes >> m & 1)) continue;
