@@ -15,7 +15,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { record, backward, noGrad } from '../src/tensor/autograd.js';
 import { Generator } from '../src/tensor/rng.js';
-import { Tensor, ones, tensor } from '../src/tensor/tensor.js';
+import { Tensor, ones, randn, recycledFloats, tensor, uninitialized } from '../src/tensor/tensor.js';
 import {
   adaptiveAvgPool2d,
   add,
@@ -603,6 +603,34 @@ describe('autograd engine', () => {
     y.registerHook((g) => g.map((v) => -v));
     backward(sum(y));
     assert.deepEqual(Array.from(y.grad!), [-1, -1]);
+  });
+
+  test('backward reuses dead gradient buffers, never one a caller can still see', () => {
+    const x = randn([4, 3000], new Generator(3)).requiresGrad_(); // above the reuse threshold
+    const run = (): { h: Float32Array; seen: Float32Array; x: Float32Array } => {
+      x.grad = null;
+      const h = mulScalar(x, 2).retainGrad(); // retained: h.grad is the caller's
+      const k = relu(h);
+      let seen: Float32Array | null = null;
+      k.registerHook((g) => void (seen = g)); // a hook saw k's gradient: it is never reused
+      const loss = sum(mulScalar(add(k, k), 0.5)); // add hands one gradient to both its inputs
+      backward(loss);
+      return { h: h.grad!, seen: seen!, x: x.grad! };
+    };
+    const first = run();
+    const copies = { h: first.h.slice(), seen: first.seen.slice(), x: first.x.slice() };
+    assert.ok(recycledFloats() > 0, 'some gradient buffers were given back');
+    // later steps take the recycled buffers (and any others, poisoned) without touching the first
+    for (let i = 0; i < 3; i++) {
+      uninitialized(12_000).fill(NaN);
+      run();
+    }
+    assert.deepEqual(first.h, copies.h, 'a retained gradient');
+    assert.deepEqual(first.seen, copies.seen, 'a gradient a hook kept');
+    assert.deepEqual(first.x, copies.x, 'a leaf gradient');
+    const again = run();
+    assert.deepEqual(again.x, copies.x, 'the same gradients as the first time');
+    assert.deepEqual(again.h, copies.h);
   });
 
   test('a removed hook does not run', () => {

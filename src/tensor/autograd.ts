@@ -11,7 +11,7 @@
  */
 import { ShapeError } from '../errors.js';
 import { kernels } from '../kernels/registry.js';
-import { Tensor, shapeStr, uninitialized } from './tensor.js';
+import { Tensor, recycle, shapeStr, trackAllocations, trackingNow, uninitialized } from './tensor.js';
 
 export interface GradFn {
   /** Op name, for error messages and graph inspection ("conv2d", "add", ...). */
@@ -104,7 +104,19 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retain
   // Arrays the engine allocated itself may be summed into in place; others belong to an op.
   const owned = new Set<Float32Array>();
   grads.set(root, seed);
+  // Gradient arrays made during this backward (by the ops' backward functions or the sums here):
+  // once consumed and held by nobody else, they go back to uninitialized() for the next ones.
+  const made = new Set<Float32Array>();
+  const outer = trackingNow();
+  trackAllocations(made);
+  try {
+    walk(order, grads, owned, made, opts);
+  } finally {
+    trackAllocations(outer);
+  }
+}
 
+function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Float32Array>, made: Set<Float32Array>, opts: { retainGraph?: boolean }): void {
   for (let k = order.length - 1; k >= 0; k--) {
     const t = order[k]!;
     let g = grads.get(t);
@@ -116,7 +128,8 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retain
     }
     const fn = t.gradFn;
     if (fn === null) {
-      accumulate(t, g);
+      accumulate(t, g); // copies or adds g: it is consumed
+      release(g, t, grads, owned, made);
       continue;
     }
     if (t.retainsGrad) accumulate(t, g); // accumulates across backward calls, like PyTorch's retain_grad
@@ -145,7 +158,19 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retain
       }
     }
     if (!opts.retainGraph) t.gradFn = freed(fn);
+    release(g, t, grads, owned, made);
   }
+}
+
+/** t's gradient g is consumed: its buffer is reused unless this backward did not make it, a hook saw
+ * it (and may keep it), or another tensor's pending gradient is the same array (add hands g on to
+ * its inputs; a gradient summed into another one has been read by then). */
+function release(g: Float32Array, t: Tensor, grads: Map<Tensor, Float32Array>, owned: Set<Float32Array>, made: Set<Float32Array>): void {
+  if (!made.has(g) || t.hooks.length > 0) return;
+  for (const v of grads.values()) if (v.buffer === g.buffer) return;
+  made.delete(g);
+  owned.delete(g);
+  recycle(g);
 }
 
 /** Replaces a used GradFn so that its saved tensors can be collected; a second backward fails clearly. */
