@@ -156,6 +156,10 @@ test('blocked activations (NCHW16c): the plan takes them at 224x224 on AVX-512 a
         const f = auto.features(x);
         assert.deepEqual(f.shape, [n, model.numFeatures]);
       }
+      // batch 8: whole images as work items (the stem's NCHW phases and the blocked tiles per image),
+      // against the NCHW plan (itself checked against model.call above)
+      const x8 = randn([8, 3, 224, 224], new Generator(8));
+      closeToScale(auto.run(x8).values, nchw.run(x8).values, `${model.options.block} batch 8, auto vs nchw`);
       // 96x96: map widths 48, 24, 12, 6, 3 are not whole 7-pixel runs: NCHW, still right
       const small = randn([2, 3, 96, 96], new Generator(7));
       closeToScale(auto.run(small).values, withBackend('ts', () => noGrad(() => model.call(small))).values, `${model.options.block} 96x96`);
