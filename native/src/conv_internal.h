@@ -42,6 +42,8 @@ typedef struct {
 } igeo;
 #define PH_TAIL(g) (2 * IT + (g)->Wq + 16)
 int igeo_init(igeo *g, const conv_p *p);
+/* The geometry fields only (g->off NULL). */
+void igeo_geom(igeo *g, const conv_p *p);
 void build_phases_range(const igeo *g, const float *x, float *dst, long rstride, int c_lo, int c_hi);
 void build_phases_rs(const igeo *g, const float *x, float *dst, long rstride);
 void build_phases(const igeo *g, const float *x, float *dst);

@@ -27,7 +27,7 @@
 
 #if defined(__x86_64__)
 
-int igeo_init(igeo *g, const conv_p *p) {
+void igeo_geom(igeo *g, const conv_p *p) {
   g->p = p;
   g->Hq = p->oh + ((p->kh - 1) * p->dh) / p->sh;
   g->Wq = p->ow + ((p->kw - 1) * p->dw) / p->sw;
@@ -36,6 +36,11 @@ int igeo_init(igeo *g, const conv_p *p) {
   g->img = (long)g->nph * p->cin * g->plane;
   g->Lq = p->oh * g->Wq;
   g->ntiles = (g->Lq + IT - 1) / IT;
+  g->off = NULL;
+}
+
+int igeo_init(igeo *g, const conv_p *p) {
+  igeo_geom(g, p);
   int K = p->cin * p->kh * p->kw;
   g->off = malloc(sizeof(int) * (K + 8));
   if (!g->off) abort();
