@@ -130,7 +130,7 @@ typedef struct {
   int nr, by_image, direct;       /* panel width; items are images; the planes are x itself */
   const float *x;                 /* by_image: the input, x_img floats per image */
   long x_img;
-  int yblk, xblk;                 /* blocked output / input: NCHW16c with a zero border (conv.h) */
+  int yblk;                       /* blocked output: NCHW16c with a zero border (conv.h) */
   long chblk;                     /* blocked output: floats per 16-channel block of an image ((oh+2)*(ow+2)*16) */
   int ywp;                        /* blocked output: padded row width ow + 2 */
   atomic_long next;
@@ -441,7 +441,6 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   j.M = p->cout;
   j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
   j.y_ch = (long)p->oh * p->ow;
-  j.xblk = xblk;
   j.yblk = yblk;
   j.ywp = p->ow + 2 * CONV_BLK_BORDER;
   j.chblk = (long)(p->oh + 2 * CONV_BLK_BORDER) * j.ywp * 16;
