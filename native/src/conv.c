@@ -82,10 +82,10 @@ int is_pointwise(const conv_p *p) {
 }
 
 /* Valid output columns [*o0, *o1) for tap offset `shift` = kx*dw - pw: 0 <= ox*sw + shift < w. */
-static void col_range(int shift, int sw, int w, int ow, int *o0, int *o1) {
+void col_range(int shift, int sw, int w, int n, int *o0, int *o1) {
   int a = shift >= 0 ? 0 : (-shift + sw - 1) / sw;
   int b = (w - 1 - shift) < 0 ? 0 : (w - 1 - shift) / sw + 1;
-  if (b > ow) b = ow;
+  if (b > n) b = n;
   if (a > b) a = b;
   *o0 = a;
   *o1 = b;
@@ -107,11 +107,7 @@ static void im2col(const float *x, int cin, const conv_p *p, float *col, long ld
             memset(d, 0, sizeof(float) * p->ow);
             continue;
           }
-          const float *s = xc + (long)iy * p->w + shift;
-          for (int ox = 0; ox < o0; ox++) d[ox] = 0.0f;
-          if (p->sw == 1) memcpy(d + o0, s + o0, sizeof(float) * (o1 - o0));
-          else for (int ox = o0; ox < o1; ox++) d[ox] = s[(long)ox * p->sw];
-          for (int ox = o1; ox < p->ow; ox++) d[ox] = 0.0f;
+          fill_row(d, xc + (long)iy * p->w + shift, p->ow, o0, o1, p->sw);
         }
       }
     }

@@ -12,6 +12,19 @@ typedef struct {
   size_t cap;
 } buf_t;
 float *grow(buf_t *b, size_t n);
+/* Along one axis: the outputs [o0, o1) of [0, n) whose input o*sw + shift lies inside [0, w). */
+void col_range(int shift, int sw, int w, int n, int *o0, int *o1);
+/* One row of an im2col matrix or a phase plane: d[o] = s[o*sw] for o in [o0, o1), 0 elsewhere in
+ * [0, n) (s already shifted to output 0). */
+static inline void fill_row(float *d, const float *s, int n, int o0, int o1, int sw) {
+  for (int o = 0; o < o0; o++) d[o] = 0.0f;
+  if (sw == 1) {
+    for (int o = o0; o < o1; o++) d[o] = s[o];
+  } else {
+    for (int o = o0; o < o1; o++) d[o] = s[(long)o * sw];
+  }
+  for (int o = o1; o < n; o++) d[o] = 0.0f;
+}
 int is_pointwise(const conv_p *p);
 /* Weights [M][K] as the GEMM micro-kernel's A panels: wp itself when already packed, else packed
  * into buf (panel height sgemm_mr(M)). */

@@ -109,21 +109,14 @@ void build_phases_range(const igeo *g, const float *x, float *dst, long rstride,
         const float *xc = x + (long)c * p->h * p->w;
         /* columns s with 0 <= s*sw + px - pw < w */
         int shift = px - p->pw, s0, s1;
-        s0 = shift >= 0 ? 0 : (-shift + p->sw - 1) / p->sw;
-        s1 = (p->w - 1 - shift) < 0 ? 0 : (p->w - 1 - shift) / p->sw + 1;
-        if (s1 > g->Wq) s1 = g->Wq;
-        if (s0 > s1) s0 = s1;
+        col_range(shift, p->sw, p->w, g->Wq, &s0, &s1);
         for (int r = 0; r < g->Hq; r++, d += g->Wq) {
           int iy = r * p->sh + py - p->ph;
           if (iy < 0 || iy >= p->h) {
             memset(d, 0, sizeof(float) * g->Wq);
             continue;
           }
-          const float *s = xc + (long)iy * p->w + shift;
-          for (int q = 0; q < s0; q++) d[q] = 0.0f;
-          if (p->sw == 1) memcpy(d + s0, s + s0, sizeof(float) * (s1 - s0));
-          else for (int q = s0; q < s1; q++) d[q] = s[(long)q * p->sw];
-          for (int q = s1; q < g->Wq; q++) d[q] = 0.0f;
+          fill_row(d, xc + (long)iy * p->w + shift, g->Wq, s0, s1, p->sw);
         }
       }
 }

@@ -46,30 +46,16 @@ interface FoldedConv {
 
 type Shape4 = [number, number, number, number];
 
-/** Recycles Float32Arrays by length. */
-class BufferPool {
-  private free = new Map<number, Float32Array[]>();
+/** Recycles Float32Arrays by a key (their length, or the blocked activations' shape); new ones are
+ * zero-initialised. */
+class BufferPool<K> {
+  private free = new Map<K, Float32Array[]>();
 
-  acquire(n: number): Float32Array {
-    return this.free.get(n)?.pop() ?? new Float32Array(n);
-  }
-
-  release(b: Float32Array): void {
-    const list = this.free.get(b.length);
-    if (list) list.push(b);
-    else this.free.set(b.length, [b]);
-  }
-}
-
-/** Recycles zero-initialised Float32Arrays by a key (the blocked activations' shape). */
-class KeyedBufferPool {
-  private free = new Map<string, Float32Array[]>();
-
-  acquire(key: string, n: number): Float32Array {
+  acquire(key: K, n: number): Float32Array {
     return this.free.get(key)?.pop() ?? new Float32Array(n);
   }
 
-  release(key: string, b: Float32Array): void {
+  release(key: K, b: Float32Array): void {
     const list = this.free.get(key);
     if (list) list.push(b);
     else this.free.set(key, [b]);
@@ -107,29 +93,30 @@ function foldedWeights(f: FoldedConv): Float32Array {
   return w;
 }
 
+/** Replaces f's packing by pack(plain folded weights), the plain ones taken from wherever they are
+ * (the unpacked copy, the old packing, or folded afresh) and then dropped. */
+function repack(nat: NativeKernels, f: FoldedConv, p: Conv2dParams, blocked: boolean): PackedConvWeights {
+  const w = f.w ?? (f.packed ? nat.unpackConvWeights(f.packed, p) : foldedWeights(f));
+  f.packed = blocked ? nat.packConvWeightsBlocked(w, p) : nat.packConvWeights(w, p);
+  f.packedBlocked = blocked;
+  f.w = null;
+  return f.packed;
+}
+
 /** The folded weights packed for geometry p (packing or repacking them when needed). */
 function packedFor(nat: NativeKernels, f: FoldedConv, p: Conv2dParams): PackedConvWeights {
   const key = `${p.n},${p.h},${p.w}`;
   if (f.packed && f.packedFor === key) return f.packed;
   const layout = nat.convPackLayout(p);
   f.packedFor = key;
-  if (f.packed && f.packed.layout === layout) return f.packed;
-  const w = f.w ?? (f.packed ? nat.unpackConvWeights(f.packed, p) : foldedWeights(f));
-  f.packed = nat.packConvWeights(w, p);
-  f.packedBlocked = false;
-  f.w = null;
-  return f.packed;
+  return f.packed && f.packed.layout === layout ? f.packed : repack(nat, f, p, false);
 }
 
 /** The folded weights packed for conv2dBlocked (packing them, or repacking an NCHW-path packing). */
 function packedBlocked(nat: NativeKernels, f: FoldedConv, p: Conv2dParams): PackedConvWeights {
   if (f.packed && f.packedBlocked) return f.packed;
-  const w = f.w ?? (f.packed ? nat.unpackConvWeights(f.packed, p) : foldedWeights(f));
-  f.packed = nat.packConvWeightsBlocked(w, p);
-  f.packedBlocked = true;
   f.packedFor = undefined;
-  f.w = null;
-  return f.packed;
+  return repack(nat, f, p, true);
 }
 
 function convParams(c: Conv2d, x: Shape4): Conv2dParams {
@@ -162,8 +149,8 @@ export class InferencePlan {
   private versions = 0;
   /** the native backend the weights were packed for (null: plain weights for any backend) */
   private packedFor: NativeKernels | null = null;
-  private readonly pool = new BufferPool();
-  private readonly blockedPool = new KeyedBufferPool();
+  private readonly pool = new BufferPool<number>(); // by length
+  private readonly blockedPool = new BufferPool<string>();
 
   constructor(
     readonly model: ResNet,
@@ -223,7 +210,7 @@ export class InferencePlan {
     const k = kernels();
     if (fc.bias) for (let i = 0; i < n; i++) y.set(fc.bias.values, i * fc.outFeatures);
     k.gemm(y, feats.data, fc.weight.values, n, fc.outFeatures, c, false, true, 1, fc.bias ? 1 : 0);
-    this.pool.release(feats.data);
+    this.release(feats.data);
     return new Tensor([n, fc.outFeatures], y);
   }
 
@@ -240,24 +227,24 @@ export class InferencePlan {
     let a = this.conv(k, next(), { data: x.values, shape: x.shape as Shape4 }, null, true);
     if (m.maxpool) {
       const p = maxPool2dParams(meta(a.shape), m.maxpool.options);
-      const out = this.pool.acquire(p.n * p.c * p.oh * p.ow);
+      const out = this.acquire(p.n * p.c * p.oh * p.ow);
       if (this.packedFor && k === this.packedFor) {
         this.packedFor.maxPool2dNoIndices(out, a.data, p);
       } else {
         // The kernel also writes argmax indices (for backward); a pooled buffer viewed as int32 holds them.
-        const scratch = this.pool.acquire(out.length);
+        const scratch = this.acquire(out.length);
         k.maxPool2d(out, new Int32Array(scratch.buffer, scratch.byteOffset, scratch.length), a.data, p);
-        this.pool.release(scratch);
+        this.release(scratch);
       }
-      this.pool.release(a.data);
+      this.release(a.data);
       a = { data: out, shape: [p.n, p.c, p.oh, p.ow] };
     }
-    a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.conv(k, f, x, res, relu, inPlace), (act) => this.pool.release(act.data));
+    a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.conv(k, f, x, res, relu, inPlace), (act) => this.release(act.data));
     // global average pool to [N, C]
     const [n, c, hh, ww] = a.shape;
-    const pooled = this.pool.acquire(n * c);
+    const pooled = this.acquire(n * c);
     k.adaptiveAvgPool2d(pooled, a.data, { n, c, h: hh, w: ww, oh: 1, ow: 1 });
-    this.pool.release(a.data);
+    this.release(a.data);
     return { data: pooled, shape: [n, c] };
   }
 
@@ -356,7 +343,7 @@ export class InferencePlan {
     }
     a = this.blocks(a, next, (f, x, res, relu, inPlace) => this.convBlocked(nat, f, x, true, res, relu, inPlace), (act) => this.releaseBlocked(act));
     const [n, c, hh, ww] = a.shape;
-    const pooled = this.pool.acquire(n * c);
+    const pooled = this.acquire(n * c);
     nat.avgPoolGlobalBlocked(pooled, a.data, n, c, hh, ww);
     this.releaseBlocked(a);
     return { data: pooled, shape: [n, c] };
@@ -370,12 +357,20 @@ export class InferencePlan {
     return { data: y, shape };
   }
 
+  private acquire(n: number): Float32Array {
+    return this.pool.acquire(n, n);
+  }
+
+  private release(b: Float32Array): void {
+    this.pool.release(b.length, b);
+  }
+
   /** A blocked buffer for activations of `shape` ([n][c/16][h+2][w+2][16]): pooled per shape, not per
    * length, because the kernels write only the interior and the zero border (padding for the next
    * convolution) must stay where this shape has it. */
   private acquireBlocked(shape: Shape4): Float32Array {
     const [n, c, h, w] = shape;
-    return this.blockedPool.acquire(`${shape.join(',')}`, n * c * (h + 2) * (w + 2));
+    return this.blockedPool.acquire(shape.join(','), n * c * (h + 2) * (w + 2));
   }
 
   private releaseBlocked(act: Act): void {
@@ -392,11 +387,11 @@ export class InferencePlan {
     if (this.packedFor && k === this.packedFor) {
       const packed = packedFor(this.packedFor, f, p);
       // the fused kernel reads each residual element before it writes that output element
-      const y = inPlace && residual ? residual.data : this.pool.acquire(n);
+      const y = inPlace && residual ? residual.data : this.acquire(n);
       this.packedFor.conv2dFused(y, x.data, null, f.b, residual ? residual.data : null, relu, p, packed);
       return { data: y, shape: [p.n, p.cOut, p.oh, p.ow] };
     }
-    const y = this.pool.acquire(n);
+    const y = this.acquire(n);
     {
       f.w ??= foldedWeights(f);
       k.conv2d(y, x.data, f.w, f.b, p);
@@ -406,7 +401,7 @@ export class InferencePlan {
     }
     if (inPlace && residual) {
       residual.data.set(y);
-      this.pool.release(y);
+      this.release(y);
       return { data: residual.data, shape: [p.n, p.cOut, p.oh, p.ow] };
     }
     return { data: y, shape: [p.n, p.cOut, p.oh, p.ow] };
@@ -416,7 +411,7 @@ export class InferencePlan {
     const [n, cIn, h, w] = x.shape;
     const oh = Math.ceil(h / s.stride);
     const ow = Math.ceil(w / s.stride);
-    const y = this.pool.acquire(n * s.outPlanes * oh * ow);
+    const y = this.acquire(n * s.outPlanes * oh * ow);
     zeroPadSubsample(y, x.data, [n, cIn, h, w], s.outPlanes, s.stride);
     return { data: y, shape: [n, s.outPlanes, oh, ow] };
   }

@@ -11,7 +11,7 @@
  */
 import { ShapeError } from '../errors.js';
 import { kernels } from '../kernels/registry.js';
-import { Tensor, recycle, shapeStr, trackAllocations, trackingNow, uninitialized } from './tensor.js';
+import { Tensor, recycle, shapeStr, trackAllocations, uninitialized } from './tensor.js';
 
 export interface GradFn {
   /** Op name, for error messages and graph inspection ("conv2d", "add", ...). */
@@ -107,8 +107,7 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retain
   // Gradient arrays made during this backward (by the ops' backward functions or the sums here):
   // once consumed and held by nobody else, they go back to uninitialized() for the next ones.
   const made = new Set<Float32Array>();
-  const outer = trackingNow();
-  trackAllocations(made);
+  const outer = trackAllocations(made);
   try {
     walk(order, grads, owned, made, opts);
   } finally {

@@ -216,14 +216,12 @@ const RECYCLE_CAP_BYTES = 256 * 2 ** 20;
  * a forward activation, which user code or a retained graph may still hold). */
 let tracking: Set<Float32Array> | null = null;
 
-/** The set uninitialized() records into now (null: none). */
-export function trackingNow(): Set<Float32Array> | null {
-  return tracking;
-}
-
-/** backward()'s bookkeeping: start (a fresh set) or stop (null) recording uninitialized() arrays. */
-export function trackAllocations(set: Set<Float32Array> | null): void {
+/** backward()'s bookkeeping: record uninitialized() arrays into `set` (null: stop); returns the set
+ * recorded into before, to restore. */
+export function trackAllocations(set: Set<Float32Array> | null): Set<Float32Array> | null {
+  const before = tracking;
   tracking = set;
+  return before;
 }
 
 /** Floats held for reuse now (for tests). */
