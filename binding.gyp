@@ -8,6 +8,7 @@
         "native/src/conv_gather.c",
         "native/src/conv_prow.c",
         "native/src/conv_qgrid.c",
+        "native/src/conv_wino.c",
         "native/src/gemm.c",
         "native/src/ops.c",
         "native/src/pool.c"

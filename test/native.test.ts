@@ -390,6 +390,10 @@ const blockedCases: [string, Conv2dParams, boolean][] = [
   ['1x1/2 reading NCHW in place', convCase(1, 16, 6, 14, 32, 1, 2, 0, 1, 1), false],
   ['dilated 3x3 (dilation 2, padding 2: more than the border, so the conversion fallback)', convCase(1, 16, 9, 14, 32, 3, 1, 2, 2, 1), true],
   ['per image in L2-sized chunks of tiles (batch 8, K = 256 on 28x28)', convCase(8, 256, 28, 28, 32, 1, 1, 0, 1, 1), true],
+  // 3x3 stride 1 padding 1 on blocked input runs as Winograd F(2x2, 3x3), any map size
+  ['Winograd: odd 5x9 maps (cut edge tiles), 16 -> 48, batch 3', convCase(3, 16, 5, 9, 48, 3, 1, 1, 1, 1), true],
+  ['Winograd: 1x1 map, 32 -> 16', convCase(2, 32, 1, 1, 16, 3, 1, 1, 1, 1), true],
+  ['Winograd: several chunks of tiles (batch 7, 256 -> 256 on 14x13)', convCase(7, 256, 14, 13, 256, 3, 1, 1, 1, 1), true],
 ];
 
 for (const [name, p, xBlocked] of blockedCases) {
@@ -410,7 +414,7 @@ for (const [name, p, xBlocked] of blockedCases) {
       // the AVX-512 kernels where this CPU has them, then the conversion fallback of other ISAs
       for (const code of [0, 2]) {
         const isa = b.isa(code);
-        const fast = isa === 'avx512' && (!xBlocked || (p.ph <= 1 && p.pw <= 1));
+        const fast = isa === 'avx512' && (!xBlocked || (p.ph <= 1 && p.pw <= 1 && p.dh === 1));
         if (code === 0) assert.equal(nat!.convBlockedOk(p, xBlocked), fast, 'fast path exactly on AVX-512, padding within the border');
         // every interior output written, the border left alone (7 here; zero in the plan)
         const y = toBlocked(new Float32Array(ny).fill(NaN), p.n, p.cOut, p.oh, p.ow, 7);

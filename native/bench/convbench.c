@@ -65,6 +65,10 @@ static shape_t shapes[] = {
   {"r50 1x1 s2 256->512 b1", S(1, 256, 56, 512, 1, 2, 0), 1},
   {"r50 1x1 1024->256 14 b1", S(1, 1024, 14, 256, 1, 1, 0), 1},
   {"r50 3x3 512 7 b1", S(1, 512, 7, 512, 3, 1, 1), 1},
+  {"r50 3x3 512 7 b8", S(8, 512, 7, 512, 3, 1, 1), 1},
+  {"r50 3x3 64 56 b8", S(8, 64, 56, 64, 3, 1, 1), 1},
+  {"r50 3x3 128 28 b1", S(1, 128, 28, 128, 3, 1, 1), 1},
+  {"r50 3x3 256 14 b1", S(1, 256, 14, 256, 3, 1, 1), 1},
   {"r50 1x1 2048->512 7 b1", S(1, 2048, 7, 512, 1, 1, 0), 1},
 };
 
@@ -185,7 +189,7 @@ int main(int argc, char **argv) {
      * a block's last conv (the residual then grows each run; only the time matters here) */
     int inplace = res && getenv("INPLACE") && atoi(getenv("INPLACE"));
     if (blk) packed = 1;
-    float *wpk = packed ? malloc((blk ? conv2d_layout_size(&p, CONV_LAYOUT_PROW) : conv2d_packed_size(&p)) * 4) : NULL;
+    float *wpk = packed ? malloc((blk ? conv2d_layout_size(&p, conv2d_blocked_layout(&p)) : conv2d_packed_size(&p)) * 4) : NULL;
     int layout = blk ? conv2d_pack_weights_blocked(wpk, w, &p) : packed ? conv2d_pack_weights(wpk, w, &p) : 0;
     float *r = malloc(ny * 4), *bias = malloc(p.cout * 4);
     for (long i = 0; i < ny; i++) r[i] = frand();

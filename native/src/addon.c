@@ -168,13 +168,16 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* convPackedLength(geometry): floats that convPackWeights writes for this convolution's weights. */
+/* convPackedLength(geometry[, blocked]): floats that convPackWeights(..., blocked) writes for this convolution's weights. */
 static napi_value js_conv_packed_length(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   if (!get_args(env, info, &a, 1) || !conv_geom(&a, 0, &p)) return NULL;
+  const int blocked = opt_flag(&a, 1);
+  if (a.failed) return NULL;
+  if (blocked && p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
   napi_value r;
-  napi_create_double(env, (double)conv2d_packed_size(&p), &r);
+  napi_create_double(env, (double)(blocked ? conv2d_layout_size(&p, conv2d_blocked_layout(&p)) : conv2d_packed_size(&p)), &r);
   return r;
 }
 
@@ -203,7 +206,7 @@ static napi_value js_conv_unpack_weights(napi_env env, napi_callback_info info) 
 }
 
 /* convPackWeights(dst, w, geometry[, blocked]) -> layout, to pass back to conv2d with dst (blocked:
- * for conv2dBlocked, CONV_LAYOUT_PROW, ceil(cout/32)*32*K floats; else convPackedLength floats). */
+ * for conv2dBlocked, convPackedLength(geometry, true) floats; else convPackedLength floats). */
 static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
@@ -211,7 +214,7 @@ static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
   if (!conv_args(env, info, &a, 3, 2, &p, &nx, &ny, &nw)) return NULL;
   const int blocked = opt_flag(&a, 3);
   if (blocked && p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
-  float *dst = f32(&a, 0, (size_t)(blocked ? conv2d_layout_size(&p, CONV_LAYOUT_PROW) : conv2d_packed_size(&p)), 0);
+  float *dst = f32(&a, 0, (size_t)(blocked ? conv2d_layout_size(&p, conv2d_blocked_layout(&p)) : conv2d_packed_size(&p)), 0);
   const float *w = f32(&a, 1, nw, 0);
   if (a.failed) return NULL;
   napi_value r;

@@ -601,11 +601,13 @@ int conv2d_pack_layout(const conv_p *p) {
 }
 
 static long layout_size(const conv_p *p, int layout) {
+  if (layout == CONV_LAYOUT_WINO2) return wino_packed_size(p);
   const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw;
   if (layout_nr(layout)) return prow_packed_size(p->cout, K, layout_nr(layout));
   return (long)(cout_g + layout - 1) / layout * layout * K * p->groups;
 }
 long conv2d_layout_size(const conv_p *p, int layout) {
+  if (layout == CONV_LAYOUT_WINO2) return p->groups == 1 && p->kh == 3 && p->kw == 3 ? layout_size(p, layout) : -1;
   if (layout_nr(layout) ? p->groups != 1 : (layout < 1 || layout > 64)) return -1;
   return layout_size(p, layout);
 }
@@ -623,6 +625,10 @@ int conv2d_pack_weights(float *wp, const float *w, const conv_p *p) {
 
 void conv2d_unpack_weights(float *w, const float *wp, int layout, const conv_p *p) {
   const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw;
+  if (layout == CONV_LAYOUT_WINO2) {
+    wino_unpack(wp, p, w);
+    return;
+  }
   if (layout_nr(layout)) {
     prow_unpack(wp, p->cout, K, layout_nr(layout), w);
     return;
@@ -664,17 +670,27 @@ int conv2d_blocked_ok(const conv_p *p, int x_blocked) {
 #if defined(__x86_64__)
   conv_p q;
   int ky0, kx0;
-  if (strcmp(sgemm_isa(), "avx512") != 0 || no_implicit() || crop(p, &q, &ky0, &kx0)) return 0;
-  return prow_blocked_ok(p, x_blocked);
+  if (strcmp(sgemm_isa(), "avx512") != 0 || no_implicit()) return 0;
+  if (x_blocked && wino_ok(p)) return 1;
+  return !crop(p, &q, &ky0, &kx0) && prow_blocked_ok(p, x_blocked);
 #else
   (void)p; (void)x_blocked;
   return 0;
 #endif
 }
 
-int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p) {
-  prow_pack(w, p->cout, (p->cin / p->groups) * p->kh * p->kw, PR_NR, wp);
+int conv2d_blocked_layout(const conv_p *p) {
+#if defined(__x86_64__)
+  if (wino_ok(p)) return CONV_LAYOUT_WINO2;
+#endif
   return CONV_LAYOUT_PROW;
+}
+
+int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p) {
+  const int layout = conv2d_blocked_layout(p);
+  if (layout == CONV_LAYOUT_WINO2) wino_pack(w, p, wp);
+  else prow_pack(w, p->cout, (p->cin / p->groups) * p->kh * p->kw, PR_NR, wp);
+  return layout;
 }
 
 /* Element (block b, row y, column x, lane l) of a blocked buffer of h x w maps (conv.h). */
@@ -698,12 +714,15 @@ static void nchw_to_blocked(float *dst, const float *src, int n, int c, int h, i
 
 int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout, const float *bias, const float *residual,
                            int relu, const conv_p *p, int x_blocked) {
-  if (layout != CONV_LAYOUT_PROW || p->groups != 1 || p->cout % 16 || (x_blocked && p->cin % 16)) return -1;
+  if (layout != conv2d_blocked_layout(p) || p->groups != 1 || p->cout % 16 || (x_blocked && p->cin % 16)) return -1;
 #if defined(__x86_64__)
   if (conv2d_blocked_ok(p, x_blocked)) {
-    prow_forward_blocked(y, x, wp, bias, residual, relu, p, x_blocked);
+    if (layout == CONV_LAYOUT_WINO2 && x_blocked) wino_forward(y, x, wp, bias, residual, relu, p);
+    else if (layout == CONV_LAYOUT_PROW) prow_forward_blocked(y, x, wp, bias, residual, relu, p, x_blocked);
+    else goto convert;
     return 0;
   }
+convert:
 #endif
   /* no AVX-512 (a forced ISA) or a geometry outside the fast path: through NCHW, slowly but right */
   const long hw = (long)p->h * p->w, ohw = (long)p->oh * p->ow, ny = (long)p->n * p->cout * ohw;
@@ -711,7 +730,7 @@ int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout
   float *w = malloc(sizeof(float) * p->cout * K), *yt = malloc(sizeof(float) * ny);
   float *xt = x_blocked ? malloc(sizeof(float) * p->n * p->cin * hw) : NULL, *rt = residual ? malloc(sizeof(float) * ny) : NULL;
   if (!w || !yt || (x_blocked && !xt) || (residual && !rt)) abort();
-  prow_unpack(wp, p->cout, (int)K, PR_NR, w);
+  conv2d_unpack_weights(w, wp, layout, p);
   if (xt) blocked_to_nchw(xt, x, p->n, p->cin, p->h, p->w);
   if (rt) blocked_to_nchw(rt, residual, p->n, p->cout, p->oh, p->ow);
   conv2d_forward(yt, xt ? xt : x, w, bias, rt, relu, p);

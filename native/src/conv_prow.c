@@ -103,6 +103,13 @@ DEF_PROWB(2, 16, prowb2c)
 DEF_PROWB(1, 32, prowb1c2)
 DEF_PROWB(2, 32, prowb2c2)
 
+/* R (1 or 2) runs of 7 rows of a blocked matrix (row i of run r: 16-channel groups at a[r] + off[k] +
+ * 16 i) times a 32-column panel, stored blocked without epilogue: the Winograd passes' products. */
+__attribute__((target("avx512f"))) void prow_block_gemm(int R, int K, const float *Bp, const float *const *a, const int *off,
+                                                        float *const *yr, long chblk, int two) {
+  (R == 2 ? prowb2c : prowb1c)(K, Bp, a, off, yr, NULL, chblk, NULL, 0, two);
+}
+
 /* 28 consecutive pixels (one base, pixel i at a + off[k] + i) x 16 channels, over all K; t[i*16 + co]. */
 __attribute__((target("avx512f"), noinline)) static void prow28x16(int K, const float *Bp, const float *a, const int *off,
                                                                   float *t) {

@@ -16,7 +16,7 @@ export interface NativeBinding {
   /** The packed weight layout that conv2d reads for this geometry (spatial sizes included). */
   convPackLayout(geometry: Int32Array): number;
   /** Floats that convPackWeights writes for this geometry. */
-  convPackedLength(geometry: Int32Array): number;
+  convPackedLength(geometry: Int32Array, blocked?: boolean): number;
   /** Packs conv weights in the layout convPackLayout names, or with `blocked` for conv2dBlocked (dst:
    * ceil(cout/32)*32*K floats); returns the layout. */
   convPackWeights(dst: F32, w: F32, geometry: Int32Array, blocked?: boolean): number;

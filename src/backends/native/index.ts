@@ -88,8 +88,9 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     },
     convBlockedOk: (p, xBlocked) => b.convBlockedOk(conv(p), xBlocked),
     packConvWeightsBlocked: (w, p) => {
-      // pixel-row panels of 32 output channels (zero-padded) over K = cIn * kh * kw
-      const data = new Float32Array(Math.ceil(p.cOut / 32) * 32 * p.cIn * p.kh * p.kw);
+      // pixel-row panels of 32 output channels (zero-padded) over K = cIn * kh * kw, or 16 of them
+      // over cIn (Winograd F(2x2, 3x3) for 3x3 stride-1 layers)
+      const data = new Float32Array(b.convPackedLength(conv(p), true));
       return { data, layout: b.convPackWeights(data, w, conv(p), true) };
     },
     conv2dBlocked: (y, x, bias, residual, relu, p, packed, xBlocked) =>
