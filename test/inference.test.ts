@@ -136,6 +136,8 @@ test('blocked activations (NCHW16c): the plan takes them at 224x224 on AVX-512 a
   const models = [
     new ResNet('bottleneck', [1, 2, 1, 1], { numClasses: 5, widths: [16, 16, 32, 32], stemWidth: 16 }),
     new ResNet('basic', [2, 1, 1, 1], { numClasses: 5, widths: [16, 32, 32, 48], stemWidth: 16 }),
+    // 3x3 layers of more than 128 channels: Winograd F(2x2, 3x3) (F(4x4, 3x3) up to 128)
+    new ResNet('basic', [1, 1, 1, 1], { numClasses: 5, widths: [16, 32, 144, 160], stemWidth: 16 }),
   ];
   for (const model of models) {
     for (const [name, p] of model.namedParameters()) if (name.includes('bn')) p.values.set(randn(p.shape, g).values.map((v) => 1 + 0.2 * v));
@@ -143,6 +145,7 @@ test('blocked activations (NCHW16c): the plan takes them at 224x224 on AVX-512 a
     model.eval();
     const auto = compileInference(model);
     const nchw = compileInference(model, { layout: 'nchw' });
+    const direct = compileInference(model, { winograd: false });
     const blockedNow = nat.convBlockedOk({ n: 1, cIn: 16, h: 14, w: 14, cOut: 16, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1, dh: 1, dw: 1, groups: 1, oh: 14, ow: 14 }, true);
     withBackend('native', () => {
       for (const n of [1, 3]) {
@@ -151,6 +154,7 @@ test('blocked activations (NCHW16c): the plan takes them at 224x224 on AVX-512 a
         const got = auto.run(x).values;
         closeToScale(got, expected, `${model.options.block} batch ${n}, layout auto`);
         closeToScale(nchw.run(x).values, expected, `${model.options.block} batch ${n}, layout nchw`);
+        closeToScale(direct.run(x).values, expected, `${model.options.block} batch ${n}, no Winograd`);
         assert.equal((auto as any).blockedFits.get(x.shape.join(',')), blockedNow, 'blocked exactly where the CPU has AVX-512');
         // features (pooled, [N, C]) agree as well
         const f = auto.features(x);
@@ -170,4 +174,5 @@ test('blocked activations (NCHW16c): the plan takes them at 224x224 on AVX-512 a
     });
   }
   assert.throws(() => compileInference(models[0]!, { layout: 'nhwc' as any }), /layout must be 'auto' or 'nchw'/);
+  assert.throws(() => compileInference(models[0]!, { winograd: 'yes' as any }), /winograd must be true or false/);
 });

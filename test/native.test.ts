@@ -393,8 +393,13 @@ const blockedCases: [string, Conv2dParams, boolean][] = [
   // 3x3 stride 1 padding 1 on blocked input runs as Winograd F(2x2, 3x3), any map size
   ['Winograd: odd 5x9 maps (cut edge tiles), 16 -> 48, batch 3', convCase(3, 16, 5, 9, 48, 3, 1, 1, 1, 1), true],
   ['Winograd: 1x1 map, 32 -> 16', convCase(2, 32, 1, 1, 16, 3, 1, 1, 1, 1), true],
-  ['Winograd: several chunks of tiles (batch 7, 256 -> 256 on 14x13)', convCase(7, 256, 14, 13, 256, 3, 1, 1, 1, 1), true],
+  ['Winograd F(2x2): several chunks of tiles (batch 7, 256 -> 256 on 14x13)', convCase(7, 256, 14, 13, 256, 3, 1, 1, 1, 1), true],
+  ['Winograd F(4x4): several chunks of tiles (batch 5, 128 -> 128 on 28x27)', convCase(5, 128, 28, 27, 128, 3, 1, 1, 1, 1), true],
 ];
+/** Whether the blocked packing of p is a Winograd one (3x3, stride 1, padding 1, whole channel
+ * blocks; F(4x4) up to 128 channels, F(2x2) above). */
+const winogradGeometry = (p: Conv2dParams): boolean =>
+  p.kh === 3 && p.kw === 3 && p.sh === 1 && p.sw === 1 && p.ph === 1 && p.pw === 1 && p.dh === 1 && p.dw === 1 && p.groups === 1 && p.cIn % 16 === 0 && p.cOut % 16 === 0;
 
 for (const [name, p, xBlocked] of blockedCases) {
   test(`native conv2d on blocked activations = reference: ${name}`, { skip }, async () => {
@@ -407,15 +412,21 @@ for (const [name, p, xBlocked] of blockedCases) {
     const res = randomArray(ny, gen);
     const yr = new Float32Array(ny);
     tsKernels.conv2d(yr, x, w, bias, p);
-    const packed = nat!.packConvWeightsBlocked(w, p);
     const xin = xBlocked ? toBlocked(x, p.n, p.cIn, p.h, p.w) : x;
     const original = b.isa();
-    try {
+    // Winograd geometries: both packings (Winograd, and the direct pixel-row one)
+    for (const winograd of winogradGeometry(p) ? [true, false] : [true]) try {
+      const packed = nat!.packConvWeightsBlocked(w, p, winograd);
+      const wino = winograd && winogradGeometry(p);
+      assert.equal(packed.data.length, (wino ? (p.cIn <= 128 && p.cOut <= 128 ? 36 : 16) * p.cIn : p.cIn * p.kh * p.kw) * Math.ceil(p.cOut / 32) * 32);
+      // the weights come back from either packing (the conversion fallback reads them so)
+      assertClose(nat!.unpackConvWeights(packed, p), w, { rtol: 1e-5, atol: 1e-6 }, 'unpacked weights');
       // the AVX-512 kernels where this CPU has them, then the conversion fallback of other ISAs
       for (const code of [0, 2]) {
         const isa = b.isa(code);
-        const fast = isa === 'avx512' && (!xBlocked || (p.ph <= 1 && p.pw <= 1 && p.dh === 1));
-        if (code === 0) assert.equal(nat!.convBlockedOk(p, xBlocked), fast, 'fast path exactly on AVX-512, padding within the border');
+        // direct: pixel-row tiles need whole 7-pixel runs; Winograd takes any map size
+        const fast = isa === 'avx512' && (wino ? xBlocked : (!xBlocked || (p.ph <= 1 && p.pw <= 1 && p.dh === 1)) && p.ow % 7 === 0);
+        if (code === 0) assert.equal(nat!.convBlockedOk(p, xBlocked, winograd), fast, 'fast path exactly on AVX-512, padding within the border');
         // every interior output written, the border left alone (7 here; zero in the plan)
         const y = toBlocked(new Float32Array(ny).fill(NaN), p.n, p.cOut, p.oh, p.ow, 7);
         nat!.conv2dBlocked(y, xin, bias, null, false, p, packed, xBlocked);

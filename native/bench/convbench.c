@@ -172,7 +172,7 @@ int main(int argc, char **argv) {
     long nx = (long)p.n * p.cin * p.h * p.w, ny = (long)p.n * p.cout * p.oh * p.ow, nw = (long)p.cout * p.cin * p.kh * p.kw;
     /* BLK=1: blocked activations (NCHW16c with a zero border, blocked input when cin is a multiple of
      * 16), as the inference plan runs on AVX-512 (the data is random, so only the time means anything) */
-    const int blk = getenv("BLK") && atoi(getenv("BLK")) && conv2d_blocked_ok(&p, p.cin % 16 == 0);
+    const int blk = getenv("BLK") && atoi(getenv("BLK")) && conv2d_blocked_ok(&p, p.cin % 16 == 0, 1);
     if (blk) {
       const int B = CONV_BLK_BORDER;
       if (p.cin % 16 == 0) nx = (long)p.n * p.cin * (p.h + 2 * B) * (p.w + 2 * B);
@@ -189,8 +189,8 @@ int main(int argc, char **argv) {
      * a block's last conv (the residual then grows each run; only the time matters here) */
     int inplace = res && getenv("INPLACE") && atoi(getenv("INPLACE"));
     if (blk) packed = 1;
-    float *wpk = packed ? malloc((blk ? conv2d_layout_size(&p, conv2d_blocked_layout(&p)) : conv2d_packed_size(&p)) * 4) : NULL;
-    int layout = blk ? conv2d_pack_weights_blocked(wpk, w, &p) : packed ? conv2d_pack_weights(wpk, w, &p) : 0;
+    float *wpk = packed ? malloc((blk ? conv2d_layout_size(&p, conv2d_blocked_layout(&p, 1)) : conv2d_packed_size(&p)) * 4) : NULL;
+    int layout = blk ? conv2d_pack_weights_blocked(wpk, w, &p, 1) : packed ? conv2d_pack_weights(wpk, w, &p) : 0;
     float *r = malloc(ny * 4), *bias = malloc(p.cout * 4);
     for (long i = 0; i < ny; i++) r[i] = frand();
     for (int i = 0; i < p.cout; i++) bias[i] = frand();

@@ -168,16 +168,17 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* convPackedLength(geometry[, blocked]): floats that convPackWeights(..., blocked) writes for this convolution's weights. */
+/* convPackedLength(geometry[, blocked[, winograd]]): floats that convPackWeights(..., blocked, winograd) writes for this
+ * convolution's weights. */
 static napi_value js_conv_packed_length(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   if (!get_args(env, info, &a, 1) || !conv_geom(&a, 0, &p)) return NULL;
-  const int blocked = opt_flag(&a, 1);
+  const int blocked = opt_flag(&a, 1), wino = opt_flag(&a, 2);
   if (a.failed) return NULL;
   if (blocked && p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
   napi_value r;
-  napi_create_double(env, (double)(blocked ? conv2d_layout_size(&p, conv2d_blocked_layout(&p)) : conv2d_packed_size(&p)), &r);
+  napi_create_double(env, (double)(blocked ? conv2d_layout_size(&p, conv2d_blocked_layout(&p, wino)) : conv2d_packed_size(&p)), &r);
   return r;
 }
 
@@ -205,32 +206,34 @@ static napi_value js_conv_unpack_weights(napi_env env, napi_callback_info info) 
   return undef(env);
 }
 
-/* convPackWeights(dst, w, geometry[, blocked]) -> layout, to pass back to conv2d with dst (blocked:
- * for conv2dBlocked, convPackedLength(geometry, true) floats; else convPackedLength floats). */
+/* convPackWeights(dst, w, geometry[, blocked[, winograd]]) -> layout, to pass back to conv2d with dst
+ * (blocked: for conv2dBlocked, Winograd where the geometry takes it and `winograd`;
+ * convPackedLength(geometry, blocked, winograd) floats). */
 static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   size_t nx, ny, nw;
   if (!conv_args(env, info, &a, 3, 2, &p, &nx, &ny, &nw)) return NULL;
-  const int blocked = opt_flag(&a, 3);
+  const int blocked = opt_flag(&a, 3), wino = opt_flag(&a, 4);
   if (blocked && p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
-  float *dst = f32(&a, 0, (size_t)(blocked ? conv2d_layout_size(&p, conv2d_blocked_layout(&p)) : conv2d_packed_size(&p)), 0);
+  float *dst = f32(&a, 0, (size_t)(blocked ? conv2d_layout_size(&p, conv2d_blocked_layout(&p, wino)) : conv2d_packed_size(&p)), 0);
   const float *w = f32(&a, 1, nw, 0);
   if (a.failed) return NULL;
   napi_value r;
-  napi_create_int32(env, blocked ? conv2d_pack_weights_blocked(dst, w, &p) : conv2d_pack_weights(dst, w, &p), &r);
+  napi_create_int32(env, blocked ? conv2d_pack_weights_blocked(dst, w, &p, wino) : conv2d_pack_weights(dst, w, &p), &r);
   return r;
 }
 
-/* convBlockedOk(geometry, xBlocked): whether conv2dBlocked takes this geometry. */
+/* convBlockedOk(geometry, xBlocked[, winograd]): whether conv2dBlocked takes this geometry (with weights packed
+ * with the same `winograd`). */
 static napi_value js_conv_blocked_ok(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   if (!get_args(env, info, &a, 2) || !conv_geom(&a, 0, &p)) return NULL;
-  int xb = flag(&a, 1);
+  int xb = flag(&a, 1), wino = opt_flag(&a, 2);
   if (a.failed) return NULL;
   napi_value r;
-  napi_get_boolean(env, conv2d_blocked_ok(&p, xb), &r);
+  napi_get_boolean(env, conv2d_blocked_ok(&p, xb, wino), &r);
   return r;
 }
 

@@ -601,13 +601,13 @@ int conv2d_pack_layout(const conv_p *p) {
 }
 
 static long layout_size(const conv_p *p, int layout) {
-  if (layout == CONV_LAYOUT_WINO2) return wino_packed_size(p);
+  if (wino_tile(layout)) return wino_packed_size(p, wino_tile(layout));
   const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw;
   if (layout_nr(layout)) return prow_packed_size(p->cout, K, layout_nr(layout));
   return (long)(cout_g + layout - 1) / layout * layout * K * p->groups;
 }
 long conv2d_layout_size(const conv_p *p, int layout) {
-  if (layout == CONV_LAYOUT_WINO2) return p->groups == 1 && p->kh == 3 && p->kw == 3 ? layout_size(p, layout) : -1;
+  if (wino_tile(layout)) return p->groups == 1 && p->kh == 3 && p->kw == 3 ? layout_size(p, layout) : -1;
   if (layout_nr(layout) ? p->groups != 1 : (layout < 1 || layout > 64)) return -1;
   return layout_size(p, layout);
 }
@@ -625,8 +625,8 @@ int conv2d_pack_weights(float *wp, const float *w, const conv_p *p) {
 
 void conv2d_unpack_weights(float *w, const float *wp, int layout, const conv_p *p) {
   const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw;
-  if (layout == CONV_LAYOUT_WINO2) {
-    wino_unpack(wp, p, w);
+  if (wino_tile(layout)) {
+    wino_unpack(wp, p, wino_tile(layout), w);
     return;
   }
   if (layout_nr(layout)) {
@@ -666,29 +666,30 @@ void conv2d_forward_packed(float *y, const float *x, const float *w, const float
   free(tmp);
 }
 
-int conv2d_blocked_ok(const conv_p *p, int x_blocked) {
+/* Whether the blocked kernels run at all: AVX-512, not switched off. */
+static int blocked_isa(void) { return strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit(); }
+
+int conv2d_blocked_ok(const conv_p *p, int x_blocked, int winograd) {
 #if defined(__x86_64__)
   conv_p q;
   int ky0, kx0;
-  if (strcmp(sgemm_isa(), "avx512") != 0 || no_implicit()) return 0;
-  if (x_blocked && wino_ok(p)) return 1;
+  if (!blocked_isa()) return 0;
+  if (winograd && x_blocked && wino_tile_for(p)) return 1;
   return !crop(p, &q, &ky0, &kx0) && prow_blocked_ok(p, x_blocked);
 #else
-  (void)p; (void)x_blocked;
+  (void)p; (void)x_blocked; (void)winograd;
   return 0;
 #endif
 }
 
-int conv2d_blocked_layout(const conv_p *p) {
-#if defined(__x86_64__)
-  if (wino_ok(p)) return CONV_LAYOUT_WINO2;
-#endif
-  return CONV_LAYOUT_PROW;
+int conv2d_blocked_layout(const conv_p *p, int winograd) {
+  const int m = winograd ? wino_tile_for(p) : 0;
+  return m == 4 ? CONV_LAYOUT_WINO4 : m == 2 ? CONV_LAYOUT_WINO2 : CONV_LAYOUT_PROW;
 }
 
-int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p) {
-  const int layout = conv2d_blocked_layout(p);
-  if (layout == CONV_LAYOUT_WINO2) wino_pack(w, p, wp);
+int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p, int winograd) {
+  const int layout = conv2d_blocked_layout(p, winograd);
+  if (wino_tile(layout)) wino_pack(w, p, wino_tile(layout), wp);
   else prow_pack(w, p->cout, (p->cin / p->groups) * p->kh * p->kw, PR_NR, wp);
   return layout;
 }
@@ -714,15 +715,15 @@ static void nchw_to_blocked(float *dst, const float *src, int n, int c, int h, i
 
 int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout, const float *bias, const float *residual,
                            int relu, const conv_p *p, int x_blocked) {
-  if (layout != conv2d_blocked_layout(p) || p->groups != 1 || p->cout % 16 || (x_blocked && p->cin % 16)) return -1;
+  const int m = wino_tile(layout);
+  if ((layout != CONV_LAYOUT_PROW && !(m && wino_ok(p))) || p->groups != 1 || p->cout % 16 || (x_blocked && p->cin % 16))
+    return -1;
 #if defined(__x86_64__)
-  if (conv2d_blocked_ok(p, x_blocked)) {
-    if (layout == CONV_LAYOUT_WINO2 && x_blocked) wino_forward(y, x, wp, bias, residual, relu, p);
-    else if (layout == CONV_LAYOUT_PROW) prow_forward_blocked(y, x, wp, bias, residual, relu, p, x_blocked);
-    else goto convert;
+  if (m ? x_blocked && blocked_isa() : conv2d_blocked_ok(p, x_blocked, 0)) {
+    if (m) wino_forward(y, x, wp, bias, residual, relu, p, m);
+    else prow_forward_blocked(y, x, wp, bias, residual, relu, p, x_blocked);
     return 0;
   }
-convert:
 #endif
   /* no AVX-512 (a forced ISA) or a geometry outside the fast path: through NCHW, slowly but right */
   const long hw = (long)p->h * p->w, ohw = (long)p->oh * p->ow, ny = (long)p->n * p->cout * ohw;

@@ -32,22 +32,25 @@ void conv2d_forward_packed(float *y, const float *x, const float *w, const float
  * vectors (no transposes) and convolutions read contiguous channel groups; the border (which the
  * kernels never write) stands in for padding up to one pixel, so no convolution copies its input
  * into padded planes. The output is always blocked; the input is blocked (x_blocked) or NCHW (the
- * stem). conv2d_blocked_ok: whether this geometry can run so (AVX-512, groups 1, cout a multiple of
- * 16, output width a multiple of 7; for blocked input cin a multiple of 16, padding <= 1, stride 1
- * or 2 along x; or, any output size, a 3x3 stride-1 padding-1 convolution of blocked input, which runs
- * as Winograd F(2x2, 3x3)). Weights are packed once by conv2d_pack_weights_blocked in the layout
- * conv2d_blocked_layout names (CONV_LAYOUT_WINO2 for 3x3 stride 1 padding 1 with whole channel
- * blocks, else CONV_LAYOUT_PROW; it depends on the kernel geometry, not the input size), of
- * conv2d_layout_size floats; conv2d_unpack_weights reads both.
+ * stem).
+ * conv2d_blocked_ok: whether this geometry runs so: AVX-512, and either the direct pixel-row path
+ * (groups 1, cout a multiple of 16, output width a multiple of 7; for blocked input cin a multiple
+ * of 16, padding <= 1, stride 1 or 2 along x) or, with `winograd` and blocked input, Winograd
+ * F(2x2, 3x3) / F(4x4, 3x3) (3x3, stride 1, padding 1, whole channel blocks, any map size).
+ * Weights are packed once by conv2d_pack_weights_blocked in the layout conv2d_blocked_layout names
+ * (CONV_LAYOUT_WINO4 / _WINO2 for the Winograd geometries when `winograd`, else CONV_LAYOUT_PROW; it
+ * depends on the kernel geometry and the channel counts, not the input size), of
+ * conv2d_layout_size floats; conv2d_unpack_weights reads every layout.
  * conv2d_forward_blocked: y = conv(x) + bias (+ residual, same layout as y, may be y) (then relu),
- * y's interior only; where conv2d_blocked_ok is false (another ISA forced, say) it converts to NCHW
- * and back (slow, right); -1 (nothing written) when groups != 1, the channel counts are not whole
- * blocks, or the layout is not conv2d_blocked_layout's. */
+ * y's interior only; where the fast path does not apply (another ISA forced, say) it converts to
+ * NCHW and back (slow, right); -1 (nothing written) when groups != 1, the channel counts are not
+ * whole blocks, or the layout is not one of the blocked ones for this geometry. */
 #define CONV_BLK_BORDER 1
 #define CONV_LAYOUT_WINO2 2032 /* Winograd F(2x2, 3x3): 16 pixel-row packings of G g G^T */
-int conv2d_blocked_layout(const conv_p *p);
-int conv2d_blocked_ok(const conv_p *p, int x_blocked);
-int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p);
+#define CONV_LAYOUT_WINO4 4032 /* Winograd F(4x4, 3x3): 36 of them */
+int conv2d_blocked_ok(const conv_p *p, int x_blocked, int winograd);
+int conv2d_blocked_layout(const conv_p *p, int winograd);
+int conv2d_pack_weights_blocked(float *wp, const float *w, const conv_p *p, int winograd);
 int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout, const float *bias, const float *residual,
                            int relu, const conv_p *p, int x_blocked);
 /* dx = conv^T(dy, w) (overwrites dx). */

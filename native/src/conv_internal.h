@@ -41,9 +41,14 @@ long prow_packed_size(int M, int K, int nr);
 void prow_pack(const float *w, int M, int K, int nr, float *dst);
 void prow_unpack(const float *src, int M, int K, int nr, float *w);
 int layout_nr(int layout);
-long wino_packed_size(const conv_p *p);
-void wino_pack(const float *w, const conv_p *p, float *dst);
-void wino_unpack(const float *src, const conv_p *p, float *w);
+/* Winograd packings (conv_wino.c): wino_tile: m of a layout (CONV_LAYOUT_WINO2 / _WINO4), 0 for
+ * others; wino_tile_for: the m a geometry gets (0: not Winograd). */
+int wino_tile(int layout);
+int wino_ok(const conv_p *p);
+int wino_tile_for(const conv_p *p);
+long wino_packed_size(const conv_p *p, int m);
+void wino_pack(const float *w, const conv_p *p, int m, float *dst);
+void wino_unpack(const float *src, const conv_p *p, int m, float *w);
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -80,10 +85,9 @@ void prow_forward_blocked(float *y, const float *x, const float *wp, const float
                           const conv_p *p, int xblk);
 void prow_block_gemm(int R, int K, const float *Bp, const float *const *a, const int *off, float *const *yr, long chblk,
                      int two);
-/* Winograd F(2x2, 3x3) on blocked activations (conv_wino.c): packing in CONV_LAYOUT_WINO2. */
-int wino_ok(const conv_p *p);
+/* Winograd F(m x m, 3x3), m = 2 or 4, on blocked activations (conv_wino.c). */
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
-                  const conv_p *p);
+                  const conv_p *p, int m);
 int gg_ok(const conv_p *p);
 void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
                 const float *residual, int relu, const conv_p *p);

@@ -15,17 +15,18 @@ export interface NativeBinding {
   conv2d(y: F32, x: F32, w: F32 | null, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed?: F32 | null, layout?: number): void;
   /** The packed weight layout that conv2d reads for this geometry (spatial sizes included). */
   convPackLayout(geometry: Int32Array): number;
-  /** Floats that convPackWeights writes for this geometry. */
-  convPackedLength(geometry: Int32Array, blocked?: boolean): number;
-  /** Packs conv weights in the layout convPackLayout names, or with `blocked` for conv2dBlocked (dst:
-   * ceil(cout/32)*32*K floats); returns the layout. */
-  convPackWeights(dst: F32, w: F32, geometry: Int32Array, blocked?: boolean): number;
+  /** Floats that convPackWeights writes for this geometry (with the same `blocked` and `winograd`). */
+  convPackedLength(geometry: Int32Array, blocked?: boolean, winograd?: boolean): number;
+  /** Packs conv weights in the layout convPackLayout names, or with `blocked` for conv2dBlocked (the
+   * Winograd transforms of 3x3 stride-1 weights when `winograd`, else pixel-row panels); returns
+   * the layout. */
+  convPackWeights(dst: F32, w: F32, geometry: Int32Array, blocked?: boolean, winograd?: boolean): number;
   /** The plain weights [cout, cin/groups, kh, kw] back from weights packed in `layout`. */
   convUnpackWeights(w: F32, packed: F32, layout: number, geometry: Int32Array): void;
   /** Blocked activations for the inference plan, NCHW16c with a zero border: [n][c/16][h+2][w+2][16]
    * (the border stands in for padding up to 1). Whether conv2dBlocked takes this geometry with
-   * blocked (or NCHW) input. */
-  convBlockedOk(geometry: Int32Array, xBlocked: boolean): boolean;
+   * blocked (or NCHW) input, its weights packed with the same `winograd`. */
+  convBlockedOk(geometry: Int32Array, xBlocked: boolean, winograd?: boolean): boolean;
   /** y (blocked) = conv(x) + bias (+ residual, blocked, may be y) (then relu); x blocked or NCHW. */
   conv2dBlocked(y: F32, x: F32, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed: F32, layout: number, xBlocked: boolean): void;
   /** Max pool on blocked activations (c a multiple of 16); geometry as maxPool2d's. */

@@ -33,10 +33,15 @@ export interface NativeKernels extends Kernels {
   /** Blocked activations (NCHW16c with a zero border: [n][c/16][h+2][w+2][16]; AVX-512), the
    * inference plan's layout when every layer allows it: whether conv2dBlocked takes geometry p with
    * blocked (or NCHW) input. Blocked outputs are written in their interior only: the border stays
-   * as the caller made it (zero). */
-  convBlockedOk(p: Conv2dParams, xBlocked: boolean): boolean;
-  /** Packs weights [cOut, cIn, kh, kw] for conv2dBlocked. */
-  packConvWeightsBlocked(w: F32, p: Conv2dParams): PackedConvWeights;
+   * as the caller made it (zero). `winograd` (default true): 3x3 stride-1 layers with blocked input
+   * run as Winograd F(4x4, 3x3) or F(2x2, 3x3) (any map size; see packConvWeightsBlocked). */
+  convBlockedOk(p: Conv2dParams, xBlocked: boolean, winograd?: boolean): boolean;
+  /** Packs weights [cOut, cIn, kh, kw] for conv2dBlocked: with `winograd` (default true) 3x3
+   * stride-1 padding-1 layers (whole 16-channel blocks) are packed for Winograd F(4x4, 3x3) when
+   * both channel counts are <= 128, else F(2x2, 3x3): 4x / 2.25x fewer multiplies, results within
+   * about 3e-5 / 2e-6 of the output's magnitude of the direct convolution; other layers for the
+   * direct pixel-row kernels. */
+  packConvWeightsBlocked(w: F32, p: Conv2dParams, winograd?: boolean): PackedConvWeights;
   /** y (blocked) = conv(x) + bias (+ residual, blocked; may be y itself) (then relu); x blocked or NCHW. */
   conv2dBlocked(y: F32, x: F32, bias: F32 | null, residual: F32 | null, relu: boolean, p: Conv2dParams, packed: PackedConvWeights, xBlocked: boolean): void;
   maxPool2dBlocked(y: F32, x: F32, p: Pool2dParams): void;
@@ -86,12 +91,10 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
       b.convUnpackWeights(w, packed.data, packed.layout, conv(p));
       return w;
     },
-    convBlockedOk: (p, xBlocked) => b.convBlockedOk(conv(p), xBlocked),
-    packConvWeightsBlocked: (w, p) => {
-      // pixel-row panels of 32 output channels (zero-padded) over K = cIn * kh * kw, or 16 of them
-      // over cIn (Winograd F(2x2, 3x3) for 3x3 stride-1 layers)
-      const data = new Float32Array(b.convPackedLength(conv(p), true));
-      return { data, layout: b.convPackWeights(data, w, conv(p), true) };
+    convBlockedOk: (p, xBlocked, winograd = true) => b.convBlockedOk(conv(p), xBlocked, winograd),
+    packConvWeightsBlocked: (w, p, winograd = true) => {
+      const data = new Float32Array(b.convPackedLength(conv(p), true, winograd));
+      return { data, layout: b.convPackWeights(data, w, conv(p), true, winograd) };
     },
     conv2dBlocked: (y, x, bias, residual, relu, p, packed, xBlocked) =>
       b.conv2dBlocked(y, x, bias, residual, relu, conv(p), packed.data, packed.layout, xBlocked),
