@@ -58,6 +58,12 @@ const convCases: [string, Conv2dParams][] = [
   ['gathered GEMM: 4x4 maps, batch 9 (144 columns), K = 360, 24 output channels', convCase(9, 40, 4, 4, 24, 3, 1, 1, 1, 1)],
   ['gathered GEMM: 8x8 stride 2 with padding 2, 5x5 kernel', convCase(3, 12, 8, 8, 20, 5, 2, 2, 1, 1)],
   ['gathered GEMM by tap pattern: 2x2 maps (4 patterns, 4 of 9 taps each), batch 9', convCase(9, 24, 2, 2, 40, 3, 1, 1, 1, 1)],
+  // Winograd F(4x4, 3x3) on NCHW (AVX-512; 3x3/1 padding 1, >= 32 channels in whole 16-channel blocks,
+  // maps larger than 2x2): weights transformed per call, activations through the blocked layout;
+  // backward-input runs the same way with the flipped kernel
+  ['Winograd on NCHW: 32 -> 48, odd 9x11 maps (cut edge tiles), batch 3', convCase(3, 32, 9, 11, 48, 3, 1, 1, 1, 1)],
+  ['Winograd on NCHW: 4x4 maps (one tile per image), 48 -> 32, batch 5', convCase(5, 48, 4, 4, 32, 3, 1, 1, 1, 1)],
+  ['Winograd on NCHW: a 3x13 map, 64 -> 32', convCase(2, 64, 3, 13, 32, 3, 1, 1, 1, 1)],
   ['gathered GEMM: padding wider than the kernel reaches (border outputs are the bias alone)', convCase(3, 20, 3, 3, 24, 1, 1, 1, 1, 1)],
   // backward weight by gathered GEMM (>= 64 output channels): K = 63 (a partial 32-tap panel), 66
   // channels (a partial row panel), 800 columns split over threads with partial sums

@@ -380,6 +380,11 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     return;
   }
 #if defined(__x86_64__)
+  /* Winograd F(4x4, 3x3) where it applies (plain weights: training, and calls without a packing) */
+  if (w && strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit() && wino_nchw_tile(p)) {
+    wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wino_nchw_tile(p));
+    return;
+  }
   if (prow_ok(p)) {
     prow_forward(y, x, w, wp, bias, residual, relu, p);
     return;
@@ -433,6 +438,10 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
   if (p->sh == 1 && p->sw == 1 && p->groups == 1) {
     conv_p q = {p->n, p->cout, p->oh, p->ow, p->cin, p->kh, p->kw, 1, 1, (p->kh - 1) * p->dh - p->ph,
                 (p->kw - 1) * p->dw - p->pw, p->dh, p->dw, 1, p->h, p->w};
+    if (strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit() && wino_nchw_tile(&q)) {
+      wino_forward_nchw(dx, dy, w, 1, NULL, NULL, 0, &q, wino_nchw_tile(&q));
+      return;
+    }
     if (q.ph >= 0 && q.pw >= 0 && q.oh == (p->oh + 2 * q.ph - (p->kh - 1) * p->dh) && q.ow == (p->ow + 2 * q.pw - (p->kw - 1) * p->dw) &&
         (prow_ok(&q) || implicit_ok(&q, 65) || gg_ok(&q))) {
       const int use_implicit = implicit_ok(&q, 85) || (!gg_ok(&q) && implicit_ok(&q, 65));

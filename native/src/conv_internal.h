@@ -88,6 +88,11 @@ void prow_block_gemm(int R, int K, const float *Bp, const float *const *a, const
 /* Winograd F(m x m, 3x3), m = 2 or 4, on blocked activations (conv_wino.c). */
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m);
+/* The same on NCHW tensors with plain weights (transformed per call; flip: w is the forward layer's
+ * kernel of the backward-input convolution p), 0 from wino_nchw_tile: not this way. */
+int wino_nchw_tile(const conv_p *p);
+void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
+                       const conv_p *p, int m);
 int gg_ok(const conv_p *p);
 void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
                 const float *residual, int relu, const conv_p *p);

@@ -90,15 +90,31 @@ int wino_ok(const conv_p *p) {
 /* The tile size for a geometry wino_ok takes: 4 when both channel counts are <= 128 (ResNet-50's
  * first two stages; F(4x4) weights are 4x the plain ones, so larger layers would cost tens of MB),
  * else 2. RESNET_WINO=0 / 2 / 4: none / F(2x2) only / F(4x4) everywhere (measurements). */
-int wino_tile_for(const conv_p *p) {
+static int wino_mode(void) {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("RESNET_WINO");
     mode = !e ? 1 : strcmp(e, "0") == 0 ? 0 : strcmp(e, "2") == 0 ? 2 : strcmp(e, "4") == 0 ? 4 : 1;
   }
+  return mode;
+}
+int wino_tile_for(const conv_p *p) {
+  const int mode = wino_mode();
   if (mode == 0 || !wino_ok(p)) return 0;
   if (mode != 1) return mode;
   return p->cin <= 128 && p->cout <= 128 ? 4 : 2;
+}
+
+/* The tile size for an NCHW convolution with plain weights (training; wino_forward_nchw), 0 for the
+ * direct kernels: as wino_tile_for's geometries, with at least 32 channels in and out (16-channel
+ * layers waste half of each 32-channel panel and their transforms cost more than they save:
+ * ResNet-20's 16 channels on 28x28) and maps larger than 2x2 (there the direct gathered kernel
+ * already skips the taps that read padding, 4 of 9). F(4x4) throughout: its transform is computed
+ * per call (the weights change every step), so its size does not stay in memory. */
+int wino_nchw_tile(const conv_p *p) {
+  const int mode = wino_mode();
+  if (mode == 0 || !wino_ok(p) || p->cin < 32 || p->cout < 32 || (p->oh <= 2 && p->ow <= 2) || p->n < 1) return 0;
+  return mode == 2 ? 2 : 4;
 }
 
 #if defined(__x86_64__)
@@ -322,5 +338,138 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
     pool_run_dynamic(wino_gemm_task, &j, items < T ? (int)items : T);
     pool_run(wino_out_task, &j);
   }
+}
+
+/* ---- Winograd for NCHW tensors (training and the NCHW plan): weights transformed per call,
+ * activations converted to and from the blocked layout around wino_forward ----------------------- */
+
+typedef struct {
+  const float *w;
+  const conv_p *p;
+  int m, flip;
+  float *dst;
+} wpack_job;
+
+/* U = G g G^T for 16 consecutive output channels at a time (the packing is contiguous in them),
+ * their 3x3 kernels gathered from w: w[co][c] (flip 0), or for the backward-input convolution
+ * w[c][co] turned by 180 degrees (flip 1: w is then the forward layer's [cin = p->cout][p->cin]). */
+__attribute__((target("avx512f"))) static void wpack_task(void *ctx, int tid, int n) {
+  wpack_job *j = ctx;
+  const conv_p *p = j->p;
+  const int m = j->m, a = m + 2, C = p->cin, M = p->cout;
+  const long size = prow_packed_size(M, C, PR_NR);
+  float g4[6][3], *gt = &g4[0][0];
+  for (int i = 0; i < a; i++)
+    for (int k = 0; k < 3; k++) gt[i * 3 + k] = (float)gm(m, i, k);
+  /* lane l reads output channel co0 + l: w[(co*C + c)*9 + t] or w[(c*M + co)*9 + 8 - t] */
+  const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(j->flip ? 9 : 9 * C));
+  const long groups = (long)(M / 16) * C;
+  long lo, hi;
+  pool_split(groups, tid, n, 1, &lo, &hi);
+  for (long it = lo; it < hi; it++) {
+    const int co0 = (int)(it / C) * 16, c = (int)(it % C);
+    const float *base = j->flip ? j->w + ((long)c * M + co0) * 9 : j->w + ((long)co0 * C + c) * 9;
+    __m512 g[9];
+    for (int t = 0; t < 9; t++) g[t] = _mm512_i32gather_ps(lanes, base + (j->flip ? 8 - t : t), 4);
+    __m512 t3[6][3]; /* G g */
+    for (int i = 0; i < a; i++)
+      for (int k = 0; k < 3; k++)
+        t3[i][k] = _mm512_fmadd_ps(_mm512_set1_ps(gt[i * 3 + 0]), g[k],
+                                   _mm512_fmadd_ps(_mm512_set1_ps(gt[i * 3 + 1]), g[3 + k], _mm512_mul_ps(_mm512_set1_ps(gt[i * 3 + 2]), g[6 + k])));
+    float *d = j->dst + ((long)(co0 / PR_NR) * C + c) * PR_NR + co0 % PR_NR;
+    for (int i = 0; i < a; i++)
+      for (int q = 0; q < a; q++) /* (G g) G^T */
+        _mm512_storeu_ps(d + (i * a + q) * size,
+                         _mm512_fmadd_ps(t3[i][0], _mm512_set1_ps(gt[q * 3 + 0]),
+                                         _mm512_fmadd_ps(t3[i][1], _mm512_set1_ps(gt[q * 3 + 1]), _mm512_mul_ps(t3[i][2], _mm512_set1_ps(gt[q * 3 + 2])))));
+  }
+}
+
+typedef struct {
+  const conv_p *p;
+  float *blk;         /* [n][c/16][h+2][w+2][16] */
+  const float *src;   /* NCHW input (to blocked) */
+  float *dst;         /* NCHW output (from blocked) */
+  const float *res;   /* NCHW residual added on the way out, or NULL */
+  int c, h, w, relu;
+} conv_job_blk;
+
+/* NCHW -> blocked with a zero border, items (image, channel block, row): 16 channel rows transposed
+ * in registers into 16-channel pixels. */
+__attribute__((target("avx512f"))) static void to_blk_task(void *ctx, int tid, int n) {
+  conv_job_blk *j = ctx;
+  const int h = j->h, w = j->w, wp = w + 2;
+  const long rows = (long)j->p->n * (j->c / 16) * h;
+  long lo, hi;
+  pool_split(rows, tid, n, 1, &lo, &hi);
+  const __m512 z = _mm512_setzero_ps();
+  for (long it = lo; it < hi; it++) {
+    const long bc = it / h;
+    const int y = (int)(it % h);
+    float *plane = j->blk + bc * (long)(h + 2) * wp * 16, *d = plane + (long)(y + 1) * wp * 16;
+    const float *s = j->src + bc * 16 * (long)h * w + (long)y * w;
+    if (y == 0) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + x * 16, z);
+    if (y == h - 1) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + ((long)(h + 1) * wp + x) * 16, z);
+    _mm512_storeu_ps(d, z);
+    _mm512_storeu_ps(d + (long)(w + 1) * 16, z);
+    for (int x0 = 0; x0 < w; x0 += 16) {
+      const int nx = w - x0 < 16 ? w - x0 : 16;
+      const __mmask16 mk = (__mmask16)((1u << nx) - 1);
+      __m512 r[16];
+      for (int l = 0; l < 16; l++) r[l] = _mm512_maskz_loadu_ps(mk, s + (long)l * h * w + x0);
+      transpose16(r);
+      for (int i = 0; i < nx; i++) _mm512_storeu_ps(d + (long)(x0 + 1 + i) * 16, r[i]);
+    }
+  }
+}
+
+/* Blocked (interior) -> NCHW, plus the residual (NCHW), then relu; items as to_blk_task. */
+__attribute__((target("avx512f"))) static void from_blk_task(void *ctx, int tid, int n) {
+  conv_job_blk *j = ctx;
+  const int h = j->h, w = j->w, wp = w + 2;
+  const long rows = (long)j->p->n * (j->c / 16) * h;
+  long lo, hi;
+  pool_split(rows, tid, n, 1, &lo, &hi);
+  const __m512 z = _mm512_setzero_ps();
+  for (long it = lo; it < hi; it++) {
+    const long bc = it / h;
+    const int y = (int)(it % h);
+    const float *s = j->blk + (bc * (long)(h + 2) + y + 1) * wp * 16 + 16;
+    const long o = bc * 16 * (long)h * w + (long)y * w;
+    for (int x0 = 0; x0 < w; x0 += 16) {
+      const int nx = w - x0 < 16 ? w - x0 : 16;
+      const __mmask16 mk = (__mmask16)((1u << nx) - 1);
+      __m512 r[16];
+      for (int i = 0; i < 16; i++) r[i] = i < nx ? _mm512_loadu_ps(s + (long)(x0 + i) * 16) : z;
+      transpose16(r);
+      for (int l = 0; l < 16; l++) {
+        const long at = o + (long)l * h * w + x0;
+        __m512 v = r[l];
+        if (j->res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->res + at));
+        if (j->relu) v = _mm512_max_ps(z, v);
+        _mm512_mask_storeu_ps(j->dst + at, mk, v);
+      }
+    }
+  }
+}
+
+/* y = conv(x, w) + bias (+ residual) (then relu) on NCHW tensors through the blocked Winograd path
+ * with tile m (wino_nchw_tile): w transformed here (flip: w is the forward layer's kernel and this
+ * is its backward-input convolution, see wpack_task), x converted to blocked, the products
+ * converted back. The scratch buffers are per calling thread and kept. */
+void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
+                       const conv_p *p, int m) {
+  static _Thread_local buf_t ubuf, xbuf, ybuf;
+  float *U = grow(&ubuf, (size_t)wino_packed_size(p, m));
+  float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
+  float *yb = grow(&ybuf, (size_t)p->n * p->cout * (p->oh + 2) * (p->ow + 2));
+  wpack_job wj = {w, p, m, flip, U};
+  pool_run(wpack_task, &wj);
+  conv_job_blk cj = {p, xb, x, NULL, NULL, p->cin, p->h, p->w, 0};
+  pool_run(to_blk_task, &cj);
+  wino_forward(yb, xb, U, bias, NULL, 0, p, m);
+  conv_job_blk oj = {p, yb, NULL, y, residual, p->cout, p->oh, p->ow, relu};
+  pool_run(from_blk_task, &oj);
 }
 #endif
