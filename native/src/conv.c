@@ -536,6 +536,10 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     return;
   }
 #if defined(__x86_64__)
+  if (strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit() && wino_nchw_tile(p)) {
+    wino_backward_weight_nchw(dw, x, dy, p, wino_nchw_tile(p));
+    return;
+  }
   if (bwt_ok(p)) {
     bwt_backward_weight(dw, x, dy, p);
     return;

@@ -93,6 +93,7 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
 int wino_nchw_tile(const conv_p *p);
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
                        const conv_p *p, int m);
+void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m);
 int gg_ok(const conv_p *p);
 void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
                 const float *residual, int relu, const conv_p *p);

@@ -472,4 +472,190 @@ void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const
   conv_job_blk oj = {p, yb, NULL, y, residual, p->cout, p->oh, p->ow, relu};
   pool_run(from_blk_task, &oj);
 }
+
+/* ---- Winograd weight gradient (training, NCHW): dW = G^T [ sum over tiles (B^T d B) .* (A dY A^T) ] G
+ * (the transpose of the forward algorithm), the sum over tiles being one long reduction per
+ * transform position and channel pair ----------------------------------------------------------- */
+
+/* dY tile (m x m, 16 channels per vector) -> Z = A dY A^T ((m+2) x (m+2)); A = (A^T)^T. */
+#define AZ(m, v, r)                                                                                                  \
+  do {                                                                                                               \
+    if ((m) == 2) {                                                                                                  \
+      r[0] = v[0];                                                                                                   \
+      r[1] = _mm512_add_ps(v[0], v[1]);                                                                              \
+      r[2] = _mm512_sub_ps(v[0], v[1]);                                                                              \
+      r[3] = _mm512_sub_ps(_mm512_setzero_ps(), v[1]);                                                               \
+    } else {                                                                                                         \
+      const __m512 s02 = _mm512_add_ps(v[0], v[2]), s13 = _mm512_add_ps(v[1], v[3]);                                \
+      const __m512 q02 = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), v[2], v[0]);                                         \
+      const __m512 q13 = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), v[3], v[1]);                                         \
+      r[0] = v[0];                                                                                                   \
+      r[1] = _mm512_add_ps(s02, s13);                                                                                \
+      r[2] = _mm512_sub_ps(s02, s13);                                                                                \
+      r[3] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), q13, q02);                                                        \
+      r[4] = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), q13, q02);                                                       \
+      r[5] = v[3];                                                                                                   \
+    }                                                                                                                \
+  } while (0)
+
+typedef struct {
+  wino_job j;          /* geometry, chunk, V (the input's transform) */
+  const float *dyb;    /* dY blocked with a zero border */
+  float *Z;            /* Z[xi][cout/16][tpad][16] */
+  float *dU;           /* dU[xi][cin][cout] */
+  atomic_long next;
+} wbw_job;
+
+/* Z of the chunk's tiles, items (output-channel block, tile) split evenly; dY past the map's edge reads
+ * as zero (tiles are cut there) and padding tiles are zero. */
+__attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo, long hi, const int m) {
+  const wino_job *j = &w->j;
+  const conv_p *p = j->p;
+  const int a = m + 2, wp = p->ow + 2;
+  const long plane = (long)(p->oh + 2) * wp * 16, img = (p->cout / 16) * plane, zx = (long)p->cout * j->tpad;
+  const __m512 zero = _mm512_setzero_ps();
+  for (long it = lo; it < hi; it++) {
+    const long c = it / j->tpad, t = it % j->tpad;
+    float *z = w->Z + c * j->tpad * 16 + t * 16;
+    if (t >= j->nt) {
+      for (int xi = 0; xi < a * a; xi++) _mm512_storeu_ps(z + xi * zx, zero);
+      continue;
+    }
+    long b;
+    int oy, ox;
+    tile_at(j, t, &b, &oy, &ox);
+    const float *s = w->dyb + b * img + c * plane + ((long)(oy + 1) * wp + ox + 1) * 16;
+    __m512 e[6][4];
+    for (int q = 0; q < m; q++) { /* columns: A dY */
+      __m512 v[4], r[6];
+      for (int i = 0; i < m; i++) v[i] = oy + i < p->oh && ox + q < p->ow ? _mm512_loadu_ps(s + ((long)i * wp + q) * 16) : zero;
+      AZ(m, v, r);
+      for (int i = 0; i < a; i++) e[i][q] = r[i];
+    }
+    for (int i = 0; i < a; i++) { /* rows: (A dY) A^T */
+      __m512 r[6];
+      AZ(m, e[i], r);
+      for (int q = 0; q < a; q++) _mm512_storeu_ps(z + (i * a + q) * zx, r[q]);
+    }
+  }
+}
+static void wbw_z_task(void *ctx, int tid, int n) {
+  wbw_job *w = ctx;
+  long lo, hi;
+  pool_split((long)(w->j.p->cout / 16) * w->j.tpad, tid, n, 1, &lo, &hi);
+  if (w->j.m == 2) wbw_z(w, lo, hi, 2);
+  else wbw_z(w, lo, hi, 4);
+}
+
+/* Items (position, output-channel block) handed out dynamically, each owning its part of dU (so the
+ * sums run in the same order whichever thread takes them): for every input-channel block a 16 x 16
+ * register tile, acc[ci] (16 output channels) += V[ci] * Z over the chunk's tiles. */
+__attribute__((target("avx512f"))) static void wbw_gemm_task(void *ctx, int tid, int n) {
+  (void)tid; (void)n;
+  wbw_job *w = ctx;
+  const wino_job *j = &w->j;
+  const conv_p *p = j->p;
+  const int cib = p->cin / 16, cob = p->cout / 16;
+  const long vx = (long)p->cin * j->tpad, zx = (long)p->cout * j->tpad, T = j->tpad;
+  for (;;) {
+    const long it = atomic_fetch_add_explicit(&w->next, 1, memory_order_relaxed);
+    if (it >= (long)j->np * cob) break;
+    const int xi = (int)(it / cob), co = (int)(it % cob);
+    const float *z = w->Z + xi * zx + (long)co * T * 16;
+    for (int ci = 0; ci < cib; ci++) {
+      const float *v = j->V + xi * vx + (long)ci * T * 16;
+      __m512 acc[16];
+      for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+      for (long t = 0; t < T; t++) {
+        const __m512 zv = _mm512_loadu_ps(z + t * 16);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(v[t * 16 + i]), zv, acc[i]);
+      }
+      float *d = w->dU + ((long)xi * p->cin + ci * 16) * p->cout + co * 16;
+      for (int i = 0; i < 16; i++) _mm512_storeu_ps(d + (long)i * p->cout, _mm512_add_ps(_mm512_loadu_ps(d + (long)i * p->cout), acc[i]));
+    }
+  }
+}
+
+typedef struct {
+  const conv_p *p;
+  const float *dU;
+  float *dw;
+  int m;
+} wback_job;
+/* dW[co][ci] = G^T dU G, 16 output channels per vector, items (input channel, output block). */
+__attribute__((target("avx512f"))) static void wback_task(void *ctx, int tid, int n) {
+  wback_job *j = ctx;
+  const conv_p *p = j->p;
+  const int m = j->m, a = m + 2;
+  float gt[6][3];
+  for (int i = 0; i < a; i++)
+    for (int k = 0; k < 3; k++) gt[i][k] = (float)gm(m, i, k);
+  const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(9 * p->cin));
+  long lo, hi;
+  pool_split((long)p->cin * (p->cout / 16), tid, n, 1, &lo, &hi);
+  for (long it = lo; it < hi; it++) {
+    const int ci = (int)(it % p->cin), co0 = (int)(it / p->cin) * 16;
+    __m512 t[3][6]; /* G^T dU */
+    for (int k = 0; k < 3; k++)
+      for (int q = 0; q < a; q++) {
+        __m512 s = _mm512_setzero_ps();
+        for (int i = 0; i < a; i++)
+          if (gt[i][k] != 0.0f)
+            s = _mm512_fmadd_ps(_mm512_set1_ps(gt[i][k]), _mm512_loadu_ps(j->dU + ((long)(i * a + q) * p->cin + ci) * p->cout + co0), s);
+        t[k][q] = s;
+      }
+    float *d = j->dw + ((long)co0 * p->cin + ci) * 9;
+    for (int k = 0; k < 3; k++)
+      for (int l = 0; l < 3; l++) { /* (G^T dU) G */
+        __m512 s = _mm512_setzero_ps();
+        for (int q = 0; q < a; q++)
+          if (gt[q][l] != 0.0f) s = _mm512_fmadd_ps(t[k][q], _mm512_set1_ps(gt[q][l]), s);
+        _mm512_i32scatter_ps(d + k * 3 + l, lanes, s, 4);
+      }
+  }
+}
+
+/* dw = the weight gradient of the 3x3 stride-1 convolution p (wino_nchw_tile) from x and dy (NCHW). */
+void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m) {
+  static _Thread_local buf_t xbuf, dybuf, vbuf, zbuf, ubuf;
+  wbw_job w;
+  memset(&w, 0, sizeof w);
+  wino_job *j = &w.j;
+  j->p = p;
+  j->m = m;
+  j->np = (m + 2) * (m + 2);
+  j->th = (p->oh + m - 1) / m;
+  j->tw = (p->ow + m - 1) / m;
+  float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
+  float *dyb = grow(&dybuf, (size_t)p->n * p->cout * (p->oh + 2) * (p->ow + 2));
+  conv_job_blk cx = {p, xb, x, NULL, NULL, p->cin, p->h, p->w, 0};
+  pool_run(to_blk_task, &cx);
+  conv_job_blk cy = {p, dyb, dy, NULL, NULL, p->cout, p->oh, p->ow, 0};
+  pool_run(to_blk_task, &cy);
+  j->x = xb;
+  w.dyb = dyb;
+  const long total = (long)p->n * j->th * j->tw;
+  long per = WINO_CHUNK_FLOATS / ((long)j->np * (p->cin + p->cout)) / (2 * PR_RUN) * (2 * PR_RUN);
+  if (per < 2 * PR_RUN) per = 2 * PR_RUN;
+  if (per > total) per = total;
+  const long nchunks = (total + per - 1) / per;
+  per = (total + nchunks - 1) / nchunks;
+  j->V = grow(&vbuf, (size_t)j->np * p->cin * per);
+  w.Z = grow(&zbuf, (size_t)j->np * p->cout * per);
+  w.dU = grow(&ubuf, (size_t)j->np * p->cin * p->cout);
+  memset(w.dU, 0, sizeof(float) * (size_t)j->np * p->cin * p->cout);
+  const int T = pool_threads();
+  for (j->t0 = 0; j->t0 < total; j->t0 += per) {
+    j->nt = total - j->t0 < per ? total - j->t0 : per;
+    j->tpad = j->nt; /* no register-tile runs here: the reduction runs over the tiles themselves */
+    pool_run(wino_in_task, j);
+    pool_run(wbw_z_task, &w);
+    atomic_init(&w.next, 0);
+    const long items = (long)j->np * (p->cout / 16);
+    pool_run_dynamic(wbw_gemm_task, &w, items < T ? (int)items : T);
+  }
+  wback_job bj = {p, w.dU, dw, m};
+  pool_run(wback_task, &bj);
+}
 #endif
