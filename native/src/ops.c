@@ -818,7 +818,28 @@ MV void sgd_range(float *param, const float *grad, float *buf, long n, float lr,
   }
 }
 
+typedef struct {
+  float *param, *buf;
+  const float *grad;
+  long n;
+  float lr, momentum, dampening, wd;
+  int nesterov, first;
+} sgd_job;
+
+static void sgd_task(void *ctx, int tid, int nt) {
+  sgd_job *j = ctx;
+  long lo, hi;
+  pool_split(j->n, tid, nt, 16, &lo, &hi);
+  if (hi > lo)
+    sgd_range(j->param + lo, j->grad + lo, j->buf ? j->buf + lo : NULL, hi - lo, j->lr, j->momentum, j->dampening, j->wd,
+              j->nesterov, j->first);
+}
+
+/* Elementwise, so split over the threads when large (memory-bound: ResNet-18's 11.7 M parameters,
+ * five streams of 47 MB a step, 8.5 -> 5.6 ms on two threads). */
 void sgd_step(float *param, const float *grad, float *buf, long n, float lr, float momentum, float dampening,
               float weight_decay, int nesterov, int first_step) {
-  sgd_range(param, grad, buf, n, lr, momentum, dampening, weight_decay, nesterov, first_step);
+  sgd_job j = {param, buf, grad, n, lr, momentum, dampening, weight_decay, nesterov, first_step};
+  if (n < PAR_MIN) sgd_task(&j, 0, 1);
+  else pool_run(sgd_task, &j);
 }
