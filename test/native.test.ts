@@ -185,6 +185,27 @@ test('native gemm = reference for every transpose combination and odd sizes', { 
   }
 });
 
+test('native zero-pad shortcut (option A) and its adjoint = reference, every element written', { skip }, () => {
+  for (const [n, cIn, h, w, cOut, stride] of [[3, 5, 7, 9, 11, 2], [2, 16, 28, 28, 32, 2], [64, 32, 14, 14, 64, 2], [1, 4, 5, 5, 4, 1], [2, 3, 7, 8, 6, 3]] as const) {
+    const p = { n, cIn, h, w, cOut, stride };
+    const ny = n * cOut * Math.ceil(h / stride) * Math.ceil(w / stride);
+    const x = randomArray(n * cIn * h * w, gen);
+    const yr = new Float32Array(ny);
+    tsKernels.zeroPadSubsample(yr, x, p, false);
+    const yn = new Float32Array(ny).fill(NaN);
+    nat!.zeroPadSubsample(yn, x, p, false);
+    assert.deepEqual(yn, yr, `forward ${JSON.stringify(p)}`);
+    const gy = randomArray(ny, gen);
+    const gr = new Float32Array(x.length).fill(NaN);
+    tsKernels.zeroPadSubsample(gy, gr, p, true);
+    const gn = new Float32Array(x.length).fill(NaN);
+    nat!.zeroPadSubsample(gy, gn, p, true);
+    assert.deepEqual(gn, gr, `adjoint ${JSON.stringify(p)}`);
+    assert.ok(gr.every((v) => !Number.isNaN(v)), 'the adjoint writes every element');
+  }
+  assert.throws(() => nat!.zeroPadSubsample(new Float32Array(8), new Float32Array(16), { n: 1, cIn: 4, h: 2, w: 2, cOut: 2, stride: 1 }, false), /geometry/);
+});
+
 test('native batch norm (train, eval, backward) = reference', { skip }, () => {
   // maps of < 16 pixels take the column-sum paths (a 1x1 map with enough elements to thread: 64 x 520)
   for (const [n, c, hw] of [[1, 3, 7], [7, 5, 13], [4, 17, 64], [2, 64, 300], [64, 520, 1], [9, 33, 4], [3, 40, 15]] as const) {

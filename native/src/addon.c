@@ -357,6 +357,21 @@ static napi_value js_elementwise(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/* zeroPadSubsample(y, x, n, cin, h, w, cout, stride, adjoint): the option-A shortcut (ops.h). */
+static napi_value js_zero_pad(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 9)) return NULL;
+  const int n = (int)num(&a, 2), cin = (int)num(&a, 3), h = (int)num(&a, 4), w = (int)num(&a, 5), cout = (int)num(&a, 6);
+  const int stride = (int)num(&a, 7), adj = flag(&a, 8);
+  if (a.failed) return NULL;
+  if (n < 0 || cin < 0 || h < 0 || w < 0 || cout < cin || stride < 1) return fail(&a, "native: bad zero-pad shortcut geometry"), NULL;
+  const size_t ny = SZ(n) * cout * ((h + stride - 1) / stride) * ((w + stride - 1) / stride), nx = SZ(n) * cin * h * w;
+  float *y = f32(&a, 0, ny, 0), *x = f32(&a, 1, nx, 0);
+  if (a.failed) return NULL;
+  zero_pad_subsample(y, x, n, cin, h, w, cout, stride, adj);
+  return undef(env);
+}
+
 /* pool geometry Int32Array(14): n c h w kh kw sh sw ph pw dh dw oh ow */
 static napi_value js_maxpool(napi_env env, napi_callback_info info) {
   args_t a;
@@ -550,6 +565,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"batchNormEval", NULL, js_bn_eval, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormBackward", NULL, js_bn_backward, NULL, NULL, NULL, napi_default, NULL},
     {"elementwise", NULL, js_elementwise, NULL, NULL, NULL, napi_default, NULL},
+    {"zeroPadSubsample", NULL, js_zero_pad, NULL, NULL, NULL, napi_default, NULL},
     {"maxPool2d", NULL, js_maxpool, NULL, NULL, NULL, napi_default, NULL},
     {"maxPool2dBackward", NULL, js_maxpool_bwd, NULL, NULL, NULL, napi_default, NULL},
     {"adaptiveAvgPool2d", NULL, js_avgpool, NULL, NULL, NULL, napi_default, NULL},

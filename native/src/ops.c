@@ -555,6 +555,47 @@ static void ew(int op, float *y, const float *a, const float *b, long n) {
 }
 
 void relu_fwd(float *y, const float *x, long n) { ew(0, y, x, NULL, n); }
+
+typedef struct {
+  float *y, *x;
+  int n, cin, h, w, cout, stride, adjoint;
+} zp_job;
+
+/* Items: output planes (b, co) forward, input planes (b, ci) adjoint. */
+static void zp_task(void *ctx, int tid, int nt) {
+  zp_job *j = ctx;
+  const int s = j->stride, oh = (j->h + s - 1) / s, ow = (j->w + s - 1) / s, front = (j->cout - j->cin) / 2;
+  const long plane = (long)oh * ow, in = (long)j->h * j->w;
+  long lo, hi;
+  pool_split((long)j->n * (j->adjoint ? j->cin : j->cout), tid, nt, 1, &lo, &hi);
+  for (long it = lo; it < hi; it++) {
+    if (j->adjoint) {
+      const long b = it / j->cin, c = it % j->cin;
+      float *xp = j->x + it * in;
+      const float *yp = j->y + (b * j->cout + c + front) * plane;
+      if (s != 1) memset(xp, 0, sizeof(float) * in);
+      for (int oy = 0; oy < oh; oy++)
+        for (int ox = 0; ox < ow; ox++) xp[(long)oy * s * j->w + (long)ox * s] = yp[(long)oy * ow + ox];
+    } else {
+      const long b = it / j->cout, c = it % j->cout - front;
+      float *yp = j->y + it * plane;
+      if (c < 0 || c >= j->cin) {
+        memset(yp, 0, sizeof(float) * plane);
+        continue;
+      }
+      const float *xp = j->x + (b * j->cin + c) * in;
+      for (int oy = 0; oy < oh; oy++)
+        for (int ox = 0; ox < ow; ox++) yp[(long)oy * ow + ox] = xp[(long)oy * s * j->w + (long)ox * s];
+    }
+  }
+}
+
+void zero_pad_subsample(float *y, float *x, int n, int cin, int h, int w, int cout, int stride, int adjoint) {
+  zp_job j = {y, x, n, cin, h, w, cout, stride, adjoint};
+  const long elems = (long)n * cout * ((h + stride - 1) / stride) * ((w + stride - 1) / stride);
+  if (elems < PAR_MIN) zp_task(&j, 0, 1);
+  else pool_run(zp_task, &j);
+}
 void relu_bwd(float *dx, const float *dy, const float *y, long n) { ew(1, dx, dy, y, n); }
 void add_fwd(float *y, const float *a, const float *b, long n) { ew(2, y, a, b, n); }
 void add_relu_fwd(float *y, const float *a, const float *b, long n) { ew(3, y, a, b, n); }

@@ -36,4 +36,7 @@ void log_softmax_bwd(float *dx, const float *dy, const float *y, int rows, int c
 
 void sgd_step(float *param, const float *grad, float *buf, long n, float lr, float momentum, float dampening,
               float weight_decay, int nesterov, int first_step);
+/* The zero-padding shortcut (option A): y[b][c + front][oy][ox] = x[b][c][oy*s][ox*s], zeros in the
+ * other channels; adjoint: x (gradient) from y, zeros elsewhere. Both fully written. */
+void zero_pad_subsample(float *y, float *x, int n, int cin, int h, int w, int cout, int stride, int adjoint);
 #endif

@@ -21,7 +21,6 @@ import { BasicBlock, Bottleneck, PlainBasicBlock, PlainBottleneck, ZeroPadShortc
 import type { ResNet } from '../models/resnet.js';
 import { convOutSize } from '../ops/conv.js';
 import { maxPool2dParams } from '../ops/pool.js';
-import { zeroPadSubsample } from '../ops/elementwise.js';
 import { Tensor, meta, shapeStr } from '../tensor/tensor.js';
 
 /** A convolution with its batch norm folded in: y = conv(x, w') + b'. The bias b' is computed when
@@ -426,7 +425,7 @@ export class InferencePlan {
     const oh = Math.ceil(h / s.stride);
     const ow = Math.ceil(w / s.stride);
     const y = this.acquire(n * s.outPlanes * oh * ow);
-    zeroPadSubsample(y, x.data, [n, cIn, h, w], s.outPlanes, s.stride);
+    kernels().zeroPadSubsample(y, x.data, { n, cIn, h, w, cOut: s.outPlanes, stride: s.stride }, false);
     return { data: y, shape: [n, s.outPlanes, oh, ow] };
   }
 }

@@ -70,6 +70,16 @@ export interface BatchNormParams {
   eps: number;
 }
 
+/** The parameter-free shortcut (option A) of an [n, cIn, h, w] input to cOut channels. */
+export interface ZeroPadParams {
+  n: number;
+  cIn: number;
+  h: number;
+  w: number;
+  cOut: number;
+  stride: number;
+}
+
 /** One SGD step with PyTorch's semantics (torch.optim.SGD). */
 export interface SgdParams {
   lr: number;
@@ -118,6 +128,13 @@ export interface Kernels {
   add(y: F32, a: F32, b: F32): void;
   /** y = relu(a + b): the residual join. */
   addRelu(y: F32, a: F32, b: F32): void;
+  /**
+   * The zero-padding shortcut (He et al.'s option A): y [n, cOut, ceil(h/stride), ceil(w/stride)]
+   * gets y[b, c + front, oy, ox] = x[b, c, oy*stride, ox*stride] with front = floor((cOut-cIn)/2),
+   * zeros in the other channels. With `adjoint`, the transpose: x (a gradient [n, cIn, h, w]) gets
+   * y's values at those positions and zeros elsewhere. Either way the output is fully written.
+   */
+  zeroPadSubsample(y: F32, x: F32, p: ZeroPadParams, adjoint: boolean): void;
 
   /** Max pool; `argmax` receives, per output, the flat index (iy*w+ix) of the max in its plane. */
   maxPool2d(y: F32, argmax: Int32Array, x: F32, p: Pool2dParams): void;

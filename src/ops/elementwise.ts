@@ -99,45 +99,13 @@ export function zeroPadShortcut(x: Tensor, cOut: number, stride: number): Tensor
   if (cOut < cIn) throw new ShapeError(`zero_pad_shortcut: cannot pad ${cIn} channels down to ${cOut}`);
   const y = output([n, cOut, Math.ceil(h / stride), Math.ceil(w / stride)], [x]);
   if (y.isMeta) return y;
-  const xs = [n, cIn, h, w] as const;
-  zeroPadSubsample(y.values, x.values, xs, cOut, stride);
+  const p = { n, cIn, h, w, cOut, stride };
+  const k = kernels();
+  k.zeroPadSubsample(y.values, x.values, p, false);
   return record(y, 'zero_pad_shortcut', [x], (gy) => {
-    const gx = new Float32Array(x.numel);
-    zeroPadSubsample(gy, gx, xs, cOut, stride, true);
+    const gx = uninitialized(x.numel);
+    k.zeroPadSubsample(gy, gx, p, true);
     return [gx];
   });
 }
 
-/**
- * y[b, c + front, oy, ox] = x[b, c, oy*stride, ox*stride] with zeros elsewhere (y is fully
- * written). With `adjoint`, the reverse: x (the gradient) receives y's values at those positions.
- */
-export function zeroPadSubsample(y: Float32Array, x: Float32Array, xShape: readonly [number, number, number, number], cOut: number, stride: number, adjoint = false): void {
-  const [n, cIn, h, w] = xShape;
-  const oh = Math.ceil(h / stride);
-  const ow = Math.ceil(w / stride);
-  const front = Math.floor((cOut - cIn) / 2);
-  const plane = oh * ow;
-  const inPlane = h * w;
-  for (let b = 0; b < n; b++) {
-    const yb = b * cOut * plane;
-    if (!adjoint) {
-      // only the padding channels are zeros; the others are written below
-      y.fill(0, yb, yb + front * plane);
-      y.fill(0, yb + (front + cIn) * plane, yb + cOut * plane);
-    }
-    for (let c = 0; c < cIn; c++) {
-      let yi = yb + (c + front) * plane;
-      const xc = (b * cIn + c) * inPlane;
-      if (stride === 1 && !adjoint) {
-        y.set(x.subarray(xc, xc + inPlane), yi);
-        continue;
-      }
-      for (let oy = 0; oy < oh; oy++) {
-        const xi = xc + oy * stride * w;
-        if (adjoint) for (let ox = 0; ox < ow; ox++) x[xi + ox * stride] = y[yi++]!;
-        else for (let ox = 0; ox < ow; ox++) y[yi++] = x[xi + ox * stride]!;
-      }
-    }
-  }
-}

@@ -29,6 +29,8 @@ export interface NativeBinding {
   convBlockedOk(geometry: Int32Array, xBlocked: boolean, winograd?: boolean): boolean;
   /** y (blocked) = conv(x) + bias (+ residual, blocked, may be y) (then relu); x blocked or NCHW. */
   conv2dBlocked(y: F32, x: F32, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed: F32, layout: number, xBlocked: boolean): void;
+  /** The zero-padding shortcut (see Kernels.zeroPadSubsample); adjoint: x receives the gradient. */
+  zeroPadSubsample(y: F32, x: F32, n: number, cIn: number, h: number, w: number, cOut: number, stride: number, adjoint: boolean): void;
   /** Max pool on blocked activations (c a multiple of 16); geometry as maxPool2d's. */
   maxPool2dBlocked(y: F32, x: F32, geometry: Int32Array): void;
   /** Global average pool of blocked activations (h x w maps) to [n, c]. */

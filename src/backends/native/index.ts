@@ -108,6 +108,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     relu: (y, x) => b.elementwise(0, y, x),
     reluBackward: (dx, dy, y) => b.elementwise(1, dx, dy, y),
     add: (y, a, c) => b.elementwise(2, y, a, c),
+    zeroPadSubsample: (y, x, p, adjoint) => b.zeroPadSubsample(y, x, p.n, p.cIn, p.h, p.w, p.cOut, p.stride, adjoint),
     addRelu: (y, a, c) => b.elementwise(3, y, a, c),
     maxPool2d: (y, argmax, x, p) => b.maxPool2d(y, argmax, x, pool(p)),
     maxPool2dNoIndices: (y, x, p) => b.maxPool2d(y, null, x, pool(p)),

@@ -5,7 +5,7 @@
  * missing, so clarity beats speed here; sums over a batch use float64 accumulators where the
  * order of float32 additions would otherwise make the oracle itself noisy.
  */
-import type { AdaptivePoolParams, BatchNormParams, Kernels, Pool2dParams, SgdParams } from '../../kernels/kernels.js';
+import type { AdaptivePoolParams, BatchNormParams, Kernels, Pool2dParams, SgdParams, ZeroPadParams } from '../../kernels/kernels.js';
 import { conv2d, conv2dBackwardInput, conv2dBackwardWeight } from './conv.js';
 
 type F32 = Float32Array;
@@ -243,6 +243,33 @@ function sgdStep(param: F32, grad: F32, buf: F32 | null, p: SgdParams): void {
   }
 }
 
+function zeroPadSubsample(y: F32, x: F32, p: ZeroPadParams, adjoint: boolean): void {
+  const { n, cIn, h, w, cOut, stride } = p;
+  const oh = Math.ceil(h / stride);
+  const ow = Math.ceil(w / stride);
+  const front = Math.floor((cOut - cIn) / 2);
+  const plane = oh * ow;
+  const inPlane = h * w;
+  if (adjoint) x.fill(0, 0, n * cIn * inPlane);
+  for (let b = 0; b < n; b++) {
+    const yb = b * cOut * plane;
+    if (!adjoint) {
+      // only the padding channels are zeros; the others are written below
+      y.fill(0, yb, yb + front * plane);
+      y.fill(0, yb + (front + cIn) * plane, yb + cOut * plane);
+    }
+    for (let c = 0; c < cIn; c++) {
+      let yi = yb + (c + front) * plane;
+      const xc = (b * cIn + c) * inPlane;
+      for (let oy = 0; oy < oh; oy++) {
+        const xi = xc + oy * stride * w;
+        if (adjoint) for (let ox = 0; ox < ow; ox++) x[xi + ox * stride] = y[yi++]!;
+        else for (let ox = 0; ox < ow; ox++) y[yi++] = x[xi + ox * stride]!;
+      }
+    }
+  }
+}
+
 export const tsKernels: Kernels = {
   name: 'ts',
   conv2d,
@@ -255,6 +282,7 @@ export const tsKernels: Kernels = {
   reluBackward,
   add,
   addRelu,
+  zeroPadSubsample,
   maxPool2d,
   maxPool2dBackward,
   adaptiveAvgPool2d,
