@@ -613,11 +613,28 @@ __attribute__((target("avx512f"))) static void maxpool_argmax16(float *yr, int32
                                       _mm512_set1_epi32(-p->pw));
   __m512i bi = _mm512_add_epi32(bx, _mm512_set1_epi32((by + ky0 * p->dh) * p->w));
   __m512 best = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, bi, xp, 4);
+  /* the stem's 3-wide stride-2 window (ResNet-18 on 32x32 inputs: 16-wide maps): the taps of a row
+   * from four plain loads and even/odd permutes instead of three gathers */
+  const int k3s2 = p->kw == 3 && p->sw == 2 && p->dw == 1;
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const int need = 2 * cnt + 1; /* floats from the first window's start to the last one's end */
+  const __mmask16 l0 = (__mmask16)(need >= 16 ? 0xFFFFu : (1u << need) - 1), l1 = (__mmask16)(need - 16 >= 16 ? 0xFFFFu : need > 16 ? (1u << (need - 16)) - 1 : 0);
+  const __mmask16 l2 = (__mmask16)(need - 2 >= 16 ? 0xFFFFu : (1u << (need - 2)) - 1), l3 = (__mmask16)(need - 18 >= 16 ? 0xFFFFu : need > 18 ? (1u << (need - 18)) - 1 : 0);
   for (int ky = ky0; ky < ky1; ky++) {
     const __m512i rowi = _mm512_add_epi32(bx, _mm512_set1_epi32((by + ky * p->dh) * p->w));
+    __m512 tap[3];
+    if (k3s2) {
+      const float *r = xp + (long)(by + ky * p->dh) * p->w + ox0 * 2 - p->pw;
+      const __m512 a0 = _mm512_maskz_loadu_ps(l0, r), a1 = _mm512_maskz_loadu_ps(l1, r + 16);
+      const __m512 b0 = _mm512_maskz_loadu_ps(l2, r + 2), b1 = _mm512_maskz_loadu_ps(l3, r + 18);
+      tap[0] = _mm512_permutex2var_ps(a0, ev, a1);
+      tap[1] = _mm512_permutex2var_ps(a0, od, a1);
+      tap[2] = _mm512_permutex2var_ps(b0, ev, b1);
+    }
     for (int kx = 0; kx < p->kw; kx++) {
       const __m512i idx = _mm512_add_epi32(rowi, _mm512_set1_epi32(kx * p->dw));
-      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, xp, 4);
+      const __m512 v = k3s2 ? tap[kx] : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, xp, 4);
       const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
       best = _mm512_mask_mov_ps(best, take, v);
       bi = _mm512_mask_mov_epi32(bi, take, idx);
