@@ -294,6 +294,15 @@ static void wino_out_task(void *ctx, int tid, int n) {
  * batch 8 64 channels on 56x56 4.5 -> 3.9 ms with 2 MB against 8); whole 14-tile register tiles. */
 #define WINO_CHUNK_FLOATS (1L << 19)
 
+/* Tiles per chunk for `total` tiles (WINO_CHUNK_FLOATS), evened out so the last chunk is not a sliver. */
+static long chunk_tiles(const wino_job *j, long total) {
+  long per = WINO_CHUNK_FLOATS / ((long)j->np * (j->p->cin + j->p->cout)) / (2 * PR_RUN) * (2 * PR_RUN);
+  if (per < 2 * PR_RUN) per = 2 * PR_RUN;
+  if (per > total) per = total;
+  const long nchunks = (total + per - 1) / per;
+  return (total + nchunks - 1) / nchunks;
+}
+
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m) {
   static _Thread_local buf_t vbuf, mbuf;
@@ -309,12 +318,7 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
   j.npanels = (p->cout + PR_NR - 1) / PR_NR;
   j.usize = prow_packed_size(p->cout, p->cin, PR_NR);
   const long total = (long)p->n * j.th * j.tw;
-  long per = WINO_CHUNK_FLOATS / ((long)j.np * (p->cin + p->cout)) / (2 * PR_RUN) * (2 * PR_RUN);
-  if (per < 2 * PR_RUN) per = 2 * PR_RUN;
-  if (per > total) per = total;
-  /* even chunks: the last one is not a sliver */
-  const long nchunks = (total + per - 1) / per;
-  per = (total + nchunks - 1) / nchunks;
+  const long per = chunk_tiles(&j, total);
   const long tpad_max = (per + PR_RUN - 1) / PR_RUN * PR_RUN;
   j.V = grow(&vbuf, (size_t)j.np * p->cin * tpad_max);
   j.M = grow(&mbuf, (size_t)j.np * p->cout * tpad_max);
@@ -396,11 +400,12 @@ typedef struct {
   int c, h, w, relu;
 } conv_job_blk;
 
-/* NCHW -> blocked with a zero border, items (image, channel block, row): 16 channel rows transposed
- * in registers into 16-channel pixels. */
-__attribute__((target("avx512f"))) static void to_blk_task(void *ctx, int tid, int n) {
+/* NCHW <-> blocked, items (image, channel block, row) split evenly, 16 channel rows transposed in
+ * registers to and from 16-channel pixels: with j->src, NCHW -> blocked with a zero border; else the
+ * blocked interior -> NCHW j->dst, plus the residual (NCHW), then relu. */
+__attribute__((target("avx512f"))) static void blk_convert_task(void *ctx, int tid, int n) {
   conv_job_blk *j = ctx;
-  const int h = j->h, w = j->w, wp = w + 2;
+  const int h = j->h, w = j->w, wp = w + 2, to_blk = j->src != NULL;
   const long rows = (long)j->p->n * (j->c / 16) * h;
   long lo, hi;
   pool_split(rows, tid, n, 1, &lo, &hi);
@@ -408,41 +413,25 @@ __attribute__((target("avx512f"))) static void to_blk_task(void *ctx, int tid, i
   for (long it = lo; it < hi; it++) {
     const long bc = it / h;
     const int y = (int)(it % h);
-    float *plane = j->blk + bc * (long)(h + 2) * wp * 16, *d = plane + (long)(y + 1) * wp * 16;
-    const float *s = j->src + bc * 16 * (long)h * w + (long)y * w;
-    if (y == 0) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + x * 16, z);
-    if (y == h - 1) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + ((long)(h + 1) * wp + x) * 16, z);
-    _mm512_storeu_ps(d, z);
-    _mm512_storeu_ps(d + (long)(w + 1) * 16, z);
-    for (int x0 = 0; x0 < w; x0 += 16) {
-      const int nx = w - x0 < 16 ? w - x0 : 16;
-      const __mmask16 mk = (__mmask16)((1u << nx) - 1);
-      __m512 r[16];
-      for (int l = 0; l < 16; l++) r[l] = _mm512_maskz_loadu_ps(mk, s + (long)l * h * w + x0);
-      transpose16(r);
-      for (int i = 0; i < nx; i++) _mm512_storeu_ps(d + (long)(x0 + 1 + i) * 16, r[i]);
+    float *plane = j->blk + bc * (long)(h + 2) * wp * 16, *brow = plane + (long)(y + 1) * wp * 16;
+    const long o = bc * 16 * (long)h * w + (long)y * w; /* channel 0 of the block, row y, in NCHW */
+    if (to_blk) {
+      if (y == 0) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + x * 16, z);
+      if (y == h - 1) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + ((long)(h + 1) * wp + x) * 16, z);
+      _mm512_storeu_ps(brow, z);
+      _mm512_storeu_ps(brow + (long)(w + 1) * 16, z);
     }
-  }
-}
-
-/* Blocked (interior) -> NCHW, plus the residual (NCHW), then relu; items as to_blk_task. */
-__attribute__((target("avx512f"))) static void from_blk_task(void *ctx, int tid, int n) {
-  conv_job_blk *j = ctx;
-  const int h = j->h, w = j->w, wp = w + 2;
-  const long rows = (long)j->p->n * (j->c / 16) * h;
-  long lo, hi;
-  pool_split(rows, tid, n, 1, &lo, &hi);
-  const __m512 z = _mm512_setzero_ps();
-  for (long it = lo; it < hi; it++) {
-    const long bc = it / h;
-    const int y = (int)(it % h);
-    const float *s = j->blk + (bc * (long)(h + 2) + y + 1) * wp * 16 + 16;
-    const long o = bc * 16 * (long)h * w + (long)y * w;
     for (int x0 = 0; x0 < w; x0 += 16) {
       const int nx = w - x0 < 16 ? w - x0 : 16;
       const __mmask16 mk = (__mmask16)((1u << nx) - 1);
       __m512 r[16];
-      for (int i = 0; i < 16; i++) r[i] = i < nx ? _mm512_loadu_ps(s + (long)(x0 + i) * 16) : z;
+      if (to_blk) {
+        for (int l = 0; l < 16; l++) r[l] = _mm512_maskz_loadu_ps(mk, j->src + o + (long)l * h * w + x0);
+        transpose16(r);
+        for (int i = 0; i < nx; i++) _mm512_storeu_ps(brow + (long)(x0 + 1 + i) * 16, r[i]);
+        continue;
+      }
+      for (int i = 0; i < 16; i++) r[i] = i < nx ? _mm512_loadu_ps(brow + (long)(x0 + 1 + i) * 16) : z;
       transpose16(r);
       for (int l = 0; l < 16; l++) {
         const long at = o + (long)l * h * w + x0;
@@ -468,10 +457,10 @@ void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const
   wpack_job wj = {w, p, m, flip, U};
   pool_run(wpack_task, &wj);
   conv_job_blk cj = {p, xb, x, NULL, NULL, p->cin, p->h, p->w, 0};
-  pool_run(to_blk_task, &cj);
+  pool_run(blk_convert_task, &cj);
   wino_forward(yb, xb, U, bias, NULL, 0, p, m);
   conv_job_blk oj = {p, yb, NULL, y, residual, p->cout, p->oh, p->ow, relu};
-  pool_run(from_blk_task, &oj);
+  pool_run(blk_convert_task, &oj);
 }
 
 /* ---- Winograd weight gradient (training, NCHW): dW = G^T [ sum over tiles (B^T d B) .* (A dY A^T) ] G
@@ -631,17 +620,13 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
   float *dyb = grow(&dybuf, (size_t)p->n * p->cout * (p->oh + 2) * (p->ow + 2));
   conv_job_blk cx = {p, xb, x, NULL, NULL, p->cin, p->h, p->w, 0};
-  pool_run(to_blk_task, &cx);
+  pool_run(blk_convert_task, &cx);
   conv_job_blk cy = {p, dyb, dy, NULL, NULL, p->cout, p->oh, p->ow, 0};
-  pool_run(to_blk_task, &cy);
+  pool_run(blk_convert_task, &cy);
   j->x = xb;
   w.dyb = dyb;
   const long total = (long)p->n * j->th * j->tw;
-  long per = WINO_CHUNK_FLOATS / ((long)j->np * (p->cin + p->cout)) / (2 * PR_RUN) * (2 * PR_RUN);
-  if (per < 2 * PR_RUN) per = 2 * PR_RUN;
-  if (per > total) per = total;
-  const long nchunks = (total + per - 1) / per;
-  per = (total + nchunks - 1) / nchunks;
+  const long per = chunk_tiles(j, total);
   j->V = grow(&vbuf, (size_t)j->np * p->cin * per);
   w.Z = grow(&zbuf, (size_t)j->np * p->cout * per);
   w.dU = grow(&ubuf, (size_t)j->np * p->cin * p->cout);

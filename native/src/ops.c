@@ -172,13 +172,28 @@ static void bn_eval_task(void *ctx, int tid, int nt) {
   }
 }
 
+/* Batch-norm backward for channel ch from its sums over the batch (of dy and dy * (x - mean)):
+ * writes dgamma and dbeta, and returns the coefficients of dx = k1 * dy + k2 * (x - mean) + k3:
+ * dx = g*inv/m * (m*dy - sum(dy) - xhat*sum(dy*xhat)), xhat = (x-mu)*inv, in training; k1 * dy in
+ * eval. */
+static void bn_bwd_coeffs(const bn_job *j, long ch, double sdy, double sdyx, double m, float *k1, float *k2, float *k3) {
+  const float inv = j->cinvstd[ch];
+  const double sdyxhat = sdyx * inv;
+  if (j->dgamma) j->dgamma[ch] = (float)sdyxhat;
+  if (j->dbeta) j->dbeta[ch] = (float)sdy;
+  const float g = j->gamma ? j->gamma[ch] : 1.0f;
+  *k1 = g * inv;
+  *k2 = j->training ? (float)(-g * inv * inv * sdyxhat / m) : 0.0f;
+  *k3 = j->training ? (float)(-g * inv * sdy / m) : 0.0f;
+}
+
 static void bn_backward_task(void *ctx, int tid, int nt) {
   bn_job *j = ctx;
   long lo, hi;
   pool_split(j->c, tid, nt, 1, &lo, &hi);
   const double m = (double)j->n * j->hw;
   for (long ch = lo; ch < hi; ch++) {
-    float mu = j->cmean[ch], inv = j->cinvstd[ch];
+    const float mu = j->cmean[ch];
     double sdy = 0, sdyx = 0, a, b2;
     for (int b = 0; b < j->n; b++) {
       long off = ((long)b * j->c + ch) * j->hw;
@@ -187,21 +202,8 @@ static void bn_backward_task(void *ctx, int tid, int nt) {
       sdy += a;
       sdyx += b2;
     }
-    double sdyxhat = sdyx * inv;
-    if (j->dgamma) j->dgamma[ch] = (float)sdyxhat;
-    if (j->dbeta) j->dbeta[ch] = (float)sdy;
-    float g = j->gamma ? j->gamma[ch] : 1.0f;
     float k1, k2, k3;
-    if (j->training) {
-      /* dx = g*inv/m * (m*dy - sum(dy) - xhat*sum(dy*xhat)), xhat = (x-mu)*inv */
-      k1 = g * inv;
-      k2 = (float)(-g * inv * inv * sdyxhat / m);
-      k3 = (float)(-g * inv * sdy / m);
-    } else {
-      k1 = g * inv;
-      k2 = 0.0f;
-      k3 = 0.0f;
-    }
+    bn_bwd_coeffs(j, ch, sdy, sdyx, m, &k1, &k2, &k3);
     /* backwards over the images: the ones the sums pass read last are still in L2 (a channel of
      * dy, x and the relu output is ~1.2 MB for a CIFAR batch of 128: more than L2 holds) */
     for (int b = j->n - 1; b >= 0; b--) {
@@ -225,7 +227,7 @@ static int has_avx512(void) {
  * tail overhead (measured 1.4 ms for a 128x64x7x7 batch, 8 GB/s; the plain loops above). The sums
  * go to double once per image, as above. */
 __attribute__((target("avx512f"))) static void bn_backward_channel512(const bn_job *j, long ch, double m) {
-  const float mu = j->cmean[ch], inv = j->cinvstd[ch];
+  const float mu = j->cmean[ch];
   const __m512 vmu = _mm512_set1_ps(mu), zero = _mm512_setzero_ps();
   const long hw = j->hw;
   const __mmask16 tail = (__mmask16)((1u << (hw & 15)) - 1);
@@ -245,13 +247,8 @@ __attribute__((target("avx512f"))) static void bn_backward_channel512(const bn_j
     sdy += _mm512_reduce_add_ps(a);
     sdyx += _mm512_reduce_add_ps(s);
   }
-  const double sdyxhat = sdyx * inv;
-  if (j->dgamma) j->dgamma[ch] = (float)sdyxhat;
-  if (j->dbeta) j->dbeta[ch] = (float)sdy;
-  const float gm = j->gamma ? j->gamma[ch] : 1.0f;
-  const float k1 = gm * inv;
-  const float k2 = j->training ? (float)(-gm * inv * inv * sdyxhat / m) : 0.0f;
-  const float k3 = j->training ? (float)(-gm * inv * sdy / m) : 0.0f;
+  float k1, k2, k3;
+  bn_bwd_coeffs(j, ch, sdy, sdyx, m, &k1, &k2, &k3);
   const __m512 v1 = _mm512_set1_ps(k1), v2 = _mm512_set1_ps(k2), v3 = _mm512_set1_ps(k3);
   for (int b = j->n - 1; b >= 0; b--) {
     const long off = ((long)b * j->c + ch) * hw;
@@ -436,14 +433,8 @@ static void bn_backward_small_task(void *ctx, int tid, int nt) {
       sdy += s[(ch - lo) * hw + q];
       sdyx += s[len + (ch - lo) * hw + q];
     }
-    const float inv = j->cinvstd[ch];
-    const double sdyxhat = sdyx * inv;
-    if (j->dgamma) j->dgamma[ch] = (float)sdyxhat;
-    if (j->dbeta) j->dbeta[ch] = (float)sdy;
-    const float g = j->gamma ? j->gamma[ch] : 1.0f;
-    const float k1 = g * inv;
-    const float k2 = j->training ? (float)(-g * inv * inv * sdyxhat / m) : 0.0f;
-    const float k3 = j->training ? (float)(-g * inv * sdy / m) : 0.0f;
+    float k1, k2, k3;
+    bn_bwd_coeffs(j, ch, sdy, sdyx, m, &k1, &k2, &k3);
     for (long q = 0; q < hw; q++) {
       k[(ch - lo) * hw + q] = k1;
       k[len + (ch - lo) * hw + q] = k2;
