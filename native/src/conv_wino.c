@@ -140,6 +140,39 @@ static inline void tile_at(const wino_job *j, long t, long *b, int *oy, int *ox)
   *ox = j->m * (int)(r % j->tw);
 }
 
+/* The transform and conversion passes hand their items out dynamically, in blocks, like the products:
+ * when one core is slowed (this VM's noisy phases), the other takes more of the pass instead of
+ * waiting for a fixed half at the end. */
+typedef void (*range_fn)(void *ctx, long lo, long hi);
+typedef struct {
+  range_fn fn;
+  void *ctx;
+  long total, blk;
+  atomic_long next;
+} range_job;
+static void range_task(void *c, int tid, int n) {
+  (void)tid; (void)n;
+  range_job *r = c;
+  for (;;) {
+    const long lo = atomic_fetch_add_explicit(&r->next, r->blk, memory_order_relaxed);
+    if (lo >= r->total) break;
+    r->fn(r->ctx, lo, lo + r->blk < r->total ? lo + r->blk : r->total);
+  }
+}
+/* fn over [0, total) on the pool's threads, about 16 blocks per thread. */
+static void run_range(range_fn fn, void *ctx, long total) {
+  const int T = pool_threads();
+  range_job r;
+  r.fn = fn;
+  r.ctx = ctx;
+  r.total = total;
+  r.blk = total / (16L * T) > 0 ? total / (16L * T) : 1;
+  atomic_init(&r.next, 0);
+  const long items = (total + r.blk - 1) / r.blk;
+  if (items <= 1 || T <= 1) fn(ctx, 0, total);
+  else pool_run_dynamic(range_task, &r, items < T ? (int)items : T);
+}
+
 /* d (a vectors, `s` apart) -> B^T d, for a = 4 (F(2x2)) or 6 (F(4x4)). */
 #define BT(m, d, r)                                                                                                  \
   do {                                                                                                               \
@@ -212,13 +245,12 @@ __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long 
     }
   }
 }
-static void wino_in_task(void *ctx, int tid, int n) {
+static void wino_in_range(void *ctx, long lo, long hi) {
   wino_job *j = ctx;
-  long lo, hi;
-  pool_split((long)(j->p->cin / 16) * j->tpad, tid, n, 1, &lo, &hi);
   if (j->m == 2) wino_in(j, lo, hi, 2);
   else wino_in(j, lo, hi, 4);
 }
+static void wino_in_pass(wino_job *j) { run_range(wino_in_range, j, (long)(j->p->cin / 16) * j->tpad); }
 
 /* Pass 2, items (position, panel) handed out dynamically: M[xi] = V[xi] U[xi] over all the chunk's
  * tiles, two 7-tile runs per register tile. */
@@ -281,10 +313,8 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
     }
   }
 }
-static void wino_out_task(void *ctx, int tid, int n) {
+static void wino_out_range(void *ctx, long lo, long hi) {
   wino_job *j = ctx;
-  long lo, hi;
-  pool_split((long)(j->p->cout / 16) * j->nt, tid, n, 1, &lo, &hi);
   if (j->m == 2) wino_out(j, lo, hi, 2);
   else wino_out(j, lo, hi, 4);
 }
@@ -337,11 +367,11 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
       j.tpad = tpad;
       for (int c = 0; c < p->cin; c++) offs[c] = (int)((c / 16) * tpad * 16 + c % 16);
     }
-    pool_run(wino_in_task, &j);
+    wino_in_pass(&j);
     atomic_init(&j.next, 0);
     const long items = (long)j.np * j.npanels;
     pool_run_dynamic(wino_gemm_task, &j, items < T ? (int)items : T);
-    pool_run(wino_out_task, &j);
+    run_range(wino_out_range, &j, (long)(p->cout / 16) * j.nt);
   }
 }
 
@@ -358,7 +388,7 @@ typedef struct {
 /* U = G g G^T for 16 consecutive output channels at a time (the packing is contiguous in them),
  * their 3x3 kernels gathered from w: w[co][c] (flip 0), or for the backward-input convolution
  * w[c][co] turned by 180 degrees (flip 1: w is then the forward layer's [cin = p->cout][p->cin]). */
-__attribute__((target("avx512f"))) static void wpack_task(void *ctx, int tid, int n) {
+__attribute__((target("avx512f"))) static void wpack_range(void *ctx, long lo, long hi) {
   wpack_job *j = ctx;
   const conv_p *p = j->p;
   const int m = j->m, a = m + 2, C = p->cin, M = p->cout;
@@ -369,9 +399,6 @@ __attribute__((target("avx512f"))) static void wpack_task(void *ctx, int tid, in
   /* lane l reads output channel co0 + l: w[(co*C + c)*9 + t] or w[(c*M + co)*9 + 8 - t] */
   const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                            _mm512_set1_epi32(j->flip ? 9 : 9 * C));
-  const long groups = (long)(M / 16) * C;
-  long lo, hi;
-  pool_split(groups, tid, n, 1, &lo, &hi);
   for (long it = lo; it < hi; it++) {
     const int co0 = (int)(it / C) * 16, c = (int)(it % C);
     const float *base = j->flip ? j->w + ((long)c * M + co0) * 9 : j->w + ((long)co0 * C + c) * 9;
@@ -400,15 +427,12 @@ typedef struct {
   int c, h, w, relu;
 } conv_job_blk;
 
-/* NCHW <-> blocked, items (image, channel block, row) split evenly, 16 channel rows transposed in
+/* NCHW <-> blocked, items (image, channel block, row), 16 channel rows transposed in
  * registers to and from 16-channel pixels: with j->src, NCHW -> blocked with a zero border; else the
  * blocked interior -> NCHW j->dst, plus the residual (NCHW), then relu. */
-__attribute__((target("avx512f"))) static void blk_convert_task(void *ctx, int tid, int n) {
+__attribute__((target("avx512f"))) static void blk_convert_range(void *ctx, long lo, long hi) {
   conv_job_blk *j = ctx;
   const int h = j->h, w = j->w, wp = w + 2, to_blk = j->src != NULL;
-  const long rows = (long)j->p->n * (j->c / 16) * h;
-  long lo, hi;
-  pool_split(rows, tid, n, 1, &lo, &hi);
   const __m512 z = _mm512_setzero_ps();
   for (long it = lo; it < hi; it++) {
     const long bc = it / h;
@@ -446,7 +470,7 @@ __attribute__((target("avx512f"))) static void blk_convert_task(void *ctx, int t
 
 /* y = conv(x, w) + bias (+ residual) (then relu) on NCHW tensors through the blocked Winograd path
  * with tile m (wino_nchw_tile): w transformed here (flip: w is the forward layer's kernel and this
- * is its backward-input convolution, see wpack_task), x converted to blocked, the products
+ * is its backward-input convolution, see wpack_range), x converted to blocked, the products
  * converted back. The scratch buffers are per calling thread and kept. */
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
                        const conv_p *p, int m) {
@@ -455,12 +479,12 @@ void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const
   float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
   float *yb = grow(&ybuf, (size_t)p->n * p->cout * (p->oh + 2) * (p->ow + 2));
   wpack_job wj = {w, p, m, flip, U};
-  pool_run(wpack_task, &wj);
+  run_range(wpack_range, &wj, (long)(p->cout / 16) * p->cin);
   conv_job_blk cj = {p, xb, x, NULL, NULL, p->cin, p->h, p->w, 0};
-  pool_run(blk_convert_task, &cj);
+  run_range(blk_convert_range, &cj, (long)p->n * (p->cin / 16) * p->h);
   wino_forward(yb, xb, U, bias, NULL, 0, p, m);
   conv_job_blk oj = {p, yb, NULL, y, residual, p->cout, p->oh, p->ow, relu};
-  pool_run(blk_convert_task, &oj);
+  run_range(blk_convert_range, &oj, (long)p->n * (p->cout / 16) * p->oh);
 }
 
 /* ---- Winograd weight gradient (training, NCHW): dW = G^T [ sum over tiles (B^T d B) .* (A dY A^T) ] G
@@ -529,10 +553,8 @@ __attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo,
     }
   }
 }
-static void wbw_z_task(void *ctx, int tid, int n) {
+static void wbw_z_range(void *ctx, long lo, long hi) {
   wbw_job *w = ctx;
-  long lo, hi;
-  pool_split((long)(w->j.p->cout / 16) * w->j.tpad, tid, n, 1, &lo, &hi);
   if (w->j.m == 2) wbw_z(w, lo, hi, 2);
   else wbw_z(w, lo, hi, 4);
 }
@@ -573,7 +595,7 @@ typedef struct {
   int m;
 } wback_job;
 /* dW[co][ci] = G^T dU G, 16 output channels per vector, items (input channel, output block). */
-__attribute__((target("avx512f"))) static void wback_task(void *ctx, int tid, int n) {
+__attribute__((target("avx512f"))) static void wback_range(void *ctx, long lo, long hi) {
   wback_job *j = ctx;
   const conv_p *p = j->p;
   const int m = j->m, a = m + 2;
@@ -582,8 +604,6 @@ __attribute__((target("avx512f"))) static void wback_task(void *ctx, int tid, in
     for (int k = 0; k < 3; k++) gt[i][k] = (float)gm(m, i, k);
   const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                            _mm512_set1_epi32(9 * p->cin));
-  long lo, hi;
-  pool_split((long)p->cin * (p->cout / 16), tid, n, 1, &lo, &hi);
   for (long it = lo; it < hi; it++) {
     const int ci = (int)(it % p->cin), co0 = (int)(it / p->cin) * 16;
     __m512 t[3][6]; /* G^T dU */
@@ -620,9 +640,9 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
   float *dyb = grow(&dybuf, (size_t)p->n * p->cout * (p->oh + 2) * (p->ow + 2));
   conv_job_blk cx = {p, xb, x, NULL, NULL, p->cin, p->h, p->w, 0};
-  pool_run(blk_convert_task, &cx);
+  run_range(blk_convert_range, &cx, (long)p->n * (p->cin / 16) * p->h);
   conv_job_blk cy = {p, dyb, dy, NULL, NULL, p->cout, p->oh, p->ow, 0};
-  pool_run(blk_convert_task, &cy);
+  run_range(blk_convert_range, &cy, (long)p->n * (p->cout / 16) * p->oh);
   j->x = xb;
   w.dyb = dyb;
   const long total = (long)p->n * j->th * j->tw;
@@ -635,13 +655,13 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   for (j->t0 = 0; j->t0 < total; j->t0 += per) {
     j->nt = total - j->t0 < per ? total - j->t0 : per;
     j->tpad = j->nt; /* no register-tile runs here: the reduction runs over the tiles themselves */
-    pool_run(wino_in_task, j);
-    pool_run(wbw_z_task, &w);
+    wino_in_pass(j);
+    run_range(wbw_z_range, &w, (long)(p->cout / 16) * j->tpad);
     atomic_init(&w.next, 0);
     const long items = (long)j->np * (p->cout / 16);
     pool_run_dynamic(wbw_gemm_task, &w, items < T ? (int)items : T);
   }
   wback_job bj = {p, w.dU, dw, m};
-  pool_run(wback_task, &bj);
+  run_range(wback_range, &bj, (long)p->cin * (p->cout / 16));
 }
 #endif

@@ -1,5 +1,8 @@
-/* A small fixed-size thread pool: pool_run(fn, ctx) calls fn(ctx, tid, n) on n threads (the caller
- * is tid 0) and returns when all have finished. Nested calls from inside a task run serially. */
+/* A small fixed-size thread pool. pool_run(fn, ctx) splits a job into parts (up to 8 per thread) and
+ * hands them out to the threads as they come: fn(ctx, part, parts) does its share of the work for
+ * that part (pool_split) and must write outputs disjoint from other parts'. A slowed or descheduled
+ * thread then takes fewer parts instead of holding the others up. Nested calls from inside a task
+ * run serially, as fn(ctx, 0, 1). */
 #ifndef RESNET_POOL_H
 #define RESNET_POOL_H
 
@@ -9,9 +12,9 @@ typedef void (*pool_fn)(void *ctx, int tid, int nthreads);
 int pool_threads(void);
 /* Sets the thread count (>= 1); takes effect for the next pool_run. */
 void pool_set_threads(int n);
-/* Runs fn on pool_threads() threads, or on the caller alone when nested or n == 1. */
+/* Runs fn's parts on pool_threads() threads, or fn(ctx, 0, 1) on the caller alone when nested or n == 1. */
 void pool_run(pool_fn fn, void *ctx);
-/* Runs fn on at most `limit` threads. */
+/* Runs fn on at most `limit` threads, in at most `limit` parts. */
 void pool_run_n(pool_fn fn, void *ctx, int limit);
 /* Same, for an fn that hands its work out dynamically (each call takes items until none are left, and
  * a thread that takes none must leave nothing undone): returns as soon as the caller's call returns and
