@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { UsageError, kernels } from '../src/index.js';
 import { WORKLOADS, formatReport, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
 import { Timer, median, type TimingPlan } from '../src/bench/timing.js';
+import { childTimeoutMs } from '../src/bench/peers.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -93,6 +94,13 @@ describe('runBench (in process)', () => {
     assert.equal(ours.msPerIter, sorted[2], 'median of all rounds together');
     assert.match(formatReport(r), /round medians [\d.]+ \/ [\d.]+/);
     assert.throws(() => runBench({ only: 'tiny', peers: false, rounds: 0 }), (e: unknown) => e instanceof UsageError && /--rounds must be an integer >= 1/.test(e.message));
+  });
+
+  test("a peer child's time limit is whole milliseconds for any number of rounds (spawnSync refuses fractions)", () => {
+    for (const rounds of [1, 3, 7, 9]) {
+      const t = childTimeoutMs({ warmup: 2, runs: 9, budgetMs: 60_000 / rounds }, 4);
+      assert.ok(Number.isInteger(t) && t > 0, `${rounds} rounds: ${t}`);
+    }
   });
 
   test('a training workload runs SGD steps', () => {

@@ -61,10 +61,12 @@ export function defaultCacheDir(): string {
   return path.join(base, 'resnet-ts', 'bench');
 }
 
-/** Generous wall-clock limit for a child: the budget of every workload plus start-up. */
-function childTimeoutMs(plan: TimingPlan, n: number): number {
+/** Generous wall-clock limit for a child: the budget of every workload plus start-up, in whole
+ * milliseconds (spawnSync refuses a fractional timeout, and a round's share of the budget, 60 s / 9
+ * rounds, is one). */
+export function childTimeoutMs(plan: TimingPlan, n: number): number {
   const per = plan.budgetMs > 0 ? plan.budgetMs * 2.5 : 30 * 60_000;
-  return 120_000 + per * n;
+  return Math.ceil(120_000 + per * n);
 }
 
 /** Runs a child and parses the JSON object on the last line of its stdout. */
