@@ -44,7 +44,7 @@ export interface BenchOptions {
   log?: (msg: string) => void;
 }
 
-export const DEFAULTS = { threads: 2, warmup: 2, runs: 9, rounds: 3, budgetS: 60, python: '/usr/bin/python3' } as const;
+export const DEFAULTS = { threads: 2, warmup: 2, runs: 9, rounds: 9, budgetS: 60, python: '/usr/bin/python3' } as const;
 
 export const ENGINES = ['resnet-ts', 'onnxruntime', 'pytorch'] as const;
 export type Engine = (typeof ENGINES)[number];
