@@ -1,5 +1,6 @@
-/* Winograd convolutions on blocked activations (AVX-512, the inference plan): F(2x2, 3x3) and
- * F(4x4, 3x3).
+/* Winograd convolutions on blocked activations (AVX-512): F(2x2, 3x3) and F(4x4, 3x3), for the
+ * inference plan and, through layout conversions, for NCHW training convolutions (all three passes;
+ * the weight gradient by the transposed algorithm, at the end of this file).
  *
  * A 3x3 stride-1 convolution computes each m x m output tile from an (m+2) x (m+2) input tile; in
  * the Winograd domain (Lavin & Gray 2015) that is (m+2)^2 products per channel pair instead of 9 m^2:
@@ -7,7 +8,7 @@
  * The products summed over input channels are (m+2)^2 independent matrix products
  * (tiles x cin) x (cin x cout), one per position xi of the transform: 2.25x (m = 2) or 4x (m = 4)
  * fewer multiply-adds than the direct convolution, for two cheap transforms. Three passes over
- * chunks of tiles, each split over the threads:
+ * chunks of tiles, each handed out to the threads in blocks:
  *  1. input transform: V[xi][cin/16][tiles][16] = B^T d B, 16 channels of a tile per vector (read
  *     from the blocked input, whose zero border is the padding);
  *  2. per (xi, 32-channel panel): M[xi] = V[xi] x U[xi] with the pixel-row micro-kernel of
@@ -15,9 +16,10 @@
  *     M[xi][cout/16][tiles][16];
  *  3. output transform: Y = A^T m A, plus bias, the residual and relu, into the blocked output.
  * Weights U = G g G^T are packed once (CONV_LAYOUT_WINO2 / _WINO4: (m+2)^2 pixel-row packings of
- * cin x cout). Rounding: F(2x2) differs from the direct convolution by about 2e-6 of the output's
- * magnitude, F(4x4) (points 0, +-1, +-2) by about 3e-5; wino_tile_for picks F(4x4) only where the
- * weights are small (its packing is 4x the plain weights, F(2x2)'s 16/9). */
+ * cin x cout). Rounding, against a double-precision reference: F(2x2) about 1e-6 of the output's
+ * largest magnitude (less than the direct convolution's long sums), F(4x4) (points 0, +-1, +-2) up
+ * to about 1.4e-5 at 256 channels; wino_tile_for picks F(4x4) only where the weights are small (its
+ * packing is 4x the plain weights, F(2x2)'s 16/9). */
 #include "conv_internal.h"
 #include "gemm.h"
 #include "pool.h"

@@ -142,9 +142,9 @@ export interface InferenceOptions {
   layout?: 'auto' | 'nchw';
   /** On blocked activations, run 3x3 stride-1 convolutions as Winograd F(4x4, 3x3) (both channel
    * counts <= 128) or F(2x2, 3x3) (larger layers): 4x / 2.25x fewer multiplies, 1.5-2x faster on
-   * those layers (docs/PERFORMANCE.md). Results differ from the direct convolution by rounding:
-   * about 3e-5 (F(4x4)) / 2e-6 (F(2x2)) of a layer's output magnitude. Default true; false runs
-   * every layer directly. */
+   * those layers (docs/PERFORMANCE.md). Results differ from the direct convolution by rounding: up
+   * to about 1.5e-5 (F(4x4)) / 1e-6 (F(2x2)) of a layer's largest output magnitude. Default true;
+   * false runs every layer of the plan directly. */
   winograd?: boolean;
 }
 

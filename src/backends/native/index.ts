@@ -39,8 +39,8 @@ export interface NativeKernels extends Kernels {
   /** Packs weights [cOut, cIn, kh, kw] for conv2dBlocked: with `winograd` (default true) 3x3
    * stride-1 padding-1 layers (whole 16-channel blocks) are packed for Winograd F(4x4, 3x3) when
    * both channel counts are <= 128, else F(2x2, 3x3): 4x / 2.25x fewer multiplies, results within
-   * about 3e-5 / 2e-6 of the output's magnitude of the direct convolution; other layers for the
-   * direct pixel-row kernels. */
+   * about 1.5e-5 / 1e-6 of the output's largest magnitude of the exact convolution; other layers
+   * for the direct pixel-row kernels. */
   packConvWeightsBlocked(w: F32, p: Conv2dParams, winograd?: boolean): PackedConvWeights;
   /** y (blocked) = conv(x) + bias (+ residual, blocked; may be y itself) (then relu); x blocked or NCHW. */
   conv2dBlocked(y: F32, x: F32, bias: F32 | null, residual: F32 | null, relu: boolean, p: Conv2dParams, packed: PackedConvWeights, xBlocked: boolean): void;
