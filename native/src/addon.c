@@ -168,17 +168,25 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/* Floats of a packing for geometry p with the optional flags blocked (argument i) and winograd
+ * (i + 1), as convPackWeights writes it; -1 and a.failed when blocked weights cannot be made. */
+static long packed_floats(args_t *a, size_t i, const conv_p *p) {
+  const int blocked = opt_flag(a, i), wino = opt_flag(a, i + 1);
+  if (a->failed) return -1;
+  if (blocked && p->groups != 1) return fail(a, "native: blocked weights need groups = 1"), -1;
+  return blocked ? conv2d_layout_size(p, conv2d_blocked_layout(p, wino)) : conv2d_packed_size(p);
+}
+
 /* convPackedLength(geometry[, blocked[, winograd]]): floats that convPackWeights(..., blocked, winograd) writes for this
  * convolution's weights. */
 static napi_value js_conv_packed_length(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
   if (!get_args(env, info, &a, 1) || !conv_geom(&a, 0, &p)) return NULL;
-  const int blocked = opt_flag(&a, 1), wino = opt_flag(&a, 2);
+  const long size = packed_floats(&a, 1, &p);
   if (a.failed) return NULL;
-  if (blocked && p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
   napi_value r;
-  napi_create_double(env, (double)(blocked ? conv2d_layout_size(&p, conv2d_blocked_layout(&p, wino)) : conv2d_packed_size(&p)), &r);
+  napi_create_double(env, (double)size, &r);
   return r;
 }
 
@@ -215,8 +223,9 @@ static napi_value js_conv_pack_weights(napi_env env, napi_callback_info info) {
   size_t nx, ny, nw;
   if (!conv_args(env, info, &a, 3, 2, &p, &nx, &ny, &nw)) return NULL;
   const int blocked = opt_flag(&a, 3), wino = opt_flag(&a, 4);
-  if (blocked && p.groups != 1) return fail(&a, "native: blocked weights need groups = 1"), NULL;
-  float *dst = f32(&a, 0, (size_t)(blocked ? conv2d_layout_size(&p, conv2d_blocked_layout(&p, wino)) : conv2d_packed_size(&p)), 0);
+  const long size = packed_floats(&a, 3, &p);
+  if (a.failed) return NULL;
+  float *dst = f32(&a, 0, (size_t)size, 0);
   const float *w = f32(&a, 1, nw, 0);
   if (a.failed) return NULL;
   napi_value r;

@@ -365,6 +365,11 @@ static int is_linear(const conv_p *p) {
          p->pw == 0 && p->n > 0;
 }
 
+/* Whether the AVX-512 kernels run at all (blocked layout, Winograd): the ISA, not switched off. */
+static int avx512_paths(void) { return strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit(); }
+/* The Winograd tile for an NCHW convolution with plain weights here, 0: another path. */
+static int nchw_wino(const conv_p *p) { return avx512_paths() ? wino_nchw_tile(p) : 0; }
+
 static void forward_impl(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
                          int relu, const conv_p *p) {
   if (w && is_linear(p)) {
@@ -381,8 +386,9 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
   }
 #if defined(__x86_64__)
   /* Winograd F(4x4, 3x3) where it applies (plain weights: training, and calls without a packing) */
-  if (w && strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit() && wino_nchw_tile(p)) {
-    wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wino_nchw_tile(p));
+  const int wm = w ? nchw_wino(p) : 0;
+  if (wm) {
+    wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wm);
     return;
   }
   if (prow_ok(p)) {
@@ -438,8 +444,9 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
   if (p->sh == 1 && p->sw == 1 && p->groups == 1) {
     conv_p q = {p->n, p->cout, p->oh, p->ow, p->cin, p->kh, p->kw, 1, 1, (p->kh - 1) * p->dh - p->ph,
                 (p->kw - 1) * p->dw - p->pw, p->dh, p->dw, 1, p->h, p->w};
-    if (strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit() && wino_nchw_tile(&q)) {
-      wino_forward_nchw(dx, dy, w, 1, NULL, NULL, 0, &q, wino_nchw_tile(&q));
+    const int wm = nchw_wino(&q);
+    if (wm) {
+      wino_forward_nchw(dx, dy, w, 1, NULL, NULL, 0, &q, wm);
       return;
     }
     if (q.ph >= 0 && q.pw >= 0 && q.oh == (p->oh + 2 * q.ph - (p->kh - 1) * p->dh) && q.ow == (p->ow + 2 * q.pw - (p->kw - 1) * p->dw) &&
@@ -536,8 +543,9 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     return;
   }
 #if defined(__x86_64__)
-  if (strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit() && wino_nchw_tile(p)) {
-    wino_backward_weight_nchw(dw, x, dy, p, wino_nchw_tile(p));
+  const int wm = nchw_wino(p);
+  if (wm) {
+    wino_backward_weight_nchw(dw, x, dy, p, wm);
     return;
   }
   if (bwt_ok(p)) {
@@ -707,14 +715,11 @@ void conv2d_forward_packed(float *y, const float *x, const float *w, const float
   free(tmp);
 }
 
-/* Whether the blocked kernels run at all: AVX-512, not switched off. */
-static int blocked_isa(void) { return strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit(); }
-
 int conv2d_blocked_ok(const conv_p *p, int x_blocked, int winograd) {
 #if defined(__x86_64__)
   conv_p q;
   int ky0, kx0;
-  if (!blocked_isa()) return 0;
+  if (!avx512_paths()) return 0;
   if (winograd && x_blocked && wino_tile_for(p)) return 1;
   return !crop(p, &q, &ky0, &kx0) && prow_blocked_ok(p, x_blocked);
 #else
@@ -760,7 +765,7 @@ int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout
   if ((layout != CONV_LAYOUT_PROW && !(m && wino_ok(p))) || p->groups != 1 || p->cout % 16 || (x_blocked && p->cin % 16))
     return -1;
 #if defined(__x86_64__)
-  if (m ? x_blocked && blocked_isa() : conv2d_blocked_ok(p, x_blocked, 0)) {
+  if (m ? x_blocked && avx512_paths() : conv2d_blocked_ok(p, x_blocked, 0)) {
     if (m) wino_forward(y, x, wp, bias, residual, relu, p, m);
     else prow_forward_blocked(y, x, wp, bias, residual, relu, p, x_blocked);
     return 0;

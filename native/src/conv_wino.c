@@ -142,37 +142,23 @@ static inline void tile_at(const wino_job *j, long t, long *b, int *oy, int *ox)
   *ox = j->m * (int)(r % j->tw);
 }
 
-/* The transform and conversion passes hand their items out dynamically, in blocks, like the products:
- * when one core is slowed (this VM's noisy phases), the other takes more of the pass instead of
- * waiting for a fixed half at the end. */
+/* The transform and conversion passes as ranges of items, [lo, hi) of [0, total): run through
+ * pool_run, whose parts the threads take as they come (a slowed core takes fewer). */
 typedef void (*range_fn)(void *ctx, long lo, long hi);
 typedef struct {
   range_fn fn;
   void *ctx;
-  long total, blk;
-  atomic_long next;
+  long total;
 } range_job;
-static void range_task(void *c, int tid, int n) {
-  (void)tid; (void)n;
+static void range_task(void *c, int part, int parts) {
   range_job *r = c;
-  for (;;) {
-    const long lo = atomic_fetch_add_explicit(&r->next, r->blk, memory_order_relaxed);
-    if (lo >= r->total) break;
-    r->fn(r->ctx, lo, lo + r->blk < r->total ? lo + r->blk : r->total);
-  }
+  long lo, hi;
+  pool_split(r->total, part, parts, 1, &lo, &hi);
+  if (hi > lo) r->fn(r->ctx, lo, hi);
 }
-/* fn over [0, total) on the pool's threads, about 16 blocks per thread. */
 static void run_range(range_fn fn, void *ctx, long total) {
-  const int T = pool_threads();
-  range_job r;
-  r.fn = fn;
-  r.ctx = ctx;
-  r.total = total;
-  r.blk = total / (16L * T) > 0 ? total / (16L * T) : 1;
-  atomic_init(&r.next, 0);
-  const long items = (total + r.blk - 1) / r.blk;
-  if (items <= 1 || T <= 1) fn(ctx, 0, total);
-  else pool_run_dynamic(range_task, &r, items < T ? (int)items : T);
+  range_job r = {fn, ctx, total};
+  pool_run(range_task, &r);
 }
 
 /* d (a vectors, `s` apart) -> B^T d, for a = 4 (F(2x2)) or 6 (F(4x4)). */
