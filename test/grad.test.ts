@@ -15,7 +15,8 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { record, backward, noGrad } from '../src/tensor/autograd.js';
 import { Generator } from '../src/tensor/rng.js';
-import { Tensor, ones, randn, recycledFloats, tensor, uninitialized } from '../src/tensor/tensor.js';
+import { Tensor, ones, randn, recycle, recycledFloats, setRecycleCap, tensor, uninitialized } from '../src/tensor/tensor.js';
+import { ShapeError, UsageError } from '../src/errors.js';
 import {
   adaptiveAvgPool2d,
   add,
@@ -631,6 +632,87 @@ describe('autograd engine', () => {
     const again = run();
     assert.deepEqual(again.x, copies.x, 'the same gradients as the first time');
     assert.deepEqual(again.h, copies.h);
+  });
+
+  test('recycleActivations: intermediates are taken (reading one throws), the rest is untouched', () => {
+    const g = new Generator(5);
+    const w = randn([6, 2000], g).requiresGrad_(); // above the reuse threshold
+    const x = randn([6, 2000], g);
+    const wCopy = w.values.slice();
+    const view = reshape(w, [12, 1000]); // an intermediate sharing a parameter's buffer
+    const h = mulScalar(add(reshape(view, [6, 2000]), x), 2);
+    const r = relu(h);
+    const watched = mulScalar(r, 3).retainGrad();
+    const hooked = mulScalar(watched, 1);
+    hooked.registerHook(() => undefined);
+    const kept = mulScalar(hooked, 0.5);
+    const loss = sum(kept);
+    const before = recycledFloats();
+    backward(loss, undefined, { recycleActivations: true, keep: [kept] });
+    assert.ok(recycledFloats() > before, 'buffers were given back');
+    for (const t of [h, r]) {
+      assert.equal(t.isRecycled, true);
+      assert.match(t.toString(), /recycled/);
+      assert.throws(() => t.values, (e: Error) => e instanceof ShapeError && /recycleActivations/.test(e.message) && /keep/.test(e.message));
+    }
+    for (const t of [view, watched, hooked, kept, loss, w, x]) assert.equal(t.isRecycled, false, t.toString());
+    // Later allocations (poisoned here) take the recycled buffers and nothing else.
+    for (let i = 0; i < 8; i++) uninitialized(12_000).fill(NaN);
+    assert.deepEqual(w.values, wCopy, 'the parameter, seen through a view, is intact');
+    assert.ok(kept.values.every(Number.isFinite) && watched.grad!.every(Number.isFinite) && w.grad!.every(Number.isFinite));
+  });
+
+  test('recycleActivations does not change training: a ResNet steps to the same parameters bit for bit', async () => {
+    const { cifarResNet } = await import('../src/models/registry.js');
+    const { SGD } = await import('../src/optim/sgd.js');
+    const train = (recycle: boolean): Float32Array[] => {
+      const m = cifarResNet(8, { numClasses: 3, inChannels: 2 });
+      const init = new Generator(11);
+      for (const p of m.parameters()) p.values.set(randn([...p.shape], init).values.map((v) => v * 0.3));
+      const opt = new SGD(m.parameters(), { lr: 0.05, momentum: 0.9, weightDecay: 1e-4 });
+      m.train();
+      for (let step = 0; step < 3; step++) {
+        const xs = randn([4, 2, 10, 10], new Generator(100 + step));
+        opt.zeroGrad();
+        const logits = m.call(xs);
+        const loss = crossEntropy(logits, [0, 1, 2, 1]);
+        backward(loss, undefined, { recycleActivations: recycle });
+        if (recycle) assert.throws(() => logits.values, /recycleActivations/);
+        opt.step();
+      }
+      return m.parameters().map((p) => p.values.slice());
+    };
+    const plain = train(false);
+    const recycled = train(true);
+    for (let i = 0; i < plain.length; i++) assert.deepEqual(recycled[i], plain[i], `parameter ${i}`);
+  });
+
+  test('backward options that contradict each other are refused', () => {
+    const loss = (): Tensor => sum(mulScalar(tensor([1, 2]).requiresGrad_(), 2));
+    assert.throws(() => backward(loss(), undefined, { recycleActivations: true, retainGraph: true }), (e: Error) => e instanceof UsageError && /retainGraph|retained/.test(e.message));
+    assert.throws(() => backward(loss(), undefined, { keep: [] }), (e: Error) => e instanceof UsageError && /keep/.test(e.message));
+  });
+
+  test('a buffer given back twice is handed out once; past the cap the stalest lengths go first', () => {
+    const a = uninitialized(5000);
+    recycle(a);
+    recycle(a);
+    const first = uninitialized(5000);
+    const second = uninitialized(5000);
+    assert.equal(first, a);
+    assert.notEqual(second, a);
+    const cap = setRecycleCap(3 * 5000 * 4);
+    try {
+      const held = recycledFloats();
+      for (let i = 0; i < 3; i++) recycle(new Float32Array(5000)); // a length nobody asks for again
+      assert.equal(recycledFloats(), held + 15_000);
+      uninitialized(7000); // a length in use now
+      const b = new Float32Array(7000);
+      recycle(b);
+      assert.equal(uninitialized(7000), b, 'the stale length made room');
+    } finally {
+      setRecycleCap(cap);
+    }
   });
 
   test('a removed hook does not run', () => {

@@ -15,6 +15,7 @@ import { manualSeed, Generator } from '../src/tensor/rng.js';
 import { train, TrainingDiverged } from '../src/train/trainer.js';
 import { batchSource, buildOptimizer } from '../src/train/setup.js';
 import { readStateDict } from '../src/io/state.js';
+import type { Tensor } from '../src/tensor/tensor.js';
 
 /** 64 8x8 gray images of 2 classes: bright top half vs bright bottom half, with noise. */
 function toyData(seed: number): InMemoryDataset {
@@ -75,4 +76,36 @@ test('a NaN loss stops training with a clear error and the last checkpoint intac
   // a broken input pipeline (std ~ 0 turns pixels into infinities) makes the loss non-finite
   await assert.rejects(run(out, 3, true, 1e-40), (e: Error) => e instanceof TrainingDiverged && /loss became (NaN|Infinity)/.test(e.message) && /checkpoint .* is intact/.test(e.message));
   assert.deepEqual(readFileSync(join(out, 'checkpoint.safetensors')), before);
+});
+
+test('the trainer recycles activations only while no forward hook watches the model', async () => {
+  const go = async (hooked: boolean): Promise<Tensor[]> => {
+    manualSeed(3);
+    const model = cifarResNet(8, { inChannels: 1, numClasses: 2 });
+    const layer1 = new Map(model.namedModules()).get('layer1')!;
+    const seen: Tensor[] = [];
+    if (hooked) {
+      layer1.registerForwardHook((_m, _x, y) => void seen.push(y));
+    } else {
+      // The same outputs, taken without a hook (one that is not there cannot stop recycling).
+      const call = layer1.call.bind(layer1);
+      layer1.call = (x: Tensor): Tensor => {
+        const y = call(x);
+        seen.push(y);
+        return y;
+      };
+    }
+    const tr = batchSource(toyData(1), { batchSize: 32, shuffle: false, seed: 7, transform: new Compose([new ToFloat(), new Normalize([0.5], [0.25])]), workers: 0 });
+    const { optimizer, scheduler, per } = buildOptimizer(model.parameters(), {
+      optimizer: 'sgd', lr: 0.05, momentum: 0.9, weightDecay: 0, nesterov: false, schedule: 'cosine', gamma: 0.1, warmupEpochs: 0, epochs: 1, batchesPerEpoch: tr.batches,
+    });
+    await train(model, optimizer, scheduler, tr, null, { epochs: 1, out: mkdtempSync(join(tmpdir(), 'hooked-')), schedulerPer: per, classes: ['top', 'bottom'], title: 'toy', config: {}, quiet: true });
+    return seen;
+  };
+  const watched = await go(true);
+  assert.equal(watched.length, 2);
+  for (const y of watched) assert.ok(y.values.every(Number.isFinite), 'a hook keeps what it saw, readable after the step');
+  const unwatched = await go(false);
+  assert.equal(unwatched.length, 2);
+  for (const y of unwatched) assert.equal(y.isRecycled, true, 'unwatched activations go back to the allocator');
 });

@@ -49,7 +49,7 @@ export function prepare(w: Workload, seed = 0): Prepared {
     step: () => {
       opt.zeroGrad();
       const l = crossEntropy(model.call(x), targets);
-      backward(l);
+      backward(l, undefined, { recycleActivations: true }); // as the trainer does (src/train/trainer.ts)
       opt.step();
       loss = l.item();
     },

@@ -9,9 +9,9 @@
  *
  * Not here: higher-order gradients (gradients are plain Float32Arrays, not tensors in the graph).
  */
-import { ShapeError } from '../errors.js';
+import { ShapeError, UsageError } from '../errors.js';
 import { kernels } from '../kernels/registry.js';
-import { Tensor, recycle, shapeStr, trackAllocations, uninitialized } from './tensor.js';
+import { Tensor, markRecycled, recycle, shapeStr, trackAllocations, uninitialized } from './tensor.js';
 
 export interface GradFn {
   /** Op name, for error messages and graph inspection ("conv2d", "add", ...). */
@@ -80,11 +80,34 @@ function topoOrder(root: Tensor): Tensor[] {
   return order;
 }
 
+export interface BackwardOptions {
+  /** Keep the graph for another backward() through it (as PyTorch's retain_graph). */
+  retainGraph?: boolean;
+  /**
+   * Declares the graph's intermediate tensors dead once the gradients are computed: their buffers
+   * go back to the allocator that makes the next ones (a training step then allocates almost
+   * nothing, and V8 stops collecting garbage for it), and reading one of those tensors afterwards
+   * throws. Untouched: the root, leaves (parameters, inputs), tensors listed in `keep`, tensors with
+   * gradient hooks or retainGrad(), and any buffer a leaf shares (views of parameters). Tensors that
+   * share storage with a recycled one outside the graph (`detach()`) see it reused: do not keep
+   * them either. Not with retainGraph.
+   */
+  recycleActivations?: boolean;
+  /** With recycleActivations: intermediates to leave alone (logits you read after backward). */
+  keep?: readonly Tensor[];
+}
+
 /**
  * Computes gradients of `root` with respect to every leaf that requires grad.
  * `gradOutput` defaults to 1 for a one-element root (a loss).
  */
-export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retainGraph?: boolean } = {}): void {
+export function backward(root: Tensor, gradOutput?: Float32Array, opts: BackwardOptions = {}): void {
+  if (opts.recycleActivations && opts.retainGraph) {
+    throw new UsageError('backward(): recycleActivations frees the tensors a retained graph would need; pass one of the two');
+  }
+  if (opts.keep !== undefined && !opts.recycleActivations) {
+    throw new UsageError('backward(): keep only applies with recycleActivations: true');
+  }
   if (!root.requiresGrad) {
     throw new ShapeError('backward(): this tensor does not require grad (was it computed under noGrad, or from no parameters?)');
   }
@@ -113,9 +136,28 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: { retain
   } finally {
     trackAllocations(outer);
   }
+  if (opts.recycleActivations) recycleIntermediates(order, root, opts.keep ?? []);
 }
 
-function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Float32Array>, made: Set<Float32Array>, opts: { retainGraph?: boolean }): void {
+/** backward's recycleActivations: takes the storage of every intermediate of the (used) graph. */
+function recycleIntermediates(order: readonly Tensor[], root: Tensor, keep: readonly Tensor[]): void {
+  const kept = new Set<ArrayBufferLike>();
+  for (const t of order) {
+    if (t.gradFn === null || t === root || t.hooks.length > 0 || t.retainsGrad || keep.includes(t)) kept.add(t.values.buffer);
+  }
+  const taken = new Set<ArrayBufferLike>();
+  for (const t of order) {
+    const d = t.values;
+    if (kept.has(d.buffer)) continue;
+    if (!taken.has(d.buffer)) {
+      taken.add(d.buffer);
+      recycle(d);
+    }
+    markRecycled(t);
+  }
+}
+
+function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Float32Array>, made: Set<Float32Array>, opts: BackwardOptions): void {
   for (let k = order.length - 1; k >= 0; k--) {
     const t = order[k]!;
     let g = grads.get(t);
@@ -127,8 +169,14 @@ function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Floa
     }
     const fn = t.gradFn;
     if (fn === null) {
-      accumulate(t, g); // copies or adds g: it is consumed
-      release(g, t, grads, owned, made);
+      if (t.grad === null && unshared(g, t, grads, made)) {
+        t.grad = g; // nobody else holds g: the leaf takes it instead of a copy (PyTorch's AccumulateGrad steals too)
+        made.delete(g);
+        owned.delete(g);
+      } else {
+        accumulate(t, g); // copies or adds g: it is consumed
+        release(g, t, grads, owned, made);
+      }
       continue;
     }
     if (t.retainsGrad) accumulate(t, g); // accumulates across backward calls, like PyTorch's retain_grad
@@ -165,11 +213,17 @@ function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Floa
  * it (and may keep it), or another tensor's pending gradient is the same array (add hands g on to
  * its inputs; a gradient summed into another one has been read by then). */
 function release(g: Float32Array, t: Tensor, grads: Map<Tensor, Float32Array>, owned: Set<Float32Array>, made: Set<Float32Array>): void {
-  if (!made.has(g) || t.hooks.length > 0) return;
-  for (const v of grads.values()) if (v.buffer === g.buffer) return;
+  if (!unshared(g, t, grads, made)) return;
   made.delete(g);
   owned.delete(g);
   recycle(g);
+}
+
+/** Whether nothing but the engine holds t's gradient g (see release). */
+function unshared(g: Float32Array, t: Tensor, grads: Map<Tensor, Float32Array>, made: Set<Float32Array>): boolean {
+  if (!made.has(g) || t.hooks.length > 0) return false;
+  for (const v of grads.values()) if (v.buffer === g.buffer) return false;
+  return true;
 }
 
 /** Replaces a used GradFn so that its saved tensors can be collected; a second backward fails clearly. */

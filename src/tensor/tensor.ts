@@ -52,10 +52,12 @@ export function shapeStr(shape: readonly number[]): string {
 
 let nextId = 1;
 
+/* Storage of a tensor whose buffer backward({ recycleActivations: true }) took back. */
+const RECYCLED = new Float32Array(0);
+
 export class Tensor {
   readonly shape: readonly number[];
-  /** Storage, or null for a meta tensor. */
-  data: Float32Array | null;
+  private storage: Float32Array | null;
   dtype: TensorDType;
   /** Leaf tensors with requiresGrad accumulate `.grad` on backward(). */
   requiresGrad = false;
@@ -77,8 +79,29 @@ export class Tensor {
       throw new ShapeError(`tensor data has ${data.length} elements but shape ${shapeStr(shape)} needs ${n}`);
     }
     this.shape = Object.freeze([...shape]);
-    this.data = data;
+    this.storage = data;
     this.dtype = dtype;
+  }
+
+  /** Storage, or null for a meta tensor. Throws once backward({ recycleActivations: true }) took it. */
+  get data(): Float32Array | null {
+    const d = this.storage;
+    if (d === RECYCLED) {
+      throw new ShapeError(
+        `this ${shapeStr(this.shape)} tensor was an intermediate of a graph that backward({ recycleActivations: true }) ` +
+          'recycled: its storage now belongs to later tensors (pass it in { keep: [...] } to read it after backward)',
+      );
+    }
+    return d;
+  }
+
+  set data(d: Float32Array | null) {
+    this.storage = d;
+  }
+
+  /** Whether backward({ recycleActivations: true }) took this tensor's storage. */
+  get isRecycled(): boolean {
+    return this.storage === RECYCLED;
   }
 
   get numel(): number {
@@ -90,7 +113,7 @@ export class Tensor {
   }
 
   get isMeta(): boolean {
-    return this.data === null;
+    return this.storage === null;
   }
 
   get isLeaf(): boolean {
@@ -174,7 +197,7 @@ export class Tensor {
   }
 
   toString(): string {
-    return `Tensor(${shapeStr(this.shape)}${this.isMeta ? ', meta' : ''}${this.requiresGrad ? ', requiresGrad' : ''})`;
+    return `Tensor(${shapeStr(this.shape)}${this.isMeta ? ', meta' : ''}${this.isRecycled ? ', recycled' : ''}${this.requiresGrad ? ', requiresGrad' : ''})`;
   }
 }
 
@@ -193,6 +216,7 @@ export function uninitialized(n: number): Float32Array {
   if (n < UNINIT_MIN && poison === null) return new Float32Array(n);
   const free = recycled.get(n);
   let a = free?.pop();
+  lastWanted.set(n, ++wants);
   if (a !== undefined) {
     recycledBytes -= a.byteLength;
   } else {
@@ -204,14 +228,17 @@ export function uninitialized(n: number): Float32Array {
   return a;
 }
 
-/* Gradient buffers that backward() found dead, by length, for uninitialized() to hand out again:
- * a training step allocates as much for gradients as for activations, and V8 counts every new
- * ArrayBuffer as external memory, collecting garbage every ~64 MB of it (ResNet-20, batch 128: a
- * scavenge every ~6 ms and a full collection every ~30 ms, ~17 ms of a 240 ms step). Bounded, so a
- * change of shapes cannot pin memory. */
+/* Buffers that backward() found dead (gradients, and with recycleActivations the graph's
+ * intermediates), by length, for uninitialized() to hand out again: V8 counts every new ArrayBuffer
+ * as external memory and collects garbage every ~64 MB of it (ResNet-20, batch 128: ~17 ms of a
+ * ~190 ms step without reuse). Bounded: past the cap, the lengths asked for least recently go first,
+ * so a change of shapes (a last short batch) neither pins memory nor starves the usual lengths. */
 const recycled = new Map<number, Float32Array[]>();
 let recycledBytes = 0;
-const RECYCLE_CAP_BYTES = 256 * 2 ** 20;
+let recycleCapBytes = 256 * 2 ** 20;
+/* When each length was last asked for (a counter of uninitialized() calls). */
+const lastWanted = new Map<number, number>();
+let wants = 0;
 /* While backward() runs: the arrays uninitialized() handed out, the only ones it may recycle (never
  * a forward activation, which user code or a retained graph may still hold). */
 let tracking: Set<Float32Array> | null = null;
@@ -224,6 +251,14 @@ export function trackAllocations(set: Set<Float32Array> | null): Set<Float32Arra
   return before;
 }
 
+/** Sets the most bytes held for reuse (tests); returns the previous cap. Held buffers beyond it go. */
+export function setRecycleCap(bytes: number): number {
+  const before = recycleCapBytes;
+  recycleCapBytes = bytes;
+  while (recycledBytes > recycleCapBytes && evictStalest(-1));
+  return before;
+}
+
 /** Floats held for reuse now (for tests). */
 export function recycledFloats(): number {
   return recycledBytes / 4;
@@ -232,11 +267,36 @@ export function recycledFloats(): number {
 /** Gives a dead buffer (one uninitialized() made, nobody holds) back for reuse. */
 export function recycle(a: Float32Array): void {
   if (a.length < UNINIT_MIN || a.byteOffset !== 0 || a.byteLength !== a.buffer.byteLength) return;
-  if (recycledBytes + a.byteLength > RECYCLE_CAP_BYTES) return;
   const list = recycled.get(a.length);
+  if (list?.includes(a)) return; // twice would hand one buffer to two tensors
+  while (recycledBytes + a.byteLength > recycleCapBytes) {
+    if (!evictStalest(a.length)) return;
+  }
   if (list) list.push(a);
   else recycled.set(a.length, [a]);
   recycledBytes += a.byteLength;
+}
+
+/** Drops the held buffers of the length asked for least recently (not `keep`); false if none. */
+function evictStalest(keep: number): boolean {
+  let victim = -1;
+  let oldest = Infinity;
+  for (const [n, list] of recycled) {
+    const t = lastWanted.get(n) ?? 0;
+    if (n !== keep && list.length > 0 && t < oldest) {
+      oldest = t;
+      victim = n;
+    }
+  }
+  if (victim < 0) return false;
+  for (const b of recycled.get(victim)!) recycledBytes -= b.byteLength;
+  recycled.delete(victim);
+  return true;
+}
+
+/** Marks `t`'s storage as taken (reading it throws from now on); backward's recycleActivations. */
+export function markRecycled(t: Tensor): void {
+  t.data = RECYCLED;
 }
 
 let poison: number | null = null;

@@ -157,15 +157,17 @@ export async function train(
             (existsSync(ckptPath) ? `The last good checkpoint (${ckptPath}) is intact: lower --lr or set --clip-grad-norm and resume.` : 'No checkpoint was written yet: lower --lr or set --clip-grad-norm.'),
         );
       }
+      const bs = b.y.length;
+      correct += topkCorrect(logits.values, b.y, bs, numClasses, 1);
       optimizer.zeroGrad();
-      backward(loss);
+      // Nothing reads this step's activations after backward unless a hook watches the model:
+      // their buffers then serve the next step (no allocation, no garbage collection for them).
+      backward(loss, undefined, { recycleActivations: !model.modules().some((m) => m.observed) });
       if (o.clipGradNorm !== undefined) clipGradNorm(params, o.clipGradNorm);
       optimizer.step();
       if (scheduler && o.schedulerPer === 'batch') scheduler.step();
-      const bs = b.y.length;
       seen += bs;
       lossSum += lv * bs;
-      correct += topkCorrect(logits.values, b.y, bs, numClasses, 1);
       step++;
       const secs = (performance.now() - t0) / 1000;
       bar.update(step, `loss ${(lossSum / seen).toFixed(4)} acc ${((100 * correct) / seen).toFixed(2)}% ${(seen / secs).toFixed(0)} img/s lr ${optimizer.paramGroups[0]!.lr.toPrecision(3)}`);
