@@ -72,7 +72,12 @@ const convCases: [string, Conv2dParams][] = [
   // gathered GEMM (AVX-512): small maps; column blocks across images, several k-blocks, a partial panel
   ['gathered GEMM: 4x4 maps, batch 9 (144 columns), K = 360, 24 output channels', convCase(9, 40, 4, 4, 24, 3, 1, 1, 1, 1)],
   ['gathered GEMM: 8x8 stride 2 with padding 2, 5x5 kernel', convCase(3, 12, 8, 8, 20, 5, 2, 2, 1, 1)],
-  ['gathered GEMM by tap pattern: 2x2 maps (4 patterns, 4 of 9 taps each), batch 9', convCase(9, 24, 2, 2, 40, 3, 1, 1, 1, 1)],
+  ['gathered GEMM by tap pattern: 2x2 maps (4 patterns, 4 of 9 taps each), batch 3', convCase(3, 24, 2, 2, 40, 3, 1, 1, 1, 1)],
+  ['2x2 maps, batch 9 (the Winograd F(2x2) path on NCHW)', convCase(9, 32, 2, 2, 48, 3, 1, 1, 1, 1)],
+  // a kernel covering its whole map for a 1x1 output: a linear layer over the batch
+  ['as a linear layer: 3x3/2 of 2x2 -> 1x1 (cropped to the whole map), 20 -> 36, batch 5', convCase(5, 20, 2, 2, 36, 3, 2, 1, 1, 1)],
+  ['as a linear layer: a 2x2 kernel over a 2x2 map, no padding, batch 1', convCase(1, 8, 2, 2, 12, 2, 1, 0, 1, 1)],
+  ['as a linear layer: a 3x3 kernel over a 3x3 map, no padding, batch 3', convCase(3, 5, 3, 3, 7, 3, 1, 0, 1, 1)],
   // Winograd F(4x4, 3x3) on NCHW (AVX-512; 3x3/1 padding 1, >= 32 channels in whole 16-channel blocks,
   // maps larger than 2x2): weights transformed per call, activations through the blocked layout;
   // backward-input runs the same way with the flipped kernel

@@ -357,12 +357,15 @@ int layout_nr(int layout) { return layout == CONV_LAYOUT_PROW ? 32 : layout == C
 
 
 
-/* A 1x1 convolution of 1x1 maps (a 3x3 conv on a 1x1 map, cropped: ResNet-18's last stage on 32x32
- * inputs) is a linear layer over the batch: NCHW with HW = 1 is [n][c]. One GEMM over all images
- * instead of one matrix-vector product per image (3.5 -> ~0.6 ms per pass on 64 x 512 x 512). */
+/* A convolution whose kernel covers its whole map without padding, for a 1x1 output, is a linear layer
+ * over the batch: NCHW x is [n][cin*h*w] in the order of the weights' [co][ci][ky][kx]. So are, once
+ * cropped to their live taps, a 3x3 convolution of 1x1 maps (ResNet-18's last stage on 32x32 inputs)
+ * and the stride-2 3x3 of 2x2 maps to 1x1 (its first block). One GEMM over all images instead of one
+ * matrix-vector product per image (64 x 512 x 512: 3.5 -> ~0.6 ms a pass; 64 x 256 -> 512, 2x2 -> 1x1:
+ * 1.6–1.9 -> 1.0–1.3 ms forward). */
 static int is_linear(const conv_p *p) {
-  return p->groups == 1 && p->kh == 1 && p->kw == 1 && p->h == 1 && p->w == 1 && p->oh == 1 && p->ow == 1 && p->ph == 0 &&
-         p->pw == 0 && p->n > 0;
+  return p->groups == 1 && p->kh == p->h && p->kw == p->w && (p->kh == 1 || p->dh == 1) && (p->kw == 1 || p->dw == 1) &&
+         p->oh == 1 && p->ow == 1 && p->ph == 0 && p->pw == 0 && p->n > 0;
 }
 
 /* Whether the AVX-512 kernels run at all (blocked layout, Winograd): the ISA, not switched off. */
@@ -375,8 +378,9 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
   if (w && is_linear(p)) {
     /* y[n][co] = x[n][:] . w[co][:] (+ residual) + bias[co], then relu */
     const long ny = (long)p->n * p->cout;
+    const int K = p->cin * p->kh * p->kw;
     if (residual && residual != y) memcpy(y, residual, sizeof(float) * ny);
-    sgemm_ex(0, 1, p->n, p->cout, p->cin, 1.0f, x, p->cin, w, p->cin, residual ? 1.0f : 0.0f, y, p->cout, NULL, 0);
+    sgemm_ex(0, 1, p->n, p->cout, K, 1.0f, x, K, w, K, residual ? 1.0f : 0.0f, y, p->cout, NULL, 0);
     if (bias || relu)
       for (long i = 0; i < ny; i++) {
         const float v = y[i] + (bias ? bias[i % p->cout] : 0.0f);
@@ -435,8 +439,9 @@ static void backward_input_chunk(float *dx, const float *dy, const float *w, con
 }
 
 static void backward_input_impl(float *dx, const float *dy, const float *w, const conv_p *p) {
-  if (is_linear(p)) { /* dx[n][ci] = dy[n][:] . w[:][ci] */
-    sgemm_ex(0, 0, p->n, p->cin, p->cout, 1.0f, dy, p->cout, w, p->cin, 0.0f, dx, p->cin, NULL, 0);
+  if (is_linear(p)) { /* dx[n][k] = dy[n][:] . w[:][k] */
+    const int K = p->cin * p->kh * p->kw;
+    sgemm_ex(0, 0, p->n, K, p->cout, 1.0f, dy, p->cout, w, K, 0.0f, dx, K, NULL, 0);
     return;
   }
 #if defined(__x86_64__)
@@ -538,8 +543,9 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     memset(dw, 0, sizeof(float) * (size_t)p->cout * (p->cin / p->groups) * p->kh * p->kw);
     return;
   }
-  if (is_linear(p)) { /* dw[co][ci] = sum over images of dy[n][co] x[n][ci]; each element by one thread, in order */
-    sgemm_ex(1, 0, p->cout, p->cin, p->n, 1.0f, dy, p->cout, x, p->cin, 0.0f, dw, p->cin, NULL, 0);
+  if (is_linear(p)) { /* dw[co][k] = sum over images of dy[n][co] x[n][k]; each element by one thread, in order */
+    const int K = p->cin * p->kh * p->kw;
+    sgemm_ex(1, 0, p->cout, K, p->n, 1.0f, dy, p->cout, x, K, 0.0f, dw, K, NULL, 0);
     return;
   }
 #if defined(__x86_64__)
