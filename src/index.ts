@@ -7,7 +7,7 @@
  *   → io (safetensors, .npy, state dicts) → summary → cli.
  */
 export * from './errors.js';
-export { Tensor, tensor, zeros, ones, full, empty, randn, rand, meta, withMetaTensors, numelOf, shapeStr, type TensorDType } from './tensor/tensor.js';
+export { Tensor, tensor, zeros, ones, full, empty, randn, rand, meta, withMetaTensors, numelOf, shapeStr, recycleGrads, type TensorDType } from './tensor/tensor.js';
 export { backward, noGrad, isGradEnabled, type BackwardOptions, type GradFn } from './tensor/autograd.js';
 export { Generator, manualSeed, defaultGenerator } from './tensor/rng.js';
 export type { Kernels, KernelName, Conv2dParams, Pool2dParams, AdaptivePoolParams, BatchNormParams, SgdParams } from './kernels/kernels.js';

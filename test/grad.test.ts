@@ -15,7 +15,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { record, backward, noGrad } from '../src/tensor/autograd.js';
 import { Generator } from '../src/tensor/rng.js';
-import { Tensor, ones, randn, recycle, recycledFloats, setRecycleCap, tensor, uninitialized } from '../src/tensor/tensor.js';
+import { Tensor, ones, randn, recycle, recycleGrads, recycledFloats, setRecycleCap, tensor, uninitialized } from '../src/tensor/tensor.js';
 import { ShapeError, UsageError } from '../src/errors.js';
 import {
   adaptiveAvgPool2d,
@@ -662,7 +662,7 @@ describe('autograd engine', () => {
     assert.ok(kept.values.every(Number.isFinite) && watched.grad!.every(Number.isFinite) && w.grad!.every(Number.isFinite));
   });
 
-  test('recycleActivations does not change training: a ResNet steps to the same parameters bit for bit', async () => {
+  test('recycleActivations and recycleGrads do not change training: a ResNet steps to the same parameters bit for bit', async () => {
     const { cifarResNet } = await import('../src/models/registry.js');
     const { SGD } = await import('../src/optim/sgd.js');
     const train = (recycle: boolean): Float32Array[] => {
@@ -673,7 +673,14 @@ describe('autograd engine', () => {
       m.train();
       for (let step = 0; step < 3; step++) {
         const xs = randn([4, 2, 10, 10], new Generator(100 + step));
-        opt.zeroGrad();
+        if (recycle) {
+          const before = m.parameters().map((p) => p.grad);
+          recycleGrads(m.parameters());
+          assert.ok(m.parameters().every((p) => p.grad === null));
+          if (step > 0) assert.ok(before.every((g) => g !== null), 'every parameter had a gradient');
+        } else {
+          opt.zeroGrad();
+        }
         const logits = m.call(xs);
         const loss = crossEntropy(logits, [0, 1, 2, 1]);
         backward(loss, undefined, { recycleActivations: recycle });
@@ -691,6 +698,15 @@ describe('autograd engine', () => {
     const loss = (): Tensor => sum(mulScalar(tensor([1, 2]).requiresGrad_(), 2));
     assert.throws(() => backward(loss(), undefined, { recycleActivations: true, retainGraph: true }), (e: Error) => e instanceof UsageError && /retainGraph|retained/.test(e.message));
     assert.throws(() => backward(loss(), undefined, { keep: [] }), (e: Error) => e instanceof UsageError && /keep/.test(e.message));
+  });
+
+  test('recycleGrads hands the gradients back to the allocator', () => {
+    const w = randn([3000], new Generator(2)).requiresGrad_();
+    backward(sum(mulScalar(w, 2)));
+    const g = w.grad!;
+    recycleGrads([w]);
+    assert.equal(w.grad, null);
+    assert.equal(uninitialized(3000), g, 'the next buffer of that length is the gradient');
   });
 
   test('a buffer given back twice is handed out once; past the cap the stalest lengths go first', () => {

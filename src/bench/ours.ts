@@ -9,7 +9,7 @@ import { SGD } from '../optim/sgd.js';
 import { backward } from '../tensor/autograd.js';
 import { compileInference } from '../inference/plan.js';
 import { Generator } from '../tensor/rng.js';
-import { Tensor } from '../tensor/tensor.js';
+import { Tensor, recycleGrads } from '../tensor/tensor.js';
 import type { ResNet } from '../models/resnet.js';
 import { measure, type Measurement, type TimingPlan } from './timing.js';
 import { TRAIN_RECIPE, type Workload } from './workloads.js';
@@ -41,13 +41,14 @@ export function prepare(w: Workload, seed = 0): Prepared {
   }
   model.train();
   const targets = Array.from({ length: w.batch }, () => gen.int(w.numClasses));
-  const opt = new SGD(model.parameters(), { ...TRAIN_RECIPE });
+  const weights = model.parameters();
+  const opt = new SGD(weights, { ...TRAIN_RECIPE });
   let loss = NaN;
   return {
     model,
     params,
     step: () => {
-      opt.zeroGrad();
+      recycleGrads(weights); // zeroGrad, reusing the buffers (as the trainer does)
       const l = crossEntropy(model.call(x), targets);
       backward(l, undefined, { recycleActivations: true }); // as the trainer does (src/train/trainer.ts)
       opt.step();

@@ -294,6 +294,19 @@ function evictStalest(keep: number): boolean {
   return true;
 }
 
+/**
+ * Gives the tensors' gradient buffers back to the allocator and sets `.grad` to null (what
+ * `zeroGrad()` does, plus reuse): for a training loop that holds every reference to those gradients,
+ * as the trainer does between two steps. A leaf takes its gradient from backward() without a copy, so
+ * without this every step leaves a model's worth of gradients to the garbage collector.
+ */
+export function recycleGrads(params: readonly Tensor[]): void {
+  for (const p of params) {
+    if (p.grad !== null) recycle(p.grad);
+    p.grad = null;
+  }
+}
+
 /** Marks `t`'s storage as taken (reading it throws from now on); backward's recycleActivations. */
 export function markRecycled(t: Tensor): void {
   t.data = RECYCLED;

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { ResnetError } from '../errors.js';
 import * as F from '../ops/index.js';
 import { backward, noGrad } from '../tensor/autograd.js';
-import type { Tensor } from '../tensor/tensor.js';
+import { recycleGrads, type Tensor } from '../tensor/tensor.js';
 import { defaultGenerator } from '../tensor/rng.js';
 import type { ResNet } from '../models/resnet.js';
 import { writeStateDict } from '../io/state.js';
@@ -159,10 +159,13 @@ export async function train(
       }
       const bs = b.y.length;
       correct += topkCorrect(logits.values, b.y, bs, numClasses, 1);
+      // Nothing reads this step's activations after backward, nor the last step's gradients, unless
+      // a hook watches the model: their buffers then serve this step and the next (no allocation, no
+      // garbage collection for them).
+      const unwatched = !model.modules().some((m) => m.observed);
+      if (unwatched) recycleGrads(params);
       optimizer.zeroGrad();
-      // Nothing reads this step's activations after backward unless a hook watches the model:
-      // their buffers then serve the next step (no allocation, no garbage collection for them).
-      backward(loss, undefined, { recycleActivations: !model.modules().some((m) => m.observed) });
+      backward(loss, undefined, { recycleActivations: unwatched });
       if (o.clipGradNorm !== undefined) clipGradNorm(params, o.clipGradNorm);
       optimizer.step();
       if (scheduler && o.schedulerPer === 'batch') scheduler.step();
