@@ -10,7 +10,8 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError, kernels } from '../src/index.js';
-import { WORKLOADS, formatReport, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
+import { WORKLOADS, fastestRatio, formatReport, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
+import type { EngineResult } from '../src/bench/peers.js';
 import { Timer, median, type TimingPlan } from '../src/bench/timing.js';
 import { childTimeoutMs } from '../src/bench/peers.js';
 
@@ -68,6 +69,7 @@ describe('runBench (in process)', () => {
     assert.equal(w.results['resnet-ts'].status === 'ok' && w.results['resnet-ts'].params, 269_722);
     for (const peer of ['onnxruntime', 'pytorch'] as const) assert.deepEqual(w.results[peer], { status: 'n/a', reason: 'skipped (--no-peers)' });
     assert.deepEqual(w.ratios, { vsOnnxruntime: null, vsPytorch: null });
+    assert.deepEqual(w.fastestRatios, { vsOnnxruntime: null, vsPytorch: null });
     assert.deepEqual(r.peers, { onnxruntime: null, pytorch: null });
     assert.equal(r.memory, null, 'memory is measured only for resnet50-b1');
     assert.deepEqual(r.settings, { threads: 2, warmup: 0, runs: 1, rounds: 1, budgetS: 0, seed: 0 }, 'rounds: at most the runs');
@@ -80,6 +82,7 @@ describe('runBench (in process)', () => {
     assert.match(text, /^ {2}engine\s+ms\/iter\s+img\/s\s+runs\s+note$/m);
     assert.match(text, new RegExp(`^  resnet-ts \\(${r.backend}\\)\\s+[\\d,]+\\.\\d\\d\\s+[\\d.]+\\s+1/1( {2}contended: .*)?$`, 'm'));
     assert.match(text, /^ {2}resnet-ts vs ORT: - {3}resnet-ts vs PyTorch: -/m);
+    assert.match(text, /^ {2}fastest runs: vs ORT - {3}vs PyTorch - {3}\(ratio of each engine's fastest timed run\)$/m);
   });
 
   test('rounds: the engines take turns, the runs are shared out, the median is over all of them', () => {
@@ -94,6 +97,17 @@ describe('runBench (in process)', () => {
     assert.equal(ours.msPerIter, sorted[2], 'median of all rounds together');
     assert.match(formatReport(r), /round medians [\d.]+ \/ [\d.]+/);
     assert.throws(() => runBench({ only: 'tiny', peers: false, rounds: 0 }), (e: unknown) => e instanceof UsageError && /--rounds must be an integer >= 1/.test(e.message));
+  });
+
+  test("fastest-run ratios: each engine's fastest timed run, in the workload lines and the summary", () => {
+    const ok = (samplesMs: number[]): EngineResult => ({ status: 'ok', msPerIter: 0, imgPerSec: 0, runs: samplesMs.length, warmup: 0, samplesMs, limited: null, otherCores: null });
+    assert.equal(fastestRatio(ok([10, 12, 30]), ok([15, 11, 40])), 1.1);
+    assert.equal(fastestRatio(ok([10]), { status: 'n/a', reason: 'inference only' }), null);
+    const r = runBench({ only: 'tiny,tiny-train', peers: false, warmup: 0, runs: 1, budgetS: 0 });
+    for (const w of r.workloads) w.fastestRatios = { vsOnnxruntime: 1.5, vsPytorch: 2.25 };
+    const text = formatReport(r);
+    assert.match(text, /^ {2}fastest runs: vs ORT 1\.50x {3}vs PyTorch 2\.25x {3}\(ratio of each engine's fastest timed run\)$/m);
+    assert.match(text, /^ {2}tiny-train .* 1\.50x +2\.25x$/m, 'summary columns');
   });
 
   test("a peer child's time limit is whole milliseconds for any number of rounds (spawnSync refuses fractions)", () => {

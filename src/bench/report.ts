@@ -83,19 +83,29 @@ export function formatReport(r: BenchReport): string {
     const rows: string[][] = [['engine', 'ms/iter', 'img/s', 'runs', 'note']];
     for (const e of ['resnet-ts', 'onnxruntime', 'pytorch'] as const) rows.push([engineName(r, e), ...resultCells(w.results[e], s.runs)]);
     out.push(cols(rows, [false, true, true, true, false]).trimEnd());
-    out.push(`  resnet-ts vs ORT: ${fmtRatio(w.ratios.vsOnnxruntime)}   resnet-ts vs PyTorch: ${fmtRatio(w.ratios.vsPytorch)}   (throughput ratio; > 1: resnet-ts is faster)`);
+    out.push(`  resnet-ts vs ORT: ${fmtRatio(w.ratios.vsOnnxruntime)}   resnet-ts vs PyTorch: ${fmtRatio(w.ratios.vsPytorch)}   (throughput ratio of the medians; > 1: resnet-ts is faster)`);
+    out.push(`  fastest runs: vs ORT ${fmtRatio(w.fastestRatios.vsOnnxruntime)}   vs PyTorch ${fmtRatio(w.fastestRatios.vsPytorch)}   (ratio of each engine's fastest timed run)`);
     out.push('');
   }
 
   if (r.workloads.length > 1) {
-    out.push('summary: ms per iteration (img/s), ratio = resnet-ts throughput / peer throughput');
+    out.push("summary: median ms per iteration (img/s), ratio = resnet-ts throughput / peer throughput (of the medians, and of each engine's fastest run)");
     const cell = (x: EngineResult): string =>
       x.status === 'ok' ? `${fmtMsCell(x.msPerIter)} (${fmtImgs(x.imgPerSec)})${(x.otherCores ?? 0) > CONTENDED ? '*' : ''}` : x.status === 'n/a' ? 'n/a' : 'not available';
-    const rows = [['workload', `resnet-ts (${r.backend})`, 'ONNX Runtime', 'PyTorch', 'vs ORT', 'vs PyTorch']];
+    const rows = [['workload', `resnet-ts (${r.backend})`, 'ONNX Runtime', 'PyTorch', 'vs ORT', 'vs PyTorch', 'fastest: vs ORT', 'vs PyTorch']];
     for (const w of r.workloads) {
-      rows.push([w.id, cell(w.results['resnet-ts']), cell(w.results.onnxruntime), cell(w.results.pytorch), fmtRatio(w.ratios.vsOnnxruntime), fmtRatio(w.ratios.vsPytorch)]);
+      rows.push([
+        w.id,
+        cell(w.results['resnet-ts']),
+        cell(w.results.onnxruntime),
+        cell(w.results.pytorch),
+        fmtRatio(w.ratios.vsOnnxruntime),
+        fmtRatio(w.ratios.vsPytorch),
+        fmtRatio(w.fastestRatios.vsOnnxruntime),
+        fmtRatio(w.fastestRatios.vsPytorch),
+      ]);
     }
-    out.push(cols(rows, [false, true, true, true, true, true]).trimEnd());
+    out.push(cols(rows, [false, true, true, true, true, true, true, true]).trimEnd());
     if (r.workloads.some((w) => Object.values(w.results).some((x) => x.status === 'ok' && (x.otherCores ?? 0) > CONTENDED))) {
       out.push(`  * contended: other processes used more than ${CONTENDED} of a core during these runs (pessimistic)`);
     }
