@@ -35,5 +35,6 @@ export * from './optim/schedulers.js';
 export { train, evaluate, TrainingDiverged, type BatchSource, type TrainOptions, type EpochRecord } from './train/trainer.js';
 export { compileInference, InferencePlan, type InferenceOptions } from './inference/plan.js';
 export { InferenceWorker, type InferenceWorkerSpec, type InferenceWorkerOptions, type InferenceInput } from './inference/worker.js';
+export { TrainingWorker, type TrainingWorkerOptions } from './train/worker.js';
 export * from './hub/index.js';
 export * from './image/index.js';

@@ -1,4 +1,4 @@
-/** InferenceWorker: the compiled inference plan on a worker thread, with the main thread free. */
+/** InferenceWorker and TrainingWorker: the compiled inference plan, and training steps, on a worker thread with the main thread free. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -186,4 +186,89 @@ test('an unclosed worker does not keep the process alive', () => {
   `;
   const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 15_000, env: { ...process.env, RESNET_NUM_THREADS: '1' } });
   assert.equal(out.trim(), '1x10');
+});
+
+// ---- TrainingWorker: forward and backward off the main thread ----------------------------------
+
+test('TrainingWorker: steps equal the same steps on the main thread, bit for bit; run, stateDict, lr', async () => {
+  const { TrainingWorker } = await import('../src/train/worker.js');
+  const { SGD } = await import('../src/optim/sgd.js');
+  const { crossEntropy } = await import('../src/ops/loss.js');
+  const { backward, noGrad } = await import('../src/tensor/autograd.js');
+  const model = smallModel().train();
+  const initial = model.stateDict();
+  const snapshot = new Map([...initial].map(([k, t]) => [k, t.values.slice()]));
+  const sgd = { lr: 0.05, momentum: 0.9, weightDecay: 5e-4, nesterov: true };
+  const w = await TrainingWorker.create({ model }, { sgd, labelSmoothing: 0.1 });
+  // the reference: the same steps here, on a copy
+  const ref = smallModel().train();
+  ref.loadStateDict(initial);
+  const opt = new SGD(ref.parameters(), sgd);
+  try {
+    assert.equal(w.numClasses, 10);
+    const batches = [0, 1, 2].map((i) => ({ x: randomTensor([4, 1, 12, 12], new Generator(20 + i)), y: [i % 10, 3, 7, 9] }));
+    for (const [i, b] of batches.entries()) {
+      const lr = i === 2 ? 0.01 : undefined; // a schedule from the caller
+      const loss = await w.step(b.x, b.y, lr === undefined ? {} : { lr });
+      opt.zeroGrad();
+      const l = crossEntropy(ref.call(b.x), b.y, { labelSmoothing: 0.1 });
+      backward(l);
+      if (lr !== undefined) opt.paramGroups[0]!.lr = lr;
+      opt.step();
+      assert.equal(loss, l.item(), `step ${i}: loss`);
+    }
+    const got = await w.stateDict();
+    const want = ref.stateDict();
+    assert.deepEqual([...got.keys()], [...want.keys()], 'torchvision keys, in order');
+    for (const [k, t] of want) assertBitEqual(got.get(k)!.values, t.values, k);
+    // the caller's model was copied, not trained
+    for (const [k, t] of model.stateDict()) assertBitEqual(t.values, snapshot.get(k)!, `caller's ${k}`);
+    // run: eval mode, no graph
+    const x = batches[0]!.x;
+    ref.eval();
+    const expected = noGrad(() => ref.call(x));
+    assertBitEqual((await w.run(x)).values, expected.values, 'run() logits');
+  } finally {
+    await w.close();
+  }
+});
+
+test('TrainingWorker: the main thread stays responsive during a step; bad requests reject clearly and the worker goes on', async () => {
+  const { TrainingWorker } = await import('../src/train/worker.js');
+  const w = await TrainingWorker.create({ arch: 'resnet18', options: { numClasses: 10 } }, { sgd: { lr: 0.1, momentum: 0.9 } });
+  try {
+    const x = randomTensor([8, 3, 64, 64], new Generator(4));
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    let loss: number;
+    try {
+      loss = await w.step(x, [0, 1, 2, 3, 4, 5, 6, 7]);
+    } finally {
+      clearInterval(timer);
+    }
+    assert.ok(Number.isFinite(loss));
+    assert.ok(ticks > 0, 'no timer tick fired on the main thread during the step');
+    const before = await w.stateDict();
+    await assert.rejects(w.step(x, [0, 1, 2]), (e: Error) => e instanceof ShapeError && /3 targets for a batch of 8/.test(e.message));
+    await assert.rejects(w.step(x, [0, 1, 2, 3, 4, 5, 6, 10]), (e: Error) => e instanceof ShapeError && /target 7 is 10, expected a class in \[0, 10\)/.test(e.message));
+    await assert.rejects(w.step(x, [0, 1, 2, 3, 4, 5, 6, 1.5]), (e: Error) => e instanceof ShapeError && /target 7 is 1.5/.test(e.message));
+    await assert.rejects(w.step(randomTensor([8, 64, 64], new Generator(5)), [0]), (e: Error) => e instanceof ShapeError && /must be 4-D/.test(e.message));
+    await assert.rejects(w.step(x, [0, 1, 2, 3, 4, 5, 6, 7], { lr: -1 }), (e: Error) => e instanceof UsageError && /lr must be/.test(e.message));
+    const after = await w.stateDict();
+    for (const [k, t] of before) assertBitEqual(after.get(k)!.values, t.values, `${k} untouched by the rejected steps`);
+    assert.ok(Number.isFinite(await w.step(x, [7, 6, 5, 4, 3, 2, 1, 0])), 'still training');
+  } finally {
+    await w.close();
+  }
+  await assert.rejects(w.step(randomTensor([1, 3, 32, 32], new Generator(6)), [0]), (e: Error) => e instanceof UsageError && /step\(\) called after close\(\)/.test(e.message));
+});
+
+test('TrainingWorker.create rejects bad options and bad SGD settings with their classes', async () => {
+  const { TrainingWorker } = await import('../src/train/worker.js');
+  const spec = { arch: 'resnet20', options: { inChannels: 1 } };
+  await assert.rejects(TrainingWorker.create(spec, {} as never), (e: Error) => e instanceof UsageError && /sgd: \{ lr/.test(e.message));
+  await assert.rejects(TrainingWorker.create(spec, { sgd: { lr: 0.1 }, labelSmoothing: 2 }), (e: Error) => e instanceof UsageError && /labelSmoothing/.test(e.message));
+  await assert.rejects(TrainingWorker.create(spec, { sgd: { lr: 0.1 }, threads: 0 }), (e: Error) => e instanceof UsageError && /threads/.test(e.message));
+  await assert.rejects(TrainingWorker.create(spec, { sgd: { lr: -1 } }), (e: Error) => e instanceof UsageError && /Invalid learning rate: -1/.test(e.message));
+  await assert.rejects(TrainingWorker.create({ arch: 'resnet7' }, { sgd: { lr: 0.1 } }), (e: Error) => e instanceof UsageError && /unknown architecture "resnet7"/.test(e.message));
 });

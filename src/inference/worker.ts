@@ -68,19 +68,22 @@ export interface SerializedError {
   stack?: string;
 }
 
-/** @internal */
+/** @internal A request to a model worker (this one, or the TrainingWorker of src/train/worker.ts). */
 export interface InferenceRequest {
   id: number;
-  op: 'run' | 'features';
+  op: 'run' | 'features' | 'step' | 'state';
   data: Float32Array;
   shape: number[];
+  /** step: the class of each image, and the learning rate if it changes */
+  targets?: Int32Array;
+  lr?: number;
 }
 
 /** @internal */
 export type InferenceReply =
   | { type: 'ready'; numFeatures: number; numClasses: number }
   | { type: 'init-error'; error: SerializedError }
-  | { type: 'result'; id: number; data: Float32Array; shape: number[] }
+  | { type: 'result'; id: number; data: Float32Array; shape: number[]; state?: SerializedTensor[] }
   | { type: 'error'; id: number; error: SerializedError };
 
 // ---- main-thread side ------------------------------------------------------------------------
@@ -96,24 +99,25 @@ const ERROR_CLASSES: Record<string, new (m: string) => Error> = {
 };
 
 /** Re-creates an error from the worker: same class (for ours) and message; the stack shows both sides. */
-function reviveError(e: SerializedError): Error {
+export function reviveError(e: SerializedError): Error {
   const C = ERROR_CLASSES[e.name];
   const err = C ? new C(e.message) : new Error(e.message);
   if (!C && e.name) err.name = e.name;
-  if (e.stack) err.stack = `${err.stack ?? `${err.name}: ${err.message}`}\n    --- in the inference worker ---\n${e.stack.split('\n').slice(1).join('\n')}`;
+  if (e.stack) err.stack = `${err.stack ?? `${err.name}: ${err.message}`}\n    --- in the worker thread ---\n${e.stack.split('\n').slice(1).join('\n')}`;
   return err;
 }
 
 
-function modelInit(spec: InferenceWorkerSpec, transfer: ArrayBuffer[]): WorkerModelInit {
-  if (spec === null || typeof spec !== 'object') throw new UsageError('InferenceWorker.create: expected { arch, options?, weights? } or { model }');
+/** @internal What a worker builds its model from; `who` names the caller in errors. */
+export function modelInit(spec: InferenceWorkerSpec, transfer: ArrayBuffer[], who = 'InferenceWorker.create'): WorkerModelInit {
+  if (spec === null || typeof spec !== 'object') throw new UsageError(`${who}: expected { arch, options?, weights? } or { model }`);
   if ('model' in spec) {
     const m = spec.model;
-    if (!(m instanceof ResNet)) throw new UsageError('InferenceWorker.create: { model } must be a ResNet');
+    if (!(m instanceof ResNet)) throw new UsageError(`${who}: { model } must be a ResNet`);
     const { block, layers, ...options } = m.options;
     const state: SerializedTensor[] = [];
     for (const [key, t] of m.stateDict()) {
-      if (t.data === null) throw new UsageError(`InferenceWorker.create: the model's ${key} is a meta tensor (shape only); load weights first`);
+      if (t.data === null) throw new UsageError(`${who}: the model's ${key} is a meta tensor (shape only); load weights first`);
       const data = new Float32Array(t.data); // a copy: the caller's buffers stay attached
       transfer.push(data.buffer as ArrayBuffer);
       state.push({ key, shape: [...t.shape], dtype: t.dtype, data });
@@ -126,47 +130,41 @@ function modelInit(spec: InferenceWorkerSpec, transfer: ArrayBuffer[]): WorkerMo
       state,
     };
   }
-  if (typeof spec.arch !== 'string') throw new UsageError('InferenceWorker.create: `arch` must be an architecture name');
-  if (spec.weights !== undefined && typeof spec.weights !== 'string') throw new UsageError('InferenceWorker.create: `weights` must be a path');
+  if (typeof spec.arch !== 'string') throw new UsageError(`${who}: \`arch\` must be an architecture name`);
+  if (spec.weights !== undefined && typeof spec.weights !== 'string') throw new UsageError(`${who}: \`weights\` must be a path`);
   return { kind: 'arch', arch: spec.arch, options: { ...(spec.options ?? {}) }, weights: spec.weights ?? null };
 }
 
 interface Pending {
-  resolve: (r: { data: Float32Array; shape: number[] }) => void;
+  resolve: (r: Extract<InferenceReply, { type: 'result' }>) => void;
   reject: (e: Error) => void;
 }
 
-export class InferenceWorker {
+/** @internal The main-thread side of a model worker: start-up handshake, ordered requests, failure
+ * and close handling. InferenceWorker and TrainingWorker (src/train/worker.ts) are its two kinds. */
+export abstract class WorkerClient {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private closed = false;
   /** Set when the worker died: every later request rejects with it. */
   private failure: Error | null = null;
 
-  private constructor(
+  protected constructor(
     private readonly worker: Worker,
-    /** Width of features() rows. */
-    readonly numFeatures: number,
-    /** Width of run() rows. */
-    readonly numClasses: number,
+    /** The class name, in errors ("InferenceWorker"). */
+    private readonly label: string,
   ) {
     worker.on('message', (m: InferenceReply) => this.onReply(m));
-    worker.on('error', (e: Error) => this.fail(new ResnetError(`InferenceWorker: the worker failed: ${e.message}`)));
+    worker.on('error', (e: Error) => this.fail(new ResnetError(`${label}: the worker failed: ${e.message}`)));
     worker.on('exit', (code) => {
-      if (!this.closed) this.fail(new ResnetError(`InferenceWorker: the worker exited unexpectedly (code ${code})`));
+      if (!this.closed) this.fail(new ResnetError(`${label}: the worker exited unexpectedly (code ${code})`));
     });
     worker.unref();
   }
 
-  /** Starts a worker and builds the model in it; rejects with the worker's error if that fails. */
-  static async create(spec: InferenceWorkerSpec, opts: InferenceWorkerOptions = {}): Promise<InferenceWorker> {
-    const threads = opts.threads ?? null;
-    if (threads !== null && (!Number.isInteger(threads) || threads < 1)) {
-      throw new UsageError(`InferenceWorker.create: threads must be a positive integer, got ${threads}`);
-    }
-    const transfer: ArrayBuffer[] = [];
-    const init: InferenceWorkerInit = { model: modelInit(spec, transfer), threads, backend: kernels().name };
-    const worker = new Worker(WORKER_URL, { workerData: init, transferList: transfer, execArgv: workerExecArgv() });
+  /** Starts the worker script `url` with `init`; resolves when it has built its model. */
+  protected static async start(url: URL, init: unknown, transfer: ArrayBuffer[], label: string): Promise<{ worker: Worker; numFeatures: number; numClasses: number }> {
+    const worker = new Worker(url, { workerData: init, transferList: transfer, execArgv: workerExecArgv() });
     // Referenced while starting, so `await create()` in a script keeps the process alive.
     const ready = await new Promise<{ numFeatures: number; numClasses: number }>((resolve, reject) => {
       const cleanup = (): void => {
@@ -185,11 +183,11 @@ export class InferenceWorker {
       };
       const onError = (e: Error): void => {
         cleanup();
-        reject(new ResnetError(`InferenceWorker: the worker failed to start: ${e.message}`));
+        reject(new ResnetError(`${label}: the worker failed to start: ${e.message}`));
       };
       const onExit = (code: number): void => {
         cleanup();
-        reject(new ResnetError(`InferenceWorker: the worker exited while starting (code ${code})`));
+        reject(new ResnetError(`${label}: the worker exited while starting (code ${code})`));
       };
       worker.on('message', onMessage);
       worker.on('error', onError);
@@ -198,19 +196,7 @@ export class InferenceWorker {
       await worker.terminate();
       throw e;
     });
-    return new InferenceWorker(worker, ready.numFeatures, ready.numClasses);
-  }
-
-  /** Logits [N, numClasses] for x [N, C, H, W], as compileInference(model).run(x) computes them. */
-  async run(x: InferenceInput): Promise<Tensor> {
-    const r = await this.request('run', x);
-    return new Tensor(r.shape, r.data);
-  }
-
-  /** Pooled features [N, numFeatures] (the input of fc) for x [N, C, H, W]. */
-  async features(x: InferenceInput): Promise<{ data: Float32Array; shape: [number, number] }> {
-    const r = await this.request('features', x);
-    return { data: r.data, shape: [r.shape[0]!, r.shape[1]!] };
+    return { worker, ...ready };
   }
 
   /** Requests sent and not yet answered. */
@@ -222,34 +208,43 @@ export class InferenceWorker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const err = new ResnetError('InferenceWorker: closed before this request was answered');
+    const err = new ResnetError(`${this.label}: closed before this request was answered`);
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     await this.worker.terminate();
   }
 
-  private request(op: InferenceRequest['op'], x: InferenceInput): Promise<{ data: Float32Array; shape: number[] }> {
-    if (this.closed) return Promise.reject(new UsageError(`InferenceWorker: ${op}() called after close()`));
+  /** Sends op with a copy of x's values (transferred; the caller's array stays usable). */
+  protected request(
+    op: InferenceRequest['op'],
+    x: InferenceInput | null,
+    extra: Pick<InferenceRequest, 'targets' | 'lr'> = {},
+  ): Promise<Extract<InferenceReply, { type: 'result' }>> {
+    if (this.closed) return Promise.reject(new UsageError(`${this.label}: ${op}() called after close()`));
     if (this.failure) return Promise.reject(this.failure);
-    let data: Float32Array;
-    let shape: number[];
-    if (x instanceof Tensor) {
-      if (x.data === null) return Promise.reject(new ShapeError(`InferenceWorker: ${op}() needs a tensor with values, got a meta tensor`));
-      data = x.data;
-      shape = [...x.shape];
-    } else if (x !== null && typeof x === 'object' && x.data instanceof Float32Array && Array.isArray(x.shape)) {
-      data = x.data;
-      shape = [...x.shape];
-    } else {
-      return Promise.reject(new ShapeError(`InferenceWorker: ${op}() expects a Tensor or { data: Float32Array, shape: number[] }`));
+    let data: Float32Array = new Float32Array(0);
+    let shape: number[] = [];
+    if (x !== null) {
+      if (x instanceof Tensor) {
+        if (x.data === null) return Promise.reject(new ShapeError(`${this.label}: ${op}() needs a tensor with values, got a meta tensor`));
+        data = x.data;
+        shape = [...x.shape];
+      } else if (x !== null && typeof x === 'object' && x.data instanceof Float32Array && Array.isArray(x.shape)) {
+        data = x.data;
+        shape = [...x.shape];
+      } else {
+        return Promise.reject(new ShapeError(`${this.label}: ${op}() expects a Tensor or { data: Float32Array, shape: number[] }`));
+      }
     }
     const copy = new Float32Array(data); // copy, then transfer the copy: the caller's array stays usable
+    const transfer: ArrayBuffer[] = [copy.buffer as ArrayBuffer];
+    if (extra.targets) transfer.push(extra.targets.buffer as ArrayBuffer);
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       if (this.pending.size === 1) this.worker.ref();
-      const req: InferenceRequest = { id, op, data: copy, shape };
-      this.worker.postMessage(req, [copy.buffer as ArrayBuffer]);
+      const req: InferenceRequest = { id, op, data: copy, shape, ...extra };
+      this.worker.postMessage(req, transfer);
     });
   }
 
@@ -262,7 +257,7 @@ export class InferenceWorker {
   }
 
   private onReply(m: InferenceReply): void {
-    if (m.type === 'result') this.settle(m.id)?.resolve({ data: m.data, shape: m.shape });
+    if (m.type === 'result') this.settle(m.id)?.resolve(m);
     else if (m.type === 'error') this.settle(m.id)?.reject(reviveError(m.error));
   }
 
@@ -272,5 +267,45 @@ export class InferenceWorker {
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
     this.worker.unref();
+  }
+}
+
+/** @internal The worker's thread count, checked on the calling side. */
+export function checkThreads(threads: number | undefined, who: string): number | null {
+  if (threads === undefined) return null;
+  if (!Number.isInteger(threads) || threads < 1) throw new UsageError(`${who}: threads must be a positive integer, got ${threads}`);
+  return threads;
+}
+
+export class InferenceWorker extends WorkerClient {
+  private constructor(
+    worker: Worker,
+    /** Width of features() rows. */
+    readonly numFeatures: number,
+    /** Width of run() rows. */
+    readonly numClasses: number,
+  ) {
+    super(worker, 'InferenceWorker');
+  }
+
+  /** Starts a worker and builds the model in it; rejects with the worker's error if that fails. */
+  static async create(spec: InferenceWorkerSpec, opts: InferenceWorkerOptions = {}): Promise<InferenceWorker> {
+    const threads = checkThreads(opts.threads, 'InferenceWorker.create');
+    const transfer: ArrayBuffer[] = [];
+    const init: InferenceWorkerInit = { model: modelInit(spec, transfer), threads, backend: kernels().name };
+    const { worker, numFeatures, numClasses } = await WorkerClient.start(WORKER_URL, init, transfer, 'InferenceWorker');
+    return new InferenceWorker(worker, numFeatures, numClasses);
+  }
+
+  /** Logits [N, numClasses] for x [N, C, H, W], as compileInference(model).run(x) computes them. */
+  async run(x: InferenceInput): Promise<Tensor> {
+    const r = await this.request('run', x);
+    return new Tensor(r.shape, r.data);
+  }
+
+  /** Pooled features [N, numFeatures] (the input of fc) for x [N, C, H, W]. */
+  async features(x: InferenceInput): Promise<{ data: Float32Array; shape: [number, number] }> {
+    const r = await this.request('features', x);
+    return { data: r.data, shape: [r.shape[0]!, r.shape[1]!] };
   }
 }
