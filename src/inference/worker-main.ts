@@ -7,7 +7,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { ShapeError } from '../errors.js';
 import { Tensor, shapeStr } from '../tensor/tensor.js';
 import { compileInference, type InferencePlan } from './plan.js';
-import type { InferenceReply, InferenceRequest, InferenceWorkerInit } from './worker.js';
+import type { WorkerReply, WorkerRequest, InferenceWorkerInit } from './worker.js';
 import { buildModel, serializeError } from './worker-model.js';
 
 const port = parentPort!;
@@ -16,16 +16,16 @@ let plan: InferencePlan;
 try {
   const model = buildModel(workerData as InferenceWorkerInit);
   plan = compileInference(model);
-  const ready: InferenceReply = { type: 'ready', numFeatures: model.numFeatures, numClasses: model.fc.outFeatures };
+  const ready: WorkerReply = { type: 'ready', numFeatures: model.numFeatures, numClasses: model.fc.outFeatures };
   port.postMessage(ready);
 } catch (e) {
-  const reply: InferenceReply = { type: 'init-error', error: serializeError(e) };
+  const reply: WorkerReply = { type: 'init-error', error: serializeError(e) };
   port.postMessage(reply);
 }
 
 // Requests are handled synchronously, one message at a time, so replies go out in request order.
-port.on('message', (req: InferenceRequest) => {
-  let reply: InferenceReply;
+port.on('message', (req: WorkerRequest) => {
+  let reply: WorkerReply;
   const transfer: ArrayBuffer[] = [];
   try {
     const x = new Tensor(req.shape, req.data);

@@ -69,7 +69,7 @@ export interface SerializedError {
 }
 
 /** @internal A request to a model worker (this one, or the TrainingWorker of src/train/worker.ts). */
-export interface InferenceRequest {
+export interface WorkerRequest {
   id: number;
   op: 'run' | 'features' | 'step' | 'state';
   data: Float32Array;
@@ -80,7 +80,7 @@ export interface InferenceRequest {
 }
 
 /** @internal */
-export type InferenceReply =
+export type WorkerReply =
   | { type: 'ready'; numFeatures: number; numClasses: number }
   | { type: 'init-error'; error: SerializedError }
   | { type: 'result'; id: number; data: Float32Array; shape: number[]; state?: SerializedTensor[] }
@@ -136,7 +136,7 @@ export function modelInit(spec: InferenceWorkerSpec, transfer: ArrayBuffer[], wh
 }
 
 interface Pending {
-  resolve: (r: Extract<InferenceReply, { type: 'result' }>) => void;
+  resolve: (r: Extract<WorkerReply, { type: 'result' }>) => void;
   reject: (e: Error) => void;
 }
 
@@ -154,7 +154,7 @@ export abstract class WorkerClient {
     /** The class name, in errors ("InferenceWorker"). */
     private readonly label: string,
   ) {
-    worker.on('message', (m: InferenceReply) => this.onReply(m));
+    worker.on('message', (m: WorkerReply) => this.onReply(m));
     worker.on('error', (e: Error) => this.fail(new ResnetError(`${label}: the worker failed: ${e.message}`)));
     worker.on('exit', (code) => {
       if (!this.closed) this.fail(new ResnetError(`${label}: the worker exited unexpectedly (code ${code})`));
@@ -172,7 +172,7 @@ export abstract class WorkerClient {
         worker.off('error', onError);
         worker.off('exit', onExit);
       };
-      const onMessage = (m: InferenceReply): void => {
+      const onMessage = (m: WorkerReply): void => {
         if (m.type === 'ready') {
           cleanup();
           resolve({ numFeatures: m.numFeatures, numClasses: m.numClasses });
@@ -216,10 +216,10 @@ export abstract class WorkerClient {
 
   /** Sends op with a copy of x's values (transferred; the caller's array stays usable). */
   protected request(
-    op: InferenceRequest['op'],
+    op: WorkerRequest['op'],
     x: InferenceInput | null,
-    extra: Pick<InferenceRequest, 'targets' | 'lr'> = {},
-  ): Promise<Extract<InferenceReply, { type: 'result' }>> {
+    extra: Pick<WorkerRequest, 'targets' | 'lr'> = {},
+  ): Promise<Extract<WorkerReply, { type: 'result' }>> {
     if (this.closed) return Promise.reject(new UsageError(`${this.label}: ${op}() called after close()`));
     if (this.failure) return Promise.reject(this.failure);
     let data: Float32Array = new Float32Array(0);
@@ -229,7 +229,7 @@ export abstract class WorkerClient {
         if (x.data === null) return Promise.reject(new ShapeError(`${this.label}: ${op}() needs a tensor with values, got a meta tensor`));
         data = x.data;
         shape = [...x.shape];
-      } else if (x !== null && typeof x === 'object' && x.data instanceof Float32Array && Array.isArray(x.shape)) {
+      } else if (typeof x === 'object' && x.data instanceof Float32Array && Array.isArray(x.shape)) {
         data = x.data;
         shape = [...x.shape];
       } else {
@@ -243,7 +243,7 @@ export abstract class WorkerClient {
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       if (this.pending.size === 1) this.worker.ref();
-      const req: InferenceRequest = { id, op, data: copy, shape, ...extra };
+      const req: WorkerRequest = { id, op, data: copy, shape, ...extra };
       this.worker.postMessage(req, transfer);
     });
   }
@@ -256,7 +256,7 @@ export abstract class WorkerClient {
     return p;
   }
 
-  private onReply(m: InferenceReply): void {
+  private onReply(m: WorkerReply): void {
     if (m.type === 'result') this.settle(m.id)?.resolve(m);
     else if (m.type === 'error') this.settle(m.id)?.reject(reviveError(m.error));
   }

@@ -7,7 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { ShapeError } from '../errors.js';
 import { buildModel, serializeError } from '../inference/worker-model.js';
-import type { InferenceReply, InferenceRequest, SerializedTensor } from '../inference/worker.js';
+import type { WorkerReply, WorkerRequest, SerializedTensor } from '../inference/worker.js';
 import type { ResNet } from '../models/resnet.js';
 import { crossEntropy } from '../ops/loss.js';
 import { SGD } from '../optim/sgd.js';
@@ -25,10 +25,10 @@ try {
   model = buildModel(init).train();
   params = model.parameters();
   optimizer = new SGD(params, init.sgd);
-  const ready: InferenceReply = { type: 'ready', numFeatures: model.numFeatures, numClasses: model.fc.outFeatures };
+  const ready: WorkerReply = { type: 'ready', numFeatures: model.numFeatures, numClasses: model.fc.outFeatures };
   port.postMessage(ready);
 } catch (e) {
-  const reply: InferenceReply = { type: 'init-error', error: serializeError(e) };
+  const reply: WorkerReply = { type: 'init-error', error: serializeError(e) };
   port.postMessage(reply);
 }
 
@@ -49,8 +49,8 @@ function step(x: Tensor, targets: Int32Array, lr: number | undefined): number {
   return value;
 }
 
-port.on('message', (req: InferenceRequest) => {
-  let reply: InferenceReply;
+port.on('message', (req: WorkerRequest) => {
+  let reply: WorkerReply;
   const transfer: ArrayBuffer[] = [];
   try {
     if (req.op === 'state') {
