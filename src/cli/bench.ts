@@ -33,7 +33,8 @@ export const benchCommand: Command = {
     'Each engine runs the warm-up runs, then the timed runs, and reports the median in ms per iteration and images/s. ' +
       'The engines take turns in rounds (resnet-ts, ONNX Runtime, PyTorch, then again), each round with its warm-up and a ' +
       'share of the timed runs, so that a slow phase of a shared machine hits every engine instead of one; the median is ' +
-      'over all rounds\' runs. ' +
+      'over all rounds\' runs. The ratios compare the medians, and also each engine\'s fastest run (what it does when ' +
+      'nothing slows it). ' +
       'A time budget per workload and engine cuts the number of runs for a slow engine (the note column says so). ' +
       'Peers run in child processes of the same invocation with the same thread count: ONNX Runtime (onnxruntime-node; ' +
       'torchvision models exported once to ONNX with scripts/bench/export_onnx.py and cached) and PyTorch ' +
