@@ -698,6 +698,7 @@ describe('autograd engine', () => {
     const loss = (): Tensor => sum(mulScalar(tensor([1, 2]).requiresGrad_(), 2));
     assert.throws(() => backward(loss(), undefined, { recycleActivations: true, retainGraph: true }), (e: Error) => e instanceof UsageError && /retainGraph|retained/.test(e.message));
     assert.throws(() => backward(loss(), undefined, { keep: [] }), (e: Error) => e instanceof UsageError && /keep/.test(e.message));
+    assert.throws(() => backward(loss(), undefined, { recycleActivations: true, keep: 'logits' as never }), (e: Error) => e instanceof UsageError && /array of tensors/.test(e.message));
   });
 
   test('recycleGrads hands the gradients back to the allocator', () => {

@@ -108,6 +108,9 @@ export function backward(root: Tensor, gradOutput?: Float32Array, opts: Backward
   if (opts.keep !== undefined && !opts.recycleActivations) {
     throw new UsageError('backward(): keep only applies with recycleActivations: true');
   }
+  if (opts.keep !== undefined && !(Array.isArray(opts.keep) && opts.keep.every((t) => t instanceof Tensor))) {
+    throw new UsageError('backward(): keep must be an array of tensors');
+  }
   if (!root.requiresGrad) {
     throw new ShapeError('backward(): this tensor does not require grad (was it computed under noGrad, or from no parameters?)');
   }
