@@ -772,7 +772,7 @@ int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout
     return -1;
 #if defined(__x86_64__)
   if (m ? x_blocked && avx512_paths() : conv2d_blocked_ok(p, x_blocked, 0)) {
-    if (m) wino_forward(y, x, wp, bias, residual, relu, p, m);
+    if (m) wino_forward(y, x, wp, bias, residual, relu, p, m, 0);
     else prow_forward_blocked(y, x, wp, bias, residual, relu, p, x_blocked);
     return 0;
   }

@@ -129,6 +129,7 @@ typedef struct {
   int m, np;            /* tile size (2 or 4); transform positions (m+2)^2 */
   int th, tw, npanels;  /* tiles per column and row of a map; 32-channel panels of cout */
   int relu;
+  int y_nchw;           /* y (and residual) NCHW: the output transform transposes its tiles into it */
   long t0, nt, tpad;    /* the chunk: first (batch-wide) tile, tiles, tiles padded to whole 7-tile runs */
   long usize;           /* floats per position in U */
   atomic_long next;
@@ -287,6 +288,33 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
     int oy, ox;
     tile_at(j, t, &b, &oy, &ox);
     const __m512 vb = j->bias ? _mm512_loadu_ps(j->bias + c * 16) : z;
+    if (j->y_nchw) {
+      /* the tile's m x m pixels (16 channels each) transposed to 16 channels of m x m pixels, row r in
+       * lanes [m*r, m*r + m); each row stored (residual read) by one masked access shifted so that its
+       * lanes land on the row: masked-off lanes are never touched */
+      __m512 px[16];
+      for (int r = 0; r < m; r++) {
+        __m512 out[4];
+        AT(m, e[r], out);
+        for (int q = 0; q < m; q++) px[r * m + q] = _mm512_add_ps(out[q], vb);
+      }
+      for (int i = m * m; i < 16; i++) px[i] = z;
+      transpose16(px);
+      const int rows = p->oh - oy < m ? p->oh - oy : m, cols = p->ow - ox < m ? p->ow - ox : m;
+      const __mmask16 colmask = (__mmask16)((1u << cols) - 1);
+      const long ch0 = (b * p->cout + c * 16) * (long)p->oh * p->ow + (long)oy * p->ow + ox;
+      for (int l = 0; l < 16; l++) {
+        float *yc = j->y + ch0 + (long)l * p->oh * p->ow;
+        __m512 v = px[l];
+        if (j->residual) {
+          const float *rc = j->residual + ch0 + (long)l * p->oh * p->ow;
+          for (int r = 0; r < rows; r++) v = _mm512_mask_add_ps(v, (__mmask16)(colmask << (m * r)), v, _mm512_maskz_loadu_ps((__mmask16)(colmask << (m * r)), rc + (long)r * p->ow - m * r));
+        }
+        if (j->relu) v = _mm512_max_ps(z, v); /* NaN stays NaN */
+        for (int r = 0; r < rows; r++) _mm512_mask_storeu_ps(yc + (long)r * p->ow - m * r, (__mmask16)(colmask << (m * r)), v);
+      }
+      continue;
+    }
     const long o = b * img + c * plane + ((long)(oy + 1) * wp + ox + 1) * 16;
     for (int r = 0; r < m && oy + r < p->oh; r++) { /* rows: (A^T m) A */
       __m512 out[4];
@@ -322,13 +350,14 @@ static long chunk_tiles(const wino_job *j, long total) {
 }
 
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
-                  const conv_p *p, int m) {
+                  const conv_p *p, int m, int y_nchw) {
   static _Thread_local buf_t vbuf, mbuf;
   static _Thread_local int *offs;
   static _Thread_local int offs_cap;
   wino_job j;
   memset(&j, 0, sizeof j);
   j.p = p; j.x = x; j.U = U; j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
+  j.y_nchw = y_nchw;
   j.m = m;
   j.np = (m + 2) * (m + 2);
   j.th = (p->oh + m - 1) / m;
@@ -407,72 +436,51 @@ __attribute__((target("avx512f"))) static void wpack_range(void *ctx, long lo, l
 }
 
 typedef struct {
-  const conv_p *p;
   float *blk;         /* [n][c/16][h+2][w+2][16] */
-  const float *src;   /* NCHW input (to blocked) */
-  float *dst;         /* NCHW output (from blocked) */
-  const float *res;   /* NCHW residual added on the way out, or NULL */
-  int c, h, w, relu;
+  const float *src;   /* NCHW */
+  int h, w;
 } conv_job_blk;
 
-/* NCHW <-> blocked, items (image, channel block, row), 16 channel rows transposed in
- * registers to and from 16-channel pixels: with j->src, NCHW -> blocked with a zero border; else the
- * blocked interior -> NCHW j->dst, plus the residual (NCHW), then relu. */
+/* NCHW -> blocked with a zero border, items (image, channel block, row): 16 channel rows transposed
+ * in registers to 16-channel pixels. */
 __attribute__((target("avx512f"))) static void blk_convert_range(void *ctx, long lo, long hi) {
   conv_job_blk *j = ctx;
-  const int h = j->h, w = j->w, wp = w + 2, to_blk = j->src != NULL;
+  const int h = j->h, w = j->w, wp = w + 2;
   const __m512 z = _mm512_setzero_ps();
   for (long it = lo; it < hi; it++) {
     const long bc = it / h;
     const int y = (int)(it % h);
     float *plane = j->blk + bc * (long)(h + 2) * wp * 16, *brow = plane + (long)(y + 1) * wp * 16;
     const long o = bc * 16 * (long)h * w + (long)y * w; /* channel 0 of the block, row y, in NCHW */
-    if (to_blk) {
-      if (y == 0) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + x * 16, z);
-      if (y == h - 1) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + ((long)(h + 1) * wp + x) * 16, z);
-      _mm512_storeu_ps(brow, z);
-      _mm512_storeu_ps(brow + (long)(w + 1) * 16, z);
-    }
+    if (y == 0) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + x * 16, z);
+    if (y == h - 1) for (int x = 0; x < wp; x++) _mm512_storeu_ps(plane + ((long)(h + 1) * wp + x) * 16, z);
+    _mm512_storeu_ps(brow, z);
+    _mm512_storeu_ps(brow + (long)(w + 1) * 16, z);
     for (int x0 = 0; x0 < w; x0 += 16) {
       const int nx = w - x0 < 16 ? w - x0 : 16;
       const __mmask16 mk = (__mmask16)((1u << nx) - 1);
       __m512 r[16];
-      if (to_blk) {
-        for (int l = 0; l < 16; l++) r[l] = _mm512_maskz_loadu_ps(mk, j->src + o + (long)l * h * w + x0);
-        transpose16(r);
-        for (int i = 0; i < nx; i++) _mm512_storeu_ps(brow + (long)(x0 + 1 + i) * 16, r[i]);
-        continue;
-      }
-      for (int i = 0; i < 16; i++) r[i] = i < nx ? _mm512_loadu_ps(brow + (long)(x0 + 1 + i) * 16) : z;
+      for (int l = 0; l < 16; l++) r[l] = _mm512_maskz_loadu_ps(mk, j->src + o + (long)l * h * w + x0);
       transpose16(r);
-      for (int l = 0; l < 16; l++) {
-        const long at = o + (long)l * h * w + x0;
-        __m512 v = r[l];
-        if (j->res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->res + at));
-        if (j->relu) v = _mm512_max_ps(z, v);
-        _mm512_mask_storeu_ps(j->dst + at, mk, v);
-      }
+      for (int i = 0; i < nx; i++) _mm512_storeu_ps(brow + (long)(x0 + 1 + i) * 16, r[i]);
     }
   }
 }
 
 /* y = conv(x, w) + bias (+ residual) (then relu) on NCHW tensors through the blocked Winograd path
  * with tile m (wino_nchw_tile): w transformed here (flip: w is the forward layer's kernel and this
- * is its backward-input convolution, see wpack_range), x converted to blocked, the products
- * converted back. The scratch buffers are per calling thread and kept. */
+ * is its backward-input convolution, see wpack_range), x converted to blocked, the output transform
+ * writing NCHW y itself. The scratch buffers are per calling thread and kept. */
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
                        const conv_p *p, int m) {
-  static _Thread_local buf_t ubuf, xbuf, ybuf;
+  static _Thread_local buf_t ubuf, xbuf;
   float *U = grow(&ubuf, (size_t)wino_packed_size(p, m));
   float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
-  float *yb = grow(&ybuf, (size_t)p->n * p->cout * (p->oh + 2) * (p->ow + 2));
   wpack_job wj = {w, p, m, flip, U};
   run_range(wpack_range, &wj, (long)(p->cout / 16) * p->cin);
-  conv_job_blk cj = {p, xb, x, NULL, NULL, p->cin, p->h, p->w, 0};
+  conv_job_blk cj = {xb, x, p->h, p->w};
   run_range(blk_convert_range, &cj, (long)p->n * (p->cin / 16) * p->h);
-  wino_forward(yb, xb, U, bias, NULL, 0, p, m);
-  conv_job_blk oj = {p, yb, NULL, y, residual, p->cout, p->oh, p->ow, relu};
-  run_range(blk_convert_range, &oj, (long)p->n * (p->cout / 16) * p->oh);
+  wino_forward(y, xb, U, bias, residual, relu, p, m, 1);
 }
 
 /* ---- Winograd weight gradient (training, NCHW): dW = G^T [ sum over tiles (B^T d B) .* (A dY A^T) ] G
@@ -627,9 +635,9 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   j->tw = (p->ow + m - 1) / m;
   float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
   float *dyb = grow(&dybuf, (size_t)p->n * p->cout * (p->oh + 2) * (p->ow + 2));
-  conv_job_blk cx = {p, xb, x, NULL, NULL, p->cin, p->h, p->w, 0};
+  conv_job_blk cx = {xb, x, p->h, p->w};
   run_range(blk_convert_range, &cx, (long)p->n * (p->cin / 16) * p->h);
-  conv_job_blk cy = {p, dyb, dy, NULL, NULL, p->cout, p->oh, p->ow, 0};
+  conv_job_blk cy = {dyb, dy, p->oh, p->ow};
   run_range(blk_convert_range, &cy, (long)p->n * (p->cout / 16) * p->oh);
   j->x = xb;
   w.dyb = dyb;
