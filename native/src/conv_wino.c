@@ -510,7 +510,7 @@ void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const
 
 typedef struct {
   wino_job j;          /* geometry, chunk, V (the input's transform) */
-  const float *dyb;    /* dY blocked with a zero border */
+  const float *dy;     /* dY, NCHW */
   float *Z;            /* Z[xi][cout/16][tpad][16] */
   float *dU;           /* dU[xi][cin][cout] */
   atomic_long next;
@@ -521,8 +521,8 @@ typedef struct {
 __attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo, long hi, const int m) {
   const wino_job *j = &w->j;
   const conv_p *p = j->p;
-  const int a = m + 2, wp = p->ow + 2;
-  const long plane = (long)(p->oh + 2) * wp * 16, img = (p->cout / 16) * plane, zx = (long)p->cout * j->tpad;
+  const int a = m + 2;
+  const long ohw = (long)p->oh * p->ow, zx = (long)p->cout * j->tpad;
   const __m512 zero = _mm512_setzero_ps();
   for (long it = lo; it < hi; it++) {
     const long c = it / j->tpad, t = it % j->tpad;
@@ -534,11 +534,23 @@ __attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo,
     long b;
     int oy, ox;
     tile_at(j, t, &b, &oy, &ox);
-    const float *s = w->dyb + b * img + c * plane + ((long)(oy + 1) * wp + ox + 1) * 16;
+    /* the tile read from NCHW dY: per channel, row r by one masked load shifted onto lanes
+     * [m*r, m*r + m) (masked-off lanes are never read; past the map's edge they stay zero), then
+     * transposed in registers to m x m pixels of 16 channels */
+    __m512 px[16];
+    const int rows = p->oh - oy < m ? p->oh - oy : m, cols = p->ow - ox < m ? p->ow - ox : m;
+    const __mmask16 colmask = (__mmask16)((1u << cols) - 1);
+    const float *d0 = w->dy + (b * p->cout + c * 16) * ohw + (long)oy * p->ow + ox;
+    for (int l = 0; l < 16; l++) {
+      __m512 v = zero;
+      for (int r = 0; r < rows; r++) v = _mm512_mask_loadu_ps(v, (__mmask16)(colmask << (m * r)), d0 + l * ohw + (long)r * p->ow - m * r);
+      px[l] = v;
+    }
+    transpose16(px);
     __m512 e[6][4];
     for (int q = 0; q < m; q++) { /* columns: A dY */
       __m512 v[4], r[6];
-      for (int i = 0; i < m; i++) v[i] = oy + i < p->oh && ox + q < p->ow ? _mm512_loadu_ps(s + ((long)i * wp + q) * 16) : zero;
+      for (int i = 0; i < m; i++) v[i] = px[i * m + q];
       AZ(m, v, r);
       for (int i = 0; i < a; i++) e[i][q] = r[i];
     }
@@ -624,7 +636,7 @@ __attribute__((target("avx512f"))) static void wback_range(void *ctx, long lo, l
 
 /* dw = the weight gradient of the 3x3 stride-1 convolution p (wino_nchw_tile) from x and dy (NCHW). */
 void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m) {
-  static _Thread_local buf_t xbuf, dybuf, vbuf, zbuf, ubuf;
+  static _Thread_local buf_t xbuf, vbuf, zbuf, ubuf;
   wbw_job w;
   memset(&w, 0, sizeof w);
   wino_job *j = &w.j;
@@ -634,13 +646,10 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   j->th = (p->oh + m - 1) / m;
   j->tw = (p->ow + m - 1) / m;
   float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
-  float *dyb = grow(&dybuf, (size_t)p->n * p->cout * (p->oh + 2) * (p->ow + 2));
   conv_job_blk cx = {xb, x, p->h, p->w};
   run_range(blk_convert_range, &cx, (long)p->n * (p->cin / 16) * p->h);
-  conv_job_blk cy = {dyb, dy, p->oh, p->ow};
-  run_range(blk_convert_range, &cy, (long)p->n * (p->cout / 16) * p->oh);
   j->x = xb;
-  w.dyb = dyb;
+  w.dy = dy;
   const long total = (long)p->n * j->th * j->tw;
   const long per = chunk_tiles(j, total);
   j->V = grow(&vbuf, (size_t)j->np * p->cin * per);
