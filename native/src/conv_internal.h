@@ -85,10 +85,11 @@ void prow_forward_blocked(float *y, const float *x, const float *wp, const float
                           const conv_p *p, int xblk);
 void prow_block_gemm(int R, int K, const float *Bp, const float *const *a, const int *off, float *const *yr, long chblk,
                      int two);
-/* Winograd F(m x m, 3x3), m = 2 or 4, on blocked activations (conv_wino.c); y_nchw: y and the
- * residual are NCHW instead (the output transform transposes its tiles into them). */
+/* Winograd F(m x m, 3x3), m = 2 or 4, on blocked activations (conv_wino.c); nchw: y and the
+ * residual are NCHW instead (the output transform transposes its tiles into them), and so is x for
+ * m = 4 (the input transform reads its windows from it). */
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
-                  const conv_p *p, int m, int y_nchw);
+                  const conv_p *p, int m, int nchw);
 /* The same on NCHW tensors with plain weights (transformed per call; flip: w is the forward layer's
  * kernel of the backward-input convolution p), 0 from wino_nchw_tile: not this way. */
 int wino_nchw_tile(const conv_p *p);
