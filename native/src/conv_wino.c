@@ -191,6 +191,19 @@ static void run_range(range_fn fn, void *ctx, long total) {
  * on 14x14: forward 1.81 -> 1.64 ms direct). */
 static int wino_x_direct(const conv_p *p, int m) { return m == 4 && p->h >= 7 && p->w >= 7; }
 
+/* The NCHW paths' tiles in registers: rows [r0, r1) of an NCHW map (row stride ld) starting at base,
+ * row r merged into lanes [s*r, s*r + 16) of v under the column mask cm << s*r. Each access is shifted
+ * so that its lanes land on the row; masked-off lanes are never read or written (so the shifted
+ * addresses may lie outside the buffer). */
+__attribute__((target("avx512f"))) static inline __m512 tile_rows_load(__m512 v, const float *base, int r0, int r1, int s, long ld,
+                                                                      __mmask16 cm) {
+  for (int r = r0; r < r1; r++) v = _mm512_mask_loadu_ps(v, (__mmask16)(cm << (s * r)), base + r * ld - s * r);
+  return v;
+}
+__attribute__((target("avx512f"))) static inline void tile_rows_store(float *base, __m512 v, int rows, int s, long ld, __mmask16 cm) {
+  for (int r = 0; r < rows; r++) _mm512_mask_storeu_ps(base + r * ld - s * r, (__mmask16)(cm << (s * r)), v);
+}
+
 /* m (a vectors) -> A^T m (m outputs). */
 #define AT(m, v, o)                                                                                                  \
   do {                                                                                                               \
@@ -232,19 +245,16 @@ __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long 
        * never read), then three register transposes give its pixels, 16 channels each */
       const int iy0 = oy - 1, ix0 = ox - 1;
       const int qlo = ix0 < 0 ? -ix0 : 0, qhi = p->w - ix0 < a ? p->w - ix0 : a;
+      const int ilo = iy0 < 0 ? -iy0 : 0, ihi = p->h - iy0 < a ? p->h - iy0 : a; /* window rows in the map */
       const __mmask16 cm = (__mmask16)(((1u << qhi) - 1) & ~((1u << qlo) - 1));
       const long hw = (long)p->h * p->w;
       const float *x0 = j->x + (b * p->cin + c * 16) * hw + (long)iy0 * p->w + ix0;
       __m512 g[3][16];
-      for (int l = 0; l < 16; l++)
-        for (int k = 0; k < 3; k++) {
-          __m512 v = z;
-          for (int h2 = 0; h2 < 2; h2++) {
-            const int i = 2 * k + h2;
-            if (iy0 + i >= 0 && iy0 + i < p->h) v = _mm512_mask_loadu_ps(v, (__mmask16)(cm << (8 * h2)), x0 + l * hw + (long)i * p->w - 8 * h2);
-          }
-          g[k][l] = v;
-        }
+      for (int k = 0; k < 3; k++) {
+        const int r0 = ilo - 2 * k < 0 ? 0 : ilo - 2 * k > 2 ? 2 : ilo - 2 * k;
+        const int r1 = ihi - 2 * k < 0 ? 0 : ihi - 2 * k > 2 ? 2 : ihi - 2 * k;
+        for (int l = 0; l < 16; l++) g[k][l] = tile_rows_load(z, x0 + l * hw + 2L * k * p->w, r0, r1, 8, p->w, cm);
+      }
       for (int k = 0; k < 3; k++) transpose16(g[k]);
       for (int q = 0; q < a; q++) { /* columns: B^T d */
         __m512 d[6], r[6];
@@ -326,8 +336,7 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
     const __m512 vb = j->bias ? _mm512_loadu_ps(j->bias + c * 16) : z;
     if (j->y_nchw) {
       /* the tile's m x m pixels (16 channels each) transposed to 16 channels of m x m pixels, row r in
-       * lanes [m*r, m*r + m); each row stored (residual read) by one masked access shifted so that its
-       * lanes land on the row: masked-off lanes are never touched */
+       * lanes [m*r, m*r + m), stored (residual read) a row per masked access */
       __m512 px[16];
       for (int r = 0; r < m; r++) {
         __m512 out[4];
@@ -340,14 +349,11 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
       const __mmask16 colmask = (__mmask16)((1u << cols) - 1);
       const long ch0 = (b * p->cout + c * 16) * (long)p->oh * p->ow + (long)oy * p->ow + ox;
       for (int l = 0; l < 16; l++) {
-        float *yc = j->y + ch0 + (long)l * p->oh * p->ow;
+        const long at = ch0 + (long)l * p->oh * p->ow;
         __m512 v = px[l];
-        if (j->residual) {
-          const float *rc = j->residual + ch0 + (long)l * p->oh * p->ow;
-          for (int r = 0; r < rows; r++) v = _mm512_mask_add_ps(v, (__mmask16)(colmask << (m * r)), v, _mm512_maskz_loadu_ps((__mmask16)(colmask << (m * r)), rc + (long)r * p->ow - m * r));
-        }
+        if (j->residual) v = _mm512_add_ps(v, tile_rows_load(z, j->residual + at, 0, rows, m, p->ow, colmask));
         if (j->relu) v = _mm512_max_ps(z, v); /* NaN stays NaN */
-        for (int r = 0; r < rows; r++) _mm512_mask_storeu_ps(yc + (long)r * p->ow - m * r, (__mmask16)(colmask << (m * r)), v);
+        tile_rows_store(j->y + at, v, rows, m, p->ow, colmask);
       }
       continue;
     }
@@ -504,23 +510,27 @@ __attribute__((target("avx512f"))) static void blk_convert_range(void *ctx, long
   }
 }
 
+/* What the input transform of an NCHW path reads: x itself (wino_x_direct), or x converted to the
+ * blocked layout in *buf. */
+static const float *nchw_input(const float *x, const conv_p *p, int m, buf_t *buf) {
+  if (wino_x_direct(p, m)) return x;
+  float *xb = grow(buf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
+  conv_job_blk cj = {xb, x, p->h, p->w};
+  run_range(blk_convert_range, &cj, (long)p->n * (p->cin / 16) * p->h);
+  return xb;
+}
+
 /* y = conv(x, w) + bias (+ residual) (then relu) on NCHW tensors through the blocked Winograd path
  * with tile m (wino_nchw_tile): w transformed here (flip: w is the forward layer's kernel and this
- * is its backward-input convolution, see wpack_range), x converted to blocked, the output transform
- * writing NCHW y itself. The scratch buffers are per calling thread and kept. */
+ * is its backward-input convolution, see wpack_range), x read as nchw_input says, the output
+ * transform writing NCHW y itself. The scratch buffers are per calling thread and kept. */
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
                        const conv_p *p, int m) {
   static _Thread_local buf_t ubuf, xbuf;
   float *U = grow(&ubuf, (size_t)wino_packed_size(p, m));
   wpack_job wj = {w, p, m, flip, U};
   run_range(wpack_range, &wj, (long)(p->cout / 16) * p->cin);
-  if (!wino_x_direct(p, m)) {
-    float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
-    conv_job_blk cj = {xb, x, p->h, p->w};
-    run_range(blk_convert_range, &cj, (long)p->n * (p->cin / 16) * p->h);
-    x = xb;
-  }
-  wino_forward(y, x, U, bias, residual, relu, p, m, 1);
+  wino_forward(y, nchw_input(x, p, m, &xbuf), U, bias, residual, relu, p, m, 1);
 }
 
 /* ---- Winograd weight gradient (training, NCHW): dW = G^T [ sum over tiles (B^T d B) .* (A dY A^T) ] G
@@ -574,18 +584,13 @@ __attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo,
     long b;
     int oy, ox;
     tile_at(j, t, &b, &oy, &ox);
-    /* the tile read from NCHW dY: per channel, row r by one masked load shifted onto lanes
-     * [m*r, m*r + m) (masked-off lanes are never read; past the map's edge they stay zero), then
-     * transposed in registers to m x m pixels of 16 channels */
+    /* the tile read from NCHW dY, per channel row r onto lanes [m*r, m*r + m) (zero past the map's
+     * edge), then transposed in registers to m x m pixels of 16 channels */
     __m512 px[16];
     const int rows = p->oh - oy < m ? p->oh - oy : m, cols = p->ow - ox < m ? p->ow - ox : m;
     const __mmask16 colmask = (__mmask16)((1u << cols) - 1);
     const float *d0 = w->dy + (b * p->cout + c * 16) * ohw + (long)oy * p->ow + ox;
-    for (int l = 0; l < 16; l++) {
-      __m512 v = zero;
-      for (int r = 0; r < rows; r++) v = _mm512_mask_loadu_ps(v, (__mmask16)(colmask << (m * r)), d0 + l * ohw + (long)r * p->ow - m * r);
-      px[l] = v;
-    }
+    for (int l = 0; l < 16; l++) px[l] = tile_rows_load(zero, d0 + l * ohw, 0, rows, m, p->ow, colmask);
     transpose16(px);
     __m512 e[6][4];
     for (int q = 0; q < m; q++) { /* columns: A dY */
@@ -685,14 +690,8 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   j->np = (m + 2) * (m + 2);
   j->th = (p->oh + m - 1) / m;
   j->tw = (p->ow + m - 1) / m;
-  j->x = x;
+  j->x = nchw_input(x, p, m, &xbuf);
   j->x_nchw = wino_x_direct(p, m);
-  if (!j->x_nchw) {
-    float *xb = grow(&xbuf, (size_t)p->n * p->cin * (p->h + 2) * (p->w + 2));
-    conv_job_blk cx = {xb, x, p->h, p->w};
-    run_range(blk_convert_range, &cx, (long)p->n * (p->cin / 16) * p->h);
-    j->x = xb;
-  }
   w.dy = dy;
   const long total = (long)p->n * j->th * j->tw;
   const long per = chunk_tiles(j, total);
