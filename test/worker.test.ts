@@ -10,7 +10,6 @@ import { compileInference } from '../src/inference/plan.js';
 import { createModel } from '../src/models/registry.js';
 import { writeStateDict } from '../src/io/state.js';
 import { Generator } from '../src/tensor/rng.js';
-import { Tensor } from '../src/tensor/tensor.js';
 import { FormatError, ResnetError, ShapeError, StateDictError, UsageError } from '../src/errors.js';
 import { randomTensor } from './helpers.js';
 
@@ -36,6 +35,17 @@ const bytes = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a
 function assertBitEqual(actual: Float32Array, expected: Float32Array, what: string): void {
   assert.equal(actual.length, expected.length, `${what}: length`);
   assert.ok(bytes(actual).equals(bytes(expected)), `${what}: results differ from the main thread's`);
+}
+
+/** Awaits `work` while a 1 ms timer runs on this thread: its result and how many ticks fired. */
+async function ticksDuring<T>(work: Promise<T>): Promise<[T, number]> {
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
+  try {
+    return [await work, ticks];
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 test('run/features equal compileInference on the main thread, bit for bit ({model} and {arch, weights})', async () => {
@@ -78,14 +88,7 @@ test('the main thread stays responsive while a run is in flight', async () => {
   const w = await InferenceWorker.create({ arch: 'resnet18' });
   try {
     const x = randomTensor([1, 3, 96, 96], new Generator(2));
-    let ticks = 0;
-    const timer = setInterval(() => ticks++, 1);
-    let y: Tensor;
-    try {
-      y = await w.run(x);
-    } finally {
-      clearInterval(timer);
-    }
+    const [y, ticks] = await ticksDuring(w.run(x));
     assert.deepEqual(y.shape, [1, 1000]);
     assert.ok(ticks > 0, 'no timer tick fired on the main thread during the run');
   } finally {
@@ -238,14 +241,7 @@ test('TrainingWorker: the main thread stays responsive during a step; bad reques
   const w = await TrainingWorker.create({ arch: 'resnet18', options: { numClasses: 10 } }, { sgd: { lr: 0.1, momentum: 0.9 } });
   try {
     const x = randomTensor([8, 3, 64, 64], new Generator(4));
-    let ticks = 0;
-    const timer = setInterval(() => ticks++, 1);
-    let loss: number;
-    try {
-      loss = await w.step(x, [0, 1, 2, 3, 4, 5, 6, 7]);
-    } finally {
-      clearInterval(timer);
-    }
+    const [loss, ticks] = await ticksDuring(w.step(x, [0, 1, 2, 3, 4, 5, 6, 7]));
     assert.ok(Number.isFinite(loss));
     assert.ok(ticks > 0, 'no timer tick fired on the main thread during the step');
     const before = await w.stateDict();
