@@ -376,6 +376,55 @@ test('thread count can be changed and results do not depend on it', { skip }, ()
   assertClose(outs[2]!, outs[0]!, scaleTol(outs[0]!), '3 threads vs 1');
 });
 
+test('Winograd in private chunks (each thread its own tiles through all three passes) = reference, and the same bits as one thread', { skip }, () => {
+  // two threads, and enough tiles for at least two chunks each (else the chunks are shared): NCHW 32 -> 32
+  // on 28x28 (441 tiles, 8 chunks, the last of 49); 32 -> 48 on odd 13x13 maps (192 tiles in 5 chunks, the last
+  // one shorter, cut edge tiles); blocked 64 -> 32 on 14x14 (batch 12, 7 chunks)
+  const cases: [Conv2dParams, boolean][] = [
+    [convCase(9, 32, 28, 28, 32, 3, 1, 1, 1, 1), false],
+    [convCase(12, 32, 13, 13, 48, 3, 1, 1, 1, 1), false],
+    [convCase(12, 64, 14, 14, 32, 3, 1, 1, 1, 1), true],
+  ];
+  const before = nat!.getThreads();
+  try {
+    for (const [p, blocked] of cases) {
+      const nx = p.n * p.cIn * p.h * p.w, ny = p.n * p.cOut * p.oh * p.ow;
+      const x = randomArray(nx, gen);
+      const w = randomArray(p.cOut * p.cIn * 9, gen, 0.3);
+      const bias = randomArray(p.cOut, gen);
+      const res = randomArray(ny, gen);
+      const dy = randomArray(ny, gen);
+      const yr = new Float32Array(ny);
+      tsKernels.conv2d(yr, x, w, bias, p);
+      const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
+      const dxr = new Float32Array(nx);
+      tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+      const runs = [1, 2].map((t) => {
+        nat!.setThreads(t);
+        if (blocked) {
+          const y = toBlocked(res, p.n, p.cOut, p.oh, p.ow);
+          nat!.conv2dBlocked(y, toBlocked(x, p.n, p.cIn, p.h, p.w), bias, y, true, p, nat!.packConvWeightsBlocked(w, p, true), true);
+          return [fromBlocked(y, p.n, p.cOut, p.oh, p.ow)];
+        }
+        const y = new Float32Array(ny).fill(NaN);
+        nat!.conv2dFused(y, x, w, bias, res, true, p);
+        const dx = new Float32Array(nx).fill(NaN);
+        nat!.conv2dBackwardInput(dx, dy, w, p);
+        return [y, dx];
+      });
+      const what = `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}${blocked ? ', blocked' : ''}`;
+      assertClose(runs[1]![0]!, expect, scaleTol(expect, 5e-5), `${what}: conv + bias + residual, relu`);
+      assert.deepEqual(runs[1]![0], runs[0]![0], `${what}: 2 threads (private chunks) and 1 give the same bits`);
+      if (!blocked) {
+        assertClose(runs[1]![1]!, dxr, scaleTol(dxr, 5e-5), `${what}: backward input`);
+        assert.deepEqual(runs[1]![1], runs[0]![1], `${what}: backward input, 2 threads and 1`);
+      }
+    }
+  } finally {
+    nat!.setThreads(before);
+  }
+});
+
 test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference result', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;

@@ -108,12 +108,14 @@ int wino_tile_for(const conv_p *p) {
 }
 
 /* The tile size for an NCHW convolution with plain weights (training; wino_forward_nchw), 0 for the
- * direct kernels: as wino_tile_for's geometries, with at least 32 channels in and out (16-channel
- * layers waste half of each 32-channel panel and their transforms cost more than they save:
- * ResNet-20's 16 channels on 28x28). F(4x4), whose transformed weights are computed per call (the
- * weights change every step) and do not stay in memory; F(2x2) on maps of at most 2x2 (one tile
- * covers them; the direct kernels skip the 5 of 9 taps that read padding there, so F(4x4)'s 6x6
- * window would gain nothing: ResNet-18's 256 channels on 32x32 inputs, 1.8 -> 1.1 ms a pass). */
+ * direct kernels: as wino_tile_for's geometries, with at least 32 channels in and out. F(4x4), whose
+ * transformed weights are computed per call (the weights change every step) and do not stay in
+ * memory; F(2x2) on maps of at most 2x2 (one tile covers them; the direct kernels skip the 5 of 9 taps
+ * that read padding there, so F(4x4)'s 6x6 window would gain nothing: ResNet-18's 256 channels on
+ * 32x32 inputs, 1.8 -> 1.1 ms a pass). 16-channel layers stay direct: in private chunks F(4x4) gains
+ * 4-16 % there (ResNet-20's 16 channels on 28x28, forward 2.84 -> 2.63 ms, minima of 20 alternating
+ * runs), but its rounding (~1e-5 of the scale against ~1e-6) takes a 20-step CIFAR ResNet-8
+ * trajectory past 1e-4 of PyTorch's (test/train_steps.test.ts). */
 int wino_nchw_tile(const conv_p *p) {
   const int mode = wino_mode();
   if (mode == 0 || !wino_ok(p) || p->cin < 32 || p->cout < 32 || p->n < 1) return 0;
@@ -287,29 +289,34 @@ static void wino_in_range(void *ctx, long lo, long hi) {
 }
 static void wino_in_pass(wino_job *j) { run_range(wino_in_range, j, (long)(j->p->cin / 16) * j->tpad); }
 
-/* Pass 2, items (position, panel) handed out dynamically: M[xi] = V[xi] U[xi] over all the chunk's
- * tiles, two 7-tile runs per register tile. */
+/* Pass 2 for item it = (position, panel): M[xi] = V[xi] U[xi] over all the chunk's tiles, two 7-tile
+ * runs per register tile. */
+static void wino_gemm_item(const wino_job *j, long it) {
+  const conv_p *p = j->p;
+  const long vx = (long)p->cin * j->tpad, mx = (long)p->cout * j->tpad, chblk = j->tpad * 16, runs = j->tpad / PR_RUN;
+  const int xi = (int)(it / j->npanels), panel = (int)(it % j->npanels);
+  const float *Bp = j->U + xi * j->usize + (long)panel * PR_NR * p->cin;
+  const int two = p->cout - panel * PR_NR > 16;
+  for (long r0 = 0; r0 < runs; r0 += 2) {
+    const int R = runs - r0 < 2 ? 1 : 2;
+    const float *a[2];
+    float *yr[2];
+    for (int r = 0; r < R; r++) {
+      a[r] = j->V + xi * vx + (r0 + r) * PR_RUN * 16;
+      yr[r] = j->M + xi * mx + (long)panel * 2 * chblk + (r0 + r) * PR_RUN * 16;
+    }
+    prow_block_gemm(R, p->cin, Bp, a, j->off, yr, chblk, two);
+  }
+}
+
+/* Pass 2, items (position, panel) handed out dynamically. */
 static void wino_gemm_task(void *ctx, int tid, int n) {
   (void)tid; (void)n;
   wino_job *j = ctx;
-  const conv_p *p = j->p;
-  const long vx = (long)p->cin * j->tpad, mx = (long)p->cout * j->tpad, chblk = j->tpad * 16, runs = j->tpad / PR_RUN;
   for (;;) {
     const long it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
     if (it >= (long)j->np * j->npanels) break;
-    const int xi = (int)(it / j->npanels), panel = (int)(it % j->npanels);
-    const float *Bp = j->U + xi * j->usize + (long)panel * PR_NR * p->cin;
-    const int two = p->cout - panel * PR_NR > 16;
-    for (long r0 = 0; r0 < runs; r0 += 2) {
-      const int R = runs - r0 < 2 ? 1 : 2;
-      const float *a[2];
-      float *yr[2];
-      for (int r = 0; r < R; r++) {
-        a[r] = j->V + xi * vx + (r0 + r) * PR_RUN * 16;
-        yr[r] = j->M + xi * mx + (long)panel * 2 * chblk + (r0 + r) * PR_RUN * 16;
-      }
-      prow_block_gemm(R, p->cin, Bp, a, j->off, yr, chblk, two);
-    }
+    wino_gemm_item(j, it);
   }
 }
 
@@ -391,6 +398,71 @@ static long chunk_tiles(const wino_job *j, long total) {
   return (total + nchunks - 1) / nchunks;
 }
 
+/* Whether a forward may run as private chunks (wino_private_task): every thread takes whole chunks of
+ * tiles through all three passes with its own scratch in its own L2, with no barrier between the
+ * passes and no transformed data crossing cores; but each chunk reads all the transformed weights, so
+ * only for weights within half an L2 (64 -> 64 channels in F(4x4): 576 KB). Minima of a training
+ * step's calls, shared -> private: ResNet-20's 32 channels on 14x14 (batch 128) forward 10.4 -> 8.6 ms
+ * and backward-input 9.3 -> 7.9 ms a step, its 64 channels on 7x7 6.6 -> 6.1 and 6.8 -> 5.9 ms; but
+ * ResNet-18's 128 channels on 4x4 (2.4 MB of weights) 2.2 -> 2.4 ms and 256 on 2x2 (F(2x2), 4 MB)
+ * 3.9 -> 4.1 ms, streaming the weights from memory once per chunk. RESNET_WINO_PRIVATE=0 turns it off
+ * (measurements). */
+#define WINO_PRIVATE_MAX_FLOATS (36L * 64 * 64)
+static int wino_private(const conv_p *p, int np) {
+  static int on = -1;
+  if (on < 0) on = !(getenv("RESNET_WINO_PRIVATE") && strcmp(getenv("RESNET_WINO_PRIVATE"), "0") == 0);
+  return on && (long)np * p->cin * p->cout <= WINO_PRIVATE_MAX_FLOATS;
+}
+
+/* Tiles per private chunk: V and M within half a core's L2, whole 14-tile register tiles, evened out
+ * over the chunks; 0 when that gives fewer than two chunks per thread (the shared path then splits
+ * each chunk's positions over the threads instead). */
+static long chunk_tiles_private(const wino_job *j, long total, int T) {
+  long per = (1L << 17) / ((long)j->np * (j->p->cin + j->p->cout)) / (2 * PR_RUN) * (2 * PR_RUN);
+  if (per < 2 * PR_RUN) per = 2 * PR_RUN;
+  const long nchunks = (total + per - 1) / per;
+  if (nchunks < 2L * T) return 0;
+  return (total + nchunks - 1) / nchunks;
+}
+
+/* A thread's share of a private-chunk forward: chunks of j->nt tiles taken from j->next, each through
+ * the input transform, all (position, panel) products and the output transform, with this thread's
+ * own scratch. */
+static void wino_private_task(void *ctx, int tid, int n) {
+  (void)tid; (void)n;
+  wino_job *sh = ctx;
+  static _Thread_local buf_t vbuf, mbuf;
+  static _Thread_local int *offs;
+  static _Thread_local int offs_cap;
+  const conv_p *p = sh->p;
+  const long total = (long)p->n * sh->th * sh->tw, per = sh->nt, tmax = (per + PR_RUN - 1) / PR_RUN * PR_RUN;
+  wino_job j = *sh;
+  j.V = grow(&vbuf, (size_t)j.np * p->cin * tmax);
+  j.M = grow(&mbuf, (size_t)j.np * p->cout * tmax);
+  if (offs_cap < p->cin) {
+    free(offs);
+    offs = malloc(sizeof(int) * (size_t)p->cin);
+    if (!offs) abort();
+    offs_cap = p->cin;
+  }
+  j.off = offs;
+  j.tpad = 0;
+  for (;;) {
+    const long c = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
+    j.t0 = c * per;
+    if (j.t0 >= total) break;
+    j.nt = total - j.t0 < per ? total - j.t0 : per;
+    const long tpad = (j.nt + PR_RUN - 1) / PR_RUN * PR_RUN;
+    if (tpad != j.tpad) {
+      j.tpad = tpad;
+      for (int ch = 0; ch < p->cin; ch++) offs[ch] = (int)((ch / 16) * tpad * 16 + ch % 16);
+    }
+    wino_in_range(&j, 0, (long)(p->cin / 16) * j.tpad);
+    for (long it = 0; it < (long)j.np * j.npanels; it++) wino_gemm_item(&j, it);
+    wino_out_range(&j, 0, (long)(p->cout / 16) * j.nt);
+  }
+}
+
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m, int nchw) {
   static _Thread_local buf_t vbuf, mbuf;
@@ -420,6 +492,11 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
   }
   j.off = offs;
   const int T = pool_threads();
+  if (T > 1 && wino_private(p, j.np) && (j.nt = chunk_tiles_private(&j, total, T)) > 0) { /* nt: tiles per chunk */
+    atomic_init(&j.next, 0);
+    pool_run_dynamic(wino_private_task, &j, T);
+    return;
+  }
   for (j.t0 = 0; j.t0 < total; j.t0 += per) {
     j.nt = total - j.t0 < per ? total - j.t0 : per;
     const long tpad = (j.nt + PR_RUN - 1) / PR_RUN * PR_RUN;
