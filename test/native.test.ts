@@ -376,7 +376,7 @@ test('thread count can be changed and results do not depend on it', { skip }, ()
   assertClose(outs[2]!, outs[0]!, scaleTol(outs[0]!), '3 threads vs 1');
 });
 
-test('Winograd in private chunks (each thread its own tiles through all three passes) = reference, and the same bits as one thread', { skip }, () => {
+test('Winograd in private chunks (each thread its own tiles through all three passes) = reference, forward and backward-input with the same bits as one thread', { skip }, () => {
   // two threads, and enough tiles for at least two chunks each (else the chunks are shared): NCHW 32 -> 32
   // on 28x28 (441 tiles, 8 chunks, the last of 49); 32 -> 48 on odd 13x13 maps (192 tiles in 5 chunks, the last
   // one shorter, cut edge tiles); blocked 64 -> 32 on 14x14 (batch 12, 7 chunks)
@@ -399,6 +399,8 @@ test('Winograd in private chunks (each thread its own tiles through all three pa
       const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
       const dxr = new Float32Array(nx);
       tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+      const dwr = new Float32Array(w.length);
+      tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
       const runs = [1, 2].map((t) => {
         nat!.setThreads(t);
         if (blocked) {
@@ -410,7 +412,9 @@ test('Winograd in private chunks (each thread its own tiles through all three pa
         nat!.conv2dFused(y, x, w, bias, res, true, p);
         const dx = new Float32Array(nx).fill(NaN);
         nat!.conv2dBackwardInput(dx, dy, w, p);
-        return [y, dx];
+        const dw = new Float32Array(w.length).fill(NaN);
+        nat!.conv2dBackwardWeight(dw, x, dy, p);
+        return [y, dx, dw];
       });
       const what = `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}${blocked ? ', blocked' : ''}`;
       assertClose(runs[1]![0]!, expect, scaleTol(expect, 5e-5), `${what}: conv + bias + residual, relu`);
@@ -418,6 +422,8 @@ test('Winograd in private chunks (each thread its own tiles through all three pa
       if (!blocked) {
         assertClose(runs[1]![1]!, dxr, scaleTol(dxr, 5e-5), `${what}: backward input`);
         assert.deepEqual(runs[1]![1], runs[0]![1], `${what}: backward input, 2 threads and 1`);
+        // the weight gradient's groups of chunks sum in their own order: close to one thread's, not equal
+        assertClose(runs[1]![2]!, dwr, scaleTol(dwr, 5e-5), `${what}: backward weight`);
       }
     }
   } finally {
