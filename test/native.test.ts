@@ -175,8 +175,9 @@ test('native conv2d backward weight gives the same bits on every run (reductions
 });
 
 test('native gemm = reference for every transpose combination and odd sizes', { skip }, () => {
-  for (const [m, n, k] of [[1, 1, 1], [7, 13, 5], [15, 33, 300], [29, 65, 17], [100, 3, 257], [16, 40, 9], [130, 70, 400], [1, 1000, 2048], [3, 37, 61], [4, 513, 300], [2, 5, 33]] as const) {
-    // (m <= 4: the matrix-vector path of a classifier head at small batch)
+  for (const [m, n, k] of [[1, 1, 1], [7, 13, 5], [15, 33, 300], [29, 65, 17], [100, 3, 257], [16, 40, 9], [130, 70, 400], [1, 1000, 2048], [3, 37, 61], [4, 513, 300], [2, 5, 33], [16, 200, 77], [64, 300, 129]] as const) {
+    // (m <= 4: the matrix-vector path of a classifier head at small batch; n >= m with several strips:
+    // op(A) packed once for all of them, 8- and 14-row panels, a partial last panel, k not a multiple of 16)
     for (const ta of [false, true]) {
       for (const tb of [false, true]) {
         const a = randomArray(m * k, gen);

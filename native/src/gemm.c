@@ -19,6 +19,7 @@
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "simd.h"
 #endif
 
 #define KC 192
@@ -136,26 +137,6 @@ __attribute__((target("avx512f"))) static void ukernel_avx512_8(int kc, const fl
   }
 }
 
-/* 8x8 transpose of rows r[0..7] in place (AVX). */
-__attribute__((target("avx2"))) static inline void transpose8(__m256 *r) {
-  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-  __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-  __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-  __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
 /* dst[k*ld + c] = src[c*lds + k] for c < 8, k < kc8 (a multiple of 8), by 8x8 transposes. */
 __attribute__((target("avx2"))) static void transpose_block8(const float *src, long lds, int kc8, float *dst, int ld) {
   __m256 r[8];
@@ -210,8 +191,34 @@ const char *sgemm_force_isa(int which) {
 
 /* ---- packing -------------------------------------------------------------------------------- */
 
+#if defined(__x86_64__)
+static int have_avx512 = -1;
+/* One panel of pack_a for op(A) = A (rows r < rows <= mr <= 16 of A, row stride lda, from column k0):
+ * 16 columns at a time, rows loaded whole and transposed in registers, each column's mr floats (zero
+ * past `rows`) stored at once; the scalar loop strides down 14 rows per column. */
+__attribute__((target("avx512f"))) static void pack_a_panel512(int mr, const float *A, int lda, int rows, int kc, float *dst) {
+  const __mmask16 out = (__mmask16)((1u << mr) - 1);
+  for (int k = 0; k < kc; k += 16) {
+    const int n = kc - k < 16 ? kc - k : 16;
+    const __mmask16 in = (__mmask16)((1u << n) - 1);
+    __m512 r[16];
+    for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_maskz_loadu_ps(in, A + (long)i * lda + k) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int i = 0; i < n; i++) _mm512_mask_storeu_ps(dst + (long)(k + i) * mr, out, r[i]);
+  }
+}
+#endif
+
 /* Ap[panel][k][r] = op(A)[i0 + panel*mr + r][k0 + k], zero-padded past M. */
 static void pack_a(int mr, int transA, const float *A, int lda, int i0, int mc, int k0, int kc, float *Ap) {
+#if defined(__x86_64__)
+  if (have_avx512 < 0) have_avx512 = __builtin_cpu_supports("avx512f");
+  if (!transA && have_avx512 && mr <= 16) {
+    for (int p = 0; p < mc; p += mr)
+      pack_a_panel512(mr, A + (long)(i0 + p) * lda + k0, lda, mc - p < mr ? mc - p : mr, kc, Ap + (long)p * kc);
+    return;
+  }
+#endif
   for (int p = 0; p < mc; p += mr) {
     int rows = mc - p < mr ? mc - p : mr;
     for (int k = 0; k < kc; k++) {
@@ -373,6 +380,20 @@ static void gemm_task(void *p, int tid, int n) {
 }
 
 
+/* Whole-K panels of op(A) (the pre-packed layout), panels split over the threads. */
+typedef struct {
+  int mr, transA;
+  const float *A;
+  int lda, M, K;
+  float *Ap;
+} pack_job;
+static void pack_task(void *ctx, int tid, int n) {
+  pack_job *j = ctx;
+  long lo, hi;
+  pool_split(j->M, tid, n, j->mr, &lo, &hi);
+  if (hi > lo) pack_a(j->mr, j->transA, j->A, j->lda, (int)lo, (int)(hi - lo), 0, j->K, j->Ap + lo * j->K);
+}
+
 /* The AVX-512 14-row kernel wastes most of a panel on M = 16 or 32 (ResNet-20's channel counts);
  * an 8-row kernel then does less padded work. */
 static const isa_t *pick(int M) {
@@ -498,6 +519,20 @@ void sgemm_ex_pa(int transA, int transB, int M, int N, int K, float alpha, const
   int tiles = j.splitN ? (N + I->nr - 1) / I->nr : (M + I->mr - 1) / I->mr;
   int T = pool_threads();
   j.units = tiles < 3 * T ? tiles : 3 * T;
+  if (j.splitN && !Apre && j.units > 1) {
+    /* every strip reads all of op(A): packed once here, by all threads, instead of once per strip and
+     * k-block (ResNet-18's 2x2 -> 1x1 stride-2 layer as a GEMM, 64 x 512 x 1024: the strips' packing
+     * had cost as much as a third of the products) */
+    static _Thread_local float *shared_a;
+    static _Thread_local size_t shared_cap;
+    const size_t need = (size_t)((M + I->mr - 1) / I->mr) * I->mr * (size_t)K;
+    float *Ap = grow(&shared_a, &shared_cap, need);
+    if (!Ap) abort();
+    pack_job pj = {I->mr, transA, A, lda, M, K, Ap};
+    pool_run(pack_task, &pj);
+    j.Apre = Ap;
+    j.transA = 0;
+  }
   pool_run_dynamic(gemm_task, &j, j.units);
 }
 
