@@ -219,7 +219,8 @@ test('native zero-pad shortcut (option A) and its adjoint = reference, every ele
 
 test('native batch norm (train, eval, backward) = reference', { skip }, () => {
   // maps of < 16 pixels take the column-sum paths (a 1x1 map with enough elements to thread: 64 x 520)
-  for (const [n, c, hw] of [[1, 3, 7], [7, 5, 13], [4, 17, 64], [2, 64, 300], [64, 520, 1], [9, 33, 4], [3, 40, 15]] as const) {
+  // (>= 16 pixels, AVX-512: image by image, sums per block of images; 40 images: 16 blocks of 2-3, threaded)
+  for (const [n, c, hw] of [[1, 3, 7], [7, 5, 13], [4, 17, 64], [2, 64, 300], [64, 520, 1], [9, 33, 4], [3, 40, 15], [40, 8, 121]] as const) {
     const x = randomArray(n * c * hw, gen, 2);
     const g = randomArray(c, gen);
     const bt = randomArray(c, gen);
@@ -268,6 +269,39 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
       }
     }
   }
+});
+
+test('native batch norm: a mean far from zero against a small spread, and the same result on 1, 2 and 3 threads', { skip }, () => {
+  // 1000 + noise of 0.01: E[x^2] - E[x]^2 in float would lose everything to cancellation; the sums
+  // are taken about each channel's first value (one pass), the reference two-pass in float64
+  const [n, c, hw] = [24, 6, 240]; // 34,560 values: threaded
+  const x = randomArray(n * c * hw, gen, 0.01).map((v, i) => v + 1000 + (i % c));
+  const g = randomArray(c, gen);
+  const bt = randomArray(c, gen);
+  const p = { n, c, hw, eps: 1e-5 };
+  const r = { y: new Float32Array(x.length), mean: new Float32Array(c), inv: new Float32Array(c), vu: new Float32Array(c) };
+  tsKernels.batchNormTrain(r.y, r.mean, r.inv, r.vu, x, g, bt, p);
+  const dy = randomArray(x.length, gen);
+  const before = nat!.getThreads();
+  const runs: Float32Array[][] = [];
+  try {
+    for (const t of [1, 2, 3]) {
+      nat!.setThreads(t);
+      const q = { y: new Float32Array(x.length), mean: new Float32Array(c), inv: new Float32Array(c), vu: new Float32Array(c) };
+      nat!.batchNormTrain(q.y, q.mean, q.inv, q.vu, x, g, bt, p, true);
+      const dx = new Float32Array(x.length), dg = new Float32Array(c), db = new Float32Array(c);
+      nat!.batchNormBackward(dx, dg, db, dy, x, q.mean, q.inv, g, true, p, q.y);
+      runs.push([q.y, q.mean, q.inv, q.vu, dx, dg, db]);
+    }
+  } finally {
+    nat!.setThreads(before);
+  }
+  const [y, mean, inv, vu] = runs[0]!;
+  assertClose(mean!, r.mean, { rtol: 1e-6, atol: 0 }, 'mean');
+  assertClose(inv!, r.inv, { rtol: 1e-4, atol: 0 }, 'invstd (a spread of 0.01 beside a mean of 1000)');
+  assertClose(vu!, r.vu, { rtol: 2e-4, atol: 0 }, 'unbiased variance');
+  assertClose(y!, r.y.map((v) => Math.max(0, v)), scaleTol(r.y, 1e-4), 'output');
+  for (const k of [1, 2]) runs[k]!.forEach((a, i) => assert.deepEqual(a, runs[0]![i], `${k + 1} threads: output ${i} as on 1 thread`));
 });
 
 test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, () => {
