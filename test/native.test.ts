@@ -28,8 +28,8 @@ function scaleTol(e: Float32Array, scale = 1e-5): { rtol: number; atol: number }
 }
 
 /** Whether p is a Winograd geometry (3x3, stride 1, padding 1, whole 16-channel blocks): its blocked
- * packing is Winograd (F(4x4) up to 128 channels, F(2x2) above), and on NCHW with >= 32 channels
- * the native kernels run it as F(4x4) as well. */
+ * packing is Winograd (F(4x4) up to 128 channels, F(2x2) above), and on NCHW the native kernels run
+ * it as F(4x4) as well (forward and backward-input from 32 channels, the weight gradient from 16). */
 const winogradGeometry = (p: Conv2dParams): boolean =>
   process.env.RESNET_WINO !== '0' &&
   p.kh === 3 && p.kw === 3 && p.sh === 1 && p.sw === 1 && p.ph === 1 && p.pw === 1 && p.dh === 1 && p.dw === 1 && p.groups === 1 && p.cIn % 16 === 0 && p.cOut % 16 === 0;
@@ -88,8 +88,10 @@ const convCases: [string, Conv2dParams][] = [
   // backward weight by gathered GEMM (>= 64 output channels): K = 63 (a partial 32-tap panel), 66
   // channels (a partial row panel), 800 columns split over threads with partial sums
   ['gathered backward weight: K = 63, 66 output channels, split reduction', convCase(2, 7, 20, 20, 66, 3, 1, 1, 1, 1)],
-  // backward weight by channels-last outer products (16-64 channels in multiples of 16, stride 1)
-  ['channels-last backward weight: 16 -> 48, odd 9x7 map, batch 3', convCase(3, 16, 9, 7, 48, 3, 1, 1, 1, 1)],
+  // backward weight by channels-last outer products (16-64 channels in multiples of 16, stride 1, not
+  // the Winograd geometry: 3x3 padding 1 takes Winograd's weight gradient from 16 channels)
+  ['channels-last backward weight: 16 -> 48, odd 9x7 map, no padding, batch 3', convCase(3, 16, 9, 7, 48, 3, 1, 0, 1, 1)],
+  ['Winograd weight gradient from 16 channels: 16 -> 16, odd 9x7 maps, batch 3', convCase(3, 16, 9, 7, 16, 3, 1, 1, 1, 1)],
   ['channels-last backward weight: dilation 2, padding 2', convCase(2, 16, 10, 9, 16, 3, 1, 2, 2, 1)],
   ['channels-last backward weight: 1x1, 16 -> 64', convCase(5, 16, 6, 5, 64, 1, 1, 0, 1, 1)],
 ];
@@ -159,9 +161,9 @@ test('native conv2d: weights packed for one input size still give the right answ
 
 test('native conv2d backward weight gives the same bits on every run (reductions in a fixed order)', { skip }, () => {
   // one shape per backward-weight path: channels-last (16-64 channels), gathered GEMM (>= 64), dot
-  // products (strided, narrow), im2col (groups), Winograd (>= 32 channels in whole blocks; 40 images
-  // of 14x14: several chunks of tiles); batch large enough that several blocks run
-  for (const p of [convCase(12, 16, 14, 14, 32, 3, 1, 1, 1, 1), convCase(9, 8, 6, 6, 64, 3, 1, 1, 1, 1), convCase(16, 8, 14, 14, 16, 3, 2, 1, 1, 1), convCase(16, 8, 6, 6, 8, 3, 1, 1, 1, 2), convCase(40, 32, 14, 14, 48, 3, 1, 1, 1, 1)]) {
+  // products (strided, narrow), im2col (groups), Winograd (whole 16-channel blocks; 40 images of 14x14:
+  // several chunks of tiles, in private groups on 2 threads); batch large enough that several blocks run
+  for (const p of [convCase(12, 16, 14, 14, 32, 3, 1, 0, 1, 1), convCase(9, 8, 6, 6, 64, 3, 1, 1, 1, 1), convCase(16, 8, 14, 14, 16, 3, 2, 1, 1, 1), convCase(16, 8, 6, 6, 8, 3, 1, 1, 1, 2), convCase(40, 32, 14, 14, 48, 3, 1, 1, 1, 1)]) {
     const x = randomArray(p.n * p.cIn * p.h * p.w, gen);
     const dy = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
     const first = new Float32Array(p.cOut * (p.cIn / p.groups) * p.kh * p.kw);

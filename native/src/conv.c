@@ -549,7 +549,7 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     return;
   }
 #if defined(__x86_64__)
-  const int wm = nchw_wino(p);
+  const int wm = avx512_paths() ? wino_nchw_weight_tile(p) : 0;
   if (wm) {
     wino_backward_weight_nchw(dw, x, dy, p, wm);
     return;

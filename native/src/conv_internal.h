@@ -92,8 +92,10 @@ void prow_block_gemm(int R, int K, const float *Bp, const float *const *a, const
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m, int nchw);
 /* The same on NCHW tensors with plain weights (transformed per call; flip: w is the forward layer's
- * kernel of the backward-input convolution p), 0 from wino_nchw_tile: not this way. */
+ * kernel of the backward-input convolution p), 0 from wino_nchw_tile: not this way; the weight
+ * gradient's tile: wino_nchw_weight_tile. */
 int wino_nchw_tile(const conv_p *p);
+int wino_nchw_weight_tile(const conv_p *p);
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
                        const conv_p *p, int m);
 void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m);

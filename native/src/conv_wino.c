@@ -112,15 +112,21 @@ int wino_tile_for(const conv_p *p) {
  * transformed weights are computed per call (the weights change every step) and do not stay in
  * memory; F(2x2) on maps of at most 2x2 (one tile covers them; the direct kernels skip the 5 of 9 taps
  * that read padding there, so F(4x4)'s 6x6 window would gain nothing: ResNet-18's 256 channels on
- * 32x32 inputs, 1.8 -> 1.1 ms a pass). 16-channel layers stay direct: in private chunks F(4x4) gains
- * 4-16 % there (ResNet-20's 16 channels on 28x28, forward 2.84 -> 2.63 ms, minima of 20 alternating
- * runs), but its rounding (~1e-5 of the scale against ~1e-6) takes a 20-step CIFAR ResNet-8
- * trajectory past 1e-4 of PyTorch's (test/train_steps.test.ts). */
-int wino_nchw_tile(const conv_p *p) {
+ * 32x32 inputs, 1.8 -> 1.1 ms a pass). 16-channel layers stay direct forward and backward-input: in
+ * private chunks F(4x4) gains 4-16 % there (ResNet-20's 16 channels on 28x28, forward 2.84 -> 2.63 ms,
+ * minima of 20 alternating runs), but its rounding (~1e-5 of the scale against ~1e-6), passed down
+ * through the layers, takes a 20-step CIFAR ResNet-8 trajectory past 1e-4 of PyTorch's
+ * (test/train_steps.test.ts). */
+static int nchw_tile_min(const conv_p *p, int minc) {
   const int mode = wino_mode();
-  if (mode == 0 || !wino_ok(p) || p->cin < 32 || p->cout < 32 || p->n < 1) return 0;
+  if (mode == 0 || !wino_ok(p) || p->cin < minc || p->cout < minc || p->n < 1) return 0;
   return mode == 2 || (p->oh <= 2 && p->ow <= 2) ? 2 : 4;
 }
+int wino_nchw_tile(const conv_p *p) { return nchw_tile_min(p, 32); }
+/* The weight gradient's (wino_backward_weight_nchw) from 16 channels: its rounding stays in dW instead
+ * of passing through the layers below, and the 20-step trajectory keeps within 1e-4 (ResNet-20's 16
+ * channels on 28x28: 2.58-2.64 -> 1.78-2.09 ms against the channels-last kernel, private groups). */
+int wino_nchw_weight_tile(const conv_p *p) { return nchw_tile_min(p, 16); }
 
 #if defined(__x86_64__)
 typedef struct {
