@@ -133,7 +133,7 @@ typedef struct {
   const conv_p *p;
   const float *x, *U, *bias, *residual;
   float *y, *V, *M;
-  const int *off;       /* off[c] = (c/16) * tpad * 16 + c % 16: channel c of a tile in V[xi] */
+  int *off;             /* off[c] = (c/16) * tpad * 16 + c % 16: channel c of a tile in V[xi] */
   int m, np;            /* tile size (2 or 4); transform positions (m+2)^2 */
   int th, tw, npanels;  /* tiles per column and row of a map; 32-channel panels of cout */
   int relu;
@@ -431,38 +431,52 @@ static long chunk_tiles_private(const wino_job *j, long total, int T) {
   return (total + nchunks - 1) / nchunks;
 }
 
-/* A thread's share of a private-chunk forward: chunks of j->nt tiles taken from j->next, each through
- * the input transform, all (position, panel) products and the output transform, with this thread's
- * own scratch. */
-static void wino_private_task(void *ctx, int tid, int n) {
-  (void)tid; (void)n;
-  wino_job *sh = ctx;
+/* This thread's scratch for chunks of up to tmax tiles (V, M and the channels' offsets in V, kept
+ * between calls), into j. */
+static void chunk_scratch(wino_job *j, long tmax) {
   static _Thread_local buf_t vbuf, mbuf;
   static _Thread_local int *offs;
   static _Thread_local int offs_cap;
-  const conv_p *p = sh->p;
-  const long total = (long)p->n * sh->th * sh->tw, per = sh->nt, tmax = (per + PR_RUN - 1) / PR_RUN * PR_RUN;
-  wino_job j = *sh;
-  j.V = grow(&vbuf, (size_t)j.np * p->cin * tmax);
-  j.M = grow(&mbuf, (size_t)j.np * p->cout * tmax);
+  const conv_p *p = j->p;
+  tmax = (tmax + PR_RUN - 1) / PR_RUN * PR_RUN;
+  j->V = grow(&vbuf, (size_t)j->np * p->cin * tmax);
+  j->M = grow(&mbuf, (size_t)j->np * p->cout * tmax);
   if (offs_cap < p->cin) {
     free(offs);
     offs = malloc(sizeof(int) * (size_t)p->cin);
     if (!offs) abort();
     offs_cap = p->cin;
   }
-  j.off = offs;
-  j.tpad = 0;
+  j->off = offs;
+  j->tpad = 0;
+}
+
+/* The chunk of nt tiles from tile t0: its tiles padded to whole 7-tile runs (tpad), and the channels'
+ * offsets for that padding. */
+static void chunk_at(wino_job *j, long t0, long nt) {
+  j->t0 = t0;
+  j->nt = nt;
+  const long tpad = (nt + PR_RUN - 1) / PR_RUN * PR_RUN;
+  if (tpad != j->tpad) {
+    j->tpad = tpad;
+    for (int c = 0; c < j->p->cin; c++) j->off[c] = (int)((c / 16) * tpad * 16 + c % 16);
+  }
+}
+
+/* A thread's share of a private-chunk forward: chunks of j->nt tiles taken from j->next, each through
+ * the input transform, all (position, panel) products and the output transform, with this thread's
+ * own scratch. */
+static void wino_private_task(void *ctx, int tid, int n) {
+  (void)tid; (void)n;
+  wino_job *sh = ctx;
+  const conv_p *p = sh->p;
+  const long total = (long)p->n * sh->th * sh->tw, per = sh->nt;
+  wino_job j = *sh;
+  chunk_scratch(&j, per);
   for (;;) {
     const long c = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
-    j.t0 = c * per;
-    if (j.t0 >= total) break;
-    j.nt = total - j.t0 < per ? total - j.t0 : per;
-    const long tpad = (j.nt + PR_RUN - 1) / PR_RUN * PR_RUN;
-    if (tpad != j.tpad) {
-      j.tpad = tpad;
-      for (int ch = 0; ch < p->cin; ch++) offs[ch] = (int)((ch / 16) * tpad * 16 + ch % 16);
-    }
+    if (c * per >= total) break;
+    chunk_at(&j, c * per, total - c * per < per ? total - c * per : per);
     wino_in_range(&j, 0, (long)(p->cin / 16) * j.tpad);
     for (long it = 0; it < (long)j.np * j.npanels; it++) wino_gemm_item(&j, it);
     wino_out_range(&j, 0, (long)(p->cout / 16) * j.nt);
@@ -471,9 +485,6 @@ static void wino_private_task(void *ctx, int tid, int n) {
 
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m, int nchw) {
-  static _Thread_local buf_t vbuf, mbuf;
-  static _Thread_local int *offs;
-  static _Thread_local int offs_cap;
   wino_job j;
   memset(&j, 0, sizeof j);
   j.p = p; j.x = x; j.U = U; j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
@@ -486,30 +497,16 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
   j.npanels = (p->cout + PR_NR - 1) / PR_NR;
   j.usize = prow_packed_size(p->cout, p->cin, PR_NR);
   const long total = (long)p->n * j.th * j.tw;
-  const long per = chunk_tiles(&j, total);
-  const long tpad_max = (per + PR_RUN - 1) / PR_RUN * PR_RUN;
-  j.V = grow(&vbuf, (size_t)j.np * p->cin * tpad_max);
-  j.M = grow(&mbuf, (size_t)j.np * p->cout * tpad_max);
-  if (offs_cap < p->cin) {
-    free(offs);
-    offs = malloc(sizeof(int) * (size_t)p->cin);
-    if (!offs) abort();
-    offs_cap = p->cin;
-  }
-  j.off = offs;
   const int T = pool_threads();
   if (T > 1 && wino_private(p, j.np) && (j.nt = chunk_tiles_private(&j, total, T)) > 0) { /* nt: tiles per chunk */
     atomic_init(&j.next, 0);
     pool_run_dynamic(wino_private_task, &j, T);
     return;
   }
-  for (j.t0 = 0; j.t0 < total; j.t0 += per) {
-    j.nt = total - j.t0 < per ? total - j.t0 : per;
-    const long tpad = (j.nt + PR_RUN - 1) / PR_RUN * PR_RUN;
-    if (tpad != j.tpad) {
-      j.tpad = tpad;
-      for (int c = 0; c < p->cin; c++) offs[c] = (int)((c / 16) * tpad * 16 + c % 16);
-    }
+  const long per = chunk_tiles(&j, total);
+  chunk_scratch(&j, per);
+  for (long t0 = 0; t0 < total; t0 += per) {
+    chunk_at(&j, t0, total - t0 < per ? total - t0 : per);
     wino_in_pass(&j);
     atomic_init(&j.next, 0);
     const long items = (long)j.np * j.npanels;

@@ -246,45 +246,20 @@ typedef struct {
   atomic_int next;
 } bn_im_job;
 
+/* The 16 lanes of v added in double. */
+__attribute__((target("avx512f"))) static inline double sum_pd(__m512 v) {
+  return _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v))) +
+         _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+}
+
 /* The block's images [b0, b1) of image-block `blk`. */
 static void bn_block(const bn_im_job *ij, int blk, long *b0, long *b1) { pool_split(ij->j->n, blk, ij->blocks, 1, b0, b1); }
 
-/* Forward sums: of x - s and of (x - s)^2 per channel, s the channel's first value. */
-__attribute__((target("avx512f"))) static void bn_im_stats_task(void *ctx, int tid, int nt) {
-  (void)tid; (void)nt;
-  bn_im_job *ij = ctx;
-  const bn_job *j = ij->j;
-  const long hw = j->hw;
-  const __mmask16 tail = (__mmask16)((1u << (hw & 15)) - 1);
-  for (;;) {
-    const int blk = atomic_fetch_add_explicit(&ij->next, 1, memory_order_relaxed);
-    if (blk >= ij->blocks) break;
-    long b0, b1;
-    bn_block(ij, blk, &b0, &b1);
-    double *part = ij->part + (long)blk * j->c * 2;
-    for (long i = 0; i < 2L * j->c; i++) part[i] = 0.0;
-    for (long b = b0; b < b1; b++)
-      for (int ch = 0; ch < j->c; ch++) {
-        const float *x = j->x + ((long)b * j->c + ch) * hw;
-        const __m512 s = _mm512_set1_ps(ij->shift[ch]);
-        __m512 a = _mm512_setzero_ps(), q = a;
-        for (long i = 0; i < hw; i += 16) {
-          const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
-          const __m512 d = _mm512_maskz_sub_ps(mk, _mm512_maskz_loadu_ps(mk, x + i), s);
-          a = _mm512_add_ps(a, d);
-          q = _mm512_fmadd_ps(d, d, q);
-        }
-        part[2 * ch] += _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a))) +
-                        _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1))));
-        part[2 * ch + 1] += _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(q))) +
-                            _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(q), 1))));
-      }
-  }
-}
-
-/* Backward sums: of g and of g * (x - mean) per channel, g = dy (zero where a fused relu's output is
- * <= 0); within an image's segment in float, then in double, as the portable loops. */
-__attribute__((target("avx512f"))) static void bn_im_bsums_task(void *ctx, int tid, int nt) {
+/* The sums of image-block blocks handed out dynamically, per channel into the block's part: forward
+ * (ij->shift set) of x - s and of (x - s)^2, s the channel's first value; backward of g and of
+ * g * (x - mean), g = dy (zero where a fused relu's output is <= 0). Within an image's segment in
+ * float, then in double. */
+__attribute__((target("avx512f"))) static void bn_im_sums_task(void *ctx, int tid, int nt) {
   (void)tid; (void)nt;
   bn_im_job *ij = ctx;
   const bn_job *j = ij->j;
@@ -301,19 +276,29 @@ __attribute__((target("avx512f"))) static void bn_im_bsums_task(void *ctx, int t
     for (long b = b0; b < b1; b++)
       for (int ch = 0; ch < j->c; ch++) {
         const long off = ((long)b * j->c + ch) * hw;
-        const float *dy = j->dy + off, *x = j->x + off, *ym = j->ymask ? j->ymask + off : NULL;
-        const __m512 vmu = _mm512_set1_ps(j->cmean[ch]);
-        __m512 a = zero, s = zero;
-        for (long i = 0; i < hw; i += 16) {
-          const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
-          __m512 g = _mm512_maskz_loadu_ps(mk, dy + i);
-          /* relu backward: dy where the relu output is not <= 0 (a NaN output passes dy, as the scalar code) */
-          if (ym) g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mk, ym + i), zero, _CMP_NLE_UQ), g);
-          a = _mm512_add_ps(a, g);
-          s = _mm512_fmadd_ps(g, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vmu), s);
+        __m512 a = zero, q = zero;
+        if (ij->shift) {
+          const __m512 s = _mm512_set1_ps(ij->shift[ch]);
+          for (long i = 0; i < hw; i += 16) {
+            const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
+            const __m512 d = _mm512_maskz_sub_ps(mk, _mm512_maskz_loadu_ps(mk, j->x + off + i), s);
+            a = _mm512_add_ps(a, d);
+            q = _mm512_fmadd_ps(d, d, q);
+          }
+        } else {
+          const float *dy = j->dy + off, *x = j->x + off, *ym = j->ymask ? j->ymask + off : NULL;
+          const __m512 vmu = _mm512_set1_ps(j->cmean[ch]);
+          for (long i = 0; i < hw; i += 16) {
+            const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
+            __m512 g = _mm512_maskz_loadu_ps(mk, dy + i);
+            /* relu backward: dy where the relu output is not <= 0 (a NaN output passes dy, as the scalar code) */
+            if (ym) g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mk, ym + i), zero, _CMP_NLE_UQ), g);
+            a = _mm512_add_ps(a, g);
+            q = _mm512_fmadd_ps(g, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vmu), q);
+          }
         }
-        part[2 * ch] += _mm512_reduce_add_ps(a);
-        part[2 * ch + 1] += _mm512_reduce_add_ps(s);
+        part[2 * ch] += sum_pd(a);
+        part[2 * ch + 1] += sum_pd(q);
       }
   }
 }
@@ -355,7 +340,7 @@ __attribute__((target("avx512f"))) static void bn_im_apply_task(void *ctx, int t
 }
 
 /* Runs the sums task over the image blocks, then adds the blocks' sums in order into sum[ch][2]. */
-static void bn_im_sums(bn_im_job *ij, pool_fn fn, double *sum) {
+static void bn_im_sums(bn_im_job *ij, double *sum) {
   static _Thread_local double *part;
   static _Thread_local long cap;
   const bn_job *j = ij->j;
@@ -368,8 +353,8 @@ static void bn_im_sums(bn_im_job *ij, pool_fn fn, double *sum) {
   }
   ij->part = part;
   atomic_init(&ij->next, 0);
-  if ((long)j->n * j->c * j->hw < PAR_MIN) fn(ij, 0, 1);
-  else pool_run_dynamic(fn, ij, pool_threads());
+  if ((long)j->n * j->c * j->hw < PAR_MIN) bn_im_sums_task(ij, 0, 1);
+  else pool_run_dynamic(bn_im_sums_task, ij, pool_threads());
   for (long i = 0; i < 2L * j->c; i++) sum[i] = 0.0;
   for (int blk = 0; blk < ij->blocks; blk++)
     for (long i = 0; i < 2L * j->c; i++) sum[i] += part[(long)blk * j->c * 2 + i];
@@ -387,7 +372,7 @@ static void bn_train_im(bn_job *j) {
   if (!sum || !shift || !k) abort();
   for (int ch = 0; ch < c; ch++) shift[ch] = j->x[(long)ch * j->hw];
   bn_im_job ij = {.j = j, .shift = shift, .k = k};
-  bn_im_sums(&ij, bn_im_stats_task, sum);
+  bn_im_sums(&ij, sum);
   for (int ch = 0; ch < c; ch++) {
     const double d = sum[2 * ch] / m, var = fmax(sum[2 * ch + 1] / m - d * d, 0.0);
     const float mu = (float)(shift[ch] + d), inv = (float)(1.0 / sqrt(var + j->eps));
@@ -410,7 +395,7 @@ static void bn_backward_im(bn_job *j) {
   float *k = malloc(sizeof(float) * 3 * (size_t)c);
   if (!sum || !k) abort();
   bn_im_job ij = {.j = j, .k = k};
-  bn_im_sums(&ij, bn_im_bsums_task, sum);
+  bn_im_sums(&ij, sum);
   for (int ch = 0; ch < c; ch++) bn_bwd_coeffs(j, ch, sum[2 * ch], sum[2 * ch + 1], (double)j->n * j->hw, k + 3 * ch, k + 3 * ch + 1, k + 3 * ch + 2);
   bn_im_apply(&ij);
   free(sum);
