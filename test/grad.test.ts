@@ -834,6 +834,29 @@ describe('sgdStep (ts backend) vs PyTorch SGD', () => {
   });
 });
 
+test('a convolution whose input also takes a skip path folds the two gradients into one sum, with the bits of summing after', async () => {
+  // y = conv(x) + x: the engine hands the skip path's gradient to conv2d's backward, whose kernel adds
+  // it in its own pass (Winograd on 32 channels, pixel rows on 16, the TypeScript reference)
+  const { listBackends, withBackend, kernels } = await import('../src/kernels/registry.js');
+  const { conv2dParams } = await import('../src/ops/conv.js');
+  for (const backend of listBackends()) {
+    withBackend(backend, () => {
+      for (const [c, hw] of [[32, 8], [16, 28]] as const) {
+        const gen = new Generator(5);
+        const x = randomTensor([2, c, hw, hw], gen).requiresGrad_();
+        const w = randomTensor([c, c, 3, 3], gen, 0.2).requiresGrad_();
+        const dy = randomTensor([2, c, hw, hw], gen).values;
+        backward(add(conv2d(x, w, null, { padding: 1 }), x), dy);
+        const direct = new Float32Array(x.numel);
+        kernels().conv2dBackwardInput(direct, dy, w.values, conv2dParams(x, w, null, { padding: 1 }));
+        const want = new Float32Array(x.numel);
+        kernels().add(want, dy, direct);
+        assert.deepEqual(x.grad, want, `${backend}, ${c} channels: x.grad = skip + conv^T(dy), bit for bit`);
+      }
+    });
+  }
+});
+
 test('every op writes all of its output and input gradients (uninitialised buffers poisoned with NaN)', async () => {
   const { setUninitializedFill } = await import('../src/tensor/tensor.js');
   const { createModel } = await import('../src/models/registry.js');

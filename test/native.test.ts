@@ -133,6 +133,15 @@ for (const [name, p] of convCases) {
     tsKernels.conv2dBackwardInput(dxr, dy, w, p);
     nat!.conv2dBackwardInput(dxn, dy, w, p);
     assertClose(dxn, dxr, scaleTol(dxr, tol), 'backward input');
+    // plus an addend (autograd's sum for an input used twice), separate from dx and dx itself
+    const addend = randomArray(nx, gen);
+    const want = dxr.map((v, i) => v + addend[i]!);
+    const dxa = new Float32Array(nx).fill(NaN);
+    nat!.conv2dBackwardInput(dxa, dy, w, p, addend);
+    assertClose(dxa, want, scaleTol(want, tol), 'backward input + addend');
+    const inplace2 = addend.slice();
+    nat!.conv2dBackwardInput(inplace2, dy, w, p, inplace2);
+    assertClose(inplace2, want, scaleTol(want, tol), 'backward input + addend in place');
     const dwr = new Float32Array(nw);
     const dwn = new Float32Array(nw).fill(NaN);
     tsKernels.conv2dBackwardWeight(dwr, x, dy, p);

@@ -277,8 +277,9 @@ static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   if (!conv_args(env, info, &a, 4, 3, &p, &nx, &ny, &nw)) return NULL;
   float *dx = f32(&a, 0, nx, 0);
   const float *dy = f32(&a, 1, ny, 0), *w = f32(&a, 2, nw, 0);
+  const float *addend = a.argc > 4 && !absent(&a, 4) ? f32(&a, 4, nx, 0) : NULL; /* optional: dx = ... + addend */
   if (a.failed) return NULL;
-  conv2d_backward_input(dx, dy, w, &p);
+  conv2d_backward_input_add(dx, dy, w, &p, addend);
   return undef(env);
 }
 

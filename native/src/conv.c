@@ -438,20 +438,42 @@ static void backward_input_chunk(float *dx, const float *dy, const float *w, con
   }
 }
 
-static void backward_input_impl(float *dx, const float *dy, const float *w, const conv_p *p) {
+typedef struct {
+  float *dst;
+  const float *src;
+  long n;
+} add_job;
+static void add_task(void *ctx, int tid, int nt) {
+  add_job *j = ctx;
+  long lo, hi;
+  pool_split(j->n, tid, nt, 16, &lo, &hi);
+  for (long i = lo; i < hi; i++) j->dst[i] += j->src[i];
+}
+/* dst += src over n floats, on all threads when large. */
+static void add_into(float *dst, const float *src, long n) {
+  add_job j = {dst, src, n};
+  if (n < (1L << 15)) add_task(&j, 0, 1);
+  else pool_run(add_task, &j);
+}
+
+/* dx = the input gradient (+ addend: the forward paths' residual epilogue, which may read dx itself,
+ * or the GEMM's beta; paths without such an epilogue, the strided ones, add it afterwards). */
+static void backward_input_impl(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
   if (is_linear(p)) { /* dx[n][k] = dy[n][:] . w[:][k] */
     const int K = p->cin * p->kh * p->kw;
-    sgemm_ex(0, 0, p->n, K, p->cout, 1.0f, dy, p->cout, w, K, 0.0f, dx, K, NULL, 0);
+    if (addend && addend != dx) memcpy(dx, addend, sizeof(float) * (size_t)p->n * K);
+    sgemm_ex(0, 0, p->n, K, p->cout, 1.0f, dy, p->cout, w, K, addend ? 1.0f : 0.0f, dx, K, NULL, 0);
     return;
   }
 #if defined(__x86_64__)
+  const float *res = addend;
   /* stride 1: dx is the forward convolution of dy with the flipped, transposed kernel */
   if (p->sh == 1 && p->sw == 1 && p->groups == 1) {
     conv_p q = {p->n, p->cout, p->oh, p->ow, p->cin, p->kh, p->kw, 1, 1, (p->kh - 1) * p->dh - p->ph,
                 (p->kw - 1) * p->dw - p->pw, p->dh, p->dw, 1, p->h, p->w};
     const int wm = nchw_wino(&q);
     if (wm) {
-      wino_forward_nchw(dx, dy, w, 1, NULL, NULL, 0, &q, wm);
+      wino_forward_nchw(dx, dy, w, 1, NULL, res, 0, &q, wm);
       return;
     }
     if (q.ph >= 0 && q.pw >= 0 && q.oh == (p->oh + 2 * q.ph - (p->kh - 1) * p->dh) && q.ow == (p->ow + 2 * q.pw - (p->kw - 1) * p->dw) &&
@@ -476,7 +498,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
               for (; r < mr; r++) d[r] = 0.0f;
             }
         }
-        gg_forward(dx, dy, NULL, Ap, NULL, NULL, 0, &q);
+        gg_forward(dx, dy, NULL, Ap, NULL, res, 0, &q);
         free(Ap);
         return;
       }
@@ -491,12 +513,27 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
               float *d = wt + (long)c * K + (long)co * kk;
               for (int t = 0; t < kk; t++) d[kk - 1 - t] = s[t]; /* (ky, kx) -> (kh-1-ky, kw-1-kx) */
             }
-      if (prow_ok(&q)) prow_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
-      else implicit_forward(dx, dy, wt, NULL, NULL, NULL, 0, &q);
+      if (prow_ok(&q)) prow_forward(dx, dy, wt, NULL, NULL, res, 0, &q);
+      else implicit_forward(dx, dy, wt, NULL, NULL, res, 0, &q);
       free(wt);
       return;
     }
   }
+#endif
+  if (addend) {
+    const long nx = (long)p->n * p->cin * p->h * p->w;
+    if (addend == dx) {
+      static _Thread_local buf_t acc_buf;
+      float *t = grow(&acc_buf, (size_t)nx);
+      backward_input_impl(t, dy, w, p, NULL);
+      add_into(dx, t, nx);
+    } else {
+      backward_input_impl(dx, dy, w, p, NULL);
+      add_into(dx, addend, nx);
+    }
+    return;
+  }
+#if defined(__x86_64__)
   /* strided: per-phase implicit GEMMs, when the phase grids waste little (dx phases of 7x7 lose to im2col) */
   long nr = (p->h + p->sh - 1) / p->sh, nt = (p->w + p->sw - 1) / p->sw;
   long wq = nt + ((p->kw - 1) * p->dw + p->sw - 1) / p->sw, tiles = (nr * wq + IT - 1) / IT;
@@ -797,16 +834,17 @@ void conv2d_forward(float *y, const float *x, const float *w, const float *bias,
   conv2d_forward_packed(y, x, w, NULL, 0, bias, residual, relu, p);
 }
 
-void conv2d_backward_input(float *dx, const float *dy, const float *w, const conv_p *p) {
+void conv2d_backward_input_add(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
   conv_p q;
   int ky0, kx0;
   if (!crop(p, &q, &ky0, &kx0)) {
-    backward_input_impl(dx, dy, w, p);
+    backward_input_impl(dx, dy, w, p, addend);
     return;
   }
   float *wq = crop_weights(w, p, &q, ky0, kx0);
-  backward_input_impl(dx, dy, wq, &q);
+  backward_input_impl(dx, dy, wq, &q, addend);
 }
+void conv2d_backward_input(float *dx, const float *dy, const float *w, const conv_p *p) { conv2d_backward_input_add(dx, dy, w, p, NULL); }
 
 void conv2d_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
   conv_p q;

@@ -55,6 +55,9 @@ int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout
                            int relu, const conv_p *p, int x_blocked);
 /* dx = conv^T(dy, w) (overwrites dx). */
 void conv2d_backward_input(float *dx, const float *dy, const float *w, const conv_p *p);
+/* dx = conv^T(dy, w) + addend (addend may be dx itself; NULL: none): autograd's sum for an input used
+ * twice (a residual block's), added in the kernels' own epilogue instead of a separate pass. */
+void conv2d_backward_input_add(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
 /* dw = sum over batch and pixels of dy x patches (overwrites dw). */
 void conv2d_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 #endif

@@ -99,8 +99,12 @@ export interface Kernels {
 
   /** y[n,co,oh,ow] = sum x * w (+ bias[co]). w is [cOut, cIn/groups, kh, kw]. */
   conv2d(y: F32, x: F32, w: F32, bias: F32 | null, p: Conv2dParams): void;
-  /** dx = conv2d^T(dy, w) (the "full" convolution with the flipped kernel). */
-  conv2dBackwardInput(dx: F32, dy: F32, w: F32, p: Conv2dParams): void;
+  /**
+   * dx = conv2d^T(dy, w) (the "full" convolution with the flipped kernel), plus `addend` when given
+   * (it may be dx itself): autograd's sum for an input used twice (a residual block's input), which
+   * the native kernels add in their own epilogue instead of a separate pass.
+   */
+  conv2dBackwardInput(dx: F32, dy: F32, w: F32, p: Conv2dParams, addend?: F32 | null): void;
   /** dw = correlation of x with dy, summed over batch and pixels. */
   conv2dBackwardWeight(dw: F32, x: F32, dy: F32, p: Conv2dParams): void;
 

@@ -57,9 +57,13 @@ export function conv2d(x: Tensor, w: Tensor, bias: Tensor | null = null, opts: C
   const k = kernels();
   k.conv2d(y.values, x.values, w.values, bias ? bias.values : null, p);
   const inputs = bias ? [x, w, bias] : [x, w];
-  return record(y, 'conv2d', inputs, (gy, needs) => {
+  return record(y, 'conv2d', inputs, (gy, needs, sums) => {
     const gx = needs[0] ? uninitialized(x.numel) : null;
-    if (gx) k.conv2dBackwardInput(gx, gy, w.values, p);
+    // x's gradient plus the sum it already has (a residual block's input: its skip path's), added in
+    // the kernel's own pass instead of a separate one
+    const sum = sums?.pending[0];
+    if (gx) k.conv2dBackwardInput(gx, gy, w.values, p, sum ?? null);
+    if (gx && sum && sums) sums.added[0] = true;
     const gw = needs[1] ? uninitialized(w.numel) : null;
     if (gw) k.conv2dBackwardWeight(gw, x.values, gy, p);
     const gb = needs[2] ? sumPerChannel(gy, p.n, p.cOut, p.oh * p.ow) : null;

@@ -20,9 +20,18 @@ export interface GradFn {
   /**
    * Given dL/d(output), returns dL/d(input) for each input (null where `needs[i]` is false).
    * The returned arrays may be fresh or owned by the closure; the engine does not mutate them
-   * unless it allocated them.
+   * unless it allocated them. `sums`, when given, lets an op fold the sum for an input used more than
+   * once into its own pass: `sums.pending[i]` is the gradient summed so far for input i (read only);
+   * an op may return, in a fresh array, its gradient plus that sum, and say so with
+   * `sums.added[i] = true` (conv2d does, in its kernels' epilogue: a residual block's input).
    */
-  backward(gradOutput: Float32Array, needs: readonly boolean[]): (Float32Array | null)[];
+  backward(gradOutput: Float32Array, needs: readonly boolean[], sums?: PendingSums): (Float32Array | null)[];
+}
+
+/** See GradFn.backward. */
+export interface PendingSums {
+  readonly pending: readonly (Float32Array | undefined)[];
+  readonly added: boolean[];
 }
 
 let gradDisabled = 0;
@@ -184,7 +193,8 @@ function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Floa
     }
     if (t.retainsGrad) accumulate(t, g); // accumulates across backward calls, like PyTorch's retain_grad
     const needs = fn.inputs.map((x) => x.requiresGrad);
-    const inGrads = fn.backward(g, needs);
+    const sums = pendingSums(fn.inputs, needs, grads);
+    const inGrads = fn.backward(g, needs, sums);
     for (let i = 0; i < fn.inputs.length; i++) {
       const x = fn.inputs[i]!;
       const gx = inGrads[i];
@@ -193,6 +203,13 @@ function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Floa
         throw new Error(`internal: ${fn.name} backward returned ${gx.length} gradients for an input of ${x.numel}`);
       }
       const prev = grads.get(x);
+      if (sums.added[i] === true && prev !== undefined && prev === sums.pending[i] && gx !== prev) {
+        // the op returned its gradient plus the sum so far, in a fresh array: that is the sum now
+        grads.set(x, gx);
+        owned.add(gx);
+        release(prev, x, grads, owned, made);
+        continue;
+      }
       if (prev === undefined) {
         // An op may hand the same array to several inputs (add returns [g, g]); it must then
         // never be summed into in place, so it stops being "owned".
@@ -210,6 +227,13 @@ function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Floa
     if (!opts.retainGraph) t.gradFn = freed(fn);
     release(g, t, grads, owned, made);
   }
+}
+
+/** The gradients summed so far for an op's inputs (GradFn.backward's sums), for inputs that appear
+ * once among its inputs. */
+function pendingSums(inputs: readonly Tensor[], needs: readonly boolean[], grads: Map<Tensor, Float32Array>): PendingSums {
+  const pending = inputs.map((x, i) => (needs[i] && inputs.indexOf(x) === inputs.lastIndexOf(x) ? grads.get(x) : undefined));
+  return { pending, added: [] };
 }
 
 /** t's gradient g is consumed: its buffer is reused unless this backward did not make it, a hook saw

@@ -35,7 +35,8 @@ export interface NativeBinding {
   maxPool2dBlocked(y: F32, x: F32, geometry: Int32Array): void;
   /** Global average pool of blocked activations (h x w maps) to [n, c]. */
   avgPoolGlobalBlocked(y: F32, x: F32, n: number, c: number, h: number, w: number): void;
-  conv2dBackwardInput(dx: F32, dy: F32, w: F32, geometry: Int32Array): void;
+  /** addend (may be dx): dx = the gradient + addend */
+  conv2dBackwardInput(dx: F32, dy: F32, w: F32, geometry: Int32Array, addend?: F32 | null): void;
   conv2dBackwardWeight(dw: F32, x: F32, dy: F32, geometry: Int32Array): void;
   batchNormTrain(y: F32, mean: F32, invStd: F32, varU: F32, x: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number, relu?: boolean): void;
   batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number, relu?: boolean): void;

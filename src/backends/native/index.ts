@@ -100,7 +100,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
       b.conv2dBlocked(y, x, bias, residual, relu, conv(p), packed.data, packed.layout, xBlocked),
     maxPool2dBlocked: (y, x, p) => b.maxPool2dBlocked(y, x, pool(p)),
     avgPoolGlobalBlocked: (y, x, n, c, h, w) => b.avgPoolGlobalBlocked(y, x, n, c, h, w),
-    conv2dBackwardInput: (dx, dy, w, p) => b.conv2dBackwardInput(dx, dy, w, conv(p)),
+    conv2dBackwardInput: (dx, dy, w, p, addend) => b.conv2dBackwardInput(dx, dy, w, conv(p), addend ?? null),
     conv2dBackwardWeight: (dw, x, dy, p) => b.conv2dBackwardWeight(dw, x, dy, conv(p)),
     batchNormTrain: (y, mean, invStd, varU, x, g, beta, p: BatchNormParams, relu = false) => b.batchNormTrain(y, mean, invStd, varU, x, g, beta, p.n, p.c, p.hw, p.eps, relu),
     batchNormEval: (y, x, rm, rv, g, beta, p, relu = false) => b.batchNormEval(y, x, rm, rv, g, beta, p.n, p.c, p.hw, p.eps, relu),

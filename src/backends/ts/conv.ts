@@ -61,12 +61,13 @@ export function conv2d(y: Float32Array, x: Float32Array, w: Float32Array, bias: 
   });
 }
 
-export function conv2dBackwardInput(dx: Float32Array, dy: Float32Array, w: Float32Array, p: Conv2dParams): void {
-  dx.fill(0);
+export function conv2dBackwardInput(dx: Float32Array, dy: Float32Array, w: Float32Array, p: Conv2dParams, addend: Float32Array | null = null): void {
+  const out = addend === dx ? new Float32Array(dx.length) : dx.fill(0);
   forEachTap(p, (yOff, xOff, wIdx, s, e, step) => {
     const wv = w[wIdx]!;
-    for (let ox = s; ox < e; ox++) dx[xOff + ox * step]! += wv * dy[yOff + ox]!;
+    for (let ox = s; ox < e; ox++) out[xOff + ox * step]! += wv * dy[yOff + ox]!;
   });
+  if (addend) for (let i = 0; i < dx.length; i++) dx[i] = addend[i]! + out[i]!; // as autograd's add(sum, gradient)
 }
 
 export function conv2dBackwardWeight(dw: Float32Array, x: Float32Array, dy: Float32Array, p: Conv2dParams): void {
