@@ -8,7 +8,8 @@
  * The products summed over input channels are (m+2)^2 independent matrix products
  * (tiles x cin) x (cin x cout), one per position xi of the transform: 2.25x (m = 2) or 4x (m = 4)
  * fewer multiply-adds than the direct convolution, for two cheap transforms. Three passes over
- * chunks of tiles, each handed out to the threads in blocks:
+ * chunks of tiles, either each pass split over the threads (shared chunks) or each chunk taken by one
+ * thread through all three (private chunks, wino_private):
  *  1. input transform: V[xi][cin/16][tiles][16] = B^T d B, 16 channels of a tile per vector (read
  *     from the blocked input, whose zero border is the padding);
  *  2. per (xi, 32-channel panel): M[xi] = V[xi] x U[xi] with the pixel-row micro-kernel of
