@@ -88,6 +88,7 @@ const convCases: [string, Conv2dParams][] = [
   // backward weight by gathered GEMM (>= 64 output channels): K = 63 (a partial 32-tap panel), 66
   // channels (a partial row panel), 800 columns split over threads with partial sums
   ['gathered backward weight: K = 63, 66 output channels, split reduction', convCase(2, 7, 20, 20, 66, 3, 1, 1, 1, 1)],
+  ['strided weight gradient on the q grid (fewer than 64 input channels): 32 -> 64, 3x3/2, 14x14, batch 3', convCase(3, 32, 14, 14, 64, 3, 2, 1, 1, 1)],
   // backward weight by channels-last outer products (16-64 channels in multiples of 16, stride 1, not
   // the Winograd geometry: 3x3 padding 1 takes Winograd's weight gradient from 16 channels)
   ['channels-last backward weight: 16 -> 48, odd 9x7 map, no padding, batch 3', convCase(3, 16, 9, 7, 48, 3, 1, 0, 1, 1)],

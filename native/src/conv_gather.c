@@ -366,11 +366,14 @@ __attribute__((target("avx512f"))) static void ggw_task(void *ctx, int tid, int 
 
 /* Gathers cost the same per 32 taps whatever cout is; from 64 output channels on they are small next
  * to the FMAs (measured: 64 x 7x7 1.7x, ResNet-18's 4x4 and 2x2 maps 1.5-1.8x faster than the q-grid
- * dot products or im2col; with 16 or 32 channels those win). RESNET_GGW=0 turns it off. */
+ * dot products or im2col; with 16 or 32 channels those win). Strided layers with fewer than 64 input
+ * channels whose q grid wastes little keep the q grid (ResNet-20's 32 -> 64 stride-2 layer, 14x14 ->
+ * 7x7: 2.54-2.62 -> 2.03-2.08 ms; ResNet-18's 7x7 stem on 32x32: 2.67-2.83 -> 2.41-2.44 ms, calls
+ * alternating in one process). RESNET_GGW=0 turns it off. */
 int ggw_ok(const conv_p *p) {
   static int off = -1;
   if (env_zero("RESNET_GGW", &off)) return 0;
-  return p->cout >= 64 && gg_ok(p) && (long)p->n * p->oh * p->ow < (1L << 31) / 16;
+  return p->cout >= 64 && gg_ok(p) && (long)p->n * p->oh * p->ow < (1L << 31) / 16 && !(p->sh > 1 && p->cin < 64 && implicit_ok(p, 70));
 }
 
 void ggw_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
