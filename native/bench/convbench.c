@@ -1,6 +1,6 @@
 /* Convolution micro-benchmark + correctness check against a naive reference.
  * Build: gcc -O3 -std=c11 -D_GNU_SOURCE -Inative/src native/bench/convbench.c native/src/conv*.c \
- *            native/src/gemm.c native/src/pool.c -o /tmp/convbench -lpthread -lm
+ *            native/src/gemm.c native/src/ops.c native/src/pool.c -o /tmp/convbench -lpthread -lm
  * Run:   T=1 /tmp/convbench [filter-substring]   (T = threads; SECS = seconds per measurement;
  *        CPUTIME=1 times CPU time, for T=1 on a loaded machine; NOCHECK=1 skips the correctness check;
  *        RES=1 times the forward with bias + residual + relu, as the inference plan runs it;

@@ -20,6 +20,7 @@
  * never started. Scratch buffers belong to the calling thread and are reused across calls. */
 #include "conv_internal.h"
 #include "gemm.h"
+#include "ops.h" /* add_fwd */
 #include "pool.h"
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -438,24 +439,6 @@ static void backward_input_chunk(float *dx, const float *dy, const float *w, con
   }
 }
 
-typedef struct {
-  float *dst;
-  const float *src;
-  long n;
-} add_job;
-static void add_task(void *ctx, int tid, int nt) {
-  add_job *j = ctx;
-  long lo, hi;
-  pool_split(j->n, tid, nt, 16, &lo, &hi);
-  for (long i = lo; i < hi; i++) j->dst[i] += j->src[i];
-}
-/* dst += src over n floats, on all threads when large. */
-static void add_into(float *dst, const float *src, long n) {
-  add_job j = {dst, src, n};
-  if (n < (1L << 15)) add_task(&j, 0, 1);
-  else pool_run(add_task, &j);
-}
-
 /* dx = the input gradient (+ addend: the forward paths' residual epilogue, which may read dx itself,
  * or the GEMM's beta; paths without such an epilogue, the strided ones, add it afterwards). */
 static void backward_input_impl(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
@@ -466,14 +449,13 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
     return;
   }
 #if defined(__x86_64__)
-  const float *res = addend;
   /* stride 1: dx is the forward convolution of dy with the flipped, transposed kernel */
   if (p->sh == 1 && p->sw == 1 && p->groups == 1) {
     conv_p q = {p->n, p->cout, p->oh, p->ow, p->cin, p->kh, p->kw, 1, 1, (p->kh - 1) * p->dh - p->ph,
                 (p->kw - 1) * p->dw - p->pw, p->dh, p->dw, 1, p->h, p->w};
     const int wm = nchw_wino(&q);
     if (wm) {
-      wino_forward_nchw(dx, dy, w, 1, NULL, res, 0, &q, wm);
+      wino_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q, wm);
       return;
     }
     if (q.ph >= 0 && q.pw >= 0 && q.oh == (p->oh + 2 * q.ph - (p->kh - 1) * p->dh) && q.ow == (p->ow + 2 * q.pw - (p->kw - 1) * p->dw) &&
@@ -498,7 +480,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
               for (; r < mr; r++) d[r] = 0.0f;
             }
         }
-        gg_forward(dx, dy, NULL, Ap, NULL, res, 0, &q);
+        gg_forward(dx, dy, NULL, Ap, NULL, addend, 0, &q);
         free(Ap);
         return;
       }
@@ -513,8 +495,8 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
               float *d = wt + (long)c * K + (long)co * kk;
               for (int t = 0; t < kk; t++) d[kk - 1 - t] = s[t]; /* (ky, kx) -> (kh-1-ky, kw-1-kx) */
             }
-      if (prow_ok(&q)) prow_forward(dx, dy, wt, NULL, NULL, res, 0, &q);
-      else implicit_forward(dx, dy, wt, NULL, NULL, res, 0, &q);
+      if (prow_ok(&q)) prow_forward(dx, dy, wt, NULL, NULL, addend, 0, &q);
+      else implicit_forward(dx, dy, wt, NULL, NULL, addend, 0, &q);
       free(wt);
       return;
     }
@@ -526,10 +508,10 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
       static _Thread_local buf_t acc_buf;
       float *t = grow(&acc_buf, (size_t)nx);
       backward_input_impl(t, dy, w, p, NULL);
-      add_into(dx, t, nx);
+      add_fwd(dx, dx, t, nx);
     } else {
       backward_input_impl(dx, dy, w, p, NULL);
-      add_into(dx, addend, nx);
+      add_fwd(dx, dx, addend, nx);
     }
     return;
   }

@@ -396,14 +396,16 @@ static void wino_out_range(void *ctx, long lo, long hi) {
  * batch 8 64 channels on 56x56 4.5 -> 3.9 ms with 2 MB against 8); whole 14-tile register tiles. */
 #define WINO_CHUNK_FLOATS (1L << 19)
 
-/* Tiles per chunk for `total` tiles (WINO_CHUNK_FLOATS), evened out so the last chunk is not a sliver. */
-static long chunk_tiles(const wino_job *j, long total) {
-  long per = WINO_CHUNK_FLOATS / ((long)j->np * (j->p->cin + j->p->cout)) / (2 * PR_RUN) * (2 * PR_RUN);
+/* Tiles per chunk for `total` tiles: V and M of a chunk within `floats`, whole 14-tile register tiles,
+ * evened out over the chunks so the last is not a sliver; 0 when that gives fewer than min_chunks. */
+static long chunk_tiles_in(const wino_job *j, long total, long floats, long min_chunks) {
+  long per = floats / ((long)j->np * (j->p->cin + j->p->cout)) / (2 * PR_RUN) * (2 * PR_RUN);
   if (per < 2 * PR_RUN) per = 2 * PR_RUN;
-  if (per > total) per = total;
   const long nchunks = (total + per - 1) / per;
-  return (total + nchunks - 1) / nchunks;
+  return nchunks < min_chunks || nchunks < 1 ? 0 : (total + nchunks - 1) / nchunks;
 }
+/* The shared chunks' (WINO_CHUNK_FLOATS). */
+static long chunk_tiles(const wino_job *j, long total) { return chunk_tiles_in(j, total, WINO_CHUNK_FLOATS, 1); }
 
 /* Whether a forward may run as private chunks (wino_private_task): every thread takes whole chunks of
  * tiles through all three passes with its own scratch in its own L2, with no barrier between the
@@ -424,13 +426,7 @@ static int wino_private(const conv_p *p, int np) {
 /* Tiles per private chunk: V and M within half a core's L2, whole 14-tile register tiles, evened out
  * over the chunks; 0 when that gives fewer than two chunks per thread (the shared path then splits
  * each chunk's positions over the threads instead). */
-static long chunk_tiles_private(const wino_job *j, long total, int T) {
-  long per = (1L << 17) / ((long)j->np * (j->p->cin + j->p->cout)) / (2 * PR_RUN) * (2 * PR_RUN);
-  if (per < 2 * PR_RUN) per = 2 * PR_RUN;
-  const long nchunks = (total + per - 1) / per;
-  if (nchunks < 2L * T) return 0;
-  return (total + nchunks - 1) / nchunks;
-}
+static long chunk_tiles_private(const wino_job *j, long total, int T) { return chunk_tiles_in(j, total, 1L << 17, 2L * T); }
 
 /* This thread's scratch for chunks of up to tmax tiles (V, M and the channels' offsets in V, kept
  * between calls), into j. */
