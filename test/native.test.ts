@@ -394,6 +394,8 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
 test('the addon refuses buffers shorter than the geometry instead of overrunning them', { skip }, () => {
   const p = convCase(1, 3, 8, 8, 4, 3, 1, 1, 1, 1);
   assert.throws(() => nat!.conv2d(new Float32Array(10), new Float32Array(192), new Float32Array(108), null, p), /shorter than the geometry/);
+  // backward-input's addend (the gradient summed so far) is checked like dx
+  assert.throws(() => nat!.conv2dBackwardInput(new Float32Array(192), new Float32Array(256), new Float32Array(108), p, new Float32Array(191)), /shorter than the geometry/);
   assert.throws(() => nat!.conv2d(new Float32Array(256), new Float32Array(192), new Float32Array(108), new Float32Array(4) as never, { ...p, groups: 2 }), /invalid convolution geometry/);
   // packed weights: an unknown layout, or a buffer shorter than that layout needs for the geometry
   const packed = nat!.packConvWeights(new Float32Array(108), p);
