@@ -283,6 +283,33 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
   }
 });
 
+test('native batch norm backward through a fused relu: given the forward beta, the same bits as reading the relu output', { skip }, () => {
+  // Given beta, a backend may recompute the relu's input from x instead of reading its output
+  // (AVX-512 training path). The mask must be the forward's exactly, pre-activations of exactly 0
+  // included: even channels are -1, 0, 1, 0 repeated (mean exactly 0) with beta 0, so x = 0 gives 0.
+  for (const [n, c, hw] of [[4, 6, 64], [40, 8, 124], [3, 5, 8], [9, 33, 4], [128, 16, 48]] as const) {
+    const x = randomArray(n * c * hw, gen, 2).map((v, i) => ((Math.floor(i / hw) % c) % 2 === 0 ? [-1, 0, 1, 0][i % 4]! : v));
+    const g = randomArray(c, gen);
+    const bt = randomArray(c, gen).map((v, ch) => (ch % 2 === 0 ? 0 : v));
+    const p = { n, c, hw, eps: 1e-5 };
+    const f = { y: new Float32Array(x.length), mean: new Float32Array(c), inv: new Float32Array(c), vu: new Float32Array(c) };
+    nat!.batchNormTrain(f.y, f.mean, f.inv, f.vu, x, g, bt, p, true);
+    assert.equal(f.mean[0], 0, 'an exact mean');
+    assert.ok(f.y.some((v, i) => v === 0 && x[i] === 0), 'pre-activations of exactly 0');
+    const dy = randomArray(x.length, gen);
+    const run = (beta: Float32Array | null | undefined) => {
+      const dx = new Float32Array(x.length).fill(NaN), dg = new Float32Array(c), db = new Float32Array(c);
+      nat!.batchNormBackward(dx, dg, db, dy, x, f.mean, f.inv, g, true, p, f.y, beta);
+      return [dx, dg, db];
+    };
+    const read = run(undefined);
+    assert.deepEqual(run(bt), read, `${n}x${c}x${hw}: recomputed mask = read mask`);
+    // without beta in the forward: the same with null
+    nat!.batchNormTrain(f.y, f.mean, f.inv, f.vu, x, g, null, p, true);
+    assert.deepEqual(run(null), run(undefined), `${n}x${c}x${hw}: no beta`);
+  }
+});
+
 test('native batch norm: a mean far from zero against a small spread, and the same result on 1, 2 and 3 threads', { skip }, () => {
   // 1000 + noise of 0.01: E[x^2] - E[x]^2 in float would lose everything to cancellation; the sums
   // are taken about each channel's first value (one pass), the reference two-pass in float64

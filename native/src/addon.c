@@ -340,8 +340,18 @@ static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
               *g = f32(&a, 7, c, 1);
   int training = flag(&a, 8);
   const float *relu_y = f32(&a, 12, tot, 1);
+  /* argument 13 (optional): the forward's beta, which lets the kernel recompute the relu's mask;
+   * null: the forward had none; absent (undefined): read relu_y */
+  int from_x = 0;
+  const float *beta = NULL;
+  if (a.argc > 13) {
+    napi_valuetype t;
+    napi_typeof(env, a.argv[13], &t);
+    from_x = t != napi_undefined;
+    beta = f32(&a, 13, c, 1);
+  }
   if (a.failed) return NULL;
-  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw, relu_y);
+  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw, relu_y, from_x, beta);
   return undef(env);
 }
 

@@ -8,9 +8,13 @@ void bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const f
               const float *beta, int n, int c, long hw, float eps, int relu);
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
              int c, long hw, float eps, int relu);
-/* relu_y (may be NULL): the output of a fused relu; dy is then the gradient of that output. */
+/* relu_y (may be NULL): the output of a fused relu; dy is then the gradient of that output. With
+ * relu_from_x, beta is the forward's (NULL: none), and the training paths that can recompute the
+ * relu's input from x, mean, invstd, gamma and beta with the forward's operations do so instead of
+ * reading relu_y (RESNET_BN_READ_MASK set: they read it). */
 void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
-                 const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y);
+                 const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y,
+                 int relu_from_x, const float *beta);
 
 void relu_fwd(float *y, const float *x, long n);
 void relu_bwd(float *dx, const float *dy, const float *y, long n);

@@ -84,7 +84,7 @@ export function batchNorm(
     const wantB = bias !== null && needs[weight ? 2 : 1] === true;
     const dgamma = wantG ? new Float32Array(c) : null;
     const dbeta = wantB ? new Float32Array(c) : null;
-    k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, fuse ? y.values : null);
+    k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, fuse ? y.values : null, b);
     const out: (Float32Array | null)[] = [needs[0] ? gx : null];
     if (weight) out.push(dgamma);
     if (bias) out.push(dbeta);
