@@ -6,6 +6,7 @@
         "native/src/addon.c",
         "native/src/conv.c",
         "native/src/conv_gather.c",
+        "native/src/conv_pil.c",
         "native/src/conv_prow.c",
         "native/src/conv_qgrid.c",
         "native/src/conv_wino.c",

@@ -65,8 +65,19 @@ const convCases: [string, Conv2dParams][] = [
   ['pixel rows: 1x1 on 7x7 reading the input in place, 300 -> 33', convCase(2, 300, 7, 7, 33, 1, 1, 0, 1, 1)],
   ['pixel rows: dilated 3x3 on a 14-wide map, 7 rows', convCase(1, 30, 7, 14, 32, 3, 1, 2, 2, 1)],
   ['pixel rows: strided 1x1 reading x in place (pixels 2 apart), 260 -> 40, odd height', convCase(2, 260, 13, 14, 40, 1, 2, 0, 1, 1)],
-  ['pixel rows, 16-channel panels: 28-pixel tiles, 13 output channels', convCase(2, 16, 28, 28, 13, 3, 1, 1, 1, 1)],
+  ['pixel rows, 16-channel panels: 28-pixel tiles, 13 output channels (no padding: not the same size)', convCase(2, 16, 30, 30, 13, 3, 1, 0, 1, 1)],
   ['pixel rows per image (batch 9), 14x14, a partial 32-channel panel', convCase(9, 32, 14, 14, 40, 3, 1, 1, 1, 1)],
+  // pixels in lanes (AVX-512): stride-1 convolutions whose output has the input's size, at most 16
+  // output channels (forward) or input channels (backward-input); whole images per work item from 4
+  // per thread, else chunks of 16-pixel vectors; a map's last vector partial unless 16 divides it
+  ['pixels in lanes: 16 -> 16 on 28x28, batch 9 (whole images)', convCase(9, 16, 28, 28, 16, 3, 1, 1, 1, 1)],
+  ['pixels in lanes: 16 -> 16 on 32x32 (CIFAR), batch 1 (chunks of vectors)', convCase(1, 16, 32, 32, 16, 3, 1, 1, 1, 1)],
+  ['pixels in lanes: the 1 -> 16 stem (K = 9) on 5x7 (35 pixels: a 3-lane last vector)', convCase(7, 1, 5, 7, 16, 3, 1, 1, 1, 1)],
+  ['pixels in lanes: 5x5 kernel, padding 2, 3 -> 11 on 6x9', convCase(2, 3, 6, 9, 11, 5, 1, 2, 1, 1)],
+  ['pixels in lanes: dilation 2, padding 2, 17 -> 16 on 9x10 (backward-input: 16 -> 17, not this path)', convCase(3, 17, 9, 10, 16, 3, 1, 2, 2, 1)],
+  ['pixels in lanes: 1x1, 20 -> 5', convCase(2, 20, 7, 3, 5, 1, 1, 0, 1, 1)],
+  ['pixels in lanes: backward-input to 16 channels from 24 (forward 16 -> 24: another path), 7x5 map', convCase(5, 16, 7, 5, 24, 3, 1, 1, 1, 1)],
+  ['pixels in lanes: 1 output channel, 3x3 on a 1x1 map', convCase(3, 8, 1, 1, 1, 3, 1, 1, 1, 1)],
   ['pixel rows per image (batch 8), 7x7: 7 runs per image, a 1-run tile each', convCase(8, 40, 7, 7, 32, 3, 1, 1, 1, 1)],
   ['pixel rows per image in L2-sized chunks of tiles (batch 8, K = 256 on 28x28: 2 chunks per image)', convCase(8, 256, 28, 28, 32, 1, 1, 0, 1, 1)],
   // gathered GEMM (AVX-512): small maps; column blocks across images, several k-blocks, a partial panel

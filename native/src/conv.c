@@ -396,6 +396,10 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wm);
     return;
   }
+  if (w && pil_ok(p)) {
+    pil_forward(y, x, w, bias, residual, relu, p);
+    return;
+  }
   if (prow_ok(p)) {
     prow_forward(y, x, w, wp, bias, residual, relu, p);
     return;
@@ -459,11 +463,11 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
       return;
     }
     if (q.ph >= 0 && q.pw >= 0 && q.oh == (p->oh + 2 * q.ph - (p->kh - 1) * p->dh) && q.ow == (p->ow + 2 * q.pw - (p->kw - 1) * p->dw) &&
-        (prow_ok(&q) || implicit_ok(&q, 65) || gg_ok(&q))) {
+        (pil_ok(&q) || prow_ok(&q) || implicit_ok(&q, 65) || gg_ok(&q))) {
       const int use_implicit = implicit_ok(&q, 85) || (!gg_ok(&q) && implicit_ok(&q, 65));
       long K = (long)p->cout * p->kh * p->kw;
       const int kk = p->kh * p->kw;
-      if (!prow_ok(&q) && !use_implicit) {
+      if (!pil_ok(&q) && !prow_ok(&q) && !use_implicit) {
         /* the gathered GEMM reads A panels: pack the flipped, transposed kernel straight into them,
          * A[c][co*kk + t] = w[co][c][kk-1-t] (consecutive panel rows c are kk floats apart in w) */
         const int mr = sgemm_mr(p->cin);
@@ -495,7 +499,8 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
               float *d = wt + (long)c * K + (long)co * kk;
               for (int t = 0; t < kk; t++) d[kk - 1 - t] = s[t]; /* (ky, kx) -> (kh-1-ky, kw-1-kx) */
             }
-      if (prow_ok(&q)) prow_forward(dx, dy, wt, NULL, NULL, addend, 0, &q);
+      if (pil_ok(&q)) pil_forward(dx, dy, wt, NULL, addend, 0, &q);
+      else if (prow_ok(&q)) prow_forward(dx, dy, wt, NULL, NULL, addend, 0, &q);
       else implicit_forward(dx, dy, wt, NULL, NULL, addend, 0, &q);
       free(wt);
       return;

@@ -77,6 +77,10 @@ void implicit_forward(float *y, const float *x, const float *wt, const float *wp
                       const float *residual, int relu, const conv_p *p);
 void implicit_backward_input_strided(float *dx, const float *dy, const float *w, const conv_p *p);
 void implicit_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
+/* Pixels in lanes (conv_pil.c): stride-1 same-size convolutions with at most 16 output channels. */
+int pil_ok(const conv_p *p);
+void pil_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                 const conv_p *p);
 int prow_nr(const conv_p *p);
 int prow_ok(const conv_p *p);
 void prow_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
