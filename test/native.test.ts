@@ -108,58 +108,83 @@ const convCases: [string, Conv2dParams][] = [
   ['channels-last backward weight: 1x1, 16 -> 64', convCase(5, 16, 6, 5, 64, 1, 1, 0, 1, 1)],
 ];
 
+// Pixels in lanes for strided layers (AVX-512; input = output x stride; 16-64 channels on the side it
+// computes; whole images, at least 4 per thread: these run on 2 threads whatever the machine)
+const pilStridedCases: [string, Conv2dParams][] = [
+  ['16 -> 32, 3x3/2, 28x28 to 14x14 (forward and backward-input)', convCase(9, 16, 28, 28, 32, 3, 2, 1, 1, 1)],
+  ['the 7x7/2 stem, 3 -> 64, 32x32 to 16x16 (forward)', convCase(8, 3, 32, 32, 64, 7, 2, 3, 1, 1)],
+  ['32 -> 20, 3x3/2, 14x14 to 7x7 (backward-input; 7x7 forward is another path)', convCase(8, 32, 14, 14, 20, 3, 2, 1, 1, 1)],
+  ['stride 3, 3x3 without padding, 36x36 to 12x12, 16 -> 17 (a partial panel)', convCase(8, 16, 36, 36, 17, 3, 3, 0, 1, 1)],
+  ['1x1/2: one phase with taps, three without (backward-input: zeros + addend)', convCase(8, 16, 24, 24, 16, 1, 2, 0, 1, 1)],
+  ['5x5/2 padding 2, 16 -> 24', convCase(8, 16, 28, 26, 24, 5, 2, 2, 1, 1)],
+  ['4x4/2 padding 1 (an even kernel), 24 -> 16', convCase(8, 24, 28, 28, 16, 4, 2, 1, 1, 1)],
+];
+
 for (const [name, p] of convCases) {
-  test(`native conv2d forward/backward = reference: ${name}`, { skip }, () => {
-    const nx = p.n * p.cIn * p.h * p.w;
-    const nw = p.cOut * (p.cIn / p.groups) * p.kh * p.kw;
-    const ny = p.n * p.cOut * p.oh * p.ow;
-    const x = randomArray(nx, gen);
-    const w = randomArray(nw, gen, 0.3);
-    const b = randomArray(p.cOut, gen);
-    const dy = randomArray(ny, gen);
-    const tol = winogradGeometry(p) ? 5e-5 : 1e-5;
-    const yr = new Float32Array(ny);
-    const yn = new Float32Array(ny).fill(NaN);
-    tsKernels.conv2d(yr, x, w, b, p);
-    nat!.conv2d(yn, x, w, b, p);
-    assertClose(yn, yr, scaleTol(yr, tol), 'forward');
-    // weights packed once (the inference plan's path); w itself is not passed
-    const packed = nat!.packConvWeights(w, p);
-    const yp = new Float32Array(ny).fill(NaN);
-    nat!.conv2dFused(yp, x, null, b, null, false, p, packed);
-    assertClose(yp, yr, scaleTol(yr, tol), 'forward with pre-packed weights');
-    assert.equal(packed.layout, nat!.convPackLayout(p));
-    assert.deepEqual(nat!.unpackConvWeights(packed, p), w, 'unpacked weights are the original ones');
-    // fused epilogue: + residual, relu
-    const res = randomArray(ny, gen);
-    const fused = new Float32Array(ny);
-    nat!.conv2dFused(fused, x, w, b, res, true, p);
-    const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
-    assertClose(fused, expect, scaleTol(expect, tol), 'fused residual + relu');
-    // in place: y aliases the residual
-    const inplace = res.slice();
-    nat!.conv2dFused(inplace, x, w, b, inplace, false, p);
-    assertClose(inplace, yr.map((v, i) => v + res[i]!), scaleTol(yr, tol), 'fused residual in place');
-    const dxr = new Float32Array(nx);
-    const dxn = new Float32Array(nx).fill(NaN);
-    tsKernels.conv2dBackwardInput(dxr, dy, w, p);
-    nat!.conv2dBackwardInput(dxn, dy, w, p);
-    assertClose(dxn, dxr, scaleTol(dxr, tol), 'backward input');
-    // plus an addend (autograd's sum for an input used twice), separate from dx and dx itself
-    const addend = randomArray(nx, gen);
-    const want = dxr.map((v, i) => v + addend[i]!);
-    const dxa = new Float32Array(nx).fill(NaN);
-    nat!.conv2dBackwardInput(dxa, dy, w, p, addend);
-    assertClose(dxa, want, scaleTol(want, tol), 'backward input + addend');
-    const inplace2 = addend.slice();
-    nat!.conv2dBackwardInput(inplace2, dy, w, p, inplace2);
-    assertClose(inplace2, want, scaleTol(want, tol), 'backward input + addend in place');
-    const dwr = new Float32Array(nw);
-    const dwn = new Float32Array(nw).fill(NaN);
-    tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
-    nat!.conv2dBackwardWeight(dwn, x, dy, p);
-    assertClose(dwn, dwr, scaleTol(dwr, tol), 'backward weight');
+  test(`native conv2d forward/backward = reference: ${name}`, { skip }, () => checkConv(p));
+}
+for (const [name, p] of pilStridedCases) {
+  test(`native conv2d forward/backward = reference, pixels in lanes strided: ${name}`, { skip }, () => {
+    const before = nat!.getThreads();
+    nat!.setThreads(2);
+    try {
+      checkConv(p);
+    } finally {
+      nat!.setThreads(before);
+    }
   });
+}
+
+function checkConv(p: Conv2dParams): void {
+  const nx = p.n * p.cIn * p.h * p.w;
+  const nw = p.cOut * (p.cIn / p.groups) * p.kh * p.kw;
+  const ny = p.n * p.cOut * p.oh * p.ow;
+  const x = randomArray(nx, gen);
+  const w = randomArray(nw, gen, 0.3);
+  const b = randomArray(p.cOut, gen);
+  const dy = randomArray(ny, gen);
+  const tol = winogradGeometry(p) ? 5e-5 : 1e-5;
+  const yr = new Float32Array(ny);
+  const yn = new Float32Array(ny).fill(NaN);
+  tsKernels.conv2d(yr, x, w, b, p);
+  nat!.conv2d(yn, x, w, b, p);
+  assertClose(yn, yr, scaleTol(yr, tol), 'forward');
+  // weights packed once (the inference plan's path); w itself is not passed
+  const packed = nat!.packConvWeights(w, p);
+  const yp = new Float32Array(ny).fill(NaN);
+  nat!.conv2dFused(yp, x, null, b, null, false, p, packed);
+  assertClose(yp, yr, scaleTol(yr, tol), 'forward with pre-packed weights');
+  assert.equal(packed.layout, nat!.convPackLayout(p));
+  assert.deepEqual(nat!.unpackConvWeights(packed, p), w, 'unpacked weights are the original ones');
+  // fused epilogue: + residual, relu
+  const res = randomArray(ny, gen);
+  const fused = new Float32Array(ny);
+  nat!.conv2dFused(fused, x, w, b, res, true, p);
+  const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
+  assertClose(fused, expect, scaleTol(expect, tol), 'fused residual + relu');
+  // in place: y aliases the residual
+  const inplace = res.slice();
+  nat!.conv2dFused(inplace, x, w, b, inplace, false, p);
+  assertClose(inplace, yr.map((v, i) => v + res[i]!), scaleTol(yr, tol), 'fused residual in place');
+  const dxr = new Float32Array(nx);
+  const dxn = new Float32Array(nx).fill(NaN);
+  tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+  nat!.conv2dBackwardInput(dxn, dy, w, p);
+  assertClose(dxn, dxr, scaleTol(dxr, tol), 'backward input');
+  // plus an addend (autograd's sum for an input used twice), separate from dx and dx itself
+  const addend = randomArray(nx, gen);
+  const want = dxr.map((v, i) => v + addend[i]!);
+  const dxa = new Float32Array(nx).fill(NaN);
+  nat!.conv2dBackwardInput(dxa, dy, w, p, addend);
+  assertClose(dxa, want, scaleTol(want, tol), 'backward input + addend');
+  const inplace2 = addend.slice();
+  nat!.conv2dBackwardInput(inplace2, dy, w, p, inplace2);
+  assertClose(inplace2, want, scaleTol(want, tol), 'backward input + addend in place');
+  const dwr = new Float32Array(nw);
+  const dwn = new Float32Array(nw).fill(NaN);
+  tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+  nat!.conv2dBackwardWeight(dwn, x, dy, p);
+  assertClose(dwn, dwr, scaleTol(dwr, tol), 'backward weight');
 }
 
 test('native conv2d: weights packed for one input size still give the right answer at another', { skip }, () => {

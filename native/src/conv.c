@@ -400,6 +400,10 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     pil_forward(y, x, w, bias, residual, relu, p);
     return;
   }
+  if (w && pil_strided_ok(p, 0)) {
+    pil_forward_strided(y, x, w, bias, residual, relu, p);
+    return;
+  }
   if (prow_ok(p)) {
     prow_forward(y, x, w, wp, bias, residual, relu, p);
     return;
@@ -505,6 +509,10 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
       free(wt);
       return;
     }
+  }
+  if (pil_strided_ok(p, 1)) {
+    pil_backward_input_strided(dx, dy, w, p, addend);
+    return;
   }
 #endif
   if (addend) {

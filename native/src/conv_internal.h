@@ -77,10 +77,17 @@ void implicit_forward(float *y, const float *x, const float *wt, const float *wp
                       const float *residual, int relu, const conv_p *p);
 void implicit_backward_input_strided(float *dx, const float *dy, const float *w, const conv_p *p);
 void implicit_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
-/* Pixels in lanes (conv_pil.c): stride-1 same-size convolutions with at most 16 output channels. */
+/* Pixels in lanes (conv_pil.c): stride-1 same-size convolutions with at most 16 output channels;
+ * strided ones whose input is the output times the stride (forward, backward-input). */
+#define PIL_MAX_TAPS 1024       /* taps of a same-size kernel (32 x 32) */
+#define PIL_MAX_PHASE_TAPS 64   /* taps of a strided kernel */
 int pil_ok(const conv_p *p);
 void pil_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
                  const conv_p *p);
+int pil_strided_ok(const conv_p *p, int backward);
+void pil_forward_strided(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                         const conv_p *p);
+void pil_backward_input_strided(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
 int prow_nr(const conv_p *p);
 int prow_ok(const conv_p *p);
 void prow_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,

@@ -1,4 +1,5 @@
-/* Pixels-in-lanes convolution (AVX-512): stride-1 "same" convolutions with at most 16 output channels.
+/* Pixels-in-lanes convolution (AVX-512): stride-1 "same" convolutions with at most 16 output channels,
+ * and strided ones (input = output x stride) through phase planes (below).
  *
  * The other kernels put output channels in the vector lanes, which needs an NCHW output transposed
  * in registers (conv_prow.c) and the input copied into zero-bordered phase planes. With 16 output
@@ -23,122 +24,377 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+static int pil_off(void) {
+  static int off = -1;
+  return env_zero("RESNET_PIL", &off) || strcmp(sgemm_isa(), "avx512") != 0 || no_implicit();
+}
+
 /* Whether pil_forward takes this geometry: AVX-512 (and the AVX-512 paths not switched off), groups
  * 1, stride 1, output the input's size (2 * pad = (k - 1) * dilation), 1 to 16 output channels, and
  * offsets that int holds. RESNET_PIL=0 turns it off (measurements). */
 int pil_ok(const conv_p *p) {
-  static int off = -1;
-  if (env_zero("RESNET_PIL", &off)) return 0;
   if (p->groups != 1 || p->sh != 1 || p->sw != 1 || p->cout < 1 || p->cout > 16 || p->n < 1 || p->cin < 1) return 0;
   if (p->oh != p->h || p->ow != p->w || 2 * p->ph != (p->kh - 1) * p->dh || 2 * p->pw != (p->kw - 1) * p->dw) return 0;
-  if ((long)p->cin * p->h * p->w > (1L << 28) || (long)p->kh * p->kw > 4096) return 0;
-  return strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit();
+  if ((long)p->cin * p->h * p->w > (1L << 28) || (long)p->kh * p->kw > PIL_MAX_TAPS) return 0;
+  return !pil_off();
 }
 
+/* One image's problem: out[co][q] = sum over (ci, tap) of W[ci][tap][co] * src[ci][q + toff[tap]]
+ * for the pixels q of an oh x ow output map, the lanes whose source pixel falls outside the source
+ * map masked off (mk, per vector and tap); output channels in panels of 16 (W per panel). */
 typedef struct {
-  const conv_p *p;
-  const float *x, *W, *bias, *residual;
-  float *y;
+  int cin, cout, oh, ow, taps, nv;
+  long xplane, yplane; /* floats between input / output channels */
+  const int *toff;
   const __mmask16 *mk; /* [vector][tap] */
-  const int *toff;     /* [tap]: the tap's shift in the flattened map */
-  int taps, nv, chunks; /* vectors per map, chunks per image */
+  const float *W;      /* [panel][ci][tap][16], zero past cout */
+  const float *bias;
   int relu;
-  atomic_long next;
-} pil_job;
+} pil_geo;
 
-/* The 16 output channels (cout of them stored) of the 16 pixels from p0 over all (ci, tap): x the
- * image's input, y / res the image's output / residual at p0. */
-__attribute__((target("avx512f"))) static void pil_vector(const pil_job *j, const float *x, long p0, const __mmask16 *mk,
-                                                          float *y, const float *res) {
-  const conv_p *p = j->p;
-  const long plane = (long)p->h * p->w;
+/* The 16 pixels from q0 of output channels [co0, co0 + 16) (those below cout stored), over all
+ * (ci, tap): x the image's source, y / res its output / residual at q0, channel co0. */
+__attribute__((target("avx512f"))) static void pil_vector(const pil_geo *g, const float *x, long q0, int co0, float *y,
+                                                          const float *res) {
+  const __mmask16 *mk = g->mk + (q0 / 16) * g->taps;
+  const float *W = g->W + (long)(co0 / 16) * g->cin * g->taps * 16;
   __m512 c[16];
   _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) c[i] = _mm512_setzero_ps();
-  /* the next vector's input lines (the bottom-right tap's, the newest data), fetched while this one
+  /* the next vector's input lines (the last tap's, the newest data), fetched while this one
    * computes: 16 input planes are more streams than the hardware prefetcher follows (one thread,
    * 28x28: 5.3 -> 4.65 ms) */
-  for (int ci = 0; ci < p->cin; ci++) _mm_prefetch((const char *)(x + ci * plane + p0 + j->toff[j->taps - 1] + 16), _MM_HINT_T0);
-  for (int t = 0; t < j->taps; t++) {
+  for (int ci = 0; ci < g->cin; ci++) _mm_prefetch((const char *)(x + ci * g->xplane + q0 + g->toff[g->taps - 1] + 16), _MM_HINT_T0);
+  for (int t = 0; t < g->taps; t++) {
     const __mmask16 m = mk[t];
-    const float *xp = x + p0 + j->toff[t];
-    const float *w = j->W + t * 16;
-    for (int ci = 0; ci < p->cin; ci++, xp += plane, w += (long)j->taps * 16) {
+    const float *xp = x + q0 + g->toff[t];
+    const float *w = W + t * 16;
+    for (int ci = 0; ci < g->cin; ci++, xp += g->xplane, w += (long)g->taps * 16) {
       const __m512 xv = _mm512_maskz_loadu_ps(m, xp);
       _Pragma("GCC unroll 16") for (int co = 0; co < 16; co++) c[co] = _mm512_fmadd_ps(xv, _mm512_set1_ps(w[co]), c[co]);
     }
   }
-  const __mmask16 sm = plane - p0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (plane - p0)) - 1);
+  const long P = (long)g->oh * g->ow;
+  const __mmask16 sm = P - q0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (P - q0)) - 1);
   const __m512 zero = _mm512_setzero_ps();
+  const int n = g->cout - co0;
   /* unrolled with a constant bound, so that c[] stays in registers (a loop to cout spilled it) */
   _Pragma("GCC unroll 16") for (int co = 0; co < 16; co++) {
-    if (co >= p->cout) break;
+    if (co >= n) break;
     __m512 v = c[co];
-    if (j->bias) v = _mm512_add_ps(v, _mm512_set1_ps(j->bias[co]));
-    if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(sm, res + co * plane));
-    if (j->relu) v = _mm512_max_ps(zero, v); /* NaN stays NaN: max returns its second operand */
-    _mm512_mask_storeu_ps(y + co * plane, sm, v);
+    if (g->bias) v = _mm512_add_ps(v, _mm512_set1_ps(g->bias[co0 + co]));
+    if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(sm, res + co * g->yplane));
+    if (g->relu) v = _mm512_max_ps(zero, v); /* NaN stays NaN: max returns its second operand */
+    _mm512_mask_storeu_ps(y + co * g->yplane, sm, v);
   }
 }
 
-/* Work items: (image, chunk of vectors), handed out in order. */
-__attribute__((target("avx512f"))) static void pil_task(void *ctx, int tid, int nt) {
+/* Vectors [v0, v1) of an image, all panels. */
+static void pil_image(const pil_geo *g, const float *x, float *y, const float *res, long v0, long v1) {
+  for (long v = v0; v < v1; v++)
+    for (int co0 = 0; co0 < g->cout; co0 += 16) {
+      const long o = (long)co0 * g->yplane + 16 * v;
+      pil_vector(g, x, 16 * v, co0, y + o, res ? res + o : NULL);
+    }
+}
+
+/* The lane masks of g (into *buf): a tap with source shift (dy[t], dx[t]) reads inside the sh x sw
+ * source map (width sw == ow). */
+static void pil_masks(pil_geo *g, buf_t *buf, const int *dy, const int *dx, int sh, int sw) {
+  const long P = (long)g->oh * g->ow;
+  g->nv = (int)((P + 15) / 16);
+  __mmask16 *mk = (__mmask16 *)grow(buf, ((size_t)g->nv * g->taps * sizeof(__mmask16) + sizeof(float) - 1) / sizeof(float));
+  int oy = 0, ox = 0; /* the pixel of lane l of vector v, walked along */
+  for (int v = 0; v < g->nv; v++) {
+    int ly[16], lx[16], n = 0;
+    for (; n < 16 && 16L * v + n < P; n++) {
+      ly[n] = oy;
+      lx[n] = ox;
+      if (++ox == g->ow) ox = 0, oy++;
+    }
+    for (int t = 0; t < g->taps; t++) {
+      unsigned m = 0;
+      for (int l = 0; l < n; l++)
+        if (ly[l] + dy[t] >= 0 && ly[l] + dy[t] < sh && lx[l] + dx[t] >= 0 && lx[l] + dx[t] < sw) m |= 1u << l;
+      mk[(long)v * g->taps + t] = (__mmask16)m;
+    }
+  }
+  g->mk = mk;
+}
+
+/* Packs g->W from plain weights: W[panel][ci][t][co % 16] = w[co * sco + ci * sci + tap[t]]. */
+static void pil_pack(pil_geo *g, buf_t *buf, const float *w, long sco, long sci, const int *tap) {
+  const int panels = (g->cout + 15) / 16;
+  const size_t n = (size_t)panels * g->cin * g->taps * 16;
+  float *W = grow(buf, n);
+  memset(W, 0, sizeof(float) * n);
+  for (int co = 0; co < g->cout; co++)
+    for (int ci = 0; ci < g->cin; ci++)
+      for (int t = 0; t < g->taps; t++)
+        W[(((long)(co / 16) * g->cin + ci) * g->taps + t) * 16 + co % 16] = w[co * sco + ci * sci + tap[t]];
+  g->W = W;
+}
+
+typedef struct {
+  const conv_p *p;
+  pil_geo g;
+  const float *x, *residual;
+  float *y;
+  int chunks; /* per image */
+  int kind;   /* 0 same size, 1 strided forward, 2 strided backward-input */
+  const int *dy_shift, *dx_shift; /* kind 2: per phase's taps (PIL_MAX_TAPS per phase) */
+  const float *w;
+  const float *addend;
+  atomic_long next;
+} pil_job;
+
+static void strided_forward_image(const pil_job *j, long b);
+static void strided_backward_image(const pil_job *j, long b);
+
+/* Work items: (image, chunk of vectors), handed out in order (strided: whole images). */
+static void pil_task(void *ctx, int tid, int nt) {
   (void)tid; (void)nt;
   pil_job *j = ctx;
   const conv_p *p = j->p;
-  const long plane = (long)p->h * p->w, per = (j->nv + j->chunks - 1) / j->chunks;
+  const long per = (j->g.nv + j->chunks - 1) / j->chunks;
   for (;;) {
     const long it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
     if (it >= (long)p->n * j->chunks) break;
-    const long b = it / j->chunks, v0 = (it % j->chunks) * per, v1 = v0 + per < j->nv ? v0 + per : j->nv;
-    const float *x = j->x + b * p->cin * plane;
-    float *y = j->y + b * p->cout * plane;
-    const float *res = j->residual ? j->residual + b * p->cout * plane : NULL;
-    for (long v = v0; v < v1; v++) pil_vector(j, x, 16 * v, j->mk + v * j->taps, y + 16 * v, res ? res + 16 * v : NULL);
+    const long b = it / j->chunks;
+    if (j->kind == 1) {
+      strided_forward_image(j, b);
+      continue;
+    }
+    if (j->kind == 2) {
+      strided_backward_image(j, b);
+      continue;
+    }
+    const long v0 = (it % j->chunks) * per, v1 = v0 + per < j->g.nv ? v0 + per : j->g.nv;
+    const long x_img = (long)p->cin * p->h * p->w, y_img = (long)p->cout * p->oh * p->ow;
+    pil_image(&j->g, j->x + b * x_img, j->y + b * y_img, j->residual ? j->residual + b * y_img : NULL, v0, v1);
   }
+}
+
+static void pil_run(pil_job *j, int whole_images) {
+  const int T = pool_threads();
+  const conv_p *p = j->p;
+  /* whole images when there are enough of them; else chunks of vectors, ~16 items a thread */
+  j->chunks = whole_images || p->n >= 4 * T ? 1 : (int)((16L * T + p->n - 1) / p->n);
+  if (j->chunks > j->g.nv) j->chunks = j->g.nv;
+  atomic_init(&j->next, 0);
+  const long items = (long)p->n * j->chunks;
+  pool_run_dynamic(pil_task, j, items < T ? (int)items : T);
 }
 
 /* y = conv(x, w) (+ bias, + residual: may be y itself, then relu), w plain [cout][cin][kh][kw]. */
 void pil_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
                  const conv_p *p) {
   static _Thread_local buf_t w_buf, mk_buf;
-  const int taps = p->kh * p->kw;
-  const long plane = (long)p->h * p->w;
-  const int nv = (int)((plane + 15) / 16);
-  /* weights as [ci][tap][16], zero past cout */
-  float *W = grow(&w_buf, (size_t)p->cin * taps * 16);
-  memset(W, 0, sizeof(float) * (size_t)p->cin * taps * 16);
-  for (int co = 0; co < p->cout; co++)
-    for (int ci = 0; ci < p->cin; ci++)
-      for (int t = 0; t < taps; t++) W[((long)ci * taps + t) * 16 + co] = w[((long)co * p->cin + ci) * taps + t];
-  /* per (vector, tap): the lanes whose input pixel lies inside the map */
-  __mmask16 *mk = (__mmask16 *)grow(&mk_buf, ((size_t)nv * taps * sizeof(__mmask16) + sizeof(float) - 1) / sizeof(float));
-  int toff[4096];
-  for (int t = 0; t < taps; t++) toff[t] = ((t / p->kw) * p->dh - p->ph) * p->w + (t % p->kw) * p->dw - p->pw;
-  int oy = 0, ox = 0; /* the pixel of lane l of vector v, walked along */
-  for (int v = 0; v < nv; v++) {
-    int ly[16], lx[16], n = 0;
-    for (; n < 16 && 16L * v + n < plane; n++) {
-      ly[n] = oy;
-      lx[n] = ox;
-      if (++ox == p->w) ox = 0, oy++;
-    }
-    for (int t = 0; t < taps; t++) {
-      const int dy = (t / p->kw) * p->dh - p->ph, dx = (t % p->kw) * p->dw - p->pw;
-      unsigned m = 0;
-      for (int l = 0; l < n; l++)
-        if (ly[l] + dy >= 0 && ly[l] + dy < p->h && lx[l] + dx >= 0 && lx[l] + dx < p->w) m |= 1u << l;
-      mk[(long)v * taps + t] = (__mmask16)m;
-    }
+  pil_job j = {.p = p, .x = x, .residual = residual, .y = y};
+  pil_geo *g = &j.g;
+  *g = (pil_geo){.cin = p->cin, .cout = p->cout, .oh = p->h, .ow = p->w, .taps = p->kh * p->kw,
+                 .xplane = (long)p->h * p->w, .yplane = (long)p->h * p->w, .bias = bias, .relu = relu};
+  int toff[PIL_MAX_TAPS], dy[PIL_MAX_TAPS], dx[PIL_MAX_TAPS], tap[PIL_MAX_TAPS];
+  for (int t = 0; t < g->taps; t++) {
+    dy[t] = (t / p->kw) * p->dh - p->ph;
+    dx[t] = (t % p->kw) * p->dw - p->pw;
+    toff[t] = dy[t] * p->w + dx[t];
+    tap[t] = t;
   }
-  pil_job j = {.p = p, .x = x, .W = W, .bias = bias, .residual = residual, .y = y, .mk = mk, .toff = toff,
-               .taps = taps, .nv = nv, .relu = relu};
-  /* whole images when there are enough of them; else chunks of vectors, ~16 items a thread */
-  const int T = pool_threads();
-  j.chunks = p->n >= 4 * T ? 1 : (int)((16L * T + p->n - 1) / p->n);
-  if (j.chunks > nv) j.chunks = nv;
-  atomic_init(&j.next, 0);
-  const long items = (long)p->n * j.chunks;
-  pool_run_dynamic(pil_task, &j, items < T ? (int)items : T);
+  g->toff = toff;
+  pil_pack(g, &w_buf, w, (long)p->cin * g->taps, g->taps, tap);
+  pil_masks(g, &mk_buf, dy, dx, p->h, p->w);
+  pil_run(&j, 0);
+}
+
+/* ---- stride s > 1: the output map is the input's divided by s -----------------------------------
+ * Forward: the input split into its s x s phase planes (phase (py, px) holds the pixels (s a + py,
+ * s b + px)), each of the output's size, so that tap (ky, kx) reads phase ((ky - ph) mod s, (kx -
+ * pw) mod s) shifted by floor((ky - ph) / s) rows (likewise columns): a stride-1 problem over the
+ * phase planes with all the taps. Backward-input: each phase of dx is a stride-1 problem over dy
+ * with the taps whose offsets fall on it, written to a scratch and interleaved into dx with the
+ * addend (two permutes per 32 floats at stride 2). Both per image (the phases stay in L2).
+ * ResNet-20 at batch 128 against the previous paths (alternating calls, two threads): 16 -> 32 on
+ * 28x28 backward-input 2.35 -> 1.45 ms (the strided q grid), 32 -> 64 on 14x14 2.06 -> 1.71 ms
+ * (im2col), 16 -> 32 forward 1.66 -> 1.54 ms (pixel rows); ResNet-18's 7x7/2 stem on 32x32 forward
+ * 2.50 -> 1.63 ms. */
+
+/* Whether pil_forward_strided / pil_backward_input_strided take this geometry: as pil_ok but stride
+ * s = sh = sw in 2..4 without dilation, input s times the output (h = s oh, w = s ow), 16 to 64
+ * channels on the side that pixels in lanes computes (output channels forward, input channels
+ * backward: the stem's 3-channel backward-input ran 3x slower), maps that fill the lanes (below)
+ * and at least 4 images a thread. */
+int pil_strided_ok(const conv_p *p, int backward) {
+  const int s = p->sh;
+  if (p->groups != 1 || s < 2 || s > 4 || p->sw != s || p->dh != 1 || p->dw != 1 || p->n < 4 * pool_threads()) return 0;
+  /* backward from 7x7 (32 -> 64 on 14x14: -36 %), forward from 12x12 (on 7x7 it lost 14 % to the
+   * pixel-row tiles; the 7x7/2 stem of ResNet-18 on 32x32, to 16x16: -35 %) */
+  const long P = (long)p->oh * p->ow;
+  if (p->h != s * p->oh || p->w != s * p->ow || P < (backward ? 49 : 144) || (long)p->kh * p->kw > PIL_MAX_PHASE_TAPS) return 0;
+  const int side = backward ? p->cin : p->cout; /* its 16-channel panels: at least one full */
+  if (side < 16 || side > 64 || p->cin < 1 || p->cout < 1) return 0;
+  if ((long)p->cin * p->h * p->w > (1L << 28) || (long)p->cout * p->h * p->w > (1L << 28)) return 0;
+  return !pil_off();
+}
+
+static _Thread_local buf_t phase_buf;
+
+/* The s x s phase planes of image x ([phase][ci][oh * ow]). */
+__attribute__((target("avx512f"))) static void split_phases(const conv_p *p, const float *x, float *ph) {
+  const int s = p->sh, ow = p->ow;
+  const long P = (long)p->oh * ow, HW = (long)p->h * p->w;
+  const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+  for (int ci = 0; ci < p->cin; ci++)
+    for (int a = 0; a < p->oh; a++)
+      for (int py = 0; py < s; py++) {
+        const float *row = x + ci * HW + (long)(s * a + py) * p->w;
+        float *d0 = ph + ((long)(py * s) * p->cin + ci) * P + (long)a * ow;
+        if (s == 2) {
+          float *d1 = d0 + (long)p->cin * P;
+          for (int b = 0; b < ow; b += 16) {
+            const int n = ow - b < 16 ? ow - b : 16; /* outputs; 2n inputs */
+            const __mmask16 m0 = 2 * n >= 16 ? 0xFFFF : (__mmask16)((1u << (2 * n)) - 1);
+            const __mmask16 m1 = 2 * n <= 16 ? 0 : (__mmask16)((1u << (2 * n - 16)) - 1);
+            const __m512 v0 = _mm512_maskz_loadu_ps(m0, row + 2 * b), v1 = _mm512_maskz_loadu_ps(m1, row + 2 * b + 16);
+            const __mmask16 sm = (__mmask16)((1u << n) - 1);
+            _mm512_mask_storeu_ps(d0 + b, sm, _mm512_permutex2var_ps(v0, ev, v1));
+            _mm512_mask_storeu_ps(d1 + b, sm, _mm512_permutex2var_ps(v0, od, v1));
+          }
+          continue;
+        }
+        for (int px = 0; px < s; px++) {
+          float *d = d0 + (long)px * p->cin * P;
+          for (int b = 0; b < ow; b++) d[b] = row[s * b + px];
+        }
+      }
+}
+
+/* floor(a / s) and a mod s for s > 0 */
+static int fdiv(int a, int s) { return a >= 0 ? a / s : -((-a + s - 1) / s); }
+
+static void strided_forward_image(const pil_job *j, long b) {
+  const conv_p *p = j->p;
+  const long P = (long)p->oh * p->ow;
+  float *ph = grow(&phase_buf, (size_t)p->sh * p->sw * p->cin * P);
+  split_phases(p, j->x + b * p->cin * p->h * p->w, ph);
+  const long y_img = (long)p->cout * P;
+  pil_image(&j->g, ph, j->y + b * y_img, j->residual ? j->residual + b * y_img : NULL, 0, j->g.nv);
+}
+
+void pil_forward_strided(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                         const conv_p *p) {
+  static _Thread_local buf_t w_buf, mk_buf;
+  const int s = p->sh;
+  const long P = (long)p->oh * p->ow;
+  pil_job j = {.p = p, .x = x, .residual = residual, .y = y, .kind = 1};
+  pil_geo *g = &j.g;
+  *g = (pil_geo){.cin = p->cin, .cout = p->cout, .oh = p->oh, .ow = p->ow, .taps = p->kh * p->kw, .xplane = P,
+                 .yplane = P, .bias = bias, .relu = relu};
+  int toff[PIL_MAX_PHASE_TAPS], dy[PIL_MAX_PHASE_TAPS], dx[PIL_MAX_PHASE_TAPS], tap[PIL_MAX_PHASE_TAPS];
+  for (int t = 0; t < g->taps; t++) {
+    const int ry = t / p->kw - p->ph, rx = t % p->kw - p->pw; /* input offset from s * (oy, ox) */
+    dy[t] = fdiv(ry, s);
+    dx[t] = fdiv(rx, s);
+    const int py = ry - s * dy[t], px = rx - s * dx[t];
+    toff[t] = (int)(((long)(py * s + px) * p->cin) * P + (long)dy[t] * p->ow + dx[t]);
+    tap[t] = t;
+  }
+  g->toff = toff;
+  pil_pack(g, &w_buf, w, (long)p->cin * g->taps, g->taps, tap);
+  pil_masks(g, &mk_buf, dy, dx, p->oh, p->ow);
+  pil_run(&j, 1);
+}
+
+#define PIL_MAX_PHASES 16
+typedef struct {
+  pil_geo g[PIL_MAX_PHASES];
+  int toff[PIL_MAX_PHASES][PIL_MAX_PHASE_TAPS];
+} pil_phases;
+
+/* dx[ci][s a + py][s b + px] = phase (py, px)[ci][a][b] (+ addend at the same place) */
+__attribute__((target("avx512f"))) static void interleave_phases(const conv_p *p, const float *ph, float *dx, const float *ad) {
+  const int s = p->sh, ow = p->ow;
+  const long P = (long)p->oh * ow, HW = (long)p->h * p->w;
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  for (int ci = 0; ci < p->cin; ci++)
+    for (int y = 0; y < p->h; y++) {
+      const int a = y / s, py = y % s;
+      float *d = dx + ci * HW + (long)y * p->w;
+      const float *r = ad ? ad + ci * HW + (long)y * p->w : NULL;
+      const float *q0 = ph + ((long)(py * s) * p->cin + ci) * P + (long)a * ow;
+      if (s == 2) {
+        const float *q1 = q0 + (long)p->cin * P;
+        for (int b = 0; b < ow; b += 16) {
+          const int n = ow - b < 16 ? ow - b : 16; /* from each phase; 2n outputs */
+          const __mmask16 m = (__mmask16)((1u << n) - 1);
+          const __mmask16 m0 = 2 * n >= 16 ? 0xFFFF : (__mmask16)((1u << (2 * n)) - 1);
+          const __mmask16 m1 = 2 * n <= 16 ? 0 : (__mmask16)((1u << (2 * n - 16)) - 1);
+          const __m512 e = _mm512_maskz_loadu_ps(m, q0 + b), o = _mm512_maskz_loadu_ps(m, q1 + b);
+          __m512 v0 = _mm512_permutex2var_ps(e, lo, o), v1 = _mm512_permutex2var_ps(e, hi, o);
+          if (r) {
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, r + 2 * b));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, r + 2 * b + 16));
+          }
+          _mm512_mask_storeu_ps(d + 2 * b, m0, v0);
+          _mm512_mask_storeu_ps(d + 2 * b + 16, m1, v1);
+        }
+        continue;
+      }
+      for (int px = 0; px < s; px++) {
+        const float *q = q0 + (long)px * p->cin * P;
+        for (int bb = 0; bb < ow; bb++) d[s * bb + px] = q[bb] + (r ? r[s * bb + px] : 0.0f);
+      }
+    }
+}
+
+static void strided_backward_image(const pil_job *j, long b) {
+  const conv_p *p = j->p;
+  const pil_phases *ps = (const pil_phases *)j->w;
+  const int s = p->sh;
+  const long P = (long)p->oh * p->ow, HW = (long)p->h * p->w;
+  float *ph = grow(&phase_buf, (size_t)s * s * p->cin * P);
+  const float *dy = j->x + b * p->cout * P;
+  for (int f = 0; f < s * s; f++) {
+    float *o = ph + (long)f * p->cin * P;
+    if (ps->g[f].taps == 0) memset(o, 0, sizeof(float) * (size_t)p->cin * P);
+    else pil_image(&ps->g[f], dy, o, NULL, 0, ps->g[f].nv);
+  }
+  interleave_phases(p, ph, j->y + b * p->cin * HW, j->addend ? j->addend + b * p->cin * HW : NULL);
+}
+
+/* dx = the backward-input of the strided convolution p (+ addend, which may be dx itself). */
+void pil_backward_input_strided(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
+  static _Thread_local buf_t w_buf[PIL_MAX_PHASES], mk_buf[PIL_MAX_PHASES];
+  static _Thread_local pil_phases ps;
+  const int s = p->sh, KK = p->kh * p->kw;
+  const long P = (long)p->oh * p->ow;
+  for (int py = 0; py < s; py++)
+    for (int px = 0; px < s; px++) {
+      const int f = py * s + px;
+      pil_geo *g = &ps.g[f];
+      *g = (pil_geo){.cin = p->cout, .cout = p->cin, .oh = p->oh, .ow = p->ow, .xplane = P, .yplane = P};
+      int dys[PIL_MAX_PHASE_TAPS], dxs[PIL_MAX_PHASE_TAPS], tap[PIL_MAX_PHASE_TAPS], n = 0;
+      /* dx pixel (s a + py, s b + px) takes tap (ky, kx) from dy (a + dy, b + dx) where
+       * s (a + dy) + ky - ph = s a + py */
+      for (int ky = 0; ky < p->kh; ky++)
+        for (int kx = 0; kx < p->kw; kx++) {
+          const int ry = py + p->ph - ky, rx = px + p->pw - kx;
+          if (ry - s * fdiv(ry, s) != 0 || rx - s * fdiv(rx, s) != 0) continue;
+          dys[n] = ry / s;
+          dxs[n] = rx / s;
+          ps.toff[f][n] = dys[n] * p->ow + dxs[n];
+          tap[n++] = ky * p->kw + kx;
+        }
+      g->taps = n;
+      g->toff = ps.toff[f];
+      if (n == 0) continue;
+      pil_pack(g, &w_buf[f], w, KK, (long)p->cin * KK, tap);
+      pil_masks(g, &mk_buf[f], dys, dxs, p->oh, p->ow);
+    }
+  pil_job j = {.p = p, .x = dy, .y = dx, .addend = addend, .kind = 2, .w = (const float *)&ps};
+  j.g.nv = 1;
+  pil_run(&j, 1);
 }
 
 #endif
