@@ -209,6 +209,36 @@ describe('gradcheck batchNorm', () => {
     assert.ok(f[0]!.some((v) => v === 0), 'some outputs clipped');
     f.forEach((a, i) => assertClose(a, c[i]!, { rtol: 1e-6, atol: 1e-6 }, `eval fused vs composed, item ${i}`));
   });
+
+  test('fused residual join: batch_norm(x) + residual (then relu) in one op = the composition, bit for bit', () => {
+    const gen = new Generator(208);
+    const x = param([3, 4, 5, 5], gen, 2); // 25-pixel maps: the vectorised paths
+    const w = gamma(4, gen);
+    const b = param([4], gen);
+    const r = param([3, 4, 5, 5], gen);
+    check('batchNorm+residual train', (xx, ww, bb, rr) => batchNorm(xx!, null, null, ww!, bb!, { training: true, residual: rr! }), [x, w, b, r]);
+    const rm = randomTensor([4], gen);
+    const rv = tensor([0.3, 1, 2.5, 0.8]);
+    for (const training of [true, false])
+      for (const withRelu of [true, false]) {
+        const grads = (fused: boolean): Float32Array[] => {
+          for (const t of [x, w, b, r]) t.grad = null;
+          const o = { training, relu: withRelu };
+          let y: Tensor;
+          if (fused) y = batchNorm(x, rm.clone(), rv.clone(), w, b, { ...o, residual: r });
+          else {
+            const bn = batchNorm(x, rm.clone(), rv.clone(), w, b, { training });
+            y = withRelu ? addRelu(bn, r) : add(bn, r);
+          }
+          backward(sum(mulScalar(y, 1.5)));
+          return [y.values.slice(), x.grad!.slice(), w.grad!.slice(), b.grad!.slice(), r.grad!.slice()];
+        };
+        const f = grads(true);
+        if (withRelu) assert.ok(f[0]!.some((v) => v === 0), 'some outputs clipped');
+        assert.deepEqual(f, grads(false), `training=${training} relu=${withRelu}: fused = composed`);
+      }
+    assert.throws(() => batchNorm(x, null, null, w, b, { training: true, residual: param([3, 4, 5, 4], gen) }), /batch_norm: residual must have the input's shape \[3, 4, 5, 5\]/);
+  });
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -301,6 +301,16 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
     nat!.batchNormTrain(f.y, f.mean, f.inv, f.vu, x, g, bt, p, true);
     assert.ok(f.y.some((v) => v === 0) && f.y.some((v) => v > 0), 'relu clips some outputs');
     assertClose(f.y, r.y.map((v) => Math.max(0, v)), scaleTol(r.y), 'train + relu');
+    // a residual block's join: relu(bn(x) + residual), and without the relu
+    const rsd = randomArray(n * c * hw, gen);
+    for (const withRelu of [true, false]) {
+      const wr = out();
+      const nr = out();
+      tsKernels.batchNormTrain(wr.y, wr.mean, wr.inv, wr.vu, x, g, bt, p, withRelu, rsd);
+      nat!.batchNormTrain(nr.y, nr.mean, nr.inv, nr.vu, x, g, bt, p, withRelu, rsd);
+      assertClose(nr.y, wr.y, scaleTol(wr.y), `train + residual (relu=${withRelu})`);
+    }
+    assert.throws(() => nat!.batchNormTrain(f.y, f.mean, f.inv, f.vu, x, g, bt, p, true, f.y), /residual must not be its output/);
     const fe = new Float32Array(n * c * hw);
     nat!.batchNormEval(fe, x, rm, rv, g, null, p, true);
     assertClose(fe, er.map((v) => Math.max(0, v)), scaleTol(er), 'eval + relu');

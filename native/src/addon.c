@@ -295,7 +295,7 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* batchNormTrain(y, mean, invStd, varU, x, gamma|null, beta|null, n, c, hw, eps, relu?) */
+/* batchNormTrain(y, mean, invStd, varU, x, gamma|null, beta|null, n, c, hw, eps, relu?, residual?) */
 static napi_value js_bn_train(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 11)) return NULL;
@@ -306,8 +306,10 @@ static napi_value js_bn_train(napi_env env, napi_callback_info info) {
   const float *x = f32(&a, 4, tot, 0), *g = f32(&a, 5, c, 1), *b = f32(&a, 6, c, 1);
   float eps = (float)num(&a, 10);
   int relu = opt_flag(&a, 11);
+  const float *res = a.argc > 12 ? f32(&a, 12, tot, 1) : NULL;
   if (a.failed) return NULL;
-  bn_train(y, mean, inv, vu, x, g, b, n, c, hw, eps, relu);
+  if (res == y) return fail(&a, "native: batchNormTrain's residual must not be its output"), NULL;
+  bn_train(y, mean, inv, vu, x, g, b, n, c, hw, eps, relu, res);
   return undef(env);
 }
 

@@ -53,6 +53,15 @@ MV void scale_shift(float *y, const float *x, long n, float scale, float shift) 
   for (long i = 0; i < n; i++) y[i] = x[i] * scale + shift;
 }
 
+/* (x * scale + shift) + r, then relu when set: a residual block's join (relu as relu_range) */
+MV void scale_shift_res(float *y, const float *x, const float *r, long n, float scale, float shift, int relu) {
+  for (long i = 0; i < n; i++) {
+    float v = x[i] * scale + shift;
+    v = v + r[i];
+    y[i] = !relu || v > 0.0f ? v : (v != v ? v : 0.0f);
+  }
+}
+
 /* relu(x * scale + shift), NaN kept (as relu_range) */
 MV void scale_shift_relu(float *y, const float *x, long n, float scale, float shift) {
   for (long i = 0; i < n; i++) {
@@ -123,6 +132,7 @@ MV void bn_bwd_apply_masked(float *dx, const float *dy, const float *y, const fl
 typedef struct {
   float *y, *mean, *invstd, *var_u, *dx, *dgamma, *dbeta;
   const float *x, *gamma, *beta, *rm, *rv, *dy, *cmean, *cinvstd;
+  const float *residual; /* training forward: added before the relu (NULL: none) */
   const float *ymask; /* backward: the output of a fused relu (NULL: none) */
   int relu_from_x;    /* backward with ymask: the forward's beta is in .beta, so paths that can may
                        * recompute the relu's input from x instead of reading ymask (bn_im_job.ss) */
@@ -161,7 +171,8 @@ static void bn_train_task(void *ctx, int tid, int nt) {
     bn_scale_shift(j, ch, mu, inv, &scale, &shift);
     for (int b = 0; b < j->n; b++) {
       long off = ((long)b * j->c + ch) * j->hw;
-      if (j->relu) scale_shift_relu(j->y + off, j->x + off, j->hw, scale, shift);
+      if (j->residual) scale_shift_res(j->y + off, j->x + off, j->residual + off, j->hw, scale, shift, j->relu);
+      else if (j->relu) scale_shift_relu(j->y + off, j->x + off, j->hw, scale, shift);
       else scale_shift(j->y + off, j->x + off, j->hw, scale, shift);
     }
   }
@@ -345,6 +356,7 @@ __attribute__((target("avx512f"))) static void bn_im_apply_task(void *ctx, int t
       for (long i = 0; i < hw; i += 16) {
         const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
         __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, j->x + off + i), vs), vt);
+        if (j->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->residual + off + i));
         if (j->relu) v = _mm512_max_ps(zero, v); /* NaN stays NaN: max returns its second operand */
         _mm512_mask_storeu_ps(j->y + off + i, mk, v);
       }
@@ -465,9 +477,11 @@ MV static void col_sum_sq_dev(double *s, const float *x, const double *mu, long 
     s[i] += (double)(d * d);
   }
 }
-MV static void col_scale_shift(float *y, const float *x, const double *scale, const double *shift, long len, int relu) {
+MV static void col_scale_shift(float *y, const float *x, const float *r, const double *scale, const double *shift, long len,
+                               int relu) {
   for (long i = 0; i < len; i++) {
-    const float v = x[i] * (float)scale[i] + (float)shift[i];
+    float v = x[i] * (float)scale[i] + (float)shift[i];
+    if (r) v = v + r[i];
     y[i] = relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
   }
 }
@@ -518,7 +532,9 @@ static void bn_train_small_task(void *ctx, int tid, int nt) {
       sc[len + (ch - lo) * hw + q] = shift;
     }
   }
-  for (int b = 0; b < j->n; b++) col_scale_shift(j->y + b * row + k0, j->x + b * row + k0, sc, sc + len, len, j->relu);
+  for (int b = 0; b < j->n; b++)
+    col_scale_shift(j->y + b * row + k0, j->x + b * row + k0, j->residual ? j->residual + b * row + k0 : NULL, sc, sc + len,
+                    len, j->relu);
 }
 
 static void bn_backward_small_task(void *ctx, int tid, int nt) {
@@ -561,9 +577,9 @@ static void run_channels(pool_fn fn, bn_job *j) {
 }
 
 void bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
-              const float *beta, int n, int c, long hw, float eps, int relu) {
+              const float *beta, int n, int c, long hw, float eps, int relu, const float *residual) {
   bn_job j = {.y = y, .mean = mean, .invstd = invstd, .var_u = var_unbiased, .x = x, .gamma = gamma, .beta = beta,
-              .n = n, .c = c, .hw = hw, .eps = eps, .relu = relu};
+              .n = n, .c = c, .hw = hw, .eps = eps, .relu = relu, .residual = residual};
   if (hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL")) {
     run_channels(bn_train_small_task, &j);
     return;

@@ -3,9 +3,10 @@
 #define RESNET_OPS_H
 #include <stdint.h>
 
-/* relu: y = relu(batch_norm(x)) in the same pass. */
+/* relu: y = relu(batch_norm(x)) in the same pass; residual (may be NULL, not y): batch_norm(x) +
+ * residual before the relu (a residual block's join). */
 void bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
-              const float *beta, int n, int c, long hw, float eps, int relu);
+              const float *beta, int n, int c, long hw, float eps, int relu, const float *residual);
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
              int c, long hw, float eps, int relu);
 /* relu_y (may be NULL): the output of a fused relu; dy is then the gradient of that output. With

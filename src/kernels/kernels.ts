@@ -112,9 +112,10 @@ export interface Kernels {
    * Training-mode batch norm: normalises with batch statistics, writes y, the batch mean and
    * 1/sqrt(biased var + eps) per channel (saved for backward), and the unbiased variance per
    * channel (for the running-stat update). gamma/beta null means affine=false. With `relu`, y is
-   * relu(batch_norm(x)) (one pass instead of two).
+   * relu(batch_norm(x)) (one pass instead of two). With `residual` (not y itself), it is added
+   * before the relu: y = relu(batch_norm(x) + residual), a residual block's join in the same pass.
    */
-  batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean): void;
+  batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean, residual?: F32 | null): void;
   /** Eval-mode batch norm with running statistics (then relu, with `relu`). */
   batchNormEval(y: F32, x: F32, runningMean: F32, runningVar: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean): void;
   /**

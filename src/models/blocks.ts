@@ -22,6 +22,17 @@ export function addRelu(relu: ReLU, a: Tensor, b: Tensor): Tensor {
   return relu.observed ? relu.call(F.add(a, b)) : F.addRelu(a, b);
 }
 
+/** relu(bn(x) + identity): one fused op (batch norm, add and ReLU in one pass; bn's own output
+ * never stored) unless a hook watches bn or the ReLU module; then bn runs before `identity` is
+ * computed, torchvision's order, so that the hooks see the calls as they would there. */
+export function bnAddRelu(bn: BatchNorm2d, relu: ReLU, x: Tensor, identity: () => Tensor): Tensor {
+  if (bn.observed || relu.observed) {
+    const out = bn.call(x);
+    return addRelu(relu, out, identity());
+  }
+  return bn.forwardAddRelu(x, identity());
+}
+
 /** 3x3 convolution with padding = dilation (keeps the size at stride 1), no bias. */
 export function conv3x3(inPlanes: number, outPlanes: number, stride = 1, groups = 1, dilation = 1): Conv2d {
   return new Conv2d(inPlanes, outPlanes, 3, { stride, padding: dilation, groups, dilation, bias: false });
@@ -75,17 +86,15 @@ export class BasicBlock extends Module {
     this.downsample = this.addModule('downsample', a.downsample ?? null);
   }
 
-  /** The residual branch F(x). */
-  protected residual(x: Tensor): Tensor {
+  /** The residual branch F(x) up to its last batch norm (exclusive). */
+  protected branch(x: Tensor): Tensor {
     const out = bnRelu(this.bn1, this.relu, this.conv1.call(x));
-    return this.bn2.call(this.conv2.call(out));
+    return this.conv2.call(out);
   }
 
   forward(x: Tensor): Tensor {
     // Order of calls as torchvision (residual branch, then downsample), so summaries list rows alike.
-    const out = this.residual(x);
-    const identity = this.downsample ? this.downsample.call(x) : x;
-    return addRelu(this.relu, out, identity);
+    return bnAddRelu(this.bn2, this.relu, this.branch(x), () => (this.downsample ? this.downsample.call(x) : x));
   }
 
   /** The BN whose weight zero-init-residual sets to 0. */
@@ -121,16 +130,15 @@ export class Bottleneck extends Module {
     this.downsample = this.addModule('downsample', a.downsample ?? null);
   }
 
-  protected residual(x: Tensor): Tensor {
+  /** The residual branch F(x) up to its last batch norm (exclusive). */
+  protected branch(x: Tensor): Tensor {
     let out = bnRelu(this.bn1, this.relu, this.conv1.call(x));
     out = bnRelu(this.bn2, this.relu, this.conv2.call(out));
-    return this.bn3.call(this.conv3.call(out));
+    return this.conv3.call(out);
   }
 
   forward(x: Tensor): Tensor {
-    const out = this.residual(x);
-    const identity = this.downsample ? this.downsample.call(x) : x;
-    return addRelu(this.relu, out, identity);
+    return bnAddRelu(this.bn3, this.relu, this.branch(x), () => (this.downsample ? this.downsample.call(x) : x));
   }
 
   get lastBn(): BatchNorm2d {
@@ -141,14 +149,14 @@ export class Bottleneck extends Module {
 /** BasicBlock without the identity path: relu(bn2(conv2(relu(bn1(conv1(x)))))). */
 export class PlainBasicBlock extends BasicBlock {
   override forward(x: Tensor): Tensor {
-    return this.relu.call(this.residual(x));
+    return bnRelu(this.bn2, this.relu, this.branch(x));
   }
 }
 
 /** Bottleneck without the identity path. */
 export class PlainBottleneck extends Bottleneck {
   override forward(x: Tensor): Tensor {
-    return this.relu.call(this.residual(x));
+    return bnRelu(this.bn3, this.relu, this.branch(x));
   }
 }
 

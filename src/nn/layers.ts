@@ -97,7 +97,13 @@ export class BatchNorm2d extends Module {
     return this.run(x, true);
   }
 
-  private run(x: Tensor, relu: boolean): Tensor {
+  /** relu(this(x) + residual) as one op (a residual block's join: the batch norm's own output is
+   * never stored, in training). Runs no hooks (see addRelu in src/models/blocks.ts). */
+  forwardAddRelu(x: Tensor, residual: Tensor): Tensor {
+    return this.run(x, true, residual);
+  }
+
+  private run(x: Tensor, relu: boolean, residual?: Tensor): Tensor {
     if (x.ndim !== 4) throw new ShapeError(`BatchNorm2d: expected 4-D input (N, C, H, W), got ${x.ndim}-D`);
     if (x.shape[1] !== this.numFeatures) {
       throw new ShapeError(`BatchNorm2d: expected ${this.numFeatures} channels, got input with ${x.shape[1]}`);
@@ -114,6 +120,7 @@ export class BatchNorm2d extends Module {
       momentum: this.momentum,
       eps: this.eps,
       relu,
+      ...(residual === undefined ? {} : { residual }),
       ...(nbt === undefined ? {} : { numBatchesTracked: nbt }),
     });
   }

@@ -14,6 +14,9 @@ export interface BatchNormOptions {
   numBatchesTracked?: number;
   /** Return relu(batch_norm(x)), computed in the same pass (forward and backward). */
   relu?: boolean;
+  /** Added before the relu: batch_norm(x) + residual, a residual block's join, in the same pass in
+   * training (in eval, after the eval kernel). Same shape as x. */
+  residual?: Tensor;
 }
 
 /**
@@ -41,11 +44,15 @@ export function batchNorm(
   if (!o.training && (runningMean === null || runningVar === null)) {
     throw new ShapeError('batch_norm: eval mode needs running_mean and running_var');
   }
+  const res = o.residual;
+  if (res !== undefined && (res.ndim !== x.ndim || res.shape.some((d, i) => d !== x.shape[i]))) {
+    throw new ShapeError(`batch_norm: residual must have the input's shape ${shapeStr(x.shape)}, got ${shapeStr(res.shape)}`);
+  }
   if (o.training && n * hw <= 1) {
     throw new ShapeError(`batch_norm: expected more than 1 value per channel when training, got input ${shapeStr(x.shape)}`);
   }
-  const y = output(x.shape, [x]);
-  if (y.isMeta || x.isMeta) return y;
+  const y = output(x.shape, res ? [x, res] : [x]);
+  if (y.isMeta || x.isMeta || res?.isMeta) return y;
   const p = { n, c, hw, eps: o.eps ?? 1e-5 };
   const fuse = o.relu === true;
   const k = kernels();
@@ -57,7 +64,7 @@ export function batchNorm(
     mean = new Float32Array(c);
     invStd = new Float32Array(c);
     const varU = new Float32Array(c);
-    k.batchNormTrain(y.values, mean, invStd, varU, x.values, g, b, p, fuse);
+    k.batchNormTrain(y.values, mean, invStd, varU, x.values, g, b, p, fuse, res ? res.values : null);
     if (runningMean && runningVar && !runningMean.isMeta) {
       const mom = o.momentum === null ? 1 / Math.max(1, o.numBatchesTracked ?? 1) : (o.momentum ?? 0.1);
       const rm = runningMean.values;
@@ -72,22 +79,33 @@ export function batchNorm(
   } else {
     const rm = runningMean!.values;
     const rv = runningVar!.values;
-    k.batchNormEval(y.values, x.values, rm, rv, g, b, p, fuse);
+    k.batchNormEval(y.values, x.values, rm, rv, g, b, p, fuse && !res);
+    if (res && fuse) k.addRelu(y.values, y.values, res.values);
+    else if (res) k.add(y.values, y.values, res.values);
     // Backward in eval needs the statistics as they were in forward.
     mean = rm.slice();
     invStd = rv.map((v) => 1 / Math.sqrt(v + p.eps));
   }
-  const inputs = [x, ...(weight ? [weight] : []), ...(bias ? [bias] : [])];
-  return record(y, fuse ? 'batch_norm_relu' : 'batch_norm', inputs, (gy, needs) => {
+  const inputs = [x, ...(weight ? [weight] : []), ...(bias ? [bias] : []), ...(res ? [res] : [])];
+  const name = `batch_norm${res ? '_add' : ''}${fuse ? '_relu' : ''}`;
+  return record(y, name, inputs, (gy, needs) => {
     const gx = uninitialized(x.numel); // the kernel computes dx with dgamma/dbeta in one pass
     const wantG = weight !== null && needs[1] === true;
     const wantB = bias !== null && needs[weight ? 2 : 1] === true;
     const dgamma = wantG ? new Float32Array(c) : null;
     const dbeta = wantB ? new Float32Array(c) : null;
-    k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, fuse ? y.values : null, b);
+    // with a residual the relu's mask is applied first: its gradient is the residual's as well
+    let gb = gy;
+    if (res && fuse) {
+      gb = uninitialized(gy.length);
+      k.reluBackward(gb, gy, y.values);
+    }
+    const maskedInKernel = fuse && !res;
+    k.batchNormBackward(gx, dgamma, dbeta, gb, x.values, mean, invStd, g, o.training, p, maskedInKernel ? y.values : null, b);
     const out: (Float32Array | null)[] = [needs[0] ? gx : null];
     if (weight) out.push(dgamma);
     if (bias) out.push(dbeta);
+    if (res) out.push(needs[inputs.length - 1] ? gb : null);
     return out;
   });
 }

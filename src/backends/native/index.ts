@@ -102,7 +102,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     avgPoolGlobalBlocked: (y, x, n, c, h, w) => b.avgPoolGlobalBlocked(y, x, n, c, h, w),
     conv2dBackwardInput: (dx, dy, w, p, addend) => b.conv2dBackwardInput(dx, dy, w, conv(p), addend ?? null),
     conv2dBackwardWeight: (dw, x, dy, p) => b.conv2dBackwardWeight(dw, x, dy, conv(p)),
-    batchNormTrain: (y, mean, invStd, varU, x, g, beta, p: BatchNormParams, relu = false) => b.batchNormTrain(y, mean, invStd, varU, x, g, beta, p.n, p.c, p.hw, p.eps, relu),
+    batchNormTrain: (y, mean, invStd, varU, x, g, beta, p: BatchNormParams, relu = false, residual = null) => b.batchNormTrain(y, mean, invStd, varU, x, g, beta, p.n, p.c, p.hw, p.eps, relu, residual),
     batchNormEval: (y, x, rm, rv, g, beta, p, relu = false) => b.batchNormEval(y, x, rm, rv, g, beta, p.n, p.c, p.hw, p.eps, relu),
     batchNormBackward: (dx, dg, db, dy, x, mean, invStd, g, training, p, reluY = null, beta) => b.batchNormBackward(dx, dg, db, dy, x, mean, invStd, g, training, p.n, p.c, p.hw, reluY, beta),
     relu: (y, x) => b.elementwise(0, y, x),

@@ -10,7 +10,7 @@ import { conv2d, conv2dBackwardInput, conv2dBackwardWeight } from './conv.js';
 
 type F32 = Float32Array;
 
-function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false): void {
+function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false, residual: F32 | null = null): void {
   const { n, c, hw, eps } = p;
   const m = n * hw;
   for (let ch = 0; ch < c; ch++) {
@@ -40,6 +40,7 @@ function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32
       for (let i = 0; i < hw; i++) y[off + i] = (x[off + i]! - mu) * inv * g + bt;
     }
   }
+  if (residual) add(y, y, residual);
   if (fusedRelu) relu(y, y);
 }
 
