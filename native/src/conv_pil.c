@@ -134,6 +134,13 @@ static void pil_pack(pil_geo *g, buf_t *buf, const float *w, long sco, long sci,
   g->W = W;
 }
 
+#define PIL_MAX_PHASES 16
+/* The backward-input's s x s problems, one per phase of dx (taps 0: the phase gets no tap). */
+typedef struct {
+  pil_geo g[PIL_MAX_PHASES];
+  int toff[PIL_MAX_PHASES][PIL_MAX_PHASE_TAPS];
+} pil_phases;
+
 typedef struct {
   const conv_p *p;
   pil_geo g;
@@ -141,8 +148,7 @@ typedef struct {
   float *y;
   int chunks; /* per image */
   int kind;   /* 0 same size, 1 strided forward, 2 strided backward-input */
-  const int *dy_shift, *dx_shift; /* kind 2: per phase's taps (PIL_MAX_TAPS per phase) */
-  const float *w;
+  const pil_phases *phases; /* kind 2 */
   const float *addend;
   atomic_long next;
 } pil_job;
@@ -305,11 +311,6 @@ void pil_forward_strided(float *y, const float *x, const float *w, const float *
   pil_run(&j, 1);
 }
 
-#define PIL_MAX_PHASES 16
-typedef struct {
-  pil_geo g[PIL_MAX_PHASES];
-  int toff[PIL_MAX_PHASES][PIL_MAX_PHASE_TAPS];
-} pil_phases;
 
 /* dx[ci][s a + py][s b + px] = phase (py, px)[ci][a][b] (+ addend at the same place) */
 __attribute__((target("avx512f"))) static void interleave_phases(const conv_p *p, const float *ph, float *dx, const float *ad) {
@@ -350,7 +351,7 @@ __attribute__((target("avx512f"))) static void interleave_phases(const conv_p *p
 
 static void strided_backward_image(const pil_job *j, long b) {
   const conv_p *p = j->p;
-  const pil_phases *ps = (const pil_phases *)j->w;
+  const pil_phases *ps = j->phases;
   const int s = p->sh;
   const long P = (long)p->oh * p->ow, HW = (long)p->h * p->w;
   float *ph = grow(&phase_buf, (size_t)s * s * p->cin * P);
@@ -392,7 +393,7 @@ void pil_backward_input_strided(float *dx, const float *dy, const float *w, cons
       pil_pack(g, &w_buf[f], w, KK, (long)p->cin * KK, tap);
       pil_masks(g, &mk_buf[f], dys, dxs, p->oh, p->ow);
     }
-  pil_job j = {.p = p, .x = dy, .y = dx, .addend = addend, .kind = 2, .w = (const float *)&ps};
+  pil_job j = {.p = p, .x = dy, .y = dx, .addend = addend, .kind = 2, .phases = &ps};
   j.g.nv = 1;
   pil_run(&j, 1);
 }
