@@ -1,7 +1,8 @@
 #!/bin/bash
 # In-process A/B of the convolution kernels: the working tree's native/src against a git revision's.
 # Usage: native/bench/abconv.sh [rev (default HEAD)] [filter-substring] [iterations per pass]
-#   e.g. native/bench/abconv.sh HEAD~2 "r20" 100   (RESNET_NUM_THREADS sets the threads of both)
+#   e.g. native/bench/abconv.sh HEAD~2 "r20" 100   (RESNET_NUM_THREADS sets the threads of both;
+#   COLD=1 flushes the caches before every call)
 # The baseline's objects are linked into one program with every global symbol renamed old_*, and the
 # two variants' calls alternate (abconv.c): both see the same phases of a shared machine.
 set -euo pipefail

@@ -153,6 +153,31 @@ static inline void tile_at(const wino_job *j, long t, long *b, int *oy, int *ox)
   *ox = j->m * (int)(r % j->tw);
 }
 
+/* Tiles ahead whose NCHW lines the transforms prefetch: each tile reads or writes a few rows of 16
+ * channel planes, more streams than the hardware prefetcher follows. ResNet-20's 32 channels on
+ * 14x14 at batch 128, caches flushed before each call as in a training step (alternating calls):
+ * forward and backward-input 13-16 % faster, the weight gradient 5-8 %; with warm caches 2-9 %. */
+#define PF_TILES 4
+
+/* Prefetches `rows` rows (row stride ld) of 16 channel planes (ch floats apart) from the first pixel
+ * of chunk tile t + PF_TILES at (b, oy + dy, ox + dx) of an NCHW tensor of c channels; for writing
+ * when `write`. */
+/* (always_inline: GCC takes a function that only prefetches for one without effects and drops its
+ * calls; inlined early, the prefetches stay in the caller) */
+__attribute__((always_inline)) static inline void prefetch_tile(const wino_job *j, const float *base, long t, int c, long ch,
+                                                                int rows, long ld, int dy, int dx, int write) {
+  if (t + PF_TILES >= j->nt) return;
+  long b;
+  int oy, ox;
+  tile_at(j, t + PF_TILES, &b, &oy, &ox);
+  const char *s = (const char *)(base + b * c * ch + (long)(oy + dy) * ld + ox + dx);
+  for (int l = 0; l < 16; l++, s += ch * (long)sizeof(float))
+    for (int r = 0; r < rows; r++) {
+      if (write) __builtin_prefetch(s + r * ld * (long)sizeof(float), 1, 3);
+      else __builtin_prefetch(s + r * ld * (long)sizeof(float), 0, 3);
+    }
+}
+
 /* The transform and conversion passes as ranges of items, [lo, hi) of [0, total): run through
  * pool_run, whose parts the threads take as they come (a slowed core takes fewer). */
 typedef void (*range_fn)(void *ctx, long lo, long hi);
@@ -258,6 +283,8 @@ __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long 
       const __mmask16 cm = (__mmask16)(((1u << qhi) - 1) & ~((1u << qlo) - 1));
       const long hw = (long)p->h * p->w;
       const float *x0 = j->x + (b * p->cin + c * 16) * hw + (long)iy0 * p->w + ix0;
+      /* (+4: the window's middle, within its 6 columns' line or the next) */
+      prefetch_tile(j, j->x + c * 16 * hw, t, p->cin, hw, a, p->w, -1, 3, 0);
       __m512 g[3][16];
       for (int k = 0; k < 3; k++) {
         const int r0 = ilo - 2 * k < 0 ? 0 : ilo - 2 * k > 2 ? 2 : ilo - 2 * k;
@@ -362,6 +389,8 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
       const int rows = p->oh - oy < m ? p->oh - oy : m, cols = p->ow - ox < m ? p->ow - ox : m;
       const __mmask16 colmask = (__mmask16)((1u << cols) - 1);
       const long ch0 = (b * p->cout + c * 16) * (long)p->oh * p->ow + (long)oy * p->ow + ox;
+      prefetch_tile(j, j->y + c * 16 * (long)p->oh * p->ow, t, p->cout, (long)p->oh * p->ow, m, p->ow, 0, 0, 1);
+      if (j->residual) prefetch_tile(j, j->residual + c * 16 * (long)p->oh * p->ow, t, p->cout, (long)p->oh * p->ow, m, p->ow, 0, 0, 0);
       for (int l = 0; l < 16; l++) {
         const long at = ch0 + (long)l * p->oh * p->ow;
         __m512 v = px[l];
@@ -667,6 +696,7 @@ __attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo,
     const int rows = p->oh - oy < m ? p->oh - oy : m, cols = p->ow - ox < m ? p->ow - ox : m;
     const __mmask16 colmask = (__mmask16)((1u << cols) - 1);
     const float *d0 = w->dy + (b * p->cout + c * 16) * ohw + (long)oy * p->ow + ox;
+    prefetch_tile(j, w->dy + c * 16 * ohw, t, p->cout, ohw, m, p->ow, 0, 0, 0);
     for (int l = 0; l < 16; l++) px[l] = tile_rows_load(zero, d0 + l * ohw, 0, rows, m, p->ow, colmask);
     transpose16(px);
     __m512 e[6][4];
