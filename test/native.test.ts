@@ -188,21 +188,26 @@ function checkConv(p: Conv2dParams): void {
 }
 
 test('native conv2d: weights packed for one input size still give the right answer at another', { skip }, () => {
-  // 14x14 takes the pixel-row kernel (its own packed layout); 16x16 the q-grid one (micro-kernel panels)
-  const a = convCase(2, 32, 14, 14, 64, 3, 1, 1, 1, 1);
-  const b = convCase(2, 32, 16, 16, 64, 3, 1, 1, 1, 1);
-  const w = randomArray(64 * 32 * 9, gen, 0.3);
-  for (const [packFor, runOn] of [[a, b], [b, a]] as const) {
-    const packed = nat!.packConvWeights(w, packFor);
-    const x = randomArray(runOn.n * runOn.cIn * runOn.h * runOn.w, gen);
-    const ny = runOn.n * runOn.cOut * runOn.oh * runOn.ow;
-    const yr = new Float32Array(ny);
-    tsKernels.conv2d(yr, x, w, null, runOn);
-    const yp = new Float32Array(ny).fill(NaN);
-    nat!.conv2dFused(yp, x, null, null, null, false, runOn, packed);
-    assertClose(yp, yr, scaleTol(yr), `packed for ${packFor.h}x${packFor.w}, run on ${runOn.h}x${runOn.w}`);
+  // 14x14 takes the pixel-row kernel (its own packed layout), 16x16 the q-grid one (micro-kernel
+  // panels); 16 -> 16 on 14x14 pixels in lanes (plain weights), on a 1x1 map a cropped GEMM (panels)
+  const pairs = [
+    [convCase(2, 24, 14, 14, 40, 3, 1, 1, 1, 1), convCase(2, 24, 16, 16, 40, 3, 1, 1, 1, 1)],
+    [convCase(2, 16, 14, 14, 16, 3, 1, 1, 1, 1), convCase(3, 16, 1, 1, 16, 3, 1, 1, 1, 1)],
+  ] as const;
+  for (const [a, b] of pairs) {
+    const w = randomArray(a.cOut * a.cIn * 9, gen, 0.3);
+    for (const [packFor, runOn] of [[a, b], [b, a]] as const) {
+      const packed = nat!.packConvWeights(w, packFor);
+      const x = randomArray(runOn.n * runOn.cIn * runOn.h * runOn.w, gen);
+      const ny = runOn.n * runOn.cOut * runOn.oh * runOn.ow;
+      const yr = new Float32Array(ny);
+      tsKernels.conv2d(yr, x, w, null, runOn);
+      const yp = new Float32Array(ny).fill(NaN);
+      nat!.conv2dFused(yp, x, null, null, null, false, runOn, packed);
+      assertClose(yp, yr, scaleTol(yr), `packed for ${packFor.cIn}->${packFor.cOut} ${packFor.h}x${packFor.w}, run on ${runOn.h}x${runOn.w}`);
+    }
+    if (nat!.isa === 'avx512') assert.notEqual(nat!.convPackLayout(a), nat!.convPackLayout(b), 'the two sizes use different layouts');
   }
-  if (nat!.isa === 'avx512') assert.notEqual(nat!.convPackLayout(a), nat!.convPackLayout(b), 'the two sizes use different layouts');
 });
 
 test('native conv2d backward weight gives the same bits on every run (reductions in a fixed order)', { skip }, () => {

@@ -681,6 +681,8 @@ int conv2d_pack_layout(const conv_p *p) {
   conv_p q;
   int ky0, kx0;
   if (!crop(p, &q, &ky0, &kx0)) {
+    /* the paths forward_impl takes with plain weights before any packed one */
+    if (nchw_wino(p) || pil_ok(p) || pil_strided_ok(p, 0)) return CONV_LAYOUT_PLAIN;
     const int nr = prow_nr(p);
     if (nr) return nr == 16 ? CONV_LAYOUT_PROW16 : CONV_LAYOUT_PROW;
   }
@@ -690,12 +692,14 @@ int conv2d_pack_layout(const conv_p *p) {
 
 static long layout_size(const conv_p *p, int layout) {
   if (wino_tile(layout)) return wino_packed_size(p, wino_tile(layout));
+  if (layout == CONV_LAYOUT_PLAIN) return (long)p->cout * (p->cin / p->groups) * p->kh * p->kw;
   const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw;
   if (layout_nr(layout)) return prow_packed_size(p->cout, K, layout_nr(layout));
   return (long)(cout_g + layout - 1) / layout * layout * K * p->groups;
 }
 long conv2d_layout_size(const conv_p *p, int layout) {
   if (wino_tile(layout)) return p->groups == 1 && p->kh == 3 && p->kw == 3 ? layout_size(p, layout) : -1;
+  if (layout == CONV_LAYOUT_PLAIN) return layout_size(p, layout);
   if (layout_nr(layout) ? p->groups != 1 : (layout < 1 || layout > 64)) return -1;
   return layout_size(p, layout);
 }
@@ -703,6 +707,10 @@ long conv2d_packed_size(const conv_p *p) { return layout_size(p, conv2d_pack_lay
 
 int conv2d_pack_weights(float *wp, const float *w, const conv_p *p) {
   const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw, layout = conv2d_pack_layout(p);
+  if (layout == CONV_LAYOUT_PLAIN) {
+    memcpy(wp, w, sizeof(float) * (size_t)layout_size(p, layout));
+    return layout;
+  }
   if (layout_nr(layout)) {
     prow_pack(w, p->cout, K, layout_nr(layout), wp);
     return layout;
@@ -715,6 +723,10 @@ void conv2d_unpack_weights(float *w, const float *wp, int layout, const conv_p *
   const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw;
   if (wino_tile(layout)) {
     wino_unpack(wp, p, wino_tile(layout), w);
+    return;
+  }
+  if (layout == CONV_LAYOUT_PLAIN) {
+    memcpy(w, wp, sizeof(float) * (size_t)layout_size(p, layout));
     return;
   }
   if (layout_nr(layout)) {
@@ -739,6 +751,10 @@ void conv2d_forward_packed(float *y, const float *x, const float *w, const float
   if (wp && layout != conv2d_pack_layout(p)) {
     /* packed for another geometry or micro-kernel (the ISA was switched since): use the plain weights */
     if (!w) w = tmp = unpack_weights(wp, layout, p);
+    wp = NULL;
+  }
+  if (wp && layout == CONV_LAYOUT_PLAIN) { /* plain weights are the weights */
+    if (!w) w = wp;
     wp = NULL;
   }
   conv_p q;

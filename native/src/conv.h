@@ -18,6 +18,8 @@ void conv2d_forward(float *y, const float *x, const float *w, const float *bias,
  * input size, or the ISA forced since) falls back to the plain weights, unpacking them if need be. */
 #define CONV_LAYOUT_PROW 1032   /* pixel-row panels: K x 32 output channels each */
 #define CONV_LAYOUT_PROW16 1016 /* pixel-row panels of 16 channels; other values: A-panel height */
+#define CONV_LAYOUT_PLAIN 3000  /* the weights as they are: for the kernels that take plain weights
+                                 * (pixels in lanes, Winograd on NCHW: it transforms them per call) */
 int conv2d_pack_layout(const conv_p *p);
 long conv2d_packed_size(const conv_p *p);
 /* Floats of weights packed in `layout` for this geometry; -1 when the layout cannot hold them. */
