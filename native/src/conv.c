@@ -674,8 +674,10 @@ static float *crop_weights(const float *w, const conv_p *p, const conv_p *q, int
   return wq;
 }
 
-/* The packed layout that forward_impl reads for this geometry: CONV_LAYOUT_PROW / _PROW16 (pixel-row
- * panels of 32 / 16 channels) or the A-panel height of the GEMM micro-kernel. Cropped geometries unpack the weights anyway. */
+/* The packed layout that forward_impl reads for this geometry: CONV_LAYOUT_PLAIN (the paths that take
+ * plain weights: Winograd on NCHW, pixels in lanes), CONV_LAYOUT_PROW / _PROW16 (pixel-row panels of
+ * 32 / 16 channels) or the A-panel height of the GEMM micro-kernel. Cropped geometries unpack the
+ * weights anyway. */
 int conv2d_pack_layout(const conv_p *p) {
 #if defined(__x86_64__)
   conv_p q;
