@@ -274,14 +274,33 @@ __attribute__((target("avx512f"))) static inline double sum_pd(__m512 v) {
          _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
 
-/* A fused relu's backward on g: g where the relu's output is not <= 0 (a NaN output passes g, as the
- * scalar code), the output read (ym) or recomputed from x as the forward computed it (ss set: x * s
- * + t, multiply then add as bn_im_apply_task, whose max(0, v) is <= 0 exactly where v is). */
-__attribute__((target("avx512f"))) static inline __m512 relu_mask(__m512 g, const float *ym, __mmask16 mk, const float *ss,
-                                                                  __m512 x, __m512 s, __m512 t) {
+/* One (image, channel) segment of the backward's incoming gradient, through a fused relu when there
+ * is one: g where the relu's output is not <= 0 (a NaN output passes g, as the scalar code), the
+ * output read (ym) or recomputed from x as the forward computed it (ij->ss: x * s + t, multiply then
+ * add as bn_im_apply_task, whose max(0, v) is <= 0 exactly where v is). Both backward passes read it
+ * so. */
+typedef struct {
+  const float *dy, *x, *ym;
+  int recompute;
+  __m512 s, t;
+} bn_gseg;
+
+__attribute__((target("avx512f"))) static inline bn_gseg gseg_at(const bn_im_job *ij, long off, int ch) {
+  const bn_job *j = ij->j;
+  const int rc = ij->ss != NULL;
+  const bn_gseg g = {j->dy + off, j->x + off, j->ymask && !rc ? j->ymask + off : NULL, rc,
+                     rc ? _mm512_set1_ps(ij->ss[2 * ch]) : _mm512_setzero_ps(),
+                     rc ? _mm512_set1_ps(ij->ss[2 * ch + 1]) : _mm512_setzero_ps()};
+  return g;
+}
+
+/* Lanes mk of the segment from i: the (masked) gradient, and x in *vx. */
+__attribute__((target("avx512f"))) static inline __m512 gseg_load(const bn_gseg *sg, long i, __mmask16 mk, __m512 *vx) {
+  const __m512 g = _mm512_maskz_loadu_ps(mk, sg->dy + i);
+  *vx = _mm512_maskz_loadu_ps(mk, sg->x + i);
   __m512 v;
-  if (ss) v = _mm512_add_ps(_mm512_mul_ps(x, s), t);
-  else if (ym) v = _mm512_maskz_loadu_ps(mk, ym);
+  if (sg->recompute) v = _mm512_add_ps(_mm512_mul_ps(*vx, sg->s), sg->t);
+  else if (sg->ym) v = _mm512_maskz_loadu_ps(mk, sg->ym + i);
   else return g;
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NLE_UQ), g);
 }
@@ -320,14 +339,12 @@ __attribute__((target("avx512f"))) static void bn_im_sums_task(void *ctx, int ti
             q = _mm512_fmadd_ps(d, d, q);
           }
         } else {
-          const float *dy = j->dy + off, *x = j->x + off, *ym = j->ymask && !ij->ss ? j->ymask + off : NULL;
+          const bn_gseg sg = gseg_at(ij, off, ch);
           const __m512 vmu = _mm512_set1_ps(j->cmean[ch]);
-          const __m512 vs = ij->ss ? _mm512_set1_ps(ij->ss[2 * ch]) : zero, vt = ij->ss ? _mm512_set1_ps(ij->ss[2 * ch + 1]) : zero;
           for (long i = 0; i < hw; i += 16) {
             const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
-            __m512 g = _mm512_maskz_loadu_ps(mk, dy + i);
-            const __m512 vx = _mm512_maskz_loadu_ps(mk, x + i);
-            g = relu_mask(g, ym ? ym + i : NULL, mk, ij->ss, vx, vs, vt);
+            __m512 vx;
+            const __m512 g = gseg_load(&sg, i, mk, &vx);
             a = _mm512_add_ps(a, g);
             q = _mm512_fmadd_ps(g, _mm512_sub_ps(vx, vmu), q);
           }
@@ -362,15 +379,13 @@ __attribute__((target("avx512f"))) static void bn_im_apply_task(void *ctx, int t
       }
       continue;
     }
-    const float *dy = j->dy + off, *x = j->x + off, *ym = j->ymask && !ij->ss ? j->ymask + off : NULL;
+    const bn_gseg sg = gseg_at(ij, off, ch);
     const __m512 v1 = _mm512_set1_ps(ij->k[3 * ch]), v2 = _mm512_set1_ps(ij->k[3 * ch + 1]), v3 = _mm512_set1_ps(ij->k[3 * ch + 2]);
     const __m512 vmu = _mm512_set1_ps(j->cmean[ch]);
-    const __m512 vs = ij->ss ? _mm512_set1_ps(ij->ss[2 * ch]) : zero, vt = ij->ss ? _mm512_set1_ps(ij->ss[2 * ch + 1]) : zero;
     for (long i = 0; i < hw; i += 16) {
       const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
-      __m512 g = _mm512_maskz_loadu_ps(mk, dy + i);
-      const __m512 vx = _mm512_maskz_loadu_ps(mk, x + i);
-      g = relu_mask(g, ym ? ym + i : NULL, mk, ij->ss, vx, vs, vt);
+      __m512 vx;
+      const __m512 g = gseg_load(&sg, i, mk, &vx);
       const __m512 v = _mm512_fmadd_ps(v2, _mm512_sub_ps(vx, vmu), v3);
       _mm512_mask_storeu_ps(j->dx + off + i, mk, _mm512_fmadd_ps(v1, g, v));
     }
