@@ -316,6 +316,8 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
       assertClose(nr.y, wr.y, scaleTol(wr.y), `train + residual (relu=${withRelu})`);
     }
     assert.throws(() => nat!.batchNormTrain(f.y, f.mean, f.inv, f.vu, x, g, bt, p, true, f.y), /residual must not be its output/);
+    assert.throws(() => nat!.batchNormTrain(f.y, f.mean, f.inv, f.vu, x, g, bt, p, true, rsd.subarray(1)), /shorter than the geometry/);
+    assert.throws(() => nat!.batchNormBackward(new Float32Array(x.length), null, null, dy, x, f.mean, f.inv, g, true, p, f.y, bt.subarray(1)), /shorter than the geometry/);
     const fe = new Float32Array(n * c * hw);
     nat!.batchNormEval(fe, x, rm, rv, g, null, p, true);
     assertClose(fe, er.map((v) => Math.max(0, v)), scaleTol(er), 'eval + relu');
