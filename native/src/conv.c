@@ -586,6 +586,10 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     wino_backward_weight_nchw(dw, x, dy, p, wm);
     return;
   }
+  if (pil_bw_ok(p)) {
+    pil_backward_weight(dw, x, dy, p);
+    return;
+  }
   if (bwt_ok(p)) {
     bwt_backward_weight(dw, x, dy, p);
     return;

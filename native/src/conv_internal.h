@@ -88,6 +88,8 @@ int pil_strided_ok(const conv_p *p, int backward);
 void pil_forward_strided(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
                          const conv_p *p);
 void pil_backward_input_strided(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
+int pil_bw_ok(const conv_p *p);
+void pil_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 int prow_nr(const conv_p *p);
 int prow_ok(const conv_p *p);
 void prow_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
