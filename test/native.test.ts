@@ -121,9 +121,10 @@ const pilStridedCases: [string, Conv2dParams][] = [
 ];
 
 // The weight gradient by pixels in lanes (AVX-512; stride 1 with the output the input's size, or
-// input = output x stride; maps of 144-1024 pixels with >= 90 % of the lanes real): images in groups
-// of 8 (batch 9: a group of one), output channels in blocks of 4 and (channel, tap) pairs in blocks
-// of 6, both with partial last blocks here
+// input = output x stride; maps of at least 49 pixels): images in groups of 8 (batch 9: a group of
+// one), read in place, or copied side by side into one stream per channel where a map leaves more
+// than a tenth of its last vector's lanes empty; output channels in blocks of 4 and (channel, tap)
+// pairs in blocks of 6, both with partial last blocks here
 const pilWeightCases: [string, Conv2dParams][] = [
   ['the 1 -> 16 stem on 28x28 (K = 9: a 3-pair last block), batch 9', convCase(9, 1, 28, 28, 16, 3, 1, 1, 1, 1)],
   ['the 7x7/2 stem, 3 -> 10 (a 2-channel last block), 32x32 to 16x16, K = 147', convCase(9, 3, 32, 32, 10, 7, 2, 3, 1, 1)],
@@ -131,6 +132,9 @@ const pilWeightCases: [string, Conv2dParams][] = [
   ['stride 3 without padding, 36x36 to 12x12, 2 -> 7', convCase(9, 2, 36, 36, 7, 3, 3, 0, 1, 1)],
   ['dilation 2, padding 2, 5 -> 6 on 12x13', convCase(2, 5, 12, 13, 6, 3, 1, 2, 2, 1)],
   ['5x5/2 padding 2, 4 -> 9, 28x30 to 14x15', convCase(3, 4, 28, 30, 9, 5, 2, 2, 1, 1)],
+  ['packed: 32 -> 20, 3x3/2, 14x14 to 7x7 (49-pixel maps side by side), batch 9', convCase(9, 32, 14, 14, 20, 3, 2, 1, 1, 1)],
+  ['packed: 5 -> 6, 3x3 on 7x7 (the input copied), batch 11', convCase(11, 5, 7, 7, 6, 3, 1, 1, 1, 1)],
+  ['packed: 3 -> 4, 5x5 on 10x10 (100 pixels: 89 % of 112 lanes), batch 3', convCase(3, 3, 10, 10, 4, 5, 1, 2, 1, 1)],
 ];
 
 for (const [name, p] of convCases) {
@@ -141,7 +145,7 @@ for (const [name, p] of pilWeightCases) {
 }
 test('the weight gradient by pixels in lanes has the same bits on 1, 2 and 3 threads', { skip }, () => {
   // 17 images: groups of 8, 8 and 1, each summed on its own, the groups added in order
-  for (const p of [convCase(17, 1, 28, 28, 16, 3, 1, 1, 1, 1), convCase(17, 16, 28, 28, 32, 3, 2, 1, 1, 1)]) {
+  for (const p of [convCase(17, 1, 28, 28, 16, 3, 1, 1, 1, 1), convCase(17, 16, 28, 28, 32, 3, 2, 1, 1, 1), convCase(17, 32, 14, 14, 64, 3, 2, 1, 1, 1)]) {
     const x = randomArray(p.n * p.cIn * p.h * p.w, gen);
     const dy = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
     const before = nat!.getThreads();

@@ -98,7 +98,8 @@ static void pil_image(const pil_geo *g, const float *x, float *y, const float *r
 }
 
 /* The lane masks of g (into *buf): a tap with source shift (dy[t], dx[t]) reads inside the sh x sw
- * source map (width sw == ow). */
+ * source map (width sw == ow; g's rows may be several such maps one below the other, each its own
+ * padding). */
 static void pil_masks(pil_geo *g, buf_t *buf, const int *dy, const int *dx, int sh, int sw) {
   const long P = (long)g->oh * g->ow;
   g->nv = (int)((P + 15) / 16);
@@ -114,7 +115,7 @@ static void pil_masks(pil_geo *g, buf_t *buf, const int *dy, const int *dx, int 
     for (int t = 0; t < g->taps; t++) {
       unsigned m = 0;
       for (int l = 0; l < n; l++)
-        if (ly[l] + dy[t] >= 0 && ly[l] + dy[t] < sh && lx[l] + dx[t] >= 0 && lx[l] + dx[t] < sw) m |= 1u << l;
+        if (ly[l] % sh + dy[t] >= 0 && ly[l] % sh + dy[t] < sh && lx[l] + dx[t] >= 0 && lx[l] + dx[t] < sw) m |= 1u << l;
       mk[(long)v * g->taps + t] = (__mmask16)m;
     }
   }
@@ -197,11 +198,12 @@ static int fdiv(int a, int s) { return a >= 0 ? a / s : -((-a + s - 1) / s); }
 /* The taps t of p's kernel as pixels in lanes reads them: the source shift (dy[t], dx[t]) from the
  * output pixel in rows and columns of the source map, and its offset toff[t] in floats from the
  * output pixel's index, where the source is the input itself (stride 1, output the input's size) or
- * its s x s phase planes [phase][ci][oh * ow] (stride s: tap (ky, kx) reads phase ((ky - ph) mod s,
- * (kx - pw) mod s)); tap[t] = t. */
-static void tap_geometry(const conv_p *p, int *toff, int *dy, int *dx, int *tap) {
+ * its s x s phase planes [phase][ci][plane] (stride s: tap (ky, kx) reads phase ((ky - ph) mod s,
+ * (kx - pw) mod s); plane = oh * ow, or a multiple for several images' planes side by side);
+ * tap[t] = t. */
+static void tap_geometry(const conv_p *p, long plane, int *toff, int *dy, int *dx, int *tap) {
   const int s = p->sh, taps = p->kh * p->kw;
-  const long P = (long)p->oh * p->ow;
+  const long P = plane;
   for (int t = 0; t < taps; t++) {
     tap[t] = t;
     if (s == 1) {
@@ -227,7 +229,7 @@ void pil_forward(float *y, const float *x, const float *w, const float *bias, co
   *g = (pil_geo){.cin = p->cin, .cout = p->cout, .oh = p->h, .ow = p->w, .taps = p->kh * p->kw,
                  .xplane = (long)p->h * p->w, .yplane = (long)p->h * p->w, .bias = bias, .relu = relu};
   int toff[PIL_MAX_TAPS], dy[PIL_MAX_TAPS], dx[PIL_MAX_TAPS], tap[PIL_MAX_TAPS];
-  tap_geometry(p, toff, dy, dx, tap);
+  tap_geometry(p, (long)p->oh * p->ow, toff, dy, dx, tap);
   g->toff = toff;
   pil_pack(g, &w_buf, w, (long)p->cin * g->taps, g->taps, tap);
   pil_masks(g, &mk_buf, dy, dx, p->h, p->w);
@@ -266,10 +268,11 @@ int pil_strided_ok(const conv_p *p, int backward) {
 
 static _Thread_local buf_t phase_buf;
 
-/* The s x s phase planes of image x ([phase][ci][oh * ow]). */
-__attribute__((target("avx512f"))) static void split_phases(const conv_p *p, const float *x, float *ph) {
+/* The s x s phase planes of image x ([phase][ci][oh * ow], the planes P floats apart: oh * ow, or
+ * more for several images' planes side by side). */
+__attribute__((target("avx512f"))) static void split_phases(const conv_p *p, const float *x, float *ph, long P) {
   const int s = p->sh, ow = p->ow;
-  const long P = (long)p->oh * ow, HW = (long)p->h * p->w;
+  const long HW = (long)p->h * p->w;
   const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
   for (int ci = 0; ci < p->cin; ci++)
@@ -301,7 +304,7 @@ static void strided_forward_image(const pil_job *j, long b) {
   const conv_p *p = j->p;
   const long P = (long)p->oh * p->ow;
   float *ph = grow(&phase_buf, (size_t)p->sh * p->sw * p->cin * P);
-  split_phases(p, j->x + b * p->cin * p->h * p->w, ph);
+  split_phases(p, j->x + b * p->cin * p->h * p->w, ph, P);
   const long y_img = (long)p->cout * P;
   pil_image(&j->g, ph, j->y + b * y_img, j->residual ? j->residual + b * y_img : NULL, 0, j->g.nv);
 }
@@ -315,7 +318,7 @@ void pil_forward_strided(float *y, const float *x, const float *w, const float *
   *g = (pil_geo){.cin = p->cin, .cout = p->cout, .oh = p->oh, .ow = p->ow, .taps = p->kh * p->kw, .xplane = P,
                  .yplane = P, .bias = bias, .relu = relu};
   int toff[PIL_MAX_PHASE_TAPS], dy[PIL_MAX_PHASE_TAPS], dx[PIL_MAX_PHASE_TAPS], tap[PIL_MAX_PHASE_TAPS];
-  tap_geometry(p, toff, dy, dx, tap);
+  tap_geometry(p, P, toff, dy, dx, tap);
   g->toff = toff;
   pil_pack(g, &w_buf, w, (long)p->cin * g->taps, g->taps, tap);
   pil_masks(g, &mk_buf, dy, dx, p->oh, p->ow);
@@ -410,27 +413,38 @@ void pil_backward_input_strided(float *dx, const float *dy, const float *w, cons
 }
 
 /* ---- weight gradient ------------------------------------------------------------------------------
- * dw[co][ci][t] = sum over images b and output pixels q of dy[b][co][q] * src[b][ci][q + toff[t]], the
- * source being the input (stride 1, same size) or its phase planes (strided), read as the forward
- * reads them: 16 pixels in lanes, one masked load per (ci, tap) and vector. A register tile of
- * BW_CO output channels x BW_K (ci, tap) pairs keeps BW_CO x BW_K vectors of partial sums over a
- * group of images, summed across the lanes at the end of the group: BW_CO + BW_K loads a vector for
- * BW_CO x BW_K multiply-adds. The groups are fixed runs of BW_IMAGES images, each summed into its
- * own slot, and the slots are added in order: the bits do not depend on the thread count. */
+ * dw[co][ci][t] = sum over images and output pixels q of dy[co][q] * src[ci][q + toff[t]], the source
+ * being the input (stride 1, same size) or its phase planes (strided), read as the forward reads
+ * them: 16 pixels in lanes, one masked load per (ci, tap) and vector. The images come in groups of
+ * BW_IMAGES; where a map's last vector would leave more than a tenth of its lanes empty (a 7x7 map
+ * fills 49 of 64), a group's gradients and sources are copied side by side into one stream per
+ * channel ([co][images * P], [phase][ci][images * P]) so that the lanes run on across images, the
+ * masks keeping every tap within its image; else they are read in place (the phase planes split
+ * per image). A register tile of BW_CO output channels x BW_K (ci, tap) pairs keeps BW_CO x BW_K
+ * vectors of partial sums over the group (BW_CO + BW_K loads a vector for BW_CO x BW_K
+ * multiply-adds), summed across the lanes at its end. Each group sums into its own slot and the
+ * slots are added in order: the bits do not depend on the thread count. */
 #define BW_CO 4
 #define BW_K 6
 #define BW_IMAGES 8
 
 typedef struct {
+  int toff[PIL_MAX_TAPS];
+  pil_geo g; /* of a stream of images: oh = images x the output's rows; xplane = its length */
+} bw_stream;
+
+typedef struct {
   const conv_p *p;
-  pil_geo g;         /* taps, toff, masks, nv; xplane: floats between source channels */
+  int packed;           /* groups copied into one stream each; else read image by image */
+  bw_stream full, last; /* packed: the streams of the groups of BW_IMAGES images and of the last
+                         * group if it has fewer; else full is one image's */
   const float *x, *dy;
-  float *part;       /* [group][cout][cin * taps] */
+  float *part; /* [group][cout][cin * taps] */
   int groups;
   atomic_long next;
 } pil_bw_job;
 
-/* Pairs [k0, k0 + BW_K) (k = ci * taps + t): their offsets in an image's source, and their lane masks
+/* Pairs [k0, k0 + BW_K) (k = ci * taps + t): their offsets in the source stream, and their lane masks
  * per vector gathered into mb[vector][BW_K] (mask 0 past K), so that the block's loop reads them
  * through one pointer. */
 static void bw_pairs(const pil_geo *g, long k0, long K, long *sk, __mmask16 *mb) {
@@ -442,23 +456,22 @@ static void bw_pairs(const pil_geo *g, long k0, long K, long *sk, __mmask16 *mb)
   }
 }
 
-/* The block of output channels [co0, co0 + BW_CO) x pairs [k0, k0 + BW_K) (k = ci * taps + t) over
- * the images' sources src[i] and gradients dyi[i], into out[co][k] (row stride K), with the pairs'
- * source offsets sk and masks mb[vector][BW_K] (bw_pairs); channels past the end read `zero` (a
- * zero row), and neither they nor pairs past the end are stored. */
-__attribute__((target("avx512f"))) static void bw_block(const pil_bw_job *j, const float *const *src, const float *const *dyi,
-                                                       int nimg, int co0, long k0, float *out, long K, const long *sk,
-                                                       const __mmask16 *mb, const float *zero) {
-  const pil_geo *g = &j->g;
-  const long P = (long)g->oh * g->ow;
-  const int nco = j->p->cout - co0 < BW_CO ? j->p->cout - co0 : BW_CO;
+/* The block of output channels [co0, co0 + BW_CO) x pairs [k0, k0 + BW_K) over n streams of geometry
+ * g (sources src[i], gradients dys[i] [cout][length]), into out[co][k] (row stride K), with the
+ * pairs' offsets sk and masks mb (bw_pairs); channels past the end read `zero` (a zero row), and
+ * neither they nor pairs past the end are stored. */
+__attribute__((target("avx512f"))) static void bw_block(const pil_geo *g, int cout, int n, const float *const *src,
+                                                       const float *const *dys, int co0, long k0, float *out, long K,
+                                                       const long *sk, const __mmask16 *mb, const float *zero) {
+  const long L = (long)g->oh * g->ow;
+  const int nco = cout - co0 < BW_CO ? cout - co0 : BW_CO;
   const int nk = K - k0 < BW_K ? (int)(K - k0) : BW_K;
-  const __mmask16 tail = P % 16 ? (__mmask16)((1u << (P % 16)) - 1) : (__mmask16)0xFFFF;
+  const __mmask16 tail = L % 16 ? (__mmask16)((1u << (L % 16)) - 1) : (__mmask16)0xFFFF;
   __m512 acc[BW_CO][BW_K];
   _Pragma("GCC unroll 8") for (int r = 0; r < BW_CO; r++) _Pragma("GCC unroll 8") for (int k = 0; k < BW_K; k++) acc[r][k] = _mm512_setzero_ps();
-  for (int i = 0; i < nimg; i++) {
+  for (int i = 0; i < n; i++) {
     const float *d[BW_CO];
-    _Pragma("GCC unroll 8") for (int r = 0; r < BW_CO; r++) d[r] = r < nco ? dyi[i] + (long)(co0 + r) * P : zero;
+    _Pragma("GCC unroll 8") for (int r = 0; r < BW_CO; r++) d[r] = r < nco ? dys[i] + (long)(co0 + r) * L : zero;
     const float *s = src[i];
     const __mmask16 *m = mb;
     for (int v = 0; v < g->nv; v++, s += 16, m += BW_K) {
@@ -477,54 +490,83 @@ __attribute__((target("avx512f"))) static void bw_block(const pil_bw_job *j, con
   }
 }
 
-/* Groups of images handed out in order: the sources (the input, or each image's phase planes, split
- * here), then every block, into the group's slot. */
+/* Groups of images handed out in order: the group's streams (packed: the gradients copied, the input
+ * copied or split into phase planes side by side; else the input split per image where strided), then
+ * every block, into the group's slot. */
 static void bw_task(void *ctx, int tid, int nt) {
   (void)tid; (void)nt;
-  static _Thread_local buf_t src_buf, mb_buf, zero_buf;
+  static _Thread_local buf_t src_buf, dy_buf, mb_buf, zero_buf;
   pil_bw_job *j = ctx;
   const conv_p *p = j->p;
   const int s = p->sh;
-  const long P = (long)p->oh * p->ow, K = (long)p->cin * j->g.taps, HW = (long)p->h * p->w;
-  const long ph_img = (long)s * s * p->cin * P;
-  __mmask16 *mb = (__mmask16 *)grow(&mb_buf, ((size_t)j->g.nv * BW_K * sizeof(__mmask16) + sizeof(float) - 1) / sizeof(float));
-  float *zero = grow(&zero_buf, (size_t)j->g.nv * 16);
-  memset(zero, 0, sizeof(float) * (size_t)j->g.nv * 16);
+  const long P = (long)p->oh * p->ow, K = (long)p->cin * j->full.g.taps, HW = (long)p->h * p->w;
+  const long L = (long)BW_IMAGES * P < (long)p->n * P ? (long)BW_IMAGES * P : (long)p->n * P; /* a group's pixels */
+  const int nv = j->full.g.nv > j->last.g.nv ? j->full.g.nv : j->last.g.nv;
+  __mmask16 *mb = (__mmask16 *)grow(&mb_buf, ((size_t)nv * BW_K * sizeof(__mmask16) + sizeof(float) - 1) / sizeof(float));
+  float *zero = grow(&zero_buf, (size_t)nv * 16);
+  memset(zero, 0, sizeof(float) * (size_t)nv * 16);
+  float *src = s > 1 || j->packed ? grow(&src_buf, (size_t)s * s * p->cin * L) : NULL;
+  float *dys = j->packed ? grow(&dy_buf, (size_t)p->cout * L) : NULL;
   for (;;) {
     const long grp = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
     if (grp >= j->groups) break;
     const long b0 = grp * BW_IMAGES;
     const int nimg = p->n - b0 < BW_IMAGES ? (int)(p->n - b0) : BW_IMAGES;
-    const float *src[BW_IMAGES], *dyi[BW_IMAGES];
-    float *ph = s > 1 ? grow(&src_buf, (size_t)nimg * ph_img) : NULL;
+    const pil_geo *g = !j->packed || nimg == BW_IMAGES || j->groups == 1 ? &j->full.g : &j->last.g;
+    const float *srcs[BW_IMAGES], *dyi[BW_IMAGES];
+    const long len = j->packed ? nimg * P : P, img = (long)s * s * p->cin * P; /* a stream's pixels; phase planes per image */
     for (int i = 0; i < nimg; i++) {
-      const float *xi = j->x + (b0 + i) * p->cin * HW;
-      if (s > 1) split_phases(p, xi, ph + i * ph_img);
-      src[i] = s > 1 ? ph + i * ph_img : xi;
-      dyi[i] = j->dy + (b0 + i) * p->cout * P;
+      const float *xi = j->x + (b0 + i) * p->cin * HW, *di = j->dy + (b0 + i) * p->cout * P;
+      srcs[i] = s > 1 ? src + i * img : xi;
+      dyi[i] = di;
+      if (!j->packed) {
+        if (s > 1) split_phases(p, xi, src + i * img, P);
+        continue;
+      }
+      if (s > 1) split_phases(p, xi, src + i * P, len);
+      else
+        for (int ci = 0; ci < p->cin; ci++) memcpy(src + ci * len + i * P, xi + ci * HW, sizeof(float) * (size_t)P);
+      for (int co = 0; co < p->cout; co++) memcpy(dys + co * len + i * P, di + co * P, sizeof(float) * (size_t)P);
+    }
+    const int n = j->packed ? 1 : nimg;
+    if (j->packed) {
+      srcs[0] = src;
+      dyi[0] = dys;
     }
     float *out = j->part + grp * p->cout * K;
     for (long k0 = 0; k0 < K; k0 += BW_K) {
       long sk[BW_K];
-      bw_pairs(&j->g, k0, K, sk, mb);
-      for (int co0 = 0; co0 < p->cout; co0 += BW_CO) bw_block(j, src, dyi, nimg, co0, k0, out, K, sk, mb, zero);
+      bw_pairs(g, k0, K, sk, mb);
+      for (int co0 = 0; co0 < p->cout; co0 += BW_CO) bw_block(g, p->cout, n, srcs, dyi, co0, k0, out, K, sk, mb, zero);
     }
   }
 }
 
+/* The stream of a group of `images` images for geometry p (into *st: its tap offsets and masks). */
+static void bw_stream_at(bw_stream *st, const conv_p *p, int images, buf_t *mk_buf) {
+  pil_geo *g = &st->g;
+  const long len = (long)images * p->oh * p->ow;
+  *g = (pil_geo){.cin = p->cin, .cout = p->cout, .oh = images * p->oh, .ow = p->ow, .taps = p->kh * p->kw, .xplane = len};
+  int dys[PIL_MAX_TAPS], dxs[PIL_MAX_TAPS], tap[PIL_MAX_TAPS];
+  tap_geometry(p, len, st->toff, dys, dxs, tap);
+  g->toff = st->toff;
+  pil_masks(g, mk_buf, dys, dxs, p->sh == 1 ? p->h : p->oh, p->sh == 1 ? p->w : p->ow);
+}
+
 /* Whether pil_backward_weight takes this geometry: the forward's (pil_ok without its channel limit, or
- * pil_strided_ok's maps), on maps of at least 144 pixels (the measured ones) with at least 90 % of the
- * lanes real pixels (7x7 maps fill 49 of 64: 32 -> 64 on 14x14 at stride 2 went from 2.06 to 2.13 ms),
- * and a group's sources and gradients within ~640 KB
- * of L2. Against the other paths (alternating calls, 2 threads, caches flushed): ResNet-20's 1 -> 16
- * stem on 28x28 (batch 128) 0.52 -> 0.34 ms, its 16 -> 32 3x3/2 2.15 -> 1.93 ms, ResNet-18's 7x7/2
- * stem on 32x32 (batch 64) 2.46 -> 1.99 ms. RESNET_PIL_BW=0 turns it off (measurements). */
+ * pil_strided_ok's maps), on maps of at least 49 pixels (ResNet-18's strided layers to 4x4 and 2x2
+ * lost 30-180 % packed) and with a group's sources and gradients within ~640 KB of L2. Against the
+ * other paths (alternating calls, 2 threads, caches flushed): ResNet-20's 1 -> 16 stem on 28x28
+ * (batch 128) 0.52 -> 0.34 ms, its 16 -> 32 3x3/2 2.15 -> 1.93 ms, 32 -> 64 3x3/2 to 7x7 (packed)
+ * 2.09 -> 1.79-1.85 ms; ResNet-18's 7x7/2 stem on 32x32 (batch 64) 2.46 -> 1.99 ms. Packing the
+ * stems' groups (whole lanes already) cost 12-50 %, hence the in-place reading. RESNET_PIL_BW=0
+ * turns it off (measurements). */
 int pil_bw_ok(const conv_p *p) {
   static int off = -1;
   if (env_zero("RESNET_PIL_BW", &off) || pil_off() || p->groups != 1 || p->n < 1 || p->cin < 1 || p->cout < 1) return 0;
   const int s = p->sh;
-  const long P = (long)p->oh * p->ow, nv = (P + 15) / 16;
-  if (P < 144 || P * 10 < nv * 16 * 9 || (long)BW_IMAGES * ((long)s * s * p->cin + p->cout) * P > 160L * 1024) return 0;
+  const long P = (long)p->oh * p->ow;
+  if (P < 49 || (long)BW_IMAGES * ((long)s * s * p->cin + p->cout) * P > 160L * 1024) return 0;
   if (s == 1) return p->sw == 1 && p->oh == p->h && p->ow == p->w && 2 * p->ph == (p->kh - 1) * p->dh &&
                      2 * p->pw == (p->kw - 1) * p->dw && (long)p->kh * p->kw <= PIL_MAX_TAPS;
   return s <= 4 && p->sw == s && p->dh == 1 && p->dw == 1 && p->h == s * p->oh && p->w == s * p->ow &&
@@ -533,18 +575,20 @@ int pil_bw_ok(const conv_p *p) {
 
 /* dw = the weight gradient of p (pil_bw_ok) from x and dy. */
 void pil_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
-  static _Thread_local buf_t mk_buf, part_buf;
+  static _Thread_local buf_t mk_full, mk_last, part_buf;
   pil_bw_job j = {.p = p, .x = x, .dy = dy};
-  pil_geo *g = &j.g;
-  const long P = (long)p->oh * p->ow;
-  *g = (pil_geo){.cin = p->cin, .cout = p->cout, .oh = p->oh, .ow = p->ow, .taps = p->kh * p->kw,
-                 .xplane = p->sh == 1 ? (long)p->h * p->w : P};
-  int toff[PIL_MAX_TAPS], dys[PIL_MAX_TAPS], dxs[PIL_MAX_TAPS], tap[PIL_MAX_TAPS];
-  tap_geometry(p, toff, dys, dxs, tap);
-  g->toff = toff;
-  pil_masks(g, &mk_buf, dys, dxs, p->sh == 1 ? p->h : p->oh, p->sh == 1 ? p->w : p->ow);
   j.groups = (p->n + BW_IMAGES - 1) / BW_IMAGES;
-  const long K = (long)p->cin * g->taps, wsz = (long)p->cout * K;
+  const long P = (long)p->oh * p->ow;
+  j.packed = P * 10 < (P + 15) / 16 * 16 * 9; /* under 90 % of the lanes real pixels */
+  if (j.packed) {
+    bw_stream_at(&j.full, p, p->n < BW_IMAGES ? p->n : BW_IMAGES, &mk_full);
+    bw_stream_at(&j.last, p, p->n - (j.groups - 1) * BW_IMAGES, &mk_last);
+  } else {
+    bw_stream_at(&j.full, p, 1, &mk_full);
+    j.last = j.full;
+    j.last.g.toff = j.last.toff;
+  }
+  const long K = (long)p->cin * p->kh * p->kw, wsz = (long)p->cout * K;
   j.part = grow(&part_buf, (size_t)j.groups * wsz);
   atomic_init(&j.next, 0);
   const int T = pool_threads();
