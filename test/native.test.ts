@@ -95,6 +95,10 @@ const convCases: [string, Conv2dParams][] = [
   ['Winograd on NCHW: 32 -> 48, odd 9x11 maps (cut edge tiles), batch 3', convCase(3, 32, 9, 11, 48, 3, 1, 1, 1, 1)],
   ['Winograd on NCHW: 4x4 maps (one tile per image), 48 -> 32, batch 5', convCase(5, 48, 4, 4, 32, 3, 1, 1, 1, 1)],
   ['Winograd on NCHW: a 3x13 map, 64 -> 32', convCase(2, 64, 3, 13, 32, 3, 1, 1, 1, 1)],
+  // maps at least 28 wide: the input transform reads a blocked copy of each image's 16 channels made
+  // a row at a time as the tiles reach it (chunks of tiles start and end inside images)
+  ['Winograd on NCHW from a blocked copy made row by row: 32 -> 48, 30x29 maps, batch 3', convCase(3, 32, 30, 29, 48, 3, 1, 1, 1, 1)],
+  ['Winograd weight gradient from the blocked copy: 16 -> 16, 31x28 maps, batch 2', convCase(2, 16, 31, 28, 16, 3, 1, 1, 1, 1)],
   ['gathered GEMM: padding wider than the kernel reaches (border outputs are the bias alone)', convCase(3, 20, 3, 3, 24, 1, 1, 1, 1, 1)],
   // backward weight by gathered GEMM (>= 64 output channels): K = 63 (a partial 32-tap panel), 66
   // channels (a partial row panel), 800 columns split over threads with partial sums
