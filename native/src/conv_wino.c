@@ -153,6 +153,14 @@ static inline void tile_at(const wino_job *j, long t, long *b, int *oy, int *ox)
   *ox = j->m * (int)(r % j->tw);
 }
 
+/* The distance between the transform positions' planes of V, M and Z, for planes of n floats: n rounded
+ * up to whole lines and made an odd number of lines, so that a tile's 36 stores (or loads) one plane
+ * apart fall into 36 different L1 sets (a multiple of 4 KB puts them all into one). */
+static inline long plane_stride(long n) {
+  const long l = (n + 15) / 16;
+  return 16 * (l % 2 ? l : l + 1);
+}
+
 /* Tiles ahead whose NCHW lines the transforms prefetch: each tile reads or writes a few rows of 16
  * channel planes, more streams than the hardware prefetcher follows. ResNet-20's 32 channels on
  * 14x14 at batch 128, caches flushed before each call as in a training step (alternating calls):
@@ -292,7 +300,7 @@ __attribute__((target("avx512f"))) static void blk_row(float *plane, const float
 __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long lo, long hi, const int m) {
   const conv_p *p = j->p;
   const int a = m + 2, np = a * a, cb = p->cin / 16, hp = p->h + 2, wp = p->w + 2;
-  const long plane = (long)hp * wp * 16, img = cb * plane, vx = (long)p->cin * j->tpad;
+  const long plane = (long)hp * wp * 16, img = cb * plane, vx = plane_stride((long)p->cin * j->tpad);
   const __m512 z = _mm512_setzero_ps();
   static _Thread_local buf_t copy_buf, rows_buf;
   const int copy = j->x_nchw && p->w >= WINO_COPY_MIN_W;
@@ -381,7 +389,8 @@ static void wino_in_pass(wino_job *j) { run_range(wino_in_range, j, (long)(j->p-
  * runs per register tile. */
 static void wino_gemm_item(const wino_job *j, long it) {
   const conv_p *p = j->p;
-  const long vx = (long)p->cin * j->tpad, mx = (long)p->cout * j->tpad, chblk = j->tpad * 16, runs = j->tpad / PR_RUN;
+  const long vx = plane_stride((long)p->cin * j->tpad), mx = plane_stride((long)p->cout * j->tpad), chblk = j->tpad * 16,
+             runs = j->tpad / PR_RUN;
   const int xi = (int)(it / j->npanels), panel = (int)(it % j->npanels);
   const float *Bp = j->U + xi * j->usize + (long)panel * PR_NR * p->cin;
   const int two = p->cout - panel * PR_NR > 16;
@@ -413,7 +422,7 @@ static void wino_gemm_task(void *ctx, int tid, int n) {
 __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long lo, long hi, const int m) {
   const conv_p *p = j->p;
   const int a = m + 2, kb = p->cout / 16, wp = p->ow + 2;
-  const long plane = (long)(p->oh + 2) * wp * 16, img = kb * plane, mx = (long)p->cout * j->tpad;
+  const long plane = (long)(p->oh + 2) * wp * 16, img = kb * plane, mx = plane_stride((long)p->cout * j->tpad);
   const __m512 z = _mm512_setzero_ps();
   for (long it = lo; it < hi; it++) {
     const long c = it / j->nt, t = it % j->nt;
@@ -519,8 +528,8 @@ static void chunk_scratch(wino_job *j, long tmax) {
   static _Thread_local int offs_cap;
   const conv_p *p = j->p;
   tmax = (tmax + PR_RUN - 1) / PR_RUN * PR_RUN;
-  j->V = grow(&vbuf, (size_t)j->np * p->cin * tmax);
-  j->M = grow(&mbuf, (size_t)j->np * p->cout * tmax);
+  j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * tmax));
+  j->M = grow(&mbuf, (size_t)j->np * plane_stride((long)p->cout * tmax));
   if (offs_cap < p->cin) {
     free(offs);
     offs = malloc(sizeof(int) * (size_t)p->cin);
@@ -720,7 +729,7 @@ __attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo,
   const wino_job *j = &w->j;
   const conv_p *p = j->p;
   const int a = m + 2;
-  const long ohw = (long)p->oh * p->ow, zx = (long)p->cout * j->tpad;
+  const long ohw = (long)p->oh * p->ow, zx = plane_stride((long)p->cout * j->tpad);
   const __m512 zero = _mm512_setzero_ps();
   for (long it = lo; it < hi; it++) {
     const long c = it / j->tpad, t = it % j->tpad;
@@ -768,7 +777,7 @@ __attribute__((target("avx512f"))) static void wbw_gemm_item(const wbw_job *w, l
   const wino_job *j = &w->j;
   const conv_p *p = j->p;
   const int cib = p->cin / 16, cob = p->cout / 16;
-  const long vx = (long)p->cin * j->tpad, zx = (long)p->cout * j->tpad, T = j->tpad;
+  const long vx = plane_stride((long)p->cin * j->tpad), zx = plane_stride((long)p->cout * j->tpad), T = j->tpad;
   const int xi = (int)(it / cob), co = (int)(it % cob);
   const float *z = w->Z + xi * zx + (long)co * T * 16;
   for (int ci = 0; ci < cib; ci++) {
@@ -819,8 +828,8 @@ static void wbw_private_task(void *ctx, int tid, int n) {
   const long total = (long)p->n * sh->w.j.th * sh->w.j.tw, usz = (long)sh->w.j.np * p->cin * p->cout;
   wbw_job w = sh->w;
   wino_job *j = &w.j;
-  j->V = grow(&vbuf, (size_t)j->np * p->cin * sh->per);
-  w.Z = grow(&zbuf, (size_t)j->np * p->cout * sh->per);
+  j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * sh->per));
+  w.Z = grow(&zbuf, (size_t)j->np * plane_stride((long)p->cout * sh->per));
   for (;;) {
     const long g = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
     if (g >= sh->groups) break;
@@ -916,8 +925,8 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
     }
   }
   per = chunk_tiles(j, total);
-  j->V = grow(&vbuf, (size_t)j->np * p->cin * per);
-  w.Z = grow(&zbuf, (size_t)j->np * p->cout * per);
+  j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * per));
+  w.Z = grow(&zbuf, (size_t)j->np * plane_stride((long)p->cout * per));
   w.dU = grow(&ubuf, (size_t)usz);
   memset(w.dU, 0, sizeof(float) * (size_t)usz);
   for (j->t0 = 0; j->t0 < total; j->t0 += per) {
