@@ -437,7 +437,7 @@ typedef struct {
   const conv_p *p;
   int packed;           /* groups copied into one stream each; else read image by image */
   bw_stream full, last; /* packed: the streams of the groups of BW_IMAGES images and of the last
-                         * group if it has fewer; else full is one image's */
+                         * group (the same when it has as many); else full is one image's, last unset */
   const float *x, *dy;
   float *part; /* [group][cout][cin * taps] */
   int groups;
@@ -501,7 +501,7 @@ static void bw_task(void *ctx, int tid, int nt) {
   const int s = p->sh;
   const long P = (long)p->oh * p->ow, K = (long)p->cin * j->full.g.taps, HW = (long)p->h * p->w;
   const long L = (long)BW_IMAGES * P < (long)p->n * P ? (long)BW_IMAGES * P : (long)p->n * P; /* a group's pixels */
-  const int nv = j->full.g.nv > j->last.g.nv ? j->full.g.nv : j->last.g.nv;
+  const int nv = j->full.g.nv; /* the most vectors of a stream (the last group's are fewer or as many) */
   __mmask16 *mb = (__mmask16 *)grow(&mb_buf, ((size_t)nv * BW_K * sizeof(__mmask16) + sizeof(float) - 1) / sizeof(float));
   float *zero = grow(&zero_buf, (size_t)nv * 16);
   memset(zero, 0, sizeof(float) * (size_t)nv * 16);
@@ -512,7 +512,7 @@ static void bw_task(void *ctx, int tid, int nt) {
     if (grp >= j->groups) break;
     const long b0 = grp * BW_IMAGES;
     const int nimg = p->n - b0 < BW_IMAGES ? (int)(p->n - b0) : BW_IMAGES;
-    const pil_geo *g = !j->packed || nimg == BW_IMAGES || j->groups == 1 ? &j->full.g : &j->last.g;
+    const pil_geo *g = j->packed && grp == j->groups - 1 ? &j->last.g : &j->full.g;
     const float *srcs[BW_IMAGES], *dyi[BW_IMAGES];
     const long len = j->packed ? nimg * P : P, img = (long)s * s * p->cin * P; /* a stream's pixels; phase planes per image */
     for (int i = 0; i < nimg; i++) {
@@ -585,8 +585,6 @@ void pil_backward_weight(float *dw, const float *x, const float *dy, const conv_
     bw_stream_at(&j.last, p, p->n - (j.groups - 1) * BW_IMAGES, &mk_last);
   } else {
     bw_stream_at(&j.full, p, 1, &mk_full);
-    j.last = j.full;
-    j.last.g.toff = j.last.toff;
   }
   const long K = (long)p->cin * p->kh * p->kw, wsz = (long)p->cout * K;
   j.part = grow(&part_buf, (size_t)j.groups * wsz);
