@@ -559,11 +559,14 @@ static void bw_stream_at(bw_stream *st, const conv_p *p, int images, buf_t *mk_b
  * other paths (alternating calls, 2 threads, caches flushed): ResNet-20's 1 -> 16 stem on 28x28
  * (batch 128) 0.52 -> 0.34 ms, its 16 -> 32 3x3/2 2.15 -> 1.93 ms, 32 -> 64 3x3/2 to 7x7 (packed)
  * 2.09 -> 1.79-1.85 ms; ResNet-18's 7x7/2 stem on 32x32 (batch 64) 2.46 -> 1.99 ms. Packing the
- * stems' groups (whole lanes already) cost 12-50 %, hence the in-place reading. RESNET_PIL_BW=0
- * turns it off (measurements). */
+ * stems' groups (whole lanes already) cost 12-50 %, hence the in-place reading. Other 3x3 layers the
+ * Winograd paths do not take gain too (batch 64: 24 channels on 9x9 0.89 -> 0.36 ms, packed; 16 -> 32
+ * 3x3/2 on 16x16 0.45-0.61 -> 0.28-0.34 ms); 1x1 kernels lose (above). RESNET_PIL_BW=0 turns it off
+ * (measurements). */
 int pil_bw_ok(const conv_p *p) {
   static int off = -1;
   if (env_zero("RESNET_PIL_BW", &off) || pil_off() || p->groups != 1 || p->n < 1 || p->cin < 1 || p->cout < 1) return 0;
+  if (p->kh * p->kw == 1) return 0; /* a 1x1 kernel's gradient is a plain GEMM: 64 -> 64 on 8x8 at batch 64 0.20 -> 0.27 ms here */
   const int s = p->sh;
   const long P = (long)p->oh * p->ow;
   if (P < 49 || (long)BW_IMAGES * ((long)s * s * p->cin + p->cout) * P > 160L * 1024) return 0;
