@@ -5,6 +5,7 @@
       "sources": [
         "native/src/addon.c",
         "native/src/conv.c",
+        "native/src/conv_dense.c",
         "native/src/conv_gather.c",
         "native/src/conv_pil.c",
         "native/src/conv_prow.c",

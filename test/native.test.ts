@@ -52,9 +52,9 @@ const convCases: [string, Conv2dParams][] = [
   ['depthwise 3x3/2', convCase(1, 6, 10, 10, 6, 3, 2, 1, 1, 6)],
   ['dilated 3x3, dilation 2, padding 2', convCase(2, 4, 11, 10, 6, 3, 1, 2, 2, 1)],
   ['padding larger than half the kernel', convCase(1, 3, 5, 5, 4, 3, 2, 3, 1, 1)],
-  ['1x1 spatial (last stage of a CIFAR net)', convCase(7, 64, 1, 1, 128, 3, 1, 1, 1, 1)],
+  ['1x1 spatial (last stage of a CIFAR net: the dense product, its centre taps)', convCase(7, 64, 1, 1, 128, 3, 1, 1, 1, 1)],
   ['large enough to thread: 64 -> 64 on 28x28, batch 7', convCase(7, 64, 28, 28, 64, 3, 1, 1, 1, 1)],
-  ['batch 1, 2x2 map, weights beyond L2 (packed GEMM), K = 576 over several k-blocks', convCase(1, 64, 2, 2, 512, 3, 1, 1, 1, 1)],
+  ['batch 1, 2x2 map, 64 -> 512 (the dense product, W\' of 2 MB)', convCase(1, 64, 2, 2, 512, 3, 1, 1, 1, 1)],
   ['K = 360 over two k-blocks, 16 output channels (8-row panels)', convCase(2, 40, 9, 9, 16, 3, 1, 1, 1, 1)],
   // pixel-row kernels (AVX-512): output width a multiple of 7, >= 32 output channels, K >= 128 (64 for
   // a stride-1 1x1)
@@ -83,10 +83,21 @@ const convCases: [string, Conv2dParams][] = [
   // gathered GEMM (AVX-512): small maps; column blocks across images, several k-blocks, a partial panel
   ['gathered GEMM: 4x4 maps, batch 9 (144 columns), K = 360, 24 output channels', convCase(9, 40, 4, 4, 24, 3, 1, 1, 1, 1)],
   ['gathered GEMM: 8x8 stride 2 with padding 2, 5x5 kernel', convCase(3, 12, 8, 8, 20, 5, 2, 2, 1, 1)],
-  ['gathered GEMM by tap pattern: 2x2 maps (4 patterns, 4 of 9 taps each), batch 3', convCase(3, 24, 2, 2, 40, 3, 1, 1, 1, 1)],
-  ['2x2 maps, batch 9 (the Winograd F(2x2) path on NCHW)', convCase(9, 32, 2, 2, 48, 3, 1, 1, 1, 1)],
-  // a kernel covering its whole map for a 1x1 output: a linear layer over the batch
-  ['as a linear layer: 3x3/2 of 2x2 -> 1x1 (cropped to the whole map), 20 -> 36, batch 5', convCase(5, 20, 2, 2, 36, 3, 2, 1, 1, 1)],
+  // maps whose every output pixel sees every input pixel: one dense product over the batch, W' built
+  // from the taps (conv_dense.c)
+  ['dense: 2x2 maps, batch 3, 24 -> 40', convCase(3, 24, 2, 2, 40, 3, 1, 1, 1, 1)],
+  ['dense: 2x2 maps, batch 9, 32 -> 48', convCase(9, 32, 2, 2, 48, 3, 1, 1, 1, 1)],
+  ['dense: 3x3/2 of 2x2 -> 1x1 (4 of 9 taps), 20 -> 36, batch 5', convCase(5, 20, 2, 2, 36, 3, 2, 1, 1, 1)],
+  ['dense: 1x2 maps (3 of 9 taps live), 7 -> 9, batch 5', convCase(5, 7, 1, 2, 9, 3, 1, 1, 1, 1)],
+  ['dense: 5x5 padding 2 on 2x2 maps, 6 -> 10, batch 2', convCase(2, 6, 2, 2, 10, 5, 1, 2, 1, 1)],
+  ['dense: dilation 2 on 1x1 maps (the centre tap), 6 -> 5, batch 2', convCase(2, 6, 1, 1, 5, 3, 1, 2, 2, 1)],
+  // the same maps with W' past its 16 MB cap: the gathered GEMM by tap pattern (4 patterns, 4 of 9
+  // taps each; channels not whole 16-channel blocks) and Winograd F(2x2) on NCHW
+  ['2x2 maps, W\' past the dense cap: gathered GEMM by tap pattern, 520 -> 520, batch 3', convCase(3, 520, 2, 2, 520, 3, 1, 1, 1, 1)],
+  ['2x2 maps, W\' past the dense cap: Winograd F(2x2), 528 -> 512, batch 5', convCase(5, 528, 2, 2, 512, 3, 1, 1, 1, 1)],
+  // taps cropped to those that read inside the map, where the dense product would waste most of W'
+  ['cropped to the live row of taps: 3x3 on 1x8 maps (dense would be 22 of 64 pairs)', convCase(3, 12, 1, 8, 20, 3, 1, 1, 1, 1)],
+  // a kernel covering its whole map for a 1x1 output: a linear layer over the batch (w is W')
   ['as a linear layer: a 2x2 kernel over a 2x2 map, no padding, batch 1', convCase(1, 8, 2, 2, 12, 2, 1, 0, 1, 1)],
   ['as a linear layer: a 3x3 kernel over a 3x3 map, no padding, batch 3', convCase(3, 5, 3, 3, 7, 3, 1, 0, 1, 1)],
   // Winograd F(4x4, 3x3) on NCHW (AVX-512; 3x3/1 padding 1, >= 32 channels in whole 16-channel blocks,
@@ -147,21 +158,31 @@ for (const [name, p] of convCases) {
 for (const [name, p] of pilWeightCases) {
   test(`native conv2d forward/backward = reference, weight gradient by pixels in lanes: ${name}`, { skip }, () => checkConv(p));
 }
+/** conv2dBackwardWeight of random x and dy on 1, 2 and 3 threads: the same bits. */
+function weightGradientSameBitsOnThreads(p: Conv2dParams): void {
+  const x = randomArray(p.n * p.cIn * p.h * p.w, gen);
+  const dy = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
+  const before = nat!.getThreads();
+  const outs = [1, 2, 3].map((t) => {
+    nat!.setThreads(t);
+    const dw = new Float32Array(p.cOut * p.cIn * p.kh * p.kw).fill(NaN);
+    nat!.conv2dBackwardWeight(dw, x, dy, p);
+    return dw;
+  });
+  nat!.setThreads(before);
+  assert.deepEqual(outs[1], outs[0], '2 threads vs 1');
+  assert.deepEqual(outs[2], outs[0], '3 threads vs 1');
+}
 test('the weight gradient by pixels in lanes has the same bits on 1, 2 and 3 threads', { skip }, () => {
   // 17 images: groups of 8, 8 and 1, each summed on its own, the groups added in order
   for (const p of [convCase(17, 1, 28, 28, 16, 3, 1, 1, 1, 1), convCase(17, 16, 28, 28, 32, 3, 2, 1, 1, 1), convCase(17, 32, 14, 14, 64, 3, 2, 1, 1, 1)]) {
-    const x = randomArray(p.n * p.cIn * p.h * p.w, gen);
-    const dy = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
-    const before = nat!.getThreads();
-    const outs = [1, 2, 3].map((t) => {
-      nat!.setThreads(t);
-      const dw = new Float32Array(p.cOut * p.cIn * p.kh * p.kw).fill(NaN);
-      nat!.conv2dBackwardWeight(dw, x, dy, p);
-      return dw;
-    });
-    nat!.setThreads(before);
-    assert.deepEqual(outs[1], outs[0], '2 threads vs 1');
-    assert.deepEqual(outs[2], outs[0], '3 threads vs 1');
+    weightGradientSameBitsOnThreads(p);
+  }
+});
+test('the dense product\'s weight gradient has the same bits on 1, 2 and 3 threads', { skip }, () => {
+  // W' large enough that its product and the fold back into taps run on every thread
+  for (const p of [convCase(33, 64, 2, 2, 72, 3, 1, 1, 1, 1), convCase(33, 96, 2, 2, 80, 3, 2, 1, 1, 1), convCase(33, 128, 1, 1, 96, 3, 1, 1, 1, 1)]) {
+    weightGradientSameBitsOnThreads(p);
   }
 });
 for (const [name, p] of pilStridedCases) {
@@ -230,10 +251,10 @@ function checkConv(p: Conv2dParams): void {
 
 test('native conv2d: weights packed for one input size still give the right answer at another', { skip }, () => {
   // 14x14 takes the pixel-row kernel (its own packed layout), 16x16 the q-grid one (micro-kernel
-  // panels); 16 -> 16 on 14x14 pixels in lanes (plain weights), on a 1x1 map a cropped GEMM (panels)
+  // panels); on a 1x1 map the dense product over the batch (plain weights)
   const pairs = [
     [convCase(2, 24, 14, 14, 40, 3, 1, 1, 1, 1), convCase(2, 24, 16, 16, 40, 3, 1, 1, 1, 1)],
-    [convCase(2, 16, 14, 14, 16, 3, 1, 1, 1, 1), convCase(3, 16, 1, 1, 16, 3, 1, 1, 1, 1)],
+    [convCase(3, 24, 1, 1, 40, 3, 1, 1, 1, 1), convCase(2, 24, 16, 16, 40, 3, 1, 1, 1, 1)],
   ] as const;
   for (const [a, b] of pairs) {
     const w = randomArray(a.cOut * a.cIn * 9, gen, 0.3);

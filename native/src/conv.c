@@ -678,11 +678,18 @@ static float *crop_weights(const float *w, const conv_p *p, const conv_p *q, int
   return wq;
 }
 
+/* Whether p runs as a dense linear layer (conv_dense.c) in all three passes. */
+static int dense(const conv_p *p) {
+  static int off = -1;
+  return !env_zero("RESNET_DENSE", &off) && dense_ok(p);
+}
+
 /* The packed layout that forward_impl reads for this geometry: CONV_LAYOUT_PLAIN (the paths that take
  * plain weights: Winograd on NCHW, pixels in lanes), CONV_LAYOUT_PROW / _PROW16 (pixel-row panels of
  * 32 / 16 channels) or the A-panel height of the GEMM micro-kernel. Cropped geometries unpack the
  * weights anyway. */
 int conv2d_pack_layout(const conv_p *p) {
+  if (dense(p)) return CONV_LAYOUT_PLAIN;
 #if defined(__x86_64__)
   conv_p q;
   int ky0, kx0;
@@ -765,7 +772,10 @@ void conv2d_forward_packed(float *y, const float *x, const float *w, const float
   }
   conv_p q;
   int ky0, kx0;
-  if (!crop(p, &q, &ky0, &kx0)) {
+  if (dense(p)) {
+    if (!w) w = tmp = unpack_weights(wp, layout, p);
+    dense_forward(y, x, w, bias, residual, relu, p);
+  } else if (!crop(p, &q, &ky0, &kx0)) {
     forward_impl(y, x, w, wp, bias, residual, relu, p);
   } else {
     if (!w) w = tmp = unpack_weights(wp, layout, p);
@@ -854,6 +864,10 @@ void conv2d_forward(float *y, const float *x, const float *w, const float *bias,
 void conv2d_backward_input_add(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
   conv_p q;
   int ky0, kx0;
+  if (dense(p)) {
+    dense_backward_input(dx, dy, w, p, addend);
+    return;
+  }
   if (!crop(p, &q, &ky0, &kx0)) {
     backward_input_impl(dx, dy, w, p, addend);
     return;
@@ -866,6 +880,10 @@ void conv2d_backward_input(float *dx, const float *dy, const float *w, const con
 void conv2d_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
   conv_p q;
   int ky0, kx0;
+  if (dense(p)) {
+    dense_backward_weight(dw, x, dy, p);
+    return;
+  }
   if (!crop(p, &q, &ky0, &kx0)) {
     backward_weight_impl(dw, x, dy, p);
     return;

@@ -32,6 +32,14 @@ const float *a_panels(const float *wt, const float *wp, int M, int K, buf_t *buf
 /* Whether environment variable name is "0" (a path switched off for measurements); read once into *cache. */
 int env_zero(const char *name, int *cache);
 
+/* Tiny maps as one dense linear layer over the batch (conv_dense.c; RESNET_DENSE=0 off): whether p
+ * takes it, and its three passes. */
+int dense_ok(const conv_p *p);
+void dense_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                   const conv_p *p);
+void dense_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
+void dense_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
+
 /* Pixel-row weight panels of nr output channels (32, or 16 for the 16-channel kernel):
  * dst[(j*K + k)*nr + i] = w[(j + i)*K + k], 0 past M. layout_nr: the panel width of a layout, 0 if
  * it is not a pixel-row one. */
