@@ -111,9 +111,9 @@ int wino_tile_for(const conv_p *p) {
 /* The tile size for an NCHW convolution with plain weights (training; wino_forward_nchw), 0 for the
  * direct kernels: as wino_tile_for's geometries, with at least 32 channels in and out. F(4x4), whose
  * transformed weights are computed per call (the weights change every step) and do not stay in
- * memory; F(2x2) on maps of at most 2x2 (one tile covers them; the direct kernels skip the 5 of 9 taps
- * that read padding there, so F(4x4)'s 6x6 window would gain nothing: ResNet-18's 256 channels on
- * 32x32 inputs, 1.8 -> 1.1 ms a pass). 16-channel layers stay direct forward and backward-input: in
+ * memory; F(2x2) on maps of at most 2x2 (one tile covers them; the direct kernels skip the 5 of 9
+ * taps that read padding there, so F(4x4)'s 6x6 window would gain nothing: ResNet-18's 256 channels
+ * on 32x32 inputs, 1.8 -> 1.1 ms a pass; conv_dense.c takes such maps first, up to its size cap). 16-channel layers stay direct forward and backward-input: in
  * private chunks F(4x4) gains 4-16 % there (ResNet-20's 16 channels on 28x28, forward 2.84 -> 2.63 ms,
  * minima of 20 alternating runs), but its rounding (~1e-5 of the scale against ~1e-6), passed down
  * through the layers, takes a 20-step CIFAR ResNet-8 trajectory past 1e-4 of PyTorch's
