@@ -483,10 +483,18 @@ static double *scratch_d(int which, long n) {
   return p[which];
 }
 
-MV static void col_sum(double *s, const float *x, long len) {
+/* d where the relu's output y is positive (or NaN), else 0: y <= 0 ? 0 : d, by bits. */
+static inline float relu_mask(float d, float y) {
+  uint32_t u;
+  memcpy(&u, &d, sizeof u);
+  u &= (uint32_t)0 - (uint32_t) !(y <= 0.0f);
+  memcpy(&d, &u, sizeof d);
+  return d;
+}
+MV static void col_sum(double *restrict s, const float *x, long len) {
   for (long i = 0; i < len; i++) s[i] += x[i];
 }
-MV static void col_sum_sq_dev(double *s, const float *x, const double *mu, long len) {
+MV static void col_sum_sq_dev(double *restrict s, const float *x, const double *mu, long len) {
   for (long i = 0; i < len; i++) {
     const float d = x[i] - (float)mu[i];
     s[i] += (double)(d * d);
@@ -500,20 +508,33 @@ MV static void col_scale_shift(float *y, const float *x, const float *r, const d
     y[i] = relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
   }
 }
-MV static void col_dot_dev(double *sa, double *sb, const float *dy, const float *ym, const float *x, const double *mu, long len) {
-  for (long i = 0; i < len; i++) {
-    const float g = ym ? (ym[i] <= 0.0f ? 0.0f : dy[i]) : dy[i];
-    sa[i] += g;
-    sb[i] += (double)g * (x[i] - (float)mu[i]);
-  }
+MV static void col_dot_dev(double *restrict sa, double *restrict sb, const float *dy, const float *ym, const float *x,
+                           const double *mu, long len) {
+  /* one loop per case, the mask as bits: a select that GCC would not if-convert here (float and
+   * double mixed) kept these loops scalar (ResNet-18's 64 x 256 x 2 x 2 backward 316 -> 60 us on
+   * one thread) */
+  if (ym)
+    for (long i = 0; i < len; i++) {
+      const float g = relu_mask(dy[i], ym[i]);
+      sa[i] += g;
+      sb[i] += (double)g * (x[i] - (float)mu[i]);
+    }
+  else
+    for (long i = 0; i < len; i++) {
+      sa[i] += dy[i];
+      sb[i] += (double)dy[i] * (x[i] - (float)mu[i]);
+    }
 }
 MV static void col_bwd_apply(float *dx, const float *dy, const float *ym, const float *x, const double *mu, const double *k,
                              long len) {
   /* k: k1, k2, k3 per column, 3 * len */
-  for (long i = 0; i < len; i++) {
-    const float g = ym ? (ym[i] <= 0.0f ? 0.0f : dy[i]) : dy[i];
-    dx[i] = (float)k[i] * g + (float)k[len + i] * (x[i] - (float)mu[i]) + (float)k[2 * len + i];
-  }
+  if (ym)
+    for (long i = 0; i < len; i++) {
+      const float g = relu_mask(dy[i], ym[i]);
+      dx[i] = (float)k[i] * g + (float)k[len + i] * (x[i] - (float)mu[i]) + (float)k[2 * len + i];
+    }
+  else
+    for (long i = 0; i < len; i++) dx[i] = (float)k[i] * dy[i] + (float)k[len + i] * (x[i] - (float)mu[i]) + (float)k[2 * len + i];
 }
 
 static void bn_train_small_task(void *ctx, int tid, int nt) {
