@@ -8,10 +8,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { nativeBackend } from '../src/kernels/registry.js';
 import { tsKernels } from '../src/backends/ts/index.js';
-import type { Conv2dParams, Pool2dParams } from '../src/kernels/kernels.js';
+import type { AdaptivePoolParams, Conv2dParams, Pool2dParams } from '../src/kernels/kernels.js';
 import { convOutSize } from '../src/ops/conv.js';
 import { Generator } from '../src/tensor/rng.js';
-import { assertClose, randomArray } from './helpers.js';
+import { assertClose, randomArray, type Tolerance } from './helpers.js';
 
 const nat = nativeBackend();
 const skip = nat ? false : 'native addon not built (npm run build:native)';
@@ -195,6 +195,18 @@ for (const [name, p] of pilStridedCases) {
       nat!.setThreads(before);
     }
   });
+}
+
+function checkAdaptiveAvgPool(x: Float32Array, p: AdaptivePoolParams, tol: Tolerance): void {
+  const ny = p.n * p.c * p.oh * p.ow;
+  const yr = new Float32Array(ny), yn = new Float32Array(ny).fill(NaN);
+  tsKernels.adaptiveAvgPool2d(yr, x, p);
+  nat!.adaptiveAvgPool2d(yn, x, p);
+  assertClose(yn, yr, tol, `adaptive avg pool to ${p.oh}x${p.ow}`);
+  const gr = new Float32Array(x.length), gn = new Float32Array(x.length).fill(NaN);
+  tsKernels.adaptiveAvgPool2dBackward(gr, yr, p);
+  nat!.adaptiveAvgPool2dBackward(gn, yr, p);
+  assertClose(gn, gr, tol, `adaptive avg pool backward to ${p.oh}x${p.ow}`);
 }
 
 function checkConv(p: Conv2dParams): void {
@@ -500,16 +512,11 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
     tsKernels.maxPool2dBackward(dxr, dy, ar, p);
     nat!.maxPool2dBackward(dxn, dy, an, p);
     assertClose(dxn, dxr, tol, 'maxpool backward');
-    const ap = { n, c, h, w, oh: 3, ow: 2 };
-    const ayr = new Float32Array(n * c * 6), ayn = new Float32Array(n * c * 6);
-    tsKernels.adaptiveAvgPool2d(ayr, x, ap);
-    nat!.adaptiveAvgPool2d(ayn, x, ap);
-    assertClose(ayn, ayr, tol, 'adaptive avg pool');
-    const agr = new Float32Array(x.length), agn = new Float32Array(x.length);
-    tsKernels.adaptiveAvgPool2dBackward(agr, ayr, ap);
-    nat!.adaptiveAvgPool2dBackward(agn, ayr, ap);
-    assertClose(agn, agr, tol, 'adaptive avg pool backward');
+    checkAdaptiveAvgPool(x, { n, c, h, w, oh: 3, ow: 2 }, tol);
+    checkAdaptiveAvgPool(x, { n, c, h, w, oh: 1, ow: 1 }, tol); // global: its own paths
   }
+  // the global average of 1x1 maps (ResNet-18's head on 32x32 inputs): a copy, and back
+  checkAdaptiveAvgPool(randomArray(3 * 70, gen), { n: 3, c: 70, h: 1, w: 1, oh: 1, ow: 1 }, { rtol: 0, atol: 0 });
   const logits = randomArray(7 * 13, gen, 5);
   const lr = new Float32Array(91), ln = new Float32Array(91);
   tsKernels.logSoftmax(lr, logits, 7, 13);

@@ -1083,6 +1083,10 @@ void maxpool_bwd(float *dx, const float *dy, const int32_t *argmax, const pool_p
 void adaptive_avgpool_fwd(float *y, const float *x, int n, int c, int h, int w, int oh, int ow) {
   if (oh == 1 && ow == 1) { /* global average (every ResNet's head): vectorised sums */
     const long hw = (long)h * w;
+    if (hw == 1) { /* 1x1 maps (ResNet-18 on 32x32 inputs): a copy, not a call per plane (0.2 ms) */
+      memcpy(y, x, sizeof(float) * (size_t)n * c);
+      return;
+    }
     for (long pl = 0; pl < (long)n * c; pl++) {
       double s;
       sum_range(x + pl * hw, hw, &s);
@@ -1106,6 +1110,15 @@ void adaptive_avgpool_fwd(float *y, const float *x, int n, int c, int h, int w, 
 }
 
 void adaptive_avgpool_bwd(float *dx, const float *dy, int n, int c, int h, int w, int oh, int ow) {
+  if (oh == 1 && ow == 1) { /* global average: each plane filled with its share, one contiguous store run */
+    const long hw = (long)h * w;
+    for (long pl = 0; pl < (long)n * c; pl++) {
+      const float g = dy[pl] / (float)hw;
+      float *dxp = dx + pl * hw;
+      for (long i = 0; i < hw; i++) dxp[i] = g;
+    }
+    return;
+  }
   memset(dx, 0, sizeof(float) * (long)n * c * h * w);
   for (long pl = 0; pl < (long)n * c; pl++) {
     float *dxp = dx + pl * h * w;
