@@ -152,8 +152,20 @@ const pilWeightCases: [string, Conv2dParams][] = [
   ['packed: 3 -> 4, 5x5 on 10x10 (100 pixels: 89 % of 112 lanes), batch 3', convCase(3, 3, 10, 10, 4, 5, 1, 2, 1, 1)],
 ];
 
+// Strided backward input by phases (AVX-512): each stride phase of dx a stride-1 gathered GEMM over
+// dy with that phase's taps; taken where im2col's patch matrix passes 256K floats with at most 128
+// output channels, phases of at least 4x4 and 16 input channels
+const phaseCases: [string, Conv2dParams][] = [
+  ['3x3/2 from 8x8 to 4x4 (ResNet-18 on 32x32), 16 -> 24, batch 120', convCase(120, 16, 8, 8, 24, 3, 2, 1, 1, 1)],
+  ['3x3/3 without padding on 13x14 (phase rows no output reaches: zeros + addend), 16 -> 8, batch 114', convCase(114, 16, 13, 14, 8, 3, 3, 0, 1, 1)],
+  ['5x5/2 padding 2 from 9x9 (3- and 2-tap phases), 16 -> 8, batch 27', convCase(27, 16, 9, 9, 8, 5, 2, 2, 1, 1)],
+];
+
 for (const [name, p] of convCases) {
   test(`native conv2d forward/backward = reference: ${name}`, { skip }, () => checkConv(p));
+}
+for (const [name, p] of phaseCases) {
+  test(`native conv2d forward/backward = reference, strided backward input by phases: ${name}`, { skip }, () => checkConv(p));
 }
 for (const [name, p] of pilWeightCases) {
   test(`native conv2d forward/backward = reference, weight gradient by pixels in lanes: ${name}`, { skip }, () => checkConv(p));

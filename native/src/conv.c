@@ -447,6 +447,85 @@ static void backward_input_chunk(float *dx, const float *dy, const float *w, con
   }
 }
 
+#if defined(__x86_64__)
+/* Strided backward input by per-phase implicit GEMMs, when the phase grids waste little (dx phases
+ * of 7x7 lose to im2col). */
+static int strided_implicit_ok(const conv_p *p) {
+  long nr = (p->h + p->sh - 1) / p->sh, nt = (p->w + p->sw - 1) / p->sw;
+  long wq = nt + ((p->kw - 1) * p->dw + p->sw - 1) / p->sw, tiles = (nr * wq + IT - 1) / IT;
+  return p->groups == 1 && (p->sh > 1 || p->sw > 1) && p->sh <= 64 && p->sw <= 64 && p->kh <= 64 && p->kw <= 64 &&
+         strcmp(sgemm_isa(), "avx512") == 0 && p->cin >= 4 && p->n >= 1 && !no_implicit() && nr * nt * 100 >= tiles * IT * 80;
+}
+
+/* ---- strided backward input by phases (small maps) -----------------------------------------
+ * With stride s (dilation 1), input row iy = s*jy + ry of phase ry receives only the taps
+ * ky = ky0 + m*s, ky0 = (ry + pad) mod s, from output row oy = jy + c - m, c = (ry + pad - ky0) / s:
+ * each phase of dx is a stride-1 correlation of dy with those taps, flipped (u = nt - 1 - m), with
+ * top padding nt - 1 - c, and the channels swapped. The phases together apply each tap once to each
+ * output pixel, so no zeros are multiplied and no patch matrix is written (im2col's patches of a
+ * 3x3/2 layer from 8x8 to 4x4 hold 16 % padding, and its col2im is a second pass over them); each
+ * phase is the gathered GEMM's small-map case, writing its pixels of dx in place (the addend as its
+ * residual). */
+typedef struct {
+  int first, count, pad; /* first tap, taps, padding of the phase's correlation */
+} phase_taps;
+
+static int phase_of(int r, int k, int s, int pad, int out, phase_taps *t) {
+  t->first = (r + pad) % s;
+  t->count = t->first < k ? (k - 1 - t->first) / s + 1 : 0;
+  t->pad = t->count - 1 - (r + pad - t->first) / s;
+  (void)out;
+  return t->count > 0 && t->pad >= 0;
+}
+
+static int phases_ok(const conv_p *p) {
+  if (p->groups != 1 || (p->sh == 1 && p->sw == 1) || p->dh != 1 || p->dw != 1 || !gg_ok(p)) return 0;
+  /* Taken where im2col's patch matrix outgrows L2 with few products per element: its GEMM's K is
+   * cout, and the matrix is written, then read again by col2im (ResNet-18's 64 -> 128 from 8x8 to
+   * 4x4 at batch 64: 590K floats, K = 128; 1.7-2.6 -> 1.2-1.7 ms, -31 to -35 %). Measured slower
+   * with many products per element (256 -> 512 from 14x14 at batch 8, K = 512: +24 %), with a
+   * patch matrix inside L2 (32 -> 64 from 10x10 at batch 32: +7-13 %), on 2x2 phases (four small
+   * GEMMs against im2col's one: 128 -> 256 from 4x4, +49 %) and for a 3-channel stem (4x slower). */
+  const long patch = (long)p->cin * p->kh * p->kw * p->n * p->oh * p->ow;
+  if (p->h / p->sh < 4 || p->w / p->sw < 4 || p->cin < 16 || p->cout > 128 || patch <= (256L << 10) ||
+      (long)p->n * p->cin * p->h * p->w >= (1L << 31) - (1L << 20))
+    return 0;
+  phase_taps t;
+  for (int r = 0; r < p->sh; r++)
+    if (!phase_of(r, p->kh, p->sh, p->ph, p->oh, &t)) return 0;
+  for (int r = 0; r < p->sw; r++)
+    if (!phase_of(r, p->kw, p->sw, p->pw, p->ow, &t)) return 0;
+  return 1;
+}
+
+static void phases_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
+  static _Thread_local buf_t wbuf;
+  const int kk = p->kh * p->kw;
+  for (int ry = 0; ry < p->sh; ry++)
+    for (int rx = 0; rx < p->sw; rx++) {
+      phase_taps ty, tx;
+      phase_of(ry, p->kh, p->sh, p->ph, p->oh, &ty);
+      phase_of(rx, p->kw, p->sw, p->pw, p->ow, &tx);
+      const conv_p q = {p->n, p->cout, p->oh, p->ow, p->cin, ty.count, tx.count, 1, 1, ty.pad, tx.pad, 1, 1, 1,
+                        (p->h - ry + p->sh - 1) / p->sh, (p->w - rx + p->sw - 1) / p->sw};
+      /* wt[ci][(co, u, v)] = w[co][ci][first + (count-1-u)*s][...]: the phase's taps, flipped */
+      const long K = (long)p->cout * q.kh * q.kw;
+      float *wt = grow(&wbuf, (size_t)p->cin * K);
+      for (int ci = 0; ci < p->cin; ci++)
+        for (int co = 0; co < p->cout; co++) {
+          const float *src = w + ((long)co * p->cin + ci) * kk;
+          float *d = wt + ci * K + (long)co * q.kh * q.kw;
+          for (int u = 0; u < q.kh; u++)
+            for (int v = 0; v < q.kw; v++)
+              d[u * q.kw + v] = src[(ty.first + (q.kh - 1 - u) * p->sh) * p->kw + tx.first + (q.kw - 1 - v) * p->sw];
+        }
+      const long hw = (long)p->h * p->w;
+      const gg_out o = {(long)p->cin * hw, hw, (long)p->sh * p->w, p->sw, (long)ry * p->w + rx};
+      gg_forward_to(dx, dy, wt, NULL, NULL, addend, 0, &q, &o);
+    }
+}
+#endif
+
 /* dx = the input gradient (+ addend: the forward paths' residual epilogue, which may read dx itself,
  * or the GEMM's beta; paths without such an epilogue, the strided ones, add it afterwards). */
 static void backward_input_impl(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
@@ -514,6 +593,10 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
     pil_backward_input_strided(dx, dy, w, p, addend);
     return;
   }
+  if (phases_ok(p) && !strided_implicit_ok(p)) {
+    phases_backward_input(dx, dy, w, p, addend);
+    return;
+  }
 #endif
   if (addend) {
     const long nx = (long)p->n * p->cin * p->h * p->w;
@@ -529,11 +612,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
     return;
   }
 #if defined(__x86_64__)
-  /* strided: per-phase implicit GEMMs, when the phase grids waste little (dx phases of 7x7 lose to im2col) */
-  long nr = (p->h + p->sh - 1) / p->sh, nt = (p->w + p->sw - 1) / p->sw;
-  long wq = nt + ((p->kw - 1) * p->dw + p->sw - 1) / p->sw, tiles = (nr * wq + IT - 1) / IT;
-  if (p->groups == 1 && (p->sh > 1 || p->sw > 1) && p->sh <= 64 && p->sw <= 64 && p->kh <= 64 && p->kw <= 64 &&
-      strcmp(sgemm_isa(), "avx512") == 0 && p->cin >= 4 && p->n >= 1 && !no_implicit() && nr * nt * 100 >= tiles * IT * 80) {
+  if (strided_implicit_ok(p)) {
     implicit_backward_input_strided(dx, dy, w, p);
     return;
   }

@@ -44,6 +44,7 @@ typedef struct {
   long P, items_per_block; /* work items per column block: mgroups */
   const tap_run *rows, *cols;
   const tap_pattern *pat;
+  gg_out out; /* where output (image, channel, row, column) goes (and the residual is read) */
   atomic_long next;
   long nitems;
 } gg_job;
@@ -83,7 +84,7 @@ __attribute__((target("avx512f"))) static void gg_task(void *ctx, int tid, int n
   gg_job *j = ctx;
   const conv_p *p = j->p;
   const int K = j->K, M = j->M, mr = j->mr;
-  const long HW = (long)p->h * p->w, P = j->P;
+  const long HW = (long)p->h * p->w;
   const int Mp = (M + mr - 1) / mr * mr;
   float *Bp = grow(&gg_b_buf, (size_t)GG_KC * GG_NB);
   float *Cb = grow(&gg_c_buf, (size_t)Mp * GG_NB);
@@ -109,7 +110,7 @@ __attribute__((target("avx512f"))) static void gg_task(void *ctx, int tid, int n
         const long col = j0 + c, b = col / per_img, rem = col % per_img;
         const int oy = rr->o0 + (int)(rem / pw_), ox = cr->o0 + (int)(rem % pw_);
         base[c] = (int)(b * p->cin * HW + (long)(oy * p->sh - p->ph) * p->w + ox * p->sw - p->pw);
-        ocol[c] = (int)(b * M * P + (long)oy * p->ow + ox);
+        ocol[c] = (int)(b * j->out.img + j->out.off + (long)oy * j->out.row + (long)ox * j->out.col);
       } else {
         base[c] = ocol[c] = 0;
       }
@@ -136,7 +137,7 @@ __attribute__((target("avx512f"))) static void gg_task(void *ctx, int tid, int n
     /* epilogue: scattered outputs (column c -> ocol[c] + co * P), with bias, residual, relu */
     for (int co = m_lo; co < m_hi; co++) {
       const __m512 vb = _mm512_set1_ps(j->bias ? j->bias[co] : 0.0f);
-      const __m512i vco = _mm512_set1_epi32((int)((long)co * P));
+      const __m512i vco = _mm512_set1_epi32((int)((long)co * j->out.ch));
       for (int c0 = 0; c0 < nc; c0 += 16) {
         const __mmask16 m = _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(c0)), _mm512_set1_epi32(nc));
         const __m512i o = _mm512_add_epi32(_mm512_load_si512(ocol + c0), vco);
@@ -179,10 +180,18 @@ int gg_ok(const conv_p *p) {
 
 void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
                        const float *residual, int relu, const conv_p *p) {
+  const long P = (long)p->oh * p->ow;
+  const gg_out o = {(long)p->cout * P, P, p->ow, 1, 0};
+  gg_forward_to(y, x, wt, wp, bias, residual, relu, p, &o);
+}
+
+void gg_forward_to(float *y, const float *x, const float *wt, const float *wp, const float *bias, const float *residual,
+                   int relu, const conv_p *p, const gg_out *out) {
   static _Thread_local buf_t gg_w_buf;
   gg_job j;
   memset(&j, 0, sizeof j);
   j.p = p;
+  j.out = *out;
   j.K = p->cin * p->kh * p->kw;
   j.M = p->cout;
   j.mr = sgemm_mr(j.M);
@@ -242,7 +251,7 @@ void gg_forward(float *y, const float *x, const float *wt, const float *wp, cons
           for (int co = 0; co < p->cout; co++)
             for (int oy = rows[r].o0; oy < rows[r].o1; oy++)
               for (int ox = cols[c].o0; ox < cols[c].o1; ox++) {
-                const long o = ((long)b * p->cout + co) * j.P + (long)oy * p->ow + ox;
+                const long o = b * out->img + out->off + co * out->ch + oy * out->row + ox * out->col;
                 float v = (bias ? bias[co] : 0.0f) + (residual ? residual[o] : 0.0f);
                 y[o] = relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
               }

@@ -121,6 +121,13 @@ void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const
                        const conv_p *p, int m);
 void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m);
 int gg_ok(const conv_p *p);
+/* Where the gathered GEMM's output element (image b, channel co, row oy, column ox) lies:
+ * b*img + co*ch + oy*row + ox*col + off (gg_forward: NCHW y). */
+typedef struct {
+  long img, ch, row, col, off;
+} gg_out;
+void gg_forward_to(float *y, const float *x, const float *wt, const float *wp, const float *bias, const float *residual,
+                   int relu, const conv_p *p, const gg_out *out);
 void gg_forward(float *y, const float *x, const float *wt, const float *wp, const float *bias,
                 const float *residual, int relu, const conv_p *p);
 int ggw_ok(const conv_p *p);
