@@ -516,6 +516,11 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
     tsKernels.maxPool2d(yt, at, xt, p);
     nat!.maxPool2d(ytn, atn, xt, p);
     assert.deepEqual(atn, at, 'max pool argmax with ties');
+    // all -inf: no tap is ever greater, so each window keeps its first tap inside the map
+    const xinf = new Float32Array(x.length).fill(-Infinity);
+    tsKernels.maxPool2d(yt, at, xinf, p);
+    nat!.maxPool2d(ytn, atn, xinf, p);
+    assert.deepEqual(atn, at, 'max pool argmax of -inf windows');
     const yi = new Float32Array(ny).fill(7);
     nat!.maxPool2dNoIndices(yi, xm, p);
     assert.deepEqual(yi, yr, 'max pool without indices (inference path)');

@@ -756,7 +756,8 @@ void add_relu_fwd(float *y, const float *a, const float *b, long n) { ew(3, y, a
 
 #if defined(__x86_64__)
 /* Outputs [ox0, ox0 + cnt) (cnt <= 16) of row oy whose windows lie inside the map along x: one lane
- * per output, gathers per tap, the same selection as the scalar loop. */
+ * per output, gathers per tap, the same selection as the scalar loop (3-wide stride-2 windows take
+ * maxpool_argmax_k3s2). */
 __attribute__((target("avx512f"))) static void maxpool_argmax16(float *yr, int32_t *ar, const float *xp, const pool_p *p,
                                                                 int ox0, int cnt, int by, int ky0, int ky1) {
   const __mmask16 m = (__mmask16)(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1);
@@ -765,28 +766,11 @@ __attribute__((target("avx512f"))) static void maxpool_argmax16(float *yr, int32
                                       _mm512_set1_epi32(-p->pw));
   __m512i bi = _mm512_add_epi32(bx, _mm512_set1_epi32((by + ky0 * p->dh) * p->w));
   __m512 best = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, bi, xp, 4);
-  /* the stem's 3-wide stride-2 window (ResNet-18 on 32x32 inputs: 16-wide maps): the taps of a row
-   * from four plain loads and even/odd permutes instead of three gathers */
-  const int k3s2 = p->kw == 3 && p->sw == 2 && p->dw == 1;
-  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const int need = 2 * cnt + 1; /* floats from the first window's start to the last one's end */
-  const __mmask16 l0 = (__mmask16)(need >= 16 ? 0xFFFFu : (1u << need) - 1), l1 = (__mmask16)(need - 16 >= 16 ? 0xFFFFu : need > 16 ? (1u << (need - 16)) - 1 : 0);
-  const __mmask16 l2 = (__mmask16)(need - 2 >= 16 ? 0xFFFFu : (1u << (need - 2)) - 1), l3 = (__mmask16)(need - 18 >= 16 ? 0xFFFFu : need > 18 ? (1u << (need - 18)) - 1 : 0);
   for (int ky = ky0; ky < ky1; ky++) {
     const __m512i rowi = _mm512_add_epi32(bx, _mm512_set1_epi32((by + ky * p->dh) * p->w));
-    __m512 tap[3];
-    if (k3s2) {
-      const float *r = xp + (long)(by + ky * p->dh) * p->w + ox0 * 2 - p->pw;
-      const __m512 a0 = _mm512_maskz_loadu_ps(l0, r), a1 = _mm512_maskz_loadu_ps(l1, r + 16);
-      const __m512 b0 = _mm512_maskz_loadu_ps(l2, r + 2), b1 = _mm512_maskz_loadu_ps(l3, r + 18);
-      tap[0] = _mm512_permutex2var_ps(a0, ev, a1);
-      tap[1] = _mm512_permutex2var_ps(a0, od, a1);
-      tap[2] = _mm512_permutex2var_ps(b0, ev, b1);
-    }
     for (int kx = 0; kx < p->kw; kx++) {
       const __m512i idx = _mm512_add_epi32(rowi, _mm512_set1_epi32(kx * p->dw));
-      const __m512 v = k3s2 ? tap[kx] : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, xp, 4);
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, xp, 4);
       const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
       best = _mm512_mask_mov_ps(best, take, v);
       bi = _mm512_mask_mov_epi32(bi, take, idx);
@@ -798,6 +782,46 @@ __attribute__((target("avx512f"))) static void maxpool_argmax16(float *yr, int32
 #endif
 
 #if defined(__x86_64__)
+/* Outputs [o, o + cnt) (cnt <= 16) of row oy of a 3-wide, stride-2 window along x (ResNet-18's pool
+ * after the stem), borders included: the taps of a row from masked loads (positions outside the row
+ * read as -inf, never taken) and even/odd permutes, each lane's index starting at its window's first
+ * tap inside the map; the same selection as the scalar loop (the first maximum in window order, a NaN
+ * taken). On 16x16 maps (8 outputs a row) the column outside maxpool_argmax16's interior took a
+ * scalar loop per row and the interior a gather (64 x 64 x 16 x 16: 0.80 ms). */
+__attribute__((target("avx512f"))) static void maxpool_argmax_k3s2(float *yr, int32_t *ar, const float *xp, const pool_p *p,
+                                                                   int o, int cnt, int by, int ky0, int ky1) {
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  const int start = 2 * o - p->pw; /* the row position of lane 0's first tap */
+  /* positions start + i, i in [0, 34), that lie in the row and in some window: bits of i */
+  const int lo = start < 0 ? -start : 0, hi0 = p->w - start, need = 2 * cnt + 1;
+  const int hi = hi0 < need ? hi0 : need;
+  const uint64_t valid = hi > lo ? (((uint64_t)1 << hi) - 1) & ~(((uint64_t)1 << lo) - 1) : 0;
+  const __mmask16 ma0 = (__mmask16)valid, ma1 = (__mmask16)(valid >> 16);
+  const __mmask16 mb0 = (__mmask16)(valid >> 2), mb1 = (__mmask16)(valid >> 18);
+  const __mmask16 m = (__mmask16)(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1);
+  const __m512i bx = _mm512_add_epi32(_mm512_slli_epi32(lane, 1), _mm512_set1_epi32(start));
+  __m512 best = ninf;
+  __m512i bi = _mm512_add_epi32(_mm512_max_epi32(bx, _mm512_setzero_si512()), _mm512_set1_epi32((by + ky0) * p->w));
+  for (int ky = ky0; ky < ky1; ky++) {
+    const long row = (long)(by + ky) * p->w;
+    const float *r = xp + row + start;
+    const __m512 a0 = _mm512_mask_loadu_ps(ninf, ma0, r), a1 = _mm512_mask_loadu_ps(ninf, ma1, r + 16);
+    const __m512 b0 = _mm512_mask_loadu_ps(ninf, mb0, r + 2), b1 = _mm512_mask_loadu_ps(ninf, mb1, r + 18);
+    const __m512 tap[3] = {_mm512_permutex2var_ps(a0, ev, a1), _mm512_permutex2var_ps(a0, od, a1), _mm512_permutex2var_ps(b0, ev, b1)};
+    const __m512i rowi = _mm512_add_epi32(bx, _mm512_set1_epi32((int)row));
+    for (int kx = 0; kx < 3; kx++) {
+      const __mmask16 take = _mm512_cmp_ps_mask(tap[kx], best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(tap[kx], tap[kx], _CMP_UNORD_Q);
+      best = _mm512_mask_mov_ps(best, take, tap[kx]);
+      bi = _mm512_mask_mov_epi32(bi, take, _mm512_add_epi32(rowi, _mm512_set1_epi32(kx)));
+    }
+  }
+  _mm512_mask_storeu_ps(yr + o, m, best);
+  _mm512_mask_storeu_epi32(ar + o, m, bi);
+}
+
 /* Running maximum that keeps a NaN once it has seen one: max_ps returns its second operand when
  * either is NaN, so a NaN in acc is put back afterwards. */
 __attribute__((target("avx512f"))) static inline __m512 nanmax512(__m512 acc, __m512 v) {
@@ -862,11 +886,22 @@ static void maxpool_plane_argmax(float *yp, int32_t *ap, const float *xp, const 
   int vx0 = 0, vx1 = p->ow;
   while (vx0 < p->ow && vx0 * p->sw - p->pw < 0) vx0++;
   while (vx1 > vx0 && (vx1 - 1) * p->sw - p->pw + (p->kw - 1) * p->dw >= p->w) vx1--;
+#if defined(__x86_64__)
+  /* every window's first tap inside the row (padding below the window) */
+  const int k3s2 = p->kw == 3 && p->sw == 2 && p->dw == 1 && p->pw < 3 && has_avx512();
+#endif
   for (int oy = 0; oy < p->oh; oy++) {
     /* taps inside the map: ky in [ky0, ky1) (then kx likewise per column), no bounds tests inside */
     int ky0 = 0, ky1 = p->kh, by = oy * p->sh - p->ph;
     while (ky0 < ky1 && by + ky0 * p->dh < 0) ky0++;
     while (ky1 > ky0 && by + (ky1 - 1) * p->dh >= p->h) ky1--;
+#if defined(__x86_64__)
+    if (k3s2 && ky0 < ky1) {
+      for (int o = 0; o < p->ow; o += 16)
+        maxpool_argmax_k3s2(yp + (long)oy * p->ow, ap + (long)oy * p->ow, xp, p, o, p->ow - o < 16 ? p->ow - o : 16, by, ky0, ky1);
+      continue;
+    }
+#endif
     for (int ox = 0; ox < p->ow; ox++) {
 #if defined(__x86_64__)
       if (has_avx512() && ox == vx0 && ky0 < ky1 && vx1 - vx0 >= 4) {
