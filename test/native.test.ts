@@ -498,9 +498,10 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
   const out = new Float32Array(3);
   nat!.relu(out, nan);
   assert.ok(Number.isNaN(out[0]!) && out[1] === 0 && out[2] === 2, 'relu propagates NaN');
-  const poolCases = [[1, 3, 9, 9, 3, 2, 1], [3, 8, 16, 16, 3, 2, 1], [7, 2, 8, 7, 2, 2, 0], [2, 5, 11, 6, 3, 1, 1], [1, 64, 112, 111, 3, 2, 1], [3, 4, 35, 34, 3, 2, 0], [2, 3, 5, 4, 3, 2, 1], [1, 2, 7, 70, 3, 2, 1]] as const;
-  for (const [n, c, h, w, k, s, pad] of poolCases) {
-    const p: Pool2dParams = { n, c, h, w, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, dh: 1, dw: 1, oh: convOutSize(h, k, s, pad, 1), ow: convOutSize(w, k, s, pad, 1) };
+  const poolCases = [[1, 3, 9, 9, 3, 2, 1], [3, 8, 16, 16, 3, 2, 1], [7, 2, 8, 7, 2, 2, 0], [2, 5, 11, 6, 3, 1, 1], [1, 64, 112, 111, 3, 2, 1], [3, 4, 35, 34, 3, 2, 0], [2, 3, 5, 4, 3, 2, 1], [1, 2, 7, 70, 3, 2, 1], [3, 8, 16, 16, 3, 2, 1, 2]] as const;
+  // the last: rows dilated 2, columns not (the 3-wide stride-2 row path, its rows dh apart)
+  for (const [n, c, h, w, k, s, pad, dh = 1] of poolCases) {
+    const p: Pool2dParams = { n, c, h, w, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, dh, dw: 1, oh: convOutSize(h, k, s, pad, dh), ow: convOutSize(w, k, s, pad, 1) };
     const x = randomArray(n * c * h * w, gen);
     const xm = x.slice(); // for max pool: a few NaNs, which win their windows (as in PyTorch)
     for (let i = 0; i < 5; i++) xm[Math.floor(gen.random() * x.length)] = NaN;

@@ -470,11 +470,12 @@ typedef struct {
   int first, count, pad; /* first tap, taps, padding of the phase's correlation */
 } phase_taps;
 
-static int phase_of(int r, int k, int s, int pad, int out, phase_taps *t) {
+/* The taps of phase r along one axis (kernel k, stride s, padding pad); 0 if the phase has none or
+ * would need negative padding. */
+static int phase_of(int r, int k, int s, int pad, phase_taps *t) {
   t->first = (r + pad) % s;
   t->count = t->first < k ? (k - 1 - t->first) / s + 1 : 0;
   t->pad = t->count - 1 - (r + pad - t->first) / s;
-  (void)out;
   return t->count > 0 && t->pad >= 0;
 }
 
@@ -492,9 +493,9 @@ static int phases_ok(const conv_p *p) {
     return 0;
   phase_taps t;
   for (int r = 0; r < p->sh; r++)
-    if (!phase_of(r, p->kh, p->sh, p->ph, p->oh, &t)) return 0;
+    if (!phase_of(r, p->kh, p->sh, p->ph, &t)) return 0;
   for (int r = 0; r < p->sw; r++)
-    if (!phase_of(r, p->kw, p->sw, p->pw, p->ow, &t)) return 0;
+    if (!phase_of(r, p->kw, p->sw, p->pw, &t)) return 0;
   return 1;
 }
 
@@ -504,8 +505,8 @@ static void phases_backward_input(float *dx, const float *dy, const float *w, co
   for (int ry = 0; ry < p->sh; ry++)
     for (int rx = 0; rx < p->sw; rx++) {
       phase_taps ty, tx;
-      phase_of(ry, p->kh, p->sh, p->ph, p->oh, &ty);
-      phase_of(rx, p->kw, p->sw, p->pw, p->ow, &tx);
+      phase_of(ry, p->kh, p->sh, p->ph, &ty);
+      phase_of(rx, p->kw, p->sw, p->pw, &tx);
       const conv_p q = {p->n, p->cout, p->oh, p->ow, p->cin, ty.count, tx.count, 1, 1, ty.pad, tx.pad, 1, 1, 1,
                         (p->h - ry + p->sh - 1) / p->sh, (p->w - rx + p->sw - 1) / p->sw};
       /* wt[ci][(co, u, v)] = w[co][ci][first + (count-1-u)*s][...]: the phase's taps, flipped */

@@ -804,9 +804,9 @@ __attribute__((target("avx512f"))) static void maxpool_argmax_k3s2(float *yr, in
   const __mmask16 m = (__mmask16)(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1);
   const __m512i bx = _mm512_add_epi32(_mm512_slli_epi32(lane, 1), _mm512_set1_epi32(start));
   __m512 best = ninf;
-  __m512i bi = _mm512_add_epi32(_mm512_max_epi32(bx, _mm512_setzero_si512()), _mm512_set1_epi32((by + ky0) * p->w));
+  __m512i bi = _mm512_add_epi32(_mm512_max_epi32(bx, _mm512_setzero_si512()), _mm512_set1_epi32((by + ky0 * p->dh) * p->w));
   for (int ky = ky0; ky < ky1; ky++) {
-    const long row = (long)(by + ky) * p->w;
+    const long row = (long)(by + ky * p->dh) * p->w;
     const float *r = xp + row + start;
     const __m512 a0 = _mm512_mask_loadu_ps(ninf, ma0, r), a1 = _mm512_mask_loadu_ps(ninf, ma1, r + 16);
     const __m512 b0 = _mm512_mask_loadu_ps(ninf, mb0, r + 2), b1 = _mm512_mask_loadu_ps(ninf, mb1, r + 18);
@@ -887,7 +887,7 @@ static void maxpool_plane_argmax(float *yp, int32_t *ap, const float *xp, const 
   while (vx0 < p->ow && vx0 * p->sw - p->pw < 0) vx0++;
   while (vx1 > vx0 && (vx1 - 1) * p->sw - p->pw + (p->kw - 1) * p->dw >= p->w) vx1--;
 #if defined(__x86_64__)
-  /* every window's first tap inside the row (padding below the window) */
+  /* with padding below 3 every window has a tap inside the row: maxpool_argmax_k3s2's first index */
   const int k3s2 = p->kw == 3 && p->sw == 2 && p->dw == 1 && p->pw < 3 && has_avx512();
 #endif
   for (int oy = 0; oy < p->oh; oy++) {
