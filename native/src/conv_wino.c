@@ -117,7 +117,7 @@ int wino_tile_for(const conv_p *p) {
  * private chunks F(4x4) gains 4-16 % there (ResNet-20's 16 channels on 28x28, forward 2.84 -> 2.63 ms,
  * minima of 20 alternating runs), but its rounding (~1e-5 of the scale against ~1e-6), passed down
  * through the layers, takes a 20-step CIFAR ResNet-8 trajectory past 1e-4 of PyTorch's
- * (test/train_steps.test.ts). */
+ * (test/train_steps.test.ts). Their backward-input does take it (wino_nchw_input_grad_tile). */
 static int nchw_tile_min(const conv_p *p, int minc) {
   const int mode = wino_mode();
   if (mode == 0 || !wino_ok(p) || p->cin < minc || p->cout < minc || p->n < 1) return 0;
@@ -128,6 +128,12 @@ int wino_nchw_tile(const conv_p *p) { return nchw_tile_min(p, 32); }
  * of passing through the layers below, and the 20-step trajectory keeps within 1e-4 (ResNet-20's 16
  * channels on 28x28: 2.58-2.64 -> 1.78-2.09 ms against the channels-last kernel, private groups). */
 int wino_nchw_weight_tile(const conv_p *p) { return nchw_tile_min(p, 16); }
+/* The backward-input's (wino_forward_nchw with flip, q the flipped convolution) from 16 channels too:
+ * its rounding goes into the gradients, not through the forward activations, whose ReLUs a changed
+ * rounding can flip (that is what took the trajectory past 1e-4 with F(4x4) forwards at 16 channels);
+ * the 20-step trajectory stays within 1.3e-6 of PyTorch's, as with the direct kernel (7e-7).
+ * ResNet-20's 16 channels on 28x28: 2.35-2.40 -> 1.94-1.95 ms (-17 to -19 %; -10 % with cold caches). */
+int wino_nchw_input_grad_tile(const conv_p *q) { return nchw_tile_min(q, 16); }
 
 #if defined(__x86_64__)
 typedef struct {
