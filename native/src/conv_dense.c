@@ -11,7 +11,7 @@
  * the same 16 products plus the transforms).
  *   backward input   dx = dy . W'
  *   backward weight  dW' = dy^T . x, folded back: dw[co][ci][t] = sum of the pairs (p, q) of tap t
- * W' is built from w on every call (the weights change every step; 1 MB of floats for ResNet-18's
+ * W' is built from w on every call (the weights change every step; 1 M floats, 4 MB, for ResNet-18's
  * 256 channels on 2x2), on all threads. The fold adds each tap's pairs in a fixed order, so the
  * gradient's bits do not depend on the thread count (neither do the GEMM's: each element of C is
  * summed by one thread over the whole K). */
