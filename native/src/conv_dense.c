@@ -52,7 +52,8 @@ int dense_ok(const conv_p *p) {
   /* a kernel as large as its unpadded map with one output: w is W' already (conv.c's is_linear) */
   if (p->kh == p->h && p->kw == p->w && p->ph == 0 && p->pw == 0 && pout == 1) return 0;
   if ((long)p->cout * pout * p->cin * pin > DENSE_MAX_FLOATS) return 0;
-  const long live = live_pairs(p->oh, p->h, p->kh, p->sh, p->ph, p->dh) * live_pairs(p->ow, p->w, p->kw, p->sw, p->pw, p->dw);
+  const long live =
+      live_pairs(p->oh, p->h, p->kh, p->sh, p->ph, p->dh) * live_pairs(p->ow, p->w, p->kw, p->sw, p->pw, p->dw);
   return live * 10 >= pin * pout * 9;
 }
 
