@@ -161,14 +161,8 @@ const phaseCases: [string, Conv2dParams][] = [
   ['5x5/2 padding 2 from 9x9 (3- and 2-tap phases), 16 -> 8, batch 27', convCase(27, 16, 9, 9, 8, 5, 2, 2, 1, 1)],
 ];
 
-for (const [name, p] of convCases) {
-  test(`native conv2d forward/backward = reference: ${name}`, { skip }, () => checkConv(p));
-}
-for (const [name, p] of phaseCases) {
-  test(`native conv2d forward/backward = reference, strided backward input by phases: ${name}`, { skip }, () => checkConv(p));
-}
-for (const [name, p] of pilWeightCases) {
-  test(`native conv2d forward/backward = reference, weight gradient by pixels in lanes: ${name}`, { skip }, () => checkConv(p));
+for (const [path, cases] of [['', convCases], [', strided backward input by phases', phaseCases], [', weight gradient by pixels in lanes', pilWeightCases]] as const) {
+  for (const [name, p] of cases) test(`native conv2d forward/backward = reference${path}: ${name}`, { skip }, () => checkConv(p));
 }
 /** conv2dBackwardWeight of random x and dy on 1, 2 and 3 threads: the same bits. */
 function weightGradientSameBitsOnThreads(p: Conv2dParams): void {
