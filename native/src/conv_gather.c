@@ -49,14 +49,15 @@ typedef struct {
   long nitems;
 } gg_job;
 
-/* C[MR x 32] (row stride ldc) = A rows kidx[0..kc) of a packed panel (mr floats per k) x B (kc x 32) + beta*C */
-#define DEF_UKIDX(MR)                                                                                               \
-  __attribute__((target("avx512f"), noinline)) static void ukidx##MR(int kc, const float *Ap, const int *kidx,      \
+/* C[MR x 32] (row stride ldc) = A rows kidx[0..kc) of a packed panel (ST floats per k) x B (kc x 32) + beta*C
+ * (ukidx8t: the first 8 rows of a 14-row panel, for a last panel with at most 8 real rows) */
+#define DEF_UKIDX(NAME, MR, ST)                                                                                     \
+  __attribute__((target("avx512f"), noinline)) static void NAME(int kc, const float *Ap, const int *kidx,           \
                                                                     const float *Bp, float *C, int ldc, float beta) { \
     __m512 c0[MR], c1[MR];                                                                                          \
     _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) c0[r] = c1[r] = _mm512_setzero_ps();                      \
     for (int k = 0; k < kc; k++) {                                                                                  \
-      const float *a = Ap + (long)kidx[k] * MR;                                                                     \
+      const float *a = Ap + (long)kidx[k] * ST;                                                                     \
       const __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);                                          \
       _Pragma("GCC unroll 14") for (int r = 0; r < MR; r++) {                                                       \
         const __m512 v = _mm512_set1_ps(a[r]);                                                                      \
@@ -74,8 +75,9 @@ typedef struct {
       _mm512_store_ps(C + r * ldc + 16, c1[r]);                                                                     \
     }                                                                                                               \
   }
-DEF_UKIDX(8)
-DEF_UKIDX(14)
+DEF_UKIDX(ukidx8, 8, 8)
+DEF_UKIDX(ukidx14, 14, 14)
+DEF_UKIDX(ukidx8t, 8, 14)
 
 static _Thread_local buf_t gg_b_buf, gg_c_buf;
 
@@ -131,7 +133,8 @@ __attribute__((target("avx512f"))) static void gg_task(void *ctx, int tid, int n
       for (int m0 = m_lo; m0 < m_hi; m0 += mr) {
         const float *ap = j->Ap + (long)m0 * K; /* the panel; kidx picks its k's */
         for (int c0 = 0; c0 < ncp; c0 += 32)
-          (mr == 8 ? ukidx8 : ukidx14)(kc, ap, pt->kidx + pc, Bp + (long)(c0 / 32) * kc * 32, Cb + (long)m0 * GG_NB + c0, GG_NB, beta);
+          (mr == 8 ? ukidx8 : m_hi - m0 <= 8 ? ukidx8t : ukidx14)(kc, ap, pt->kidx + pc, Bp + (long)(c0 / 32) * kc * 32,
+                                                                 Cb + (long)m0 * GG_NB + c0, GG_NB, beta);
       }
     }
     /* epilogue: scattered outputs (column c -> ocol[c] + co * P), with bias, residual, relu */

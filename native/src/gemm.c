@@ -32,6 +32,8 @@ typedef struct {
   int mr, nr;
   ukernel_fn kernel;
   const char *name;
+  ukernel_fn tail; /* for a last panel with at most tail_rows real rows (NULL: the kernel) */
+  int tail_rows;
 } isa_t;
 
 /* ---- portable ------------------------------------------------------------------------------ */
@@ -110,9 +112,13 @@ __attribute__((target("avx512f"))) static void ukernel_avx512(int kc, const floa
   }
 }
 
-/* 8 x 32: for M = 8, 16, 24, 32, ... where 14-row panels would be mostly padding. */
+/* 8 x 32 over A panels of `stride` floats per k: for M = 8, 16, 24, 32, ... where 14-row panels would
+ * be mostly padding (stride 8), and for the last panel of 14-row ones when at most 8 of its rows are
+ * real (stride 14: M = 64 is four full panels and 8 rows, 9 % of the multiply-adds on padding). */
 #define A5S_MR 8
-__attribute__((target("avx512f"))) static void ukernel_avx512_8(int kc, const float *Ap, const float *Bp, float *C, int ldc, float alpha, float beta) {
+__attribute__((target("avx512f"), always_inline)) static inline void ukernel_avx512_8s(int stride, int kc, const float *Ap,
+                                                                                      const float *Bp, float *C, int ldc,
+                                                                                      float alpha, float beta) {
   __m512 c[A5S_MR][2];
   for (int r = 0; r < A5S_MR; r++) c[r][0] = c[r][1] = _mm512_setzero_ps();
   for (int k = 0; k < kc; k++) {
@@ -123,7 +129,7 @@ __attribute__((target("avx512f"))) static void ukernel_avx512_8(int kc, const fl
       c[r][0] = _mm512_fmadd_ps(a, b0, c[r][0]);
       c[r][1] = _mm512_fmadd_ps(a, b1, c[r][1]);
     }
-    Ap += A5S_MR;
+    Ap += stride;
     Bp += A5_NR;
   }
   __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
@@ -135,6 +141,12 @@ __attribute__((target("avx512f"))) static void ukernel_avx512_8(int kc, const fl
       _mm512_storeu_ps(p, v);
     }
   }
+}
+__attribute__((target("avx512f"))) static void ukernel_avx512_8(int kc, const float *Ap, const float *Bp, float *C, int ldc, float alpha, float beta) {
+  ukernel_avx512_8s(A5S_MR, kc, Ap, Bp, C, ldc, alpha, beta);
+}
+__attribute__((target("avx512f"))) static void ukernel_avx512_tail(int kc, const float *Ap, const float *Bp, float *C, int ldc, float alpha, float beta) {
+  ukernel_avx512_8s(A5_MR, kc, Ap, Bp, C, ldc, alpha, beta);
 }
 
 /* dst[k*ld + c] = src[c*lds + k] for c < 8, k < kc8 (a multiple of 8), by 8x8 transposes. */
@@ -150,11 +162,11 @@ __attribute__((target("avx2"))) static void transpose_block8(const float *src, l
 
 static int have_avx2 = -1;
 
-static const isa_t ISA_PORTABLE = {P_MR, P_NR, ukernel_portable, "portable"};
+static const isa_t ISA_PORTABLE = {P_MR, P_NR, ukernel_portable, "portable", NULL, 0};
 #if defined(__x86_64__)
-static const isa_t ISA_AVX2 = {A2_MR, A2_NR, ukernel_avx2, "avx2"};
-static const isa_t ISA_AVX512 = {A5_MR, A5_NR, ukernel_avx512, "avx512"};
-static const isa_t ISA_AVX512_8 = {A5S_MR, A5_NR, ukernel_avx512_8, "avx512"};
+static const isa_t ISA_AVX2 = {A2_MR, A2_NR, ukernel_avx2, "avx2", NULL, 0};
+static const isa_t ISA_AVX512 = {A5_MR, A5_NR, ukernel_avx512, "avx512", ukernel_avx512_tail, A5S_MR};
+static const isa_t ISA_AVX512_8 = {A5S_MR, A5_NR, ukernel_avx512_8, "avx512", NULL, 0};
 #endif
 static const isa_t *isa = NULL;
 
@@ -333,10 +345,12 @@ static void gemm_block(const isa_t *I, int transA, int transB, int m0, int m1, i
           /* pre-packed: whole-K panels, so the k-block starts pc*mr floats into the panel */
           const float *ap = Apre ? Apre + (long)(ic + ir) * K + (long)pc * mr : Ap + (long)ir * kc;
           float *c = C + (long)(ic + ir) * ldc + n0 + jc + jr;
-          if (rows == mr && cols == nr) {
-            I->kernel(kc, ap, bp, c, ldc, alpha, b);
+          const int short_tail = I->tail && rows <= I->tail_rows;
+          const ukernel_fn kern = short_tail ? I->tail : I->kernel;
+          if (cols == nr && rows == (short_tail ? I->tail_rows : mr)) {
+            kern(kc, ap, bp, c, ldc, alpha, b);
           } else {
-            I->kernel(kc, ap, bp, tile, nr, 1.0f, 0.0f);
+            kern(kc, ap, bp, tile, nr, 1.0f, 0.0f);
             for (int r = 0; r < rows; r++)
               for (int q = 0; q < cols; q++) {
                 float v = alpha * tile[r * nr + q];
