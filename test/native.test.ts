@@ -91,6 +91,12 @@ const convCases: [string, Conv2dParams][] = [
   ['dense: 1x2 maps (3 of 9 taps live), 7 -> 9, batch 5', convCase(5, 7, 1, 2, 9, 3, 1, 1, 1, 1)],
   ['dense: 5x5 padding 2 on 2x2 maps, 6 -> 10, batch 2', convCase(2, 6, 2, 2, 10, 5, 1, 2, 1, 1)],
   ['dense: dilation 2 on 1x1 maps (the centre tap), 6 -> 5, batch 2', convCase(2, 6, 1, 1, 5, 3, 1, 2, 2, 1)],
+  // small strided maps as one GEMM with (image, output pixel) rows (conv_rows.c): forward to at most 4
+  // output pixels, backward-input to at most 16, at least 64 rows
+  ['rows: 3x3/2 from 4x4 to 2x2 (ResNet-18\'s 128 -> 256 on 32x32 inputs), batch 16, 24 -> 40', convCase(16, 24, 4, 4, 40, 3, 2, 1, 1, 1)],
+  ['rows: backward-input of 3x3/2 from 8x8 to 4x4, batch 4, 12 -> 20', convCase(4, 12, 8, 8, 20, 3, 2, 1, 1, 1)],
+  ['rows: backward-input, 5x5/2 padding 2 from 5x7 to 3x4, batch 6, 7 -> 9', convCase(6, 7, 5, 7, 9, 5, 2, 2, 1, 1)],
+  ['rows: stride 3, dilation 2, 6x6 to 2x2, batch 32, 5 -> 7', convCase(32, 5, 6, 6, 7, 3, 3, 1, 2, 1)],
   // the same maps with W' past its 16 MB cap: the gathered GEMM by tap pattern (4 patterns, 4 of 9
   // taps each; channels not whole 16-channel blocks) and Winograd F(2x2) on NCHW
   ['2x2 maps, W\' past the dense cap: gathered GEMM by tap pattern, 520 -> 520, batch 3', convCase(3, 520, 2, 2, 520, 3, 1, 1, 1, 1)],
@@ -156,8 +162,8 @@ const pilWeightCases: [string, Conv2dParams][] = [
 // dy with that phase's taps; taken where im2col's patch matrix passes 256K floats with at most 128
 // output channels, phases of at least 4x4 and 16 input channels
 const phaseCases: [string, Conv2dParams][] = [
-  ['3x3/2 from 8x8 to 4x4 (ResNet-18 on 32x32), 16 -> 24, batch 120', convCase(120, 16, 8, 8, 24, 3, 2, 1, 1, 1)],
-  ['3x3/3 without padding on 13x14 (phase rows no output reaches: zeros + addend), 16 -> 8, batch 114', convCase(114, 16, 13, 14, 8, 3, 3, 0, 1, 1)],
+  ['3x3/2 from 10x10 to 5x5, 16 -> 24, batch 120', convCase(120, 16, 10, 10, 24, 3, 2, 1, 1, 1)],
+  ['3x3/3 without padding on 16x14 (phase rows no output reaches: zeros + addend), 16 -> 8, batch 114', convCase(114, 16, 16, 14, 8, 3, 3, 0, 1, 1)],
   ['5x5/2 padding 2 from 9x9 (3- and 2-tap phases), 16 -> 8, batch 27', convCase(27, 16, 9, 9, 8, 5, 2, 2, 1, 1)],
 ];
 

@@ -1,8 +1,9 @@
 /* Convolution on NCHW tensors, batched over images: the entry points of conv.h, the choice among
  * the paths, weight packing, and the portable path (im2col + packed GEMM). The AVX-512 kernels are
  * in conv_prow.c (pixel rows), conv_qgrid.c (implicit GEMM on the q grid, phase planes) and
- * conv_gather.c (gathered GEMM; backward weight for wide and for narrow layers); ARCHITECTURE.md
- * says which layers take which.
+ * conv_gather.c (gathered GEMM; backward weight for wide and for narrow layers); conv_dense.c (tiny
+ * maps as one dense product) and conv_rows.c (small strided maps as one GEMM with (image, pixel)
+ * rows) run on any ISA. ARCHITECTURE.md says which layers take which.
  *
  * im2col + packed GEMM, for what the AVX-512 kernels do not take (groups, other ISAs, 1x1 maps).
  * Images are processed in chunks of `nb` so that every GEMM has at least ~2048 columns even when
@@ -369,6 +370,13 @@ static int is_linear(const conv_p *p) {
          p->oh == 1 && p->ow == 1 && p->ph == 0 && p->pw == 0 && p->n > 0;
 }
 
+/* Whether p's forward (backward_input 0) or backward input runs as one GEMM with (image, pixel) rows
+ * (conv_rows.c). */
+static int rows(const conv_p *p, int backward_input) {
+  static int off = -1;
+  return !env_zero("RESNET_ROWS", &off) && rows_ok(p, backward_input);
+}
+
 /* Whether the AVX-512 kernels run at all (blocked layout, Winograd): the ISA, not switched off. */
 static int avx512_paths(void) { return strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit(); }
 /* The Winograd tile for an NCHW convolution with plain weights here, 0: another path. */
@@ -387,6 +395,10 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
         const float v = y[i] + (bias ? bias[i % p->cout] : 0.0f);
         y[i] = relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
       }
+    return;
+  }
+  if (w && rows(p, 0)) {
+    rows_forward(y, x, w, bias, residual, relu, p);
     return;
   }
 #if defined(__x86_64__)
@@ -590,6 +602,12 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
       return;
     }
   }
+#endif
+  if (rows(p, 1)) {
+    rows_backward_input(dx, dy, w, p, addend);
+    return;
+  }
+#if defined(__x86_64__)
   if (pil_strided_ok(p, 1)) {
     pil_backward_input_strided(dx, dy, w, p, addend);
     return;

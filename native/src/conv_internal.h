@@ -40,6 +40,13 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
 void dense_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
 void dense_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 
+/* Small strided maps as one GEMM with (image, output pixel) rows (conv_rows.c; RESNET_ROWS=0 off):
+ * whether p takes it for the forward (backward_input 0) or the backward input, and those passes. */
+int rows_ok(const conv_p *p, int backward_input);
+void rows_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                  const conv_p *p);
+void rows_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
+
 /* Pixel-row weight panels of nr output channels (32, or 16 for the 16-channel kernel):
  * dst[(j*K + k)*nr + i] = w[(j + i)*K + k], 0 past M. layout_nr: the panel width of a layout, 0 if
  * it is not a pixel-row one. */

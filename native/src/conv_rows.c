@@ -1,0 +1,172 @@
+/* Small strided maps as one GEMM with (image, output pixel) rows (any ISA).
+ *
+ * A strided convolution of a small map (ResNet-18's 3x3/2 layers on 32x32 inputs: 8x8 -> 4x4 and
+ * 4x4 -> 2x2) has a few output pixels per image: im2col's patch matrix, [(ci, tap)][(image, pixel)],
+ * then has rows of 4 or 16 floats per image, written and read (col2im) a few floats at a time, and the
+ * gathered GEMM (conv_gather.c) gathers its B panels with AVX-512 gathers and reads its weights by an
+ * index per k. Here the patches are pixel-major,
+ *   X[(b, op)][(ci, t)] = x[b][ci][tap t's input pixel for op] (0 in the padding),
+ * whole rows of cin*kh*kw floats, and the weights are the GEMM's other operand as they are:
+ *   forward          Y = X . w^T        (rows (b, op), columns co; transposed into NCHW y with the
+ *                                        bias, residual and relu)
+ *   backward input   dX = dY . w        (dY: dy transposed to (b, op) rows), added into dx through
+ *                                        the taps (the addend first), image by image
+ * Zeros of the padding are multiplied (a 3x3/2 pad-1 layer from 4x4 to 2x2: 25 of 36 taps live), but
+ * in one GEMM of 256-1024 rows at its full speed. */
+#include "conv_internal.h"
+#include "gemm.h"
+#include "pool.h"
+#include <stdlib.h>
+#include <string.h>
+
+/* Strided, groups 1, a few output pixels per image (at most 4 for the forward, 16 for the backward
+ * input) but rows enough for the GEMM, and a patch matrix of at most 4 M floats (16 MB). Measured
+ * against the gathered GEMM, at batch 64 on 2 threads: 128 -> 256 from 4x4 to 2x2, forward 1.19-1.22
+ * -> 0.87-0.92 ms, backward input (im2col) 1.26-1.32 -> 0.84-0.95 ms; 64 -> 128 from 8x8 to 4x4,
+ * backward input (by phases) 1.03-1.05 -> 0.95-0.97 ms, but forward 0.84 -> 0.94-0.99 ms (the
+ * gathered GEMM multiplies no padding: 16 % of im2col's taps there) and the weight gradient
+ * 0.99-1.00 -> 1.04-1.35 ms (so it stays with the gathered GEMM's). */
+int rows_ok(const conv_p *p, int backward_input) {
+  const long P = (long)p->oh * p->ow, K = (long)p->cin * p->kh * p->kw;
+  return p->groups == 1 && (p->sh > 1 || p->sw > 1) && p->n >= 1 && P >= 1 && P <= (backward_input ? 16 : 4) &&
+         p->n * P >= 64 && p->n * P * K <= (4L << 20) && (long)p->cout * K <= (4L << 20);
+}
+
+typedef struct {
+  const conv_p *p;
+  const int *off; /* off[op * kk + t]: the input pixel (iy * w + ix) of tap t for output pixel op, -1 outside */
+  const float *src, *bias, *add;
+  float *dst;
+  int relu;
+} rows_job;
+
+/* The tap offsets of every output pixel (malloc'd). */
+static int *tap_offsets(const conv_p *p) {
+  const int P = p->oh * p->ow, kk = p->kh * p->kw;
+  int *off = malloc(sizeof(int) * (size_t)P * kk);
+  if (!off) abort();
+  for (int op = 0; op < P; op++)
+    for (int ky = 0; ky < p->kh; ky++)
+      for (int kx = 0; kx < p->kw; kx++) {
+        const int iy = (op / p->ow) * p->sh - p->ph + ky * p->dh, ix = (op % p->ow) * p->sw - p->pw + kx * p->dw;
+        off[op * kk + ky * p->kw + kx] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? iy * p->w + ix : -1;
+      }
+  return off;
+}
+
+/* Images over the threads: the patch rows of image b. */
+static void patches_task(void *ctx, int tid, int n) {
+  const rows_job *j = ctx;
+  const conv_p *p = j->p;
+  const int P = p->oh * p->ow, kk = p->kh * p->kw;
+  const long K = (long)p->cin * kk, hw = (long)p->h * p->w;
+  long lo, hi;
+  pool_split(p->n, tid, n, 1, &lo, &hi);
+  for (long b = lo; b < hi; b++)
+    for (int op = 0; op < P; op++) {
+      const int *o = j->off + (long)op * kk;
+      float *d = j->dst + (b * P + op) * K;
+      const float *xb = j->src + b * p->cin * hw;
+      for (int ci = 0; ci < p->cin; ci++, d += kk) {
+        const float *xc = xb + ci * hw;
+        for (int t = 0; t < kk; t++) d[t] = o[t] >= 0 ? xc[o[t]] : 0.0f;
+      }
+    }
+}
+
+/* Images over the threads: NCHW y[b][co][op] from the rows Y[(b, op)][co], with the epilogue. */
+static void to_nchw_task(void *ctx, int tid, int n) {
+  const rows_job *j = ctx;
+  const conv_p *p = j->p;
+  const long P = (long)p->oh * p->ow;
+  long lo, hi;
+  pool_split(p->n, tid, n, 1, &lo, &hi);
+  for (long b = lo; b < hi; b++)
+    for (int co = 0; co < p->cout; co++) {
+      const long i0 = (b * p->cout + co) * P;
+      const float bv = j->bias ? j->bias[co] : 0.0f;
+      for (long op = 0; op < P; op++) {
+        float v = j->src[(b * P + op) * p->cout + co] + bv;
+        if (j->add) v += j->add[i0 + op];
+        j->dst[i0 + op] = j->relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
+      }
+    }
+}
+
+/* Images over the threads: the rows dY[(b, op)][co] from NCHW dy. */
+static void from_nchw_task(void *ctx, int tid, int n) {
+  const rows_job *j = ctx;
+  const conv_p *p = j->p;
+  const long P = (long)p->oh * p->ow;
+  long lo, hi;
+  pool_split(p->n, tid, n, 1, &lo, &hi);
+  for (long b = lo; b < hi; b++)
+    for (int co = 0; co < p->cout; co++)
+      for (long op = 0; op < P; op++) j->dst[(b * P + op) * p->cout + co] = j->src[(b * p->cout + co) * P + op];
+}
+
+/* Images over the threads: dx[b] = addend[b] (or 0), then each patch gradient added into its input
+ * pixel, in the order (op, ci, t). */
+static void scatter_task(void *ctx, int tid, int n) {
+  const rows_job *j = ctx;
+  const conv_p *p = j->p;
+  const int P = p->oh * p->ow, kk = p->kh * p->kw;
+  const long K = (long)p->cin * kk, hw = (long)p->h * p->w, nx = p->cin * hw;
+  long lo, hi;
+  pool_split(p->n, tid, n, 1, &lo, &hi);
+  for (long b = lo; b < hi; b++) {
+    float *dxb = j->dst + b * nx;
+    if (!j->add) memset(dxb, 0, sizeof(float) * (size_t)nx);
+    else if (j->add != j->dst) memcpy(dxb, j->add + b * nx, sizeof(float) * (size_t)nx);
+    for (int op = 0; op < P; op++) {
+      const int *o = j->off + (long)op * kk;
+      const float *s = j->src + (b * P + op) * K;
+      for (int ci = 0; ci < p->cin; ci++, s += kk) {
+        float *dc = dxb + ci * hw;
+        for (int t = 0; t < kk; t++)
+          if (o[t] >= 0) dc[o[t]] += s[t];
+      }
+    }
+  }
+}
+
+static void run_images(pool_fn fn, rows_job *j) {
+  const conv_p *p = j->p;
+  const long work = (long)p->n * p->oh * p->ow * p->cin * p->kh * p->kw;
+  pool_run_n(fn, j, work < (1L << 15) ? 1 : p->n);
+}
+
+static _Thread_local buf_t patch_buf, out_buf;
+
+/* The patch rows of x, in a per-thread buffer that is kept. */
+static const float *patches(const float *x, const conv_p *p, const int *off) {
+  const long M = (long)p->n * p->oh * p->ow, K = (long)p->cin * p->kh * p->kw;
+  float *X = grow(&patch_buf, (size_t)(M * K));
+  rows_job j = {p, off, x, NULL, NULL, X, 0};
+  run_images(patches_task, &j);
+  return X;
+}
+
+void rows_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
+                  const conv_p *p) {
+  const int M = p->n * p->oh * p->ow, K = p->cin * p->kh * p->kw;
+  int *off = tap_offsets(p);
+  const float *X = patches(x, p, off);
+  float *Y = grow(&out_buf, (size_t)M * p->cout);
+  sgemm_ex(0, 1, M, p->cout, K, 1.0f, X, K, w, K, 0.0f, Y, p->cout, NULL, 0);
+  rows_job j = {p, off, Y, bias, residual, y, relu};
+  run_images(to_nchw_task, &j);
+  free(off);
+}
+
+void rows_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
+  const int M = p->n * p->oh * p->ow, K = p->cin * p->kh * p->kw;
+  int *off = tap_offsets(p);
+  float *dY = grow(&out_buf, (size_t)M * p->cout), *dX = grow(&patch_buf, (size_t)M * K);
+  rows_job t = {p, NULL, dy, NULL, NULL, dY, 0};
+  run_images(from_nchw_task, &t);
+  sgemm_ex(0, 0, M, K, p->cout, 1.0f, dY, p->cout, w, K, 0.0f, dX, K, NULL, 0);
+  rows_job j = {p, off, dX, NULL, addend, dx, 0};
+  run_images(scatter_task, &j);
+  free(off);
+}
