@@ -663,6 +663,18 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
       const y = new Float32Array(yr.length);
       nat!.conv2d(y, x, w, null, p);
       assertClose(y, yr, scaleTol(yr), `conv2d with the ${name} micro-kernel`);
+      // the dense product of 2x2 maps: its B panels are built for the ISA's panel width (32 or 16
+      // columns), channel runs of whole panels (48 channels: 16 divides them, 32 does not)
+      const pd = convCase(3, 48, 2, 2, 40, 3, 1, 1, 1, 1);
+      const xd = randomArray(3 * 48 * 4, gen), wd = randomArray(40 * 48 * 9, gen), dyd = randomArray(3 * 40 * 4, gen);
+      const ydr = new Float32Array(3 * 40 * 4), ydn = new Float32Array(ydr.length);
+      tsKernels.conv2d(ydr, xd, wd, null, pd);
+      nat!.conv2d(ydn, xd, wd, null, pd);
+      assertClose(ydn, ydr, scaleTol(ydr), `dense forward with the ${name} micro-kernel`);
+      const dxr = new Float32Array(xd.length), dxn = new Float32Array(xd.length);
+      tsKernels.conv2dBackwardInput(dxr, dyd, wd, pd);
+      nat!.conv2dBackwardInput(dxn, dyd, wd, pd);
+      assertClose(dxn, dxr, scaleTol(dxr), `dense backward input with the ${name} micro-kernel`);
       const m = 37, n = 41, k = 29;
       const a = randomArray(m * k, gen), bb = randomArray(k * n, gen);
       const cr = new Float32Array(m * n), cn = new Float32Array(m * n);

@@ -13,17 +13,20 @@
  *   backward input   dx = dy . W'  (pixel-major, transposed back into NCHW dx with the addend)
  *   backward weight  dW' = dy^T . x, folded back: dw[co][ci][t] = sum of the pairs (p, q) of tap t
  * W' is built from w on every call (the weights change every step; 1 M floats, 4 MB, for ResNet-18's
- * 256 channels on 2x2), on all threads. Pixel-major columns make W' rows of whole channel runs: a
- * tap's weights for all ci transposed once per output channel, then copied run by run (with
- * channel-major columns, W' was built and folded element by element: 0.2-0.3 ms a call of 256
- * channels on 2x2, a quarter of the product). The fold adds each tap's pairs in a fixed order, so the
- * gradient's bits do not depend on the thread count (neither do the GEMM's: each element of C is
- * summed by one thread over the whole K). */
+ * 256 channels on 2x2), on all threads, straight into the GEMM's packed B panels (below), the taps
+ * moved through 16 x 16 register transposes on AVX-512. The fold adds each tap's pairs in a fixed
+ * order, so the gradient's bits do not depend on the thread count (neither do the GEMM's: each element
+ * of C is summed by one thread over the whole K). */
 #include "conv_internal.h"
 #include "gemm.h"
 #include "pool.h"
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include "simd.h"
+#endif
 
 #define DENSE_MAX_FLOATS (4L << 20) /* W' at most 16 MB */
 
@@ -72,34 +75,142 @@ typedef struct {
   int pin, pout;
 } dense_job;
 
-/* Output channels of W' over the threads. Where taps serve several pairs (3x3 on 2x2 maps: 9 taps,
- * 16 pairs), wt[t][ci] = w[co][ci][t] first (the taps of co, channels contiguous), and each row
- * (co, op) of W' is, per input pixel q, a copy of wt[tap(op, q)] or zeros; else (1x1 maps, 2x2 -> 1x1)
- * the rows are gathered from w directly. */
-static void build_task(void *ctx, int tid, int n) {
+/* W' is never stored as such: the GEMMs read it as pre-packed B panels (sgemm_ex_pb: nr = sgemm_nr()
+ * columns over the whole K, Bp[panel][k][c]), built here straight from the taps, so that neither a W'
+ * matrix nor the GEMM's own packing of it is written (the two had cost a third of a forward and half
+ * of a backward-input call of 256 channels on 2x2 maps, W' being 4 MB; with the panels, 2 threads,
+ * best of 4 x 200 calls: forward 0.97 -> 0.79 ms, backward input 0.98 -> 0.80; 256 -> 512 to 1x1
+ * 0.53 -> 0.48 and 0.53 -> 0.47; 512 on 1x1 0.26 -> 0.25 and 0.26 -> 0.23).
+ *
+ * Forward: y = x . W'^T, B[k][nn] = W'[nn][k], columns nn = (co, op), rows k = (q, ci). Panels over the
+ * threads; a panel's columns read, per (q, ci), the tap tap(op, q) of their output channel: with the
+ * panel's channels' taps transposed first (wt[co][t][ci]: channels contiguous), each column is a run
+ * along ci of one row of wt (or zeros). */
+#if defined(__x86_64__)
+/* 16 x 16 blocks through registers (transpose16), for the two transposes below */
+__attribute__((target("avx512f"))) static void taps_transpose512(float *wt, const float *s, int cin, int kk, const int *live,
+                                                                int nlive, int ci1) {
+  const __mmask16 row = (__mmask16)((1u << kk) - 1);
+  for (int ci0 = 0; ci0 < ci1; ci0 += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_ps(row, s + (long)(ci0 + i) * kk);
+    transpose16(r);
+    for (int l = 0; l < nlive; l++) _mm512_storeu_ps(wt + (long)live[l] * cin + ci0, r[live[l]]);
+  }
+}
+__attribute__((target("avx512f"))) static void panel_rows512(float *d, const float *const *rowp, long stride, int cin) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32((int)stride));
+  for (int ci0 = 0; ci0 < cin; ci0 += 16)
+    for (int cb = 0; cb < 32; cb += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; i++)
+        r[i] = !rowp[cb + i] ? _mm512_setzero_ps()
+               : stride == 1 ? _mm512_loadu_ps(rowp[cb + i] + ci0)
+                             : _mm512_i32gather_ps(idx, rowp[cb + i] + ci0 * stride, 4);
+      transpose16(r);
+      for (int i = 0; i < 16; i++) _mm512_storeu_ps(d + (long)(ci0 + i) * 32 + cb, r[i]);
+    }
+}
+static int have512(void) {
+  static int v = -1;
+  if (v < 0) v = __builtin_cpu_supports("avx512f");
+  return v;
+}
+#endif
+
+/* wt[t][ci] = s[ci][t] for the live taps t (s: one output channel's weights, [cin][kk]). */
+static void taps_transpose(float *wt, const float *s, int cin, int kk, const int *live, int nlive) {
+  int ci = 0;
+#if defined(__x86_64__)
+  if (kk <= 16 && have512()) {
+    ci = cin & ~15;
+    if (ci) taps_transpose512(wt, s, cin, kk, live, nlive, ci);
+  }
+#endif
+  for (; ci < cin; ci++)
+    for (int l = 0; l < nlive; l++) wt[(long)live[l] * cin + ci] = s[(long)ci * kk + live[l]];
+}
+
+/* d[ci][c] = rowp[c][ci * stride] (0 for a NULL row), ci < cin, c < nr: a panel's rows for one q. */
+static void panel_rows(float *d, const float *const *rowp, long stride, int nr, int cin) {
+#if defined(__x86_64__)
+  if (nr == 32 && cin % 16 == 0 && stride * 16 < (1L << 31) && have512()) {
+    panel_rows512(d, rowp, stride, cin);
+    return;
+  }
+#endif
+  for (int ci = 0; ci < cin; ci++, d += nr)
+    for (int c = 0; c < nr; c++) d[c] = rowp[c] ? rowp[c][ci * stride] : 0.0f;
+}
+
+static void fwd_panels_task(void *ctx, int tid, int n) {
   static _Thread_local buf_t tbuf;
   const dense_job *j = ctx;
   const conv_p *p = j->p;
-  const int kk = p->kh * p->kw, cin = p->cin, reuse = j->npairs > j->nlive;
-  const long K = (long)cin * j->pin;
+  const int kk = p->kh * p->kw, cin = p->cin, nr = sgemm_nr(), N = p->cout * j->pout, reuse = j->npairs > j->nlive;
+  const long K = (long)cin * j->pin, panels = (N + nr - 1) / nr;
+  const float *rowp[64];
+  long lo, hi;
+  pool_split(panels, tid, n, 1, &lo, &hi);
+  for (long pj = lo; pj < hi; pj++) {
+    const int nn0 = (int)pj * nr, co0 = nn0 / j->pout;
+    const int co1 = (nn0 + nr - 1) / j->pout < p->cout ? (nn0 + nr - 1) / j->pout : p->cout - 1;
+    /* where taps serve several pairs, the panel's channels' live taps first transposed to runs along
+     * ci; else (1x1 maps, 2x2 -> 1x1: each tap read once) read in place, kk floats apart */
+    float *wt = reuse ? grow(&tbuf, (size_t)(co1 - co0 + 1) * kk * cin) : NULL;
+    if (reuse)
+      for (int co = co0; co <= co1; co++)
+        taps_transpose(wt + (long)(co - co0) * kk * cin, j->src + (long)co * cin * kk, cin, kk, j->live, j->nlive);
+    for (int q = 0; q < j->pin; q++) {
+      for (int c = 0; c < nr; c++) {
+        const int nn = nn0 + c, t = nn < N ? j->tab[(long)(nn % j->pout) * j->pin + q] : -1, co = nn / j->pout;
+        rowp[c] = t < 0 ? NULL : reuse ? wt + ((long)(co - co0) * kk + t) * cin : j->src + (long)co * cin * kk + t;
+      }
+      panel_rows(j->dst + (pj * K + (long)q * cin) * nr, rowp, reuse ? 1 : kk, nr, cin);
+    }
+  }
+}
+
+/* Backward input: dx = dy . W', B = W' itself, rows k = (co, op), columns (q, ci). Output channels
+ * over the threads (each writes its rows of every panel): w[co] transposed to wt[t][ci], then a
+ * panel's row (co, op) is a run of wt[tap(op, q)] (whole panels of one q when nr divides cin;
+ * element by element otherwise). */
+static void bwd_panels_task(void *ctx, int tid, int n) {
+  static _Thread_local buf_t tbuf;
+  const dense_job *j = ctx;
+  const conv_p *p = j->p;
+  const int kk = p->kh * p->kw, cin = p->cin, nr = sgemm_nr(), Kc = cin * j->pin, reuse = j->npairs > j->nlive;
+  const long Kg = (long)p->cout * j->pout, panels = (Kc + nr - 1) / nr;
   float *wt = reuse ? grow(&tbuf, (size_t)kk * cin) : NULL;
   long lo, hi;
   pool_split(p->cout, tid, n, 1, &lo, &hi);
   for (long co = lo; co < hi; co++) {
+    /* where taps serve several pairs, transposed first; else read in place (tap t of channel ci at
+     * s[ci * kk + t]) */
     const float *s = j->src + co * cin * kk;
-    if (reuse)
-      for (int ci = 0; ci < cin; ci++)
-        for (int l = 0; l < j->nlive; l++) wt[(long)j->live[l] * cin + ci] = s[(long)ci * kk + j->live[l]];
+    if (reuse) taps_transpose(wt, s, cin, kk, j->live, j->nlive);
+    const float *src = reuse ? wt : s;
+    const long cs = reuse ? 1 : kk, ts = reuse ? cin : 1; /* strides of ci and t in src */
     for (int op = 0; op < j->pout; op++) {
       const int *t = j->tab + (long)op * j->pin;
-      float *d = j->dst + (co * j->pout + op) * K;
-      for (int q = 0; q < j->pin; q++, d += cin)
-        if (t[q] < 0)
-          memset(d, 0, sizeof(float) * (size_t)cin);
-        else if (reuse)
-          memcpy(d, wt + (long)t[q] * cin, sizeof(float) * (size_t)cin);
-        else
-          for (int ci = 0; ci < cin; ci++) d[ci] = s[(long)ci * kk + t[q]];
+      for (long pj = 0; pj < panels; pj++) {
+        float *d = j->dst + (pj * Kg + co * j->pout + op) * nr;
+        const int col0 = (int)pj * nr;
+        if (cin % nr == 0) { /* one q per panel */
+          const int q = col0 / cin;
+          const float *r = src + t[q] * ts + (long)(col0 % cin) * cs;
+          if (t[q] < 0) memset(d, 0, sizeof(float) * (size_t)nr);
+          else if (reuse) memcpy(d, r, sizeof(float) * (size_t)nr);
+          else
+            for (int c = 0; c < nr; c++) d[c] = r[c * cs];
+        } else {
+          for (int c = 0; c < nr; c++) {
+            const int col = col0 + c, tq = col < Kc ? t[col / cin] : -1;
+            d[c] = tq >= 0 ? src[tq * ts + (long)(col % cin) * cs] : 0.0f;
+          }
+        }
+      }
     }
   }
 }
@@ -185,15 +296,17 @@ static void run_job(pool_fn fn, const conv_p *p, const float *src, float *dst, c
   dense_job j = {p, tab, live, nlive, npairs, src, dst, add, pin, pout};
   const int per_image = fn == to_pixel_major_task || fn == from_pixel_major_task;
   const long work = per_image ? (long)p->n * p->cin * pin : (long)p->cout * pout * p->cin * pin;
-  pool_run_n(fn, &j, work < (1L << 15) ? 1 : per_image ? p->n : p->cout);
+  pool_run_n(fn, &j, work < (1L << 15) ? 1 : per_image ? p->n : fn == fwd_panels_task ? (p->cout * pout + 31) / 32 : p->cout);
   free(tab);
 }
 
-/* W' for p from w, in a per-thread buffer that is kept. */
-static const float *dense_weights(const float *w, const conv_p *p) {
+/* W' for p from w as the forward's (bwd 0) or the backward input's (bwd 1) pre-packed B, in a
+ * per-thread buffer that is kept. */
+static const float *dense_panels(const float *w, const conv_p *p, int bwd) {
   static _Thread_local buf_t wbuf;
-  float *wd = grow(&wbuf, (size_t)p->cout * p->oh * p->ow * p->cin * p->h * p->w);
-  run_job(build_task, p, w, wd, NULL);
+  const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
+  float *wd = grow(&wbuf, bwd ? sgemm_packed_b_size(K, N) : sgemm_packed_b_size(N, K));
+  run_job(bwd ? bwd_panels_task : fwd_panels_task, p, w, wd, NULL);
   return wd;
 }
 
@@ -210,9 +323,9 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
                    const conv_p *p) {
   const int pout = p->oh * p->ow, N = p->cout * pout, K = p->cin * p->h * p->w;
   const long ny = (long)p->n * N;
-  const float *wd = dense_weights(w, p), *xp = pixel_major(x, p);
+  const float *wd = dense_panels(w, p, 0), *xp = pixel_major(x, p);
   if (residual && residual != y) memcpy(y, residual, sizeof(float) * (size_t)ny);
-  sgemm_ex(0, 1, p->n, N, K, 1.0f, xp, K, wd, K, residual ? 1.0f : 0.0f, y, N, NULL, 0);
+  sgemm_ex_pb(0, p->n, N, K, 1.0f, xp, K, wd, residual ? 1.0f : 0.0f, y, N);
   if (bias || relu)
     for (long i = 0; i < ny; i++) {
       const float v = y[i] + (bias ? bias[(i % N) / pout] : 0.0f);
@@ -223,14 +336,14 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
 void dense_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
   static _Thread_local buf_t dbuf;
   const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
-  const float *wd = dense_weights(w, p);
+  const float *wd = dense_panels(w, p, 1);
   if (p->h * p->w == 1) {
     if (addend && addend != dx) memcpy(dx, addend, sizeof(float) * (size_t)p->n * K);
-    sgemm_ex(0, 0, p->n, K, N, 1.0f, dy, N, wd, K, addend ? 1.0f : 0.0f, dx, K, NULL, 0);
+    sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, wd, addend ? 1.0f : 0.0f, dx, K);
     return;
   }
   float *dxp = grow(&dbuf, (size_t)p->n * K);
-  sgemm_ex(0, 0, p->n, K, N, 1.0f, dy, N, wd, K, 0.0f, dxp, K, NULL, 0);
+  sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, wd, 0.0f, dxp, K);
   run_job(from_pixel_major_task, p, dxp, dx, addend);
 }
 

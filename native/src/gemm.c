@@ -312,8 +312,8 @@ static void epilogue(float *c, int ldc, int rows, int cols, const float *bias, i
 }
 
 static void gemm_block(const isa_t *I, int transA, int transB, int m0, int m1, int n0, int n1, int K, float alpha,
-                       const float *A, int lda, const float *Apre, const float *B, int ldb, float beta, float *C, int ldc,
-                       const float *bias, int relu) {
+                       const float *A, int lda, const float *Apre, const float *B, int ldb, const float *Bpre, float beta,
+                       float *C, int ldc, const float *bias, int relu) {
   const int mr = I->mr, nr = I->nr;
   int N = n1 - n0;
   if (m1 <= m0 || N <= 0) return;
@@ -333,13 +333,14 @@ static void gemm_block(const isa_t *I, int transA, int transB, int m0, int m1, i
   for (int pc = 0; pc < K; pc += KC) {
     int kc = K - pc < KC ? K - pc : KC;
     float b = pc == 0 ? beta : 1.0f;
-    pack_b(nr, transB, B, ldb, pc, kc, n0 + jc, nc, Bp);
+    if (!Bpre) pack_b(nr, transB, B, ldb, pc, kc, n0 + jc, nc, Bp);
     for (int ic = m0; ic < m1; ic += MC_ROWS) {
       int mc = m1 - ic < MC_ROWS ? m1 - ic : MC_ROWS;
       if (!Apre) pack_a(mr, transA, A, lda, ic, mc, pc, kc, Ap);
       for (int jr = 0; jr < nc; jr += nr) {
         int cols = nc - jr < nr ? nc - jr : nr;
-        const float *bp = Bp + (long)jr * kc;
+        /* pre-packed: whole-K panels (n0 + jc + jr is a multiple of nr) */
+        const float *bp = Bpre ? Bpre + (long)(n0 + jc + jr) * K + (long)pc * nr : Bp + (long)jr * kc;
         for (int ir = 0; ir < mc; ir += mr) {
           int rows = mc - ir < mr ? mc - ir : mr;
           /* pre-packed: whole-K panels, so the k-block starts pc*mr floats into the panel */
@@ -369,7 +370,7 @@ typedef struct {
   const isa_t *I;
   int transA, transB, M, N, K, lda, ldb, ldc, splitN;
   float alpha, beta;
-  const float *A, *Apre, *B;
+  const float *A, *Apre, *B, *Bpre;
   float *C;
   const float *bias;
   int relu;
@@ -385,10 +386,12 @@ static void gemm_task(void *p, int tid, int n) {
     if (u >= j->units) break;
     if (j->splitN) {
       pool_split(j->N, u, j->units, j->I->nr, &lo, &hi);
-      gemm_block(j->I, j->transA, j->transB, 0, j->M, (int)lo, (int)hi, j->K, j->alpha, j->A, j->lda, j->Apre, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+      gemm_block(j->I, j->transA, j->transB, 0, j->M, (int)lo, (int)hi, j->K, j->alpha, j->A, j->lda, j->Apre, j->B, j->ldb,
+                 j->Bpre, j->beta, j->C, j->ldc, j->bias, j->relu);
     } else {
       pool_split(j->M, u, j->units, j->I->mr, &lo, &hi);
-      gemm_block(j->I, j->transA, j->transB, (int)lo, (int)hi, 0, j->N, j->K, j->alpha, j->A, j->lda, j->Apre, j->B, j->ldb, j->beta, j->C, j->ldc, j->bias, j->relu);
+      gemm_block(j->I, j->transA, j->transB, (int)lo, (int)hi, 0, j->N, j->K, j->alpha, j->A, j->lda, j->Apre, j->B, j->ldb,
+                 j->Bpre, j->beta, j->C, j->ldc, j->bias, j->relu);
     }
   }
 }
@@ -513,17 +516,17 @@ static void gemv(int transB, int M, int N, int K, float alpha, const float *A, i
   else pool_run(gemv_task, &j);
 }
 
-void sgemm_ex_pa(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
-                 const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int relu) {
+static void gemm_mt(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
+                    const float *B, int ldb, const float *Bpre, float beta, float *C, int ldc, const float *bias, int relu) {
   const isa_t *I = pick(M);
-  if (M <= SMALL_M && !Apre && !transA) {
+  if (M <= SMALL_M && !Apre && !Bpre && !transA) {
     gemv(transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1);
     if (bias || relu) epilogue(C, ldc, M, N, bias, relu);
     return;
   }
   double flops = 2.0 * M * N * K;
   if (Apre && transA) abort();
-  gemm_job j = {I, transA, transB, M, N, K, lda, ldb, ldc, N >= M, alpha, beta, A, Apre, B, C, bias, relu, 1, 0};
+  gemm_job j = {I, transA, transB, M, N, K, lda, ldb, ldc, N >= M, alpha, beta, A, Apre, B, Bpre, C, bias, relu, 1, 0};
   atomic_init(&j.next, 0);
   if (flops < 2e5 || pool_threads() == 1) {
     gemm_task(&j, 0, 1);
@@ -550,6 +553,21 @@ void sgemm_ex_pa(int transA, int transB, int M, int N, int K, float alpha, const
   pool_run_dynamic(gemm_task, &j, j.units);
 }
 
+void sgemm_ex_pa(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
+                 const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int relu) {
+  gemm_mt(transA, transB, M, N, K, alpha, A, lda, Apre, B, ldb, NULL, beta, C, ldc, bias, relu);
+}
+
+size_t sgemm_packed_b_size(int N, int K) {
+  const int nr = get_isa()->nr;
+  return (size_t)((N + nr - 1) / nr) * nr * (size_t)K;
+}
+
+void sgemm_ex_pb(int transA, int M, int N, int K, float alpha, const float *A, int lda, const float *Bpre, float beta,
+                 float *C, int ldc) {
+  gemm_mt(transA, 0, M, N, K, alpha, A, lda, NULL, NULL, 0, Bpre, beta, C, ldc, NULL, 0);
+}
+
 void sgemm_ex(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
               float beta, float *C, int ldc, const float *bias, int relu) {
   sgemm_ex_pa(transA, transB, M, N, K, alpha, A, lda, NULL, B, ldb, beta, C, ldc, bias, relu);
@@ -563,7 +581,7 @@ void sgemm_ex_pa_st(int transA, int transB, int M, int N, int K, float alpha, co
     if (bias || relu) epilogue(C, ldc, M, N, bias, relu);
     return;
   }
-  gemm_block(pick(M), transA, transB, 0, M, 0, N, K, alpha, A, lda, Apre, B, ldb, beta, C, ldc, bias, relu);
+  gemm_block(pick(M), transA, transB, 0, M, 0, N, K, alpha, A, lda, Apre, B, ldb, NULL, beta, C, ldc, bias, relu);
 }
 
 void sgemm_ex_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,

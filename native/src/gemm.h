@@ -32,6 +32,14 @@ void sgemm_ex_pa(int transA, int transB, int M, int N, int K, float alpha, const
 void sgemm_ex_pa_st(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *Apre,
                     const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int relu);
 
+/* Pre-packed B (built by the caller straight into the micro-kernel's layout, e.g. from convolution
+ * taps): column panels of nr = sgemm_nr() columns over the whole K, Bp[panel][k][c] =
+ * op(B)[k][panel*nr + c], zero past N; sgemm_packed_b_size(N, K) floats. sgemm_ex_pb is sgemm_ex with
+ * B read from there (no epilogue). */
+size_t sgemm_packed_b_size(int N, int K);
+void sgemm_ex_pb(int transA, int M, int N, int K, float alpha, const float *A, int lda, const float *Bpre, float beta,
+                 float *C, int ldc);
+
 /* One micro-kernel call of the kernel that GEMMs with M rows use: C[mr][nr] (row stride ldc) =
  * Ap (mr x kc, packed as sgemm_pack_a packs a panel) * Bp (kc x nr, row-major panel) + beta * C,
  * for callers that pack B themselves (convolution). nr = sgemm_nr(). */
