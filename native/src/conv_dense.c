@@ -71,7 +71,6 @@ typedef struct {
   int nlive, npairs;
   const float *src;
   float *dst;
-  const float *add; /* the permutations: an addend of dst (or NULL) */
   int pin, pout;
 } dense_job;
 
@@ -251,35 +250,7 @@ static void fold_task(void *ctx, int tid, int n) {
   }
 }
 
-/* Images over the threads: dst[b][q][ci] = src[b][ci][q] (channel-major pixels to pixel-major). */
-static void to_pixel_major_task(void *ctx, int tid, int n) {
-  const dense_job *j = ctx;
-  const int cin = j->p->cin, pin = j->pin;
-  const long K = (long)cin * pin;
-  long lo, hi;
-  pool_split(j->p->n, tid, n, 1, &lo, &hi);
-  for (long b = lo; b < hi; b++)
-    for (int ci = 0; ci < cin; ci++)
-      for (int q = 0; q < pin; q++) j->dst[b * K + (long)q * cin + ci] = j->src[b * K + (long)ci * pin + q];
-}
-
-/* The way back, with the addend: dst[b][ci][q] = src[b][q][ci] (+ add[b][ci][q]). */
-static void from_pixel_major_task(void *ctx, int tid, int n) {
-  const dense_job *j = ctx;
-  const int cin = j->p->cin, pin = j->pin;
-  const long K = (long)cin * pin;
-  long lo, hi;
-  pool_split(j->p->n, tid, n, 1, &lo, &hi);
-  for (long b = lo; b < hi; b++)
-    for (int ci = 0; ci < cin; ci++)
-      for (int q = 0; q < pin; q++) {
-        const long i = b * K + (long)ci * pin + q;
-        const float v = j->src[b * K + (long)q * cin + ci];
-        j->dst[i] = j->add ? j->add[i] + v : v;
-      }
-}
-
-static void run_job(pool_fn fn, const conv_p *p, const float *src, float *dst, const float *add) {
+static void run_job(pool_fn fn, const conv_p *p, const float *src, float *dst) {
   const int pin = p->h * p->w, pout = p->oh * p->ow;
   const int kk = p->kh * p->kw;
   int *tab = malloc(sizeof(int) * ((size_t)pin * pout + 2 * (size_t)kk));
@@ -293,10 +264,9 @@ static void run_job(pool_fn fn, const conv_p *p, const float *src, float *dst, c
     }
   for (int t = 0; t < kk; t++)
     if (used[t]) live[nlive++] = t;
-  dense_job j = {p, tab, live, nlive, npairs, src, dst, add, pin, pout};
-  const int per_image = fn == to_pixel_major_task || fn == from_pixel_major_task;
-  const long work = per_image ? (long)p->n * p->cin * pin : (long)p->cout * pout * p->cin * pin;
-  pool_run_n(fn, &j, work < (1L << 15) ? 1 : per_image ? p->n : fn == fwd_panels_task ? (p->cout * pout + 31) / 32 : p->cout);
+  dense_job j = {p, tab, live, nlive, npairs, src, dst, pin, pout};
+  const long work = (long)p->cout * pout * p->cin * pin;
+  pool_run_n(fn, &j, work < (1L << 15) ? 1 : fn == fwd_panels_task ? (p->cout * pout + 31) / 32 : p->cout);
   free(tab);
 }
 
@@ -306,7 +276,7 @@ static const float *dense_panels(const float *w, const conv_p *p, int bwd) {
   static _Thread_local buf_t wbuf;
   const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
   float *wd = grow(&wbuf, bwd ? sgemm_packed_b_size(K, N) : sgemm_packed_b_size(N, K));
-  run_job(bwd ? bwd_panels_task : fwd_panels_task, p, w, wd, NULL);
+  run_job(bwd ? bwd_panels_task : fwd_panels_task, p, w, wd);
   return wd;
 }
 
@@ -315,7 +285,7 @@ static const float *pixel_major(const float *x, const conv_p *p) {
   static _Thread_local buf_t xbuf;
   if (p->h * p->w == 1) return x;
   float *xp = grow(&xbuf, (size_t)p->n * p->cin * p->h * p->w);
-  run_job(to_pixel_major_task, p, x, xp, NULL);
+  images_transpose(xp, x, p->n, p->cin, (long)p->h * p->w, 1, NULL, NULL, 0);
   return xp;
 }
 
@@ -344,7 +314,7 @@ void dense_backward_input(float *dx, const float *dy, const float *w, const conv
   }
   float *dxp = grow(&dbuf, (size_t)p->n * K);
   sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, wd, 0.0f, dxp, K);
-  run_job(from_pixel_major_task, p, dxp, dx, addend);
+  images_transpose(dx, dxp, p->n, p->cin, (long)p->h * p->w, 0, addend, NULL, 0);
 }
 
 void dense_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
@@ -352,5 +322,5 @@ void dense_backward_weight(float *dw, const float *x, const float *dy, const con
   const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
   float *g = grow(&gbuf, (size_t)N * K);
   sgemm_ex(1, 0, N, K, p->n, 1.0f, dy, N, pixel_major(x, p), K, 0.0f, g, K, NULL, 0);
-  run_job(fold_task, p, g, dw, NULL);
+  run_job(fold_task, p, g, dw);
 }

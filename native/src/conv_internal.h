@@ -40,6 +40,12 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
 void dense_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
 void dense_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 
+/* n images' [c][P] planes to pixel-major [P][c] rows (to_pixel_major), or back with an epilogue:
+ * dst[b][c][q] = relu?(src[b][q][c] + bias[c] + add[b][c][q]) (add may be dst; NULLs: none); on all
+ * threads, by images (conv_rows.c). */
+void images_transpose(float *dst, const float *src, int n, int c, long P, int to_pixel_major, const float *add,
+                      const float *bias, int relu);
+
 /* Small strided maps as one GEMM with (image, output pixel) rows (conv_rows.c; RESNET_ROWS=0 off):
  * whether p takes it for the forward (backward_input 0) or the backward input, and those passes. */
 int rows_ok(const conv_p *p, int backward_input);

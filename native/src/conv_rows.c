@@ -35,9 +35,8 @@ int rows_ok(const conv_p *p, int backward_input) {
 typedef struct {
   const conv_p *p;
   const int *off; /* off[op * kk + t]: the input pixel (iy * w + ix) of tap t for output pixel op, -1 outside */
-  const float *src, *bias, *add;
+  const float *src, *add;
   float *dst;
-  int relu;
 } rows_job;
 
 /* The tap offsets of every output pixel (malloc'd). */
@@ -74,35 +73,43 @@ static void patches_task(void *ctx, int tid, int n) {
     }
 }
 
-/* Images over the threads: NCHW y[b][co][op] from the rows Y[(b, op)][co], with the epilogue. */
-static void to_nchw_task(void *ctx, int tid, int n) {
-  const rows_job *j = ctx;
-  const conv_p *p = j->p;
-  const long P = (long)p->oh * p->ow;
+typedef struct {
+  float *dst;
+  const float *src, *add, *bias;
+  int n, c, relu, to_pixel_major;
+  long P;
+} transpose_job;
+
+/* Images over the threads: one image's [c][P] <-> [P][c], with the epilogue on the way back. */
+static void images_transpose_task(void *ctx, int tid, int nt) {
+  const transpose_job *j = ctx;
+  const long img = (long)j->c * j->P;
   long lo, hi;
-  pool_split(p->n, tid, n, 1, &lo, &hi);
-  for (long b = lo; b < hi; b++)
-    for (int co = 0; co < p->cout; co++) {
-      const long i0 = (b * p->cout + co) * P;
-      const float bv = j->bias ? j->bias[co] : 0.0f;
-      for (long op = 0; op < P; op++) {
-        float v = j->src[(b * P + op) * p->cout + co] + bv;
-        if (j->add) v += j->add[i0 + op];
-        j->dst[i0 + op] = j->relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
+  pool_split(j->n, tid, nt, 1, &lo, &hi);
+  for (long b = lo; b < hi; b++) {
+    const float *s = j->src + b * img;
+    float *d = j->dst + b * img;
+    if (j->to_pixel_major) {
+      for (int c = 0; c < j->c; c++)
+        for (long q = 0; q < j->P; q++) d[q * j->c + c] = s[c * j->P + q];
+      continue;
+    }
+    const float *a = j->add ? j->add + b * img : NULL;
+    for (int c = 0; c < j->c; c++) {
+      const float bv = j->bias ? j->bias[c] : 0.0f;
+      for (long q = 0; q < j->P; q++) {
+        float v = s[q * j->c + c] + bv;
+        if (a) v += a[c * j->P + q];
+        d[c * j->P + q] = j->relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
       }
     }
+  }
 }
 
-/* Images over the threads: the rows dY[(b, op)][co] from NCHW dy. */
-static void from_nchw_task(void *ctx, int tid, int n) {
-  const rows_job *j = ctx;
-  const conv_p *p = j->p;
-  const long P = (long)p->oh * p->ow;
-  long lo, hi;
-  pool_split(p->n, tid, n, 1, &lo, &hi);
-  for (long b = lo; b < hi; b++)
-    for (int co = 0; co < p->cout; co++)
-      for (long op = 0; op < P; op++) j->dst[(b * P + op) * p->cout + co] = j->src[(b * p->cout + co) * P + op];
+void images_transpose(float *dst, const float *src, int n, int c, long P, int to_pixel_major, const float *add,
+                      const float *bias, int relu) {
+  transpose_job j = {dst, src, add, bias, n, c, relu, to_pixel_major, P};
+  pool_run_n(images_transpose_task, &j, (long)n * c * P < (1L << 15) ? 1 : n);
 }
 
 /* Images over the threads: dx[b] = addend[b] (or 0), then each patch gradient added into its input
@@ -142,7 +149,7 @@ static _Thread_local buf_t patch_buf, out_buf;
 static const float *patches(const float *x, const conv_p *p, const int *off) {
   const long M = (long)p->n * p->oh * p->ow, K = (long)p->cin * p->kh * p->kw;
   float *X = grow(&patch_buf, (size_t)(M * K));
-  rows_job j = {p, off, x, NULL, NULL, X, 0};
+  rows_job j = {p, off, x, NULL, X};
   run_images(patches_task, &j);
   return X;
 }
@@ -154,8 +161,7 @@ void rows_forward(float *y, const float *x, const float *w, const float *bias, c
   const float *X = patches(x, p, off);
   float *Y = grow(&out_buf, (size_t)M * p->cout);
   sgemm_ex(0, 1, M, p->cout, K, 1.0f, X, K, w, K, 0.0f, Y, p->cout, NULL, 0);
-  rows_job j = {p, off, Y, bias, residual, y, relu};
-  run_images(to_nchw_task, &j);
+  images_transpose(y, Y, p->n, p->cout, (long)p->oh * p->ow, 0, residual, bias, relu);
   free(off);
 }
 
@@ -163,10 +169,9 @@ void rows_backward_input(float *dx, const float *dy, const float *w, const conv_
   const int M = p->n * p->oh * p->ow, K = p->cin * p->kh * p->kw;
   int *off = tap_offsets(p);
   float *dY = grow(&out_buf, (size_t)M * p->cout), *dX = grow(&patch_buf, (size_t)M * K);
-  rows_job t = {p, NULL, dy, NULL, NULL, dY, 0};
-  run_images(from_nchw_task, &t);
+  images_transpose(dY, dy, p->n, p->cout, (long)p->oh * p->ow, 1, NULL, NULL, 0);
   sgemm_ex(0, 0, M, K, p->cout, 1.0f, dY, p->cout, w, K, 0.0f, dX, K, NULL, 0);
-  rows_job j = {p, off, dX, NULL, addend, dx, 0};
+  rows_job j = {p, off, dX, addend, dx};
   run_images(scatter_task, &j);
   free(off);
 }
