@@ -97,16 +97,11 @@ __attribute__((target("avx512f"))) static void taps_transpose512(float *wt, cons
     for (int l = 0; l < nlive; l++) _mm512_storeu_ps(wt + (long)live[l] * cin + ci0, r[live[l]]);
   }
 }
-__attribute__((target("avx512f"))) static void panel_rows512(float *d, const float *const *rowp, long stride, int cin) {
-  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                         _mm512_set1_epi32((int)stride));
+__attribute__((target("avx512f"))) static void panel_rows512(float *d, const float *const *rowp, int cin) {
   for (int ci0 = 0; ci0 < cin; ci0 += 16)
     for (int cb = 0; cb < 32; cb += 16) {
       __m512 r[16];
-      for (int i = 0; i < 16; i++)
-        r[i] = !rowp[cb + i] ? _mm512_setzero_ps()
-               : stride == 1 ? _mm512_loadu_ps(rowp[cb + i] + ci0)
-                             : _mm512_i32gather_ps(idx, rowp[cb + i] + ci0 * stride, 4);
+      for (int i = 0; i < 16; i++) r[i] = rowp[cb + i] ? _mm512_loadu_ps(rowp[cb + i] + ci0) : _mm512_setzero_ps();
       transpose16(r);
       for (int i = 0; i < 16; i++) _mm512_storeu_ps(d + (long)(ci0 + i) * 32 + cb, r[i]);
     }
@@ -131,23 +126,23 @@ static void taps_transpose(float *wt, const float *s, int cin, int kk, const int
     for (int l = 0; l < nlive; l++) wt[(long)live[l] * cin + ci] = s[(long)ci * kk + live[l]];
 }
 
-/* d[ci][c] = rowp[c][ci * stride] (0 for a NULL row), ci < cin, c < nr: a panel's rows for one q. */
-static void panel_rows(float *d, const float *const *rowp, long stride, int nr, int cin) {
+/* d[ci][c] = rowp[c][ci] (0 for a NULL row), ci < cin, c < nr: a panel's rows for one q. */
+static void panel_rows(float *d, const float *const *rowp, int nr, int cin) {
 #if defined(__x86_64__)
-  if (nr == 32 && cin % 16 == 0 && stride * 16 < (1L << 31) && have512()) {
-    panel_rows512(d, rowp, stride, cin);
+  if (nr == 32 && cin % 16 == 0 && have512()) {
+    panel_rows512(d, rowp, cin);
     return;
   }
 #endif
   for (int ci = 0; ci < cin; ci++, d += nr)
-    for (int c = 0; c < nr; c++) d[c] = rowp[c] ? rowp[c][ci * stride] : 0.0f;
+    for (int c = 0; c < nr; c++) d[c] = rowp[c] ? rowp[c][ci] : 0.0f;
 }
 
 static void fwd_panels_task(void *ctx, int tid, int n) {
   static _Thread_local buf_t tbuf;
   const dense_job *j = ctx;
   const conv_p *p = j->p;
-  const int kk = p->kh * p->kw, cin = p->cin, nr = sgemm_nr(), N = p->cout * j->pout, reuse = j->npairs > j->nlive;
+  const int kk = p->kh * p->kw, cin = p->cin, nr = sgemm_nr(), N = p->cout * j->pout;
   const long K = (long)cin * j->pin, panels = (N + nr - 1) / nr;
   const float *rowp[64];
   long lo, hi;
@@ -155,18 +150,20 @@ static void fwd_panels_task(void *ctx, int tid, int n) {
   for (long pj = lo; pj < hi; pj++) {
     const int nn0 = (int)pj * nr, co0 = nn0 / j->pout;
     const int co1 = (nn0 + nr - 1) / j->pout < p->cout ? (nn0 + nr - 1) / j->pout : p->cout - 1;
-    /* where taps serve several pairs, the panel's channels' live taps first transposed to runs along
-     * ci; else (1x1 maps, 2x2 -> 1x1: each tap read once) read in place, kk floats apart */
-    float *wt = reuse ? grow(&tbuf, (size_t)(co1 - co0 + 1) * kk * cin) : NULL;
-    if (reuse)
-      for (int co = co0; co <= co1; co++)
-        taps_transpose(wt + (long)(co - co0) * kk * cin, j->src + (long)co * cin * kk, cin, kk, j->live, j->nlive);
+    /* the panel's channels' live taps first transposed to runs along ci, a channel at a time: whole
+     * rows of each channel's weights read in order, even where a tap serves one pair only (512
+     * channels on 1x1 maps, weights out of cache as a training step leaves them, best of 5: 0.66 ms
+     * reading the centre taps in place by gathers across 32 channels' rows, 0.75 by gathers along
+     * one channel at a time, 0.60 this way; with the weights in cache 0.33 / 0.33 / 0.34) */
+    float *wt = grow(&tbuf, (size_t)(co1 - co0 + 1) * kk * cin);
+    for (int co = co0; co <= co1; co++)
+      taps_transpose(wt + (long)(co - co0) * kk * cin, j->src + (long)co * cin * kk, cin, kk, j->live, j->nlive);
     for (int q = 0; q < j->pin; q++) {
       for (int c = 0; c < nr; c++) {
-        const int nn = nn0 + c, t = nn < N ? j->tab[(long)(nn % j->pout) * j->pin + q] : -1, co = nn / j->pout;
-        rowp[c] = t < 0 ? NULL : reuse ? wt + ((long)(co - co0) * kk + t) * cin : j->src + (long)co * cin * kk + t;
+        const int nn = nn0 + c, t = nn < N ? j->tab[(long)(nn % j->pout) * j->pin + q] : -1;
+        rowp[c] = t < 0 ? NULL : wt + ((long)(nn / j->pout - co0) * kk + t) * cin;
       }
-      panel_rows(j->dst + (pj * K + (long)q * cin) * nr, rowp, reuse ? 1 : kk, nr, cin);
+      panel_rows(j->dst + (pj * K + (long)q * cin) * nr, rowp, nr, cin);
     }
   }
 }
