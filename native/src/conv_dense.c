@@ -30,15 +30,6 @@
 
 #define DENSE_MAX_FLOATS (4L << 20) /* W' at most 16 MB */
 
-/* The tap index ky*kw + kx that joins output pixel op to input pixel iq, -1 if none. */
-static int tap_of(const conv_p *p, int op, int iq) {
-  const int oy = op / p->ow, ox = op % p->ow, iy = iq / p->w, ix = iq % p->w;
-  const int ry = iy - oy * p->sh + p->ph, rx = ix - ox * p->sw + p->pw;
-  if (ry < 0 || rx < 0 || ry % p->dh || rx % p->dw) return -1;
-  const int ky = ry / p->dh, kx = rx / p->dw;
-  return ky < p->kh && kx < p->kw ? ky * p->kw + kx : -1;
-}
-
 /* Along one axis: the (output, input) pairs that some tap joins. */
 static long live_pairs(int out, int in, int k, int s, int pad, int d) {
   long n = 0;
@@ -66,7 +57,7 @@ int dense_ok(const conv_p *p) {
 
 typedef struct {
   const conv_p *p;
-  const int *tab;  /* tab[op * Pin + iq] = tap_of(p, op, iq) */
+  const int *tab;  /* tab[op * Pin + iq]: the tap that joins input pixel iq to output pixel op, -1 if none */
   const int *live; /* the taps some pair uses, in order; nlive of them */
   int nlive, npairs;
   const float *src;
@@ -254,11 +245,13 @@ static void run_job(pool_fn fn, const conv_p *p, const float *src, float *dst) {
   if (!tab) abort();
   int *live = tab + (long)pin * pout, *used = live + kk, nlive = 0, npairs = 0;
   memset(used, 0, sizeof(int) * (size_t)kk);
+  /* the pairs: each output pixel's taps that read inside the map (a tap reads one pixel per output) */
+  int *off = conv_tap_offsets(p);
+  for (long i = 0; i < (long)pin * pout; i++) tab[i] = -1;
   for (int op = 0; op < pout; op++)
-    for (int iq = 0; iq < pin; iq++) {
-      const int t = tab[op * pin + iq] = tap_of(p, op, iq);
-      if (t >= 0) used[t] = 1, npairs++;
-    }
+    for (int t = 0; t < kk; t++)
+      if (off[op * kk + t] >= 0) tab[op * pin + off[op * kk + t]] = t, used[t] = 1, npairs++;
+  free(off);
   for (int t = 0; t < kk; t++)
     if (used[t]) live[nlive++] = t;
   dense_job j = {p, tab, live, nlive, npairs, src, dst, pin, pout};

@@ -40,6 +40,9 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
 void dense_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
 void dense_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 
+/* off[op * kh*kw + t]: the input pixel (iy * w + ix) that tap t reads for output pixel op, -1 in the
+ * padding (malloc'd; conv_rows.c). */
+int *conv_tap_offsets(const conv_p *p);
 /* n images' [c][P] planes to pixel-major [P][c] rows (to_pixel_major), or back with an epilogue:
  * dst[b][c][q] = relu?(src[b][q][c] + bias[c] + add[b][c][q]) (add may be dst; NULLs: none); on all
  * threads, by images (conv_rows.c). */

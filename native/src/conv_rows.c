@@ -39,8 +39,7 @@ typedef struct {
   float *dst;
 } rows_job;
 
-/* The tap offsets of every output pixel (malloc'd). */
-static int *tap_offsets(const conv_p *p) {
+int *conv_tap_offsets(const conv_p *p) {
   const int P = p->oh * p->ow, kk = p->kh * p->kw;
   int *off = malloc(sizeof(int) * (size_t)P * kk);
   if (!off) abort();
@@ -157,7 +156,7 @@ static const float *patches(const float *x, const conv_p *p, const int *off) {
 void rows_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
                   const conv_p *p) {
   const int M = p->n * p->oh * p->ow, K = p->cin * p->kh * p->kw;
-  int *off = tap_offsets(p);
+  int *off = conv_tap_offsets(p);
   const float *X = patches(x, p, off);
   float *Y = grow(&out_buf, (size_t)M * p->cout);
   sgemm_ex(0, 1, M, p->cout, K, 1.0f, X, K, w, K, 0.0f, Y, p->cout, NULL, 0);
@@ -167,7 +166,7 @@ void rows_forward(float *y, const float *x, const float *w, const float *bias, c
 
 void rows_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
   const int M = p->n * p->oh * p->ow, K = p->cin * p->kh * p->kw;
-  int *off = tap_offsets(p);
+  int *off = conv_tap_offsets(p);
   float *dY = grow(&out_buf, (size_t)M * p->cout), *dX = grow(&patch_buf, (size_t)M * K);
   images_transpose(dY, dy, p->n, p->cout, (long)p->oh * p->ow, 1, NULL, NULL, 0);
   sgemm_ex(0, 0, M, K, p->cout, 1.0f, dY, p->cout, w, K, 0.0f, dX, K, NULL, 0);
