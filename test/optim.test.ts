@@ -9,8 +9,12 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Linear, Tensor, UsageError, StateDictError, backward, tensor } from '../src/index.js';
-import { crossEntropy } from '../src/ops/index.js';
+import { add, crossEntropy, mulScalar, sum } from '../src/ops/index.js';
 import { SGD, type SGDOptions } from '../src/optim/sgd.js';
+import { AdamW } from '../src/optim/adamw.js';
+import { createModel } from '../src/models/registry.js';
+import { Generator } from '../src/tensor/rng.js';
+import { randn } from '../src/tensor/tensor.js';
 
 const X = [
   [0.5, -1.2, 0.3],
@@ -278,5 +282,89 @@ describe('SGD state dict', () => {
     assert.throws(() => single.loadStateDict(sd), /parameter group 0 has 2 parameter\(s\), the optimizer's has 1/);
     const two = new SGD([{ params: [m.weight] }, { params: [m.bias!] }], { lr: 0.1 });
     assert.throws(() => two.loadStateDict(sd), /1 parameter group\(s\), the optimizer has 2/);
+  });
+});
+
+describe('updates inside backward (fuseIntoBackward)', () => {
+  /** Two identical ResNet-20s (1x8x8 inputs), one stepped after backward, one fused, for `steps` steps. */
+  function compare(make: (ps: Tensor[]) => SGD | AdamW, steps: number, between?: (o: SGD | AdamW, s: number) => void): void {
+    const a = createModel('resnet20', { numClasses: 5, inChannels: 1 }).train();
+    const b = createModel('resnet20', { numClasses: 5, inChannels: 1 }).train();
+    b.loadStateDict(a.stateDict());
+    const oa = make(a.parameters()), ob = make(b.parameters());
+    const handle = ob.fuseIntoBackward();
+    assert.equal(ob.isFused, true);
+    const gen = new Generator(4);
+    for (let s = 0; s < steps; s++) {
+      const x = randn([3, 1, 8, 8], gen);
+      const y = [s % 5, (s + 2) % 5, 4];
+      for (const [m, o] of [[a, oa], [b, ob]] as const) {
+        o.zeroGrad();
+        backward(crossEntropy(m.call(x), y), undefined, { recycleActivations: true });
+        if (o === oa) o.step();
+        between?.(o, s);
+      }
+    }
+    const pa = a.namedParameters(), pb = b.namedParameters();
+    pa.forEach(([name, t], i) => assert.deepEqual(Array.from(pb[i]![1].values), Array.from(t.values), `${name} bit-identical`));
+    assert.deepEqual(ob.stateDict(), oa.stateDict(), 'optimizer state identical');
+    handle.remove();
+    assert.equal(ob.isFused, false);
+  }
+
+  test('SGD (momentum, weight decay, nesterov, two groups, lr changed between steps): step()\'s numbers bit for bit', () => {
+    compare((ps) => new SGD([{ params: ps.slice(0, 10), lr: 0.05 }, { params: ps.slice(10) }], { lr: 0.1, momentum: 0.9, weightDecay: 5e-4, nesterov: true }), 4, (o, s) => {
+      (o as SGD).lr = 0.1 / (s + 2);
+    });
+  });
+
+  test("AdamW: step()'s numbers bit for bit", () => {
+    compare((ps) => new AdamW(ps, { lr: 0.01, weightDecay: 0.05 }), 3);
+  });
+
+  test('a parameter read twice is updated once, with its summed gradient', () => {
+    const w = tensor([1, 2]).requiresGrad_();
+    const opt = new SGD([w], { lr: 0.5 });
+    opt.fuseIntoBackward();
+    backward(add(sum(mulScalar(w, 3)), sum(w))); // d/dw = 3 + 1
+    assert.deepEqual(Array.from(w.grad!), [4, 4]);
+    assert.deepEqual(Array.from(w.values), [-1, 0]);
+  });
+
+  test('step() refuses while fused and works after remove(); fusing twice and frozen parameters are refused', () => {
+    const m = tinyModel();
+    const opt = new SGD(m.parameters(), { lr: 0.1 });
+    const h = opt.fuseIntoBackward();
+    assert.throws(() => opt.step(), (e: unknown) => e instanceof UsageError && /already updates every parameter inside backward/.test(e.message));
+    assert.throws(() => opt.fuseIntoBackward(), /already fused/);
+    h.remove();
+    h.remove(); // idempotent
+    const before = Array.from(m.weight.values);
+    trainStep(m, opt);
+    assert.notDeepEqual(Array.from(m.weight.values), before, 'step() updates again');
+    const frozen = tensor([1]);
+    assert.throws(() => new SGD([m.weight, frozen], { lr: 0.1 }).fuseIntoBackward(), /1 parameter\(s\) do not require grad/);
+    // an lr made invalid between steps throws before any parameter moves
+    const opt2 = new SGD(m.parameters(), { lr: 0.1 });
+    opt2.fuseIntoBackward();
+    opt2.paramGroups[0]!.lr = -1;
+    const w0 = Array.from(m.weight.values), b0 = Array.from(m.bias!.values);
+    assert.throws(() => backward(crossEntropy(m.call(xT()), Y)), /Invalid learning rate: -1/);
+    assert.deepEqual(Array.from(m.weight.values), w0);
+    assert.deepEqual(Array.from(m.bias!.values), b0);
+  });
+
+  test('registerPostAccumulateGradHook: leaves that require grad, called after the gradient accumulates', () => {
+    const x = tensor([1, 2, 3]).requiresGrad_();
+    const seen: number[][] = [];
+    const h = x.registerPostAccumulateGradHook((t) => void seen.push(Array.from(t.grad!)));
+    backward(sum(mulScalar(x, 2)));
+    backward(sum(x)); // accumulates: the hook sees the running total
+    assert.deepEqual(seen, [[2, 2, 2], [3, 3, 3]]);
+    h.remove();
+    backward(sum(x));
+    assert.equal(seen.length, 2, 'removed');
+    assert.throws(() => mulScalar(x, 2).registerPostAccumulateGradHook(() => undefined), /cannot be registered on non-leaf tensors/);
+    assert.throws(() => tensor([1]).registerPostAccumulateGradHook(() => undefined), /doesn't require gradient/);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * resnet-ts's side of the benchmark: builds the workload's model with the registry and times it on
  * the active backend. Inference runs in eval mode through the compiled inference plan (compileInference); a training step
- * is zeroGrad, forward in train mode, mean cross-entropy, backward and an SGD step (TRAIN_RECIPE).
+ * is zeroGrad, forward in train mode, mean cross-entropy, backward and an SGD step (TRAIN_RECIPE), the
+ * step inside backward as the trainer runs it (SGD.fuseIntoBackward: the same numbers as a step after).
  */
 import { createModel } from '../models/registry.js';
 import { crossEntropy } from '../ops/loss.js';
@@ -43,6 +44,7 @@ export function prepare(w: Workload, seed = 0): Prepared {
   const targets = Array.from({ length: w.batch }, () => gen.int(w.numClasses));
   const weights = model.parameters();
   const opt = new SGD(weights, { ...TRAIN_RECIPE });
+  opt.fuseIntoBackward(); // as the trainer: each parameter's update inside backward(), same numbers
   let loss = NaN;
   return {
     model,
@@ -50,8 +52,7 @@ export function prepare(w: Workload, seed = 0): Prepared {
     step: () => {
       recycleGrads(weights); // zeroGrad, reusing the buffers (as the trainer does)
       const l = crossEntropy(model.call(x), targets);
-      backward(l, undefined, { recycleActivations: true }); // as the trainer does (src/train/trainer.ts)
-      opt.step();
+      backward(l, undefined, { recycleActivations: true }); // as the trainer does (src/train/trainer.ts), SGD included
       loss = l.item();
     },
     lastLoss: () => loss,

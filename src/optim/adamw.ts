@@ -10,6 +10,7 @@
  */
 import { StateDictError, UsageError } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { FusedUpdates, type FusedHandle } from './fused.js';
 
 export interface AdamWOptions {
   lr?: number;
@@ -34,6 +35,7 @@ export interface AdamWStateDict {
 export class AdamW {
   readonly paramGroups: AdamWParamGroup[];
   private readonly state = new Map<Tensor, { step: number; m: Float32Array; v: Float32Array }>();
+  private readonly fused = new FusedUpdates('AdamW');
 
   constructor(params: Tensor[], opts: AdamWOptions = {}) {
     if (params.length === 0) throw new UsageError('optimizer got an empty parameter list');
@@ -56,29 +58,41 @@ export class AdamW {
   }
 
   step(): void {
-    for (const g of this.paramGroups) {
-      const [b1, b2] = g.betas;
-      for (const p of g.params) {
-        const grad = p.grad;
-        if (grad === null) continue;
-        let st = this.state.get(p);
-        if (!st) this.state.set(p, (st = { step: 0, m: new Float32Array(p.numel), v: new Float32Array(p.numel) }));
-        st.step++;
-        const w = p.values;
-        const decay = 1 - g.lr * g.weightDecay;
-        const bc1 = 1 - b1 ** st.step;
-        const bc2Sqrt = Math.sqrt(1 - b2 ** st.step);
-        const stepSize = g.lr / bc1;
-        const { m, v } = st;
-        for (let i = 0; i < w.length; i++) {
-          const gi = grad[i]!;
-          m[i] = b1 * m[i]! + (1 - b1) * gi;
-          v[i] = b2 * v[i]! + (1 - b2) * gi * gi;
-          w[i] = w[i]! * decay - (stepSize * m[i]!) / (Math.sqrt(v[i]!) / bc2Sqrt + g.eps);
-        }
-        p.version++;
-      }
+    this.fused.checkStep();
+    for (const g of this.paramGroups) for (const p of g.params) this.update(g, p);
+  }
+
+  /** As SGD.fuseIntoBackward(): each parameter updated inside backward(), the same result as step(). */
+  fuseIntoBackward(): FusedHandle {
+    const g = this.paramGroups[0]!;
+    return this.fused.fuse(g.params, (p) => this.update(g, p));
+  }
+
+  /** Whether fuseIntoBackward() is in effect. */
+  get isFused(): boolean {
+    return this.fused.active;
+  }
+
+  private update(g: AdamWParamGroup, p: Tensor): void {
+    const grad = p.grad;
+    if (grad === null) return;
+    const [b1, b2] = g.betas;
+    let st = this.state.get(p);
+    if (!st) this.state.set(p, (st = { step: 0, m: new Float32Array(p.numel), v: new Float32Array(p.numel) }));
+    st.step++;
+    const w = p.values;
+    const decay = 1 - g.lr * g.weightDecay;
+    const bc1 = 1 - b1 ** st.step;
+    const bc2Sqrt = Math.sqrt(1 - b2 ** st.step);
+    const stepSize = g.lr / bc1;
+    const { m, v } = st;
+    for (let i = 0; i < w.length; i++) {
+      const gi = grad[i]!;
+      m[i] = b1 * m[i]! + (1 - b1) * gi;
+      v[i] = b2 * v[i]! + (1 - b2) * gi * gi;
+      w[i] = w[i]! * decay - (stepSize * m[i]!) / (Math.sqrt(v[i]!) / bc2Sqrt + g.eps);
     }
+    p.version++;
   }
 
   zeroGrad(): void {

@@ -16,6 +16,7 @@
 import { StateDictError, UsageError } from '../errors.js';
 import { kernels } from '../kernels/registry.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { FusedUpdates, type FusedHandle } from './fused.js';
 
 export interface SGDOptions {
   lr: number;
@@ -64,6 +65,7 @@ interface ParamState {
 export class SGD {
   readonly paramGroups: SGDParamGroup[];
   private readonly state = new Map<Tensor, ParamState>();
+  private readonly fused = new FusedUpdates('SGD');
 
   constructor(params: Tensor[] | SGDParamGroupInput[], opts: SGDOptions) {
     const defaults = resolve(opts, 'SGD');
@@ -102,38 +104,62 @@ export class SGD {
 
   /** One update of every parameter that has a gradient. */
   step(): void {
-    const k = kernels();
+    this.fused.checkStep();
     for (const g of this.paramGroups) {
       checkGroup(g, 'SGD');
-      for (const p of g.params) {
-        const grad = p.grad;
-        if (grad === null) continue;
-        const param = p.values;
-        if (grad.length !== param.length) {
-          throw new UsageError(`SGD: a parameter of shape [${p.shape.join(', ')}] has a gradient of ${grad.length} elements`);
-        }
-        let st = this.state.get(p);
-        if (st === undefined) {
-          st = { buf: null, step: 0 };
-          this.state.set(p, st);
-        }
-        let firstStep = false;
-        if (g.momentum !== 0 && st.buf === null) {
-          st.buf = new Float32Array(param.length);
-          firstStep = true;
-        }
-        k.sgdStep(param, grad, g.momentum !== 0 ? st.buf : null, {
-          lr: g.lr,
-          momentum: g.momentum,
-          dampening: g.dampening,
-          weightDecay: g.weightDecay,
-          nesterov: g.nesterov,
-          firstStep,
-        });
-        st.step++;
-        p.version++;
-      }
+      for (const p of g.params) this.update(g, p);
     }
+  }
+
+  /**
+   * From now on, every backward() updates each parameter as soon as its gradient is complete
+   * (src/optim/fused.ts): the same result as backward() then step(), with the gradients still in
+   * cache; step() then throws. Not with gradient clipping or accumulation. The groups' options
+   * (lr set by a scheduler) are read at each update. Returns the handle that ends it.
+   */
+  fuseIntoBackward(): FusedHandle {
+    const groupOf = new Map<Tensor, SGDParamGroup>();
+    for (const g of this.paramGroups) for (const p of g.params) groupOf.set(p, g);
+    return this.fused.fuse(this.params(), (p) => {
+      // every group, every time: an lr made invalid between steps then throws before any parameter
+      // of this backward() has moved, not halfway through them
+      for (const g of this.paramGroups) checkGroup(g, 'SGD');
+      this.update(groupOf.get(p)!, p);
+    });
+  }
+
+  /** Whether fuseIntoBackward() is in effect. */
+  get isFused(): boolean {
+    return this.fused.active;
+  }
+
+  private update(g: SGDParamGroup, p: Tensor): void {
+    const grad = p.grad;
+    if (grad === null) return;
+    const param = p.values;
+    if (grad.length !== param.length) {
+      throw new UsageError(`SGD: a parameter of shape [${p.shape.join(', ')}] has a gradient of ${grad.length} elements`);
+    }
+    let st = this.state.get(p);
+    if (st === undefined) {
+      st = { buf: null, step: 0 };
+      this.state.set(p, st);
+    }
+    let firstStep = false;
+    if (g.momentum !== 0 && st.buf === null) {
+      st.buf = new Float32Array(param.length);
+      firstStep = true;
+    }
+    kernels().sgdStep(param, grad, g.momentum !== 0 ? st.buf : null, {
+      lr: g.lr,
+      momentum: g.momentum,
+      dampening: g.dampening,
+      weightDecay: g.weightDecay,
+      nesterov: g.nesterov,
+      firstStep,
+    });
+    st.step++;
+    p.version++;
   }
 
   /** Clears the gradients: null (the default, as PyTorch 2's set_to_none) or zero-filled. */

@@ -189,6 +189,7 @@ function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Floa
         accumulate(t, g); // copies or adds g: it is consumed
         release(g, t, grads, owned, made);
       }
+      for (const hook of t.postAccumulateGradHooks) hook(t);
       continue;
     }
     if (t.retainsGrad) accumulate(t, g); // accumulates across backward calls, like PyTorch's retain_grad

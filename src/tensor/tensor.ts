@@ -7,7 +7,7 @@
  *
  * Autograd lives in ./autograd.ts: a tensor produced by a differentiable op carries `gradFn`.
  */
-import { ShapeError } from '../errors.js';
+import { ShapeError, UsageError } from '../errors.js';
 import { Generator, defaultGenerator } from './rng.js';
 import type { GradFn } from './autograd.js';
 
@@ -71,6 +71,8 @@ export class Tensor {
   /** Keep .grad on a non-leaf tensor too (for diagnostics). */
   retainsGrad = false;
   hooks: GradHook[] = [];
+  /** Called with this leaf once backward() has accumulated its `.grad` (registerPostAccumulateGradHook). */
+  postAccumulateGradHooks: ((t: Tensor) => void)[] = [];
 
   constructor(shape: readonly number[], data: Float32Array | null, dtype: TensorDType = 'float32') {
     checkShape(shape);
@@ -142,6 +144,20 @@ export class Tensor {
   registerHook(hook: GradHook): { remove(): void } {
     this.hooks.push(hook);
     return { remove: () => void (this.hooks = this.hooks.filter((h) => h !== hook)) };
+  }
+
+  /**
+   * Calls `hook(this)` when backward() has accumulated this leaf's `.grad`: every op that reads the
+   * leaf has run its backward by then, so the gradient is complete for that backward() and nothing
+   * later in it reads the leaf's values (as torch's register_post_accumulate_grad_hook; optimizers'
+   * fuseIntoBackward() updates parameters this way, while their gradients are still in cache).
+   */
+  registerPostAccumulateGradHook(hook: (t: Tensor) => void): { remove(): void } {
+    if (typeof hook !== 'function') throw new UsageError('registerPostAccumulateGradHook: hook must be a function');
+    if (this.gradFn !== null) throw new UsageError('post accumulate grad hooks cannot be registered on non-leaf tensors');
+    if (!this.requiresGrad) throw new UsageError("cannot register a hook on a tensor that doesn't require gradient");
+    this.postAccumulateGradHooks.push(hook);
+    return { remove: () => void (this.postAccumulateGradHooks = this.postAccumulateGradHooks.filter((h) => h !== hook)) };
   }
 
   /** A new tensor sharing nothing with this one and outside the graph. */

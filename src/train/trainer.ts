@@ -44,6 +44,8 @@ export interface Optimizer {
   zeroGrad(): void;
   stateDict(): unknown;
   loadStateDict(s: never): void;
+  /** Updates inside backward() (src/optim/fused.ts); the trainer uses it when nothing edits the gradients. */
+  fuseIntoBackward?(): { remove(): void };
 }
 
 export interface TrainOptions {
@@ -137,84 +139,91 @@ export async function train(
   const numClasses = o.classes.length;
   const params = optimizer.paramGroups.flatMap((g) => g.params);
   const plan = compileInference(model);
-
-  for (let epoch = start; epoch < o.epochs; epoch++) {
-    model.train();
-    trainData.setEpoch(epoch);
-    const bar = new ProgressBar(`epoch ${epoch + 1}/${o.epochs}`, trainData.batches);
-    const t0 = performance.now();
-    let seen = 0;
-    let lossSum = 0;
-    let correct = 0;
-    let step = 0;
-    for await (const b of trainData) {
-      const logits = model.call(b.x);
-      const loss = F.crossEntropy(logits, b.y, { labelSmoothing: o.labelSmoothing ?? 0 });
-      const lv = loss.item();
-      if (!Number.isFinite(lv)) {
-        throw new TrainingDiverged(
-          `loss became ${lv} at epoch ${epoch + 1}, step ${step + 1}; stopping. ` +
-            (existsSync(ckptPath) ? `The last good checkpoint (${ckptPath}) is intact: lower --lr or set --clip-grad-norm and resume.` : 'No checkpoint was written yet: lower --lr or set --clip-grad-norm.'),
-        );
+  // Without clipping, nothing edits the gradients between backward() and the step: each parameter
+  // is updated inside backward() as its gradient completes (the same numbers, fewer passes over
+  // memory: src/optim/fused.ts).
+  const fused = o.clipGradNorm === undefined && optimizer.fuseIntoBackward !== undefined && params.every((p) => p.requiresGrad) ? optimizer.fuseIntoBackward() : null;
+  try {
+    for (let epoch = start; epoch < o.epochs; epoch++) {
+      model.train();
+      trainData.setEpoch(epoch);
+      const bar = new ProgressBar(`epoch ${epoch + 1}/${o.epochs}`, trainData.batches);
+      const t0 = performance.now();
+      let seen = 0;
+      let lossSum = 0;
+      let correct = 0;
+      let step = 0;
+      for await (const b of trainData) {
+        const logits = model.call(b.x);
+        const loss = F.crossEntropy(logits, b.y, { labelSmoothing: o.labelSmoothing ?? 0 });
+        const lv = loss.item();
+        if (!Number.isFinite(lv)) {
+          throw new TrainingDiverged(
+            `loss became ${lv} at epoch ${epoch + 1}, step ${step + 1}; stopping. ` +
+              (existsSync(ckptPath) ? `The last good checkpoint (${ckptPath}) is intact: lower --lr or set --clip-grad-norm and resume.` : 'No checkpoint was written yet: lower --lr or set --clip-grad-norm.'),
+          );
+        }
+        const bs = b.y.length;
+        correct += topkCorrect(logits.values, b.y, bs, numClasses, 1);
+        // Nothing reads this step's activations after backward, nor the last step's gradients, unless
+        // a hook watches the model: their buffers then serve this step and the next (no allocation, no
+        // garbage collection for them).
+        const unwatched = !model.modules().some((m) => m.observed);
+        if (unwatched) recycleGrads(params);
+        optimizer.zeroGrad();
+        backward(loss, undefined, { recycleActivations: unwatched });
+        if (o.clipGradNorm !== undefined) clipGradNorm(params, o.clipGradNorm);
+        if (fused === null) optimizer.step();
+        if (scheduler && o.schedulerPer === 'batch') scheduler.step();
+        seen += bs;
+        lossSum += lv * bs;
+        step++;
+        const secs = (performance.now() - t0) / 1000;
+        bar.update(step, `loss ${(lossSum / seen).toFixed(4)} acc ${((100 * correct) / seen).toFixed(2)}% ${(seen / secs).toFixed(0)} img/s lr ${optimizer.paramGroups[0]!.lr.toPrecision(3)}`);
       }
-      const bs = b.y.length;
-      correct += topkCorrect(logits.values, b.y, bs, numClasses, 1);
-      // Nothing reads this step's activations after backward, nor the last step's gradients, unless
-      // a hook watches the model: their buffers then serve this step and the next (no allocation, no
-      // garbage collection for them).
-      const unwatched = !model.modules().some((m) => m.observed);
-      if (unwatched) recycleGrads(params);
-      optimizer.zeroGrad();
-      backward(loss, undefined, { recycleActivations: unwatched });
-      if (o.clipGradNorm !== undefined) clipGradNorm(params, o.clipGradNorm);
-      optimizer.step();
-      if (scheduler && o.schedulerPer === 'batch') scheduler.step();
-      seen += bs;
-      lossSum += lv * bs;
-      step++;
-      const secs = (performance.now() - t0) / 1000;
-      bar.update(step, `loss ${(lossSum / seen).toFixed(4)} acc ${((100 * correct) / seen).toFixed(2)}% ${(seen / secs).toFixed(0)} img/s lr ${optimizer.paramGroups[0]!.lr.toPrecision(3)}`);
+      if (scheduler && o.schedulerPer === 'epoch') scheduler.step();
+      const seconds = (performance.now() - t0) / 1000;
+      const rec: EpochRecord = {
+        epoch: epoch + 1,
+        lr: optimizer.paramGroups[0]!.lr,
+        trainLoss: lossSum / Math.max(1, seen),
+        trainAcc: correct / Math.max(1, seen),
+        seconds,
+        imagesPerSecond: seen / seconds,
+      };
+      if (valData) {
+        const v = await evaluate(model, valData, numClasses, plan);
+        rec.valLoss = v.loss;
+        rec.valAcc = v.top1;
+        rec.valTop5 = v.top5;
+      }
+      bar.finish(
+        `train loss ${rec.trainLoss.toFixed(4)} acc ${(100 * rec.trainAcc).toFixed(2)}%` +
+          (rec.valAcc !== undefined ? ` | val loss ${rec.valLoss!.toFixed(4)} acc ${(100 * rec.valAcc).toFixed(2)}% top5 ${(100 * rec.valTop5!).toFixed(2)}%` : '') +
+          ` | ${rec.imagesPerSecond.toFixed(0)} img/s`,
+      );
+      history.push(rec);
+      const acc = rec.valAcc ?? rec.trainAcc;
+      if (acc > bestAcc) {
+        bestAcc = acc;
+        writeStateDict(join(o.out, 'best.safetensors'), model, { epoch: String(epoch + 1), accuracy: String(acc), arch: String(o.config['arch'] ?? '') });
+      }
+      appendFileSync(join(o.out, 'metrics.jsonl'), `${JSON.stringify(rec)}\n`);
+      appendFileSync(
+        join(o.out, 'metrics.csv'),
+        `${[rec.epoch, rec.lr, rec.trainLoss, rec.trainAcc, rec.valLoss ?? '', rec.valAcc ?? '', rec.valTop5 ?? '', rec.seconds.toFixed(2), rec.imagesPerSecond.toFixed(1)].join(',')}\n`,
+      );
+      writeAtomic(join(o.out, 'curves.png'), renderCurves(history, o.title));
+      saveTrainingCheckpoint(ckptPath, model, {
+        epoch: epoch + 1,
+        optimizer: optimizer.stateDict(),
+        scheduler: scheduler ? scheduler.stateDict() : null,
+        rng: defaultGenerator.getState(),
+        extra: { history, bestAcc, config: o.config },
+      });
     }
-    if (scheduler && o.schedulerPer === 'epoch') scheduler.step();
-    const seconds = (performance.now() - t0) / 1000;
-    const rec: EpochRecord = {
-      epoch: epoch + 1,
-      lr: optimizer.paramGroups[0]!.lr,
-      trainLoss: lossSum / Math.max(1, seen),
-      trainAcc: correct / Math.max(1, seen),
-      seconds,
-      imagesPerSecond: seen / seconds,
-    };
-    if (valData) {
-      const v = await evaluate(model, valData, numClasses, plan);
-      rec.valLoss = v.loss;
-      rec.valAcc = v.top1;
-      rec.valTop5 = v.top5;
-    }
-    bar.finish(
-      `train loss ${rec.trainLoss.toFixed(4)} acc ${(100 * rec.trainAcc).toFixed(2)}%` +
-        (rec.valAcc !== undefined ? ` | val loss ${rec.valLoss!.toFixed(4)} acc ${(100 * rec.valAcc).toFixed(2)}% top5 ${(100 * rec.valTop5!).toFixed(2)}%` : '') +
-        ` | ${rec.imagesPerSecond.toFixed(0)} img/s`,
-    );
-    history.push(rec);
-    const acc = rec.valAcc ?? rec.trainAcc;
-    if (acc > bestAcc) {
-      bestAcc = acc;
-      writeStateDict(join(o.out, 'best.safetensors'), model, { epoch: String(epoch + 1), accuracy: String(acc), arch: String(o.config['arch'] ?? '') });
-    }
-    appendFileSync(join(o.out, 'metrics.jsonl'), `${JSON.stringify(rec)}\n`);
-    appendFileSync(
-      join(o.out, 'metrics.csv'),
-      `${[rec.epoch, rec.lr, rec.trainLoss, rec.trainAcc, rec.valLoss ?? '', rec.valAcc ?? '', rec.valTop5 ?? '', rec.seconds.toFixed(2), rec.imagesPerSecond.toFixed(1)].join(',')}\n`,
-    );
-    writeAtomic(join(o.out, 'curves.png'), renderCurves(history, o.title));
-    saveTrainingCheckpoint(ckptPath, model, {
-      epoch: epoch + 1,
-      optimizer: optimizer.stateDict(),
-      scheduler: scheduler ? scheduler.stateDict() : null,
-      rng: defaultGenerator.getState(),
-      extra: { history, bestAcc, config: o.config },
-    });
+  } finally {
+    fused?.remove();
   }
   writeStateDict(join(o.out, 'model.safetensors'), model, { arch: String(o.config['arch'] ?? '') });
   const total = history.reduce((s, r) => s + r.seconds, 0);

@@ -25,6 +25,7 @@ try {
   model = buildModel(init).train();
   params = model.parameters();
   optimizer = new SGD(params, init.sgd);
+  optimizer.fuseIntoBackward(); // as the trainer: each parameter updated inside backward()
   const ready: WorkerReply = { type: 'ready', numFeatures: model.numFeatures, numClasses: model.fc.outFeatures };
   port.postMessage(ready);
 } catch (e) {
@@ -43,9 +44,8 @@ function step(x: Tensor, targets: Int32Array, lr: number | undefined): number {
   optimizer.zeroGrad();
   const loss = crossEntropy(model.call(x), targets, { labelSmoothing: init.labelSmoothing });
   const value = loss.item();
-  backward(loss, undefined, { recycleActivations: true });
-  if (lr !== undefined) for (const g of optimizer.paramGroups) g.lr = lr;
-  optimizer.step();
+  if (lr !== undefined) optimizer.lr = lr;
+  backward(loss, undefined, { recycleActivations: true }); // and the SGD update (fuseIntoBackward)
   return value;
 }
 
