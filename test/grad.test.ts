@@ -36,8 +36,10 @@ import {
   zeroPadShortcut,
   type Conv2dOptions,
 } from '../src/ops/index.js';
+import { conv2dParams, liveWindow } from '../src/ops/conv.js';
+import { SGD } from '../src/optim/sgd.js';
 import { tsKernels } from '../src/backends/ts/index.js';
-import type { SgdParams } from '../src/kernels/kernels.js';
+import type { Conv2dParams, SgdParams } from '../src/kernels/kernels.js';
 import {
   type GradCheckOptions,
   type GradCheckReport,
@@ -85,6 +87,11 @@ describe('gradcheck conv2d', () => {
     { name: '7x7 stride 2 padding 3 (stem)', x: [1, 2, 11, 11], w: [3, 2, 7, 7], bias: false, o: { stride: 2, padding: 3 } },
     { name: 'depthwise (groups = channels)', x: [2, 4, 6, 5], w: [4, 1, 3, 3], bias: true, o: { groups: 4, padding: 1 } },
     { name: 'depthwise multiplier 2, stride 2', x: [1, 3, 7, 8], w: [6, 1, 3, 3], bias: false, o: { groups: 3, stride: 2, padding: 1 } },
+    // dead taps (only padding under them): the op runs on the kept window of live taps (liveWindow)
+    { name: '3x3 on 1x1 maps (the centre tap)', x: [3, 5, 1, 1], w: [4, 5, 3, 3], bias: true, o: { padding: 1 } },
+    { name: '3x3/2 from 2x2 to 1x1 (a 2x2 window)', x: [2, 3, 2, 2], w: [4, 3, 3, 3], bias: false, o: { stride: 2, padding: 1 } },
+    { name: '3x3 on 1x3 maps (rows cropped)', x: [2, 3, 1, 3], w: [2, 3, 3, 3], bias: true, o: { padding: 1 } },
+    { name: 'dilation 2 on 2x2 maps, groups 2 (the centre tap)', x: [1, 4, 2, 2], w: [2, 2, 3, 3], bias: false, o: { dilation: 2, padding: 2, groups: 2 } },
   ];
   for (const [k, c] of cases.entries()) {
     test(c.name, () => {
@@ -105,6 +112,63 @@ describe('gradcheck conv2d', () => {
     const w = param([2, 3, 3, 3], gen, 0.3);
     check('conv2d weight only', (xx, ww) => conv2d(xx!, ww!, null, { padding: 1 }), [x, w]);
     assert.equal(x.grad, null);
+  });
+});
+
+describe('conv2d on kept windows of live taps', () => {
+  const geom = (x: number[], w: number[], o: Conv2dOptions): Conv2dParams => conv2dParams(randomTensor(x, new Generator(1)), randomTensor(w, new Generator(1)), null, o);
+
+  test('liveWindow: the taps that read inside the map, the same outputs', () => {
+    const centre = liveWindow(geom([2, 8, 1, 1], [4, 8, 3, 3], { padding: 1 }))!;
+    assert.deepEqual(centre.win, { ky0: 1, kx0: 1, kh: 1, kw: 1 });
+    assert.deepEqual([centre.q.kh, centre.q.kw, centre.q.ph, centre.q.pw, centre.q.oh, centre.q.ow], [1, 1, 0, 0, 1, 1]);
+    const s2 = liveWindow(geom([2, 8, 2, 2], [4, 8, 3, 3], { stride: 2, padding: 1 }))!;
+    assert.deepEqual(s2.win, { ky0: 1, kx0: 1, kh: 2, kw: 2 });
+    assert.deepEqual([s2.q.ph, s2.q.pw, s2.q.oh, s2.q.ow], [0, 0, 1, 1]);
+    const rows = liveWindow(geom([1, 1, 1, 3], [1, 1, 3, 3], { padding: 1 }))!;
+    assert.deepEqual(rows.win, { ky0: 1, kx0: 0, kh: 1, kw: 3 });
+    assert.deepEqual([rows.q.ph, rows.q.pw], [0, 1]);
+    const dil = liveWindow(geom([1, 2, 2, 2], [2, 2, 3, 3], { dilation: 2, padding: 2 }))!;
+    assert.deepEqual(dil.win, { ky0: 1, kx0: 1, kh: 1, kw: 1 });
+    // every tap live: nothing to keep
+    assert.equal(liveWindow(geom([2, 8, 2, 2], [4, 8, 3, 3], { padding: 1 })), null);
+    assert.equal(liveWindow(geom([1, 3, 32, 32], [8, 3, 7, 7], { stride: 2, padding: 3 })), null);
+    assert.equal(liveWindow(geom([1, 3, 5, 5], [8, 3, 1, 1], {})), null);
+  });
+
+  test('the window follows the weights: copy_, step(), fuseIntoBackward and direct version bumps', () => {
+    const gen = new Generator(77);
+    const x = randomTensor([3, 6, 1, 1], gen);
+    const w = param([5, 6, 3, 3], gen, 0.3);
+    const b = param([5], gen);
+    // a fresh tensor has no kept window: the reference for w's current values
+    const fresh = (): number[] => Array.from(conv2d(x, w.clone(), b.clone(), { padding: 1 }).values);
+    const y = (): number[] => Array.from(conv2d(x, w, b, { padding: 1 }).values);
+    assert.deepEqual(y(), fresh());
+    w.copy_(randomTensor([5, 6, 3, 3], gen));
+    assert.deepEqual(y(), fresh(), 'after copy_');
+    const opt = new SGD([w, b], { lr: 0.5, momentum: 0.9, weightDecay: 0.1 });
+    for (let s = 0; s < 2; s++) {
+      w.grad = null;
+      b.grad = null;
+      backward(sum(conv2d(x, w, b, { padding: 1 })));
+      opt.step();
+      assert.deepEqual(y(), fresh(), `after step ${s + 1}`);
+    }
+    const h = opt.fuseIntoBackward();
+    backward(sum(conv2d(x, w, b, { padding: 1 })));
+    h.remove();
+    assert.deepEqual(y(), fresh(), 'after an update inside backward');
+    // dead taps get zero gradient; the live one its sum
+    w.grad = null;
+    backward(sum(conv2d(x, w, null, { padding: 1 })));
+    const g = w.grad!;
+    for (let i = 0; i < g.length; i++) if (i % 9 !== 4) assert.equal(g[i], 0, `dead tap ${i}`);
+    assert.ok(g.some((v, i) => i % 9 === 4 && v !== 0));
+    // values written directly, then the version bumped (as the docs ask): the window is remade
+    w.values.fill(0.25);
+    w.version++;
+    assert.deepEqual(y(), fresh(), 'after a direct write and a version bump');
   });
 });
 

@@ -558,6 +558,41 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
   }
 });
 
+test('native cropKernels and sgdStep with a kernel window = reference (the window cut from the updated kernels)', { skip }, () => {
+  const gen = new Generator(31);
+  // 37 kernels of 5x4 (odd rows, threads split them); windows: one tap (the strided loop), 3x2, whole
+  for (const win of [{ ky0: 2, kx0: 1, kh: 1, kw: 1 }, { ky0: 1, kx0: 2, kh: 3, kw: 2 }, { ky0: 0, kx0: 0, kh: 5, kw: 4 }]) {
+    const rows = 37, src = randomArray(rows * 20, gen), len = rows * win.kh * win.kw;
+    const dr = new Float32Array(len), dn = new Float32Array(len).fill(NaN);
+    tsKernels.cropKernels(dr, src, rows, 5, 4, win);
+    nat!.cropKernels(dn, src, rows, 5, 4, win);
+    assert.deepEqual(dn, dr, `crop ${JSON.stringify(win)}`);
+    assert.equal(dr[len - 1], src[(rows - 1) * 20 + (win.ky0 + win.kh - 1) * 4 + win.kx0 + win.kw - 1], 'the last kernel\'s last tap');
+    // sgdStep with the window: the same update as without, and the window of the updated kernels;
+    // large enough (> 32 K floats) to run on the pool, by blocks of kernels
+    const big = 2000, p0 = randomArray(big * 20, gen), grad = randomArray(big * 20, gen);
+    const pa = p0.slice(), pb = p0.slice(), ba = new Float32Array(big * 20), bb = new Float32Array(big * 20);
+    const dst = new Float32Array(big * win.kh * win.kw).fill(NaN), want = new Float32Array(dst.length);
+    for (let step = 0; step < 2; step++) {
+      const sp = { lr: 0.1, momentum: 0.9, dampening: 0, weightDecay: 1e-4, nesterov: false, firstStep: step === 0 };
+      nat!.sgdStep(pa, grad, ba, sp);
+      nat!.sgdStep(pb, grad, bb, sp, { dst, rows: big, skh: 5, skw: 4, win });
+    }
+    assert.deepEqual(pb, pa, 'parameters as without the window');
+    assert.deepEqual(bb, ba, 'momentum as without the window');
+    nat!.cropKernels(want, pa, big, 5, 4, win);
+    assert.deepEqual(dst, want, 'the window of the updated kernels');
+    const rdst = new Float32Array(dst.length), pr = p0.slice();
+    tsKernels.sgdStep(pr, grad, null, { lr: 0.1, momentum: 0, dampening: 0, weightDecay: 0, nesterov: false, firstStep: true }, { dst: rdst, rows: big, skh: 5, skw: 4, win });
+    tsKernels.cropKernels(want, pr, big, 5, 4, win);
+    assert.deepEqual(rdst, want, 'reference: the window of its update');
+  }
+  assert.throws(() => nat!.cropKernels(new Float32Array(4), new Float32Array(36), 4, 3, 3, { ky0: 2, kx0: 0, kh: 2, kw: 1 }), /bad kernel window/);
+  assert.throws(() => nat!.cropKernels(new Float32Array(3), new Float32Array(36), 4, 3, 3, { ky0: 1, kx0: 1, kh: 1, kw: 1 }), /shorter than the geometry/);
+  const sp = { lr: 0.1, momentum: 0, dampening: 0, weightDecay: 0, nesterov: false, firstStep: true };
+  assert.throws(() => nat!.sgdStep(new Float32Array(36), new Float32Array(36), null, sp, { dst: new Float32Array(5), rows: 5, skh: 3, skw: 3, win: { ky0: 1, kx0: 1, kh: 1, kw: 1 } }), /window does not fit the parameter/);
+});
+
 test('the addon refuses buffers shorter than the geometry instead of overrunning them', { skip }, () => {
   const p = convCase(1, 3, 8, 8, 4, 3, 1, 1, 1, 1);
   assert.throws(() => nat!.conv2d(new Float32Array(10), new Float32Array(192), new Float32Array(108), null, p), /shorter than the geometry/);

@@ -14,7 +14,7 @@
 #include "ops.h"
 #include "pool.h"
 
-#define MAX_ARGS 16
+#define MAX_ARGS 20
 
 typedef struct {
   napi_env env;
@@ -394,6 +394,24 @@ static napi_value js_zero_pad(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/* cropKernels(dst, src, rows, skh, skw, ky0, kx0, dkh, dkw) */
+static napi_value js_crop_kernels(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 9)) return NULL;
+  const double rows = num(&a, 2);
+  const int skh = (int)num(&a, 3), skw = (int)num(&a, 4), ky0 = (int)num(&a, 5), kx0 = (int)num(&a, 6);
+  const int dkh = (int)num(&a, 7), dkw = (int)num(&a, 8);
+  if (a.failed) return NULL;
+  if (!(rows >= 0 && rows <= 1e15) || skh < 1 || skw < 1 || dkh < 1 || dkw < 1 || ky0 < 0 || kx0 < 0 || ky0 + dkh > skh ||
+      kx0 + dkw > skw)
+    return fail(&a, "native: bad kernel window"), NULL;
+  float *dst = f32(&a, 0, (size_t)rows * dkh * dkw, 0);
+  const float *src = f32(&a, 1, (size_t)rows * skh * skw, 0);
+  if (a.failed) return NULL;
+  conv2d_crop_kernels(dst, src, (long)rows, skh, skw, ky0, kx0, dkh, dkw);
+  return undef(env);
+}
+
 /* pool geometry Int32Array(14): n c h w kh kw sh sw ph pw dh dw oh ow */
 static napi_value js_maxpool(napi_env env, napi_callback_info info) {
   args_t a;
@@ -504,7 +522,8 @@ static napi_value js_log_softmax(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* sgdStep(param, grad, buf|null, lr, momentum, dampening, weightDecay, nesterov, firstStep) */
+/* sgdStep(param, grad, buf|null, lr, momentum, dampening, weightDecay, nesterov, firstStep
+ *         [, cropDst|null, rows, skh, skw, ky0, kx0, kh, kw]) */
 static napi_value js_sgd(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 9)) return NULL;
@@ -517,7 +536,27 @@ static napi_value js_sgd(napi_env env, napi_callback_info info) {
   float lr = (float)num(&a, 3), mom = (float)num(&a, 4), damp = (float)num(&a, 5), wd = (float)num(&a, 6);
   int nest = flag(&a, 7), first = flag(&a, 8);
   if (a.failed) return NULL;
-  sgd_step(param, grad, buf, (long)n, lr, mom, damp, wd, nest, first);
+  sgd_crop crop;
+  const sgd_crop *cp = NULL;
+  if (a.argc > 9) {
+    napi_valuetype t;
+    napi_typeof(env, a.argv[9], &t);
+    if (t != napi_null && t != napi_undefined) {
+      if (a.argc < 17) return fail(&a, "native: sgdStep's window needs rows, skh, skw, ky0, kx0, kh, kw"), NULL;
+      const double rows = num(&a, 10);
+      crop.skh = (int)num(&a, 11), crop.skw = (int)num(&a, 12), crop.ky0 = (int)num(&a, 13), crop.kx0 = (int)num(&a, 14);
+      crop.dkh = (int)num(&a, 15), crop.dkw = (int)num(&a, 16);
+      if (a.failed) return NULL;
+      if (!(rows >= 0) || crop.skh < 1 || crop.skw < 1 || crop.dkh < 1 || crop.dkw < 1 || crop.ky0 < 0 || crop.kx0 < 0 ||
+          crop.ky0 + crop.dkh > crop.skh || crop.kx0 + crop.dkw > crop.skw || rows * crop.skh * crop.skw != (double)n)
+        return fail(&a, "native: sgdStep's window does not fit the parameter"), NULL;
+      crop.rows = (long)rows;
+      crop.dst = f32(&a, 9, SZ(crop.rows) * crop.dkh * crop.dkw, 0);
+      if (a.failed) return NULL;
+      cp = &crop;
+    }
+  }
+  sgd_step(param, grad, buf, (long)n, lr, mom, damp, wd, nest, first, cp);
   return undef(env);
 }
 
@@ -588,6 +627,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"batchNormBackward", NULL, js_bn_backward, NULL, NULL, NULL, napi_default, NULL},
     {"elementwise", NULL, js_elementwise, NULL, NULL, NULL, napi_default, NULL},
     {"zeroPadSubsample", NULL, js_zero_pad, NULL, NULL, NULL, napi_default, NULL},
+    {"cropKernels", NULL, js_crop_kernels, NULL, NULL, NULL, napi_default, NULL},
     {"maxPool2d", NULL, js_maxpool, NULL, NULL, NULL, napi_default, NULL},
     {"maxPool2dBackward", NULL, js_maxpool_bwd, NULL, NULL, NULL, napi_default, NULL},
     {"adaptiveAvgPool2d", NULL, js_avgpool, NULL, NULL, NULL, napi_default, NULL},

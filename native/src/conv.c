@@ -749,17 +749,16 @@ static void crop_task(void *ctx, int tid, int n) {
   crop_job *j = ctx;
   long lo, hi;
   pool_split(j->rows, tid, n, 1, &lo, &hi);
+  if (!j->scatter) {
+    crop_kernel_rows(j->dst, j->src, lo, hi, j->skh, j->skw, j->ky0, j->kx0, j->dkh, j->dkw);
+    return;
+  }
   const int sk = j->skh * j->skw, dk = j->dkh * j->dkw;
   for (long r = lo; r < hi; r++) {
-    if (j->scatter) {
-      float *d = j->dst + r * sk;
-      for (int t = 0; t < sk; t++) d[t] = 0.0f;
-      for (int i = 0; i < j->dkh; i++)
-        for (int jj = 0; jj < j->dkw; jj++) d[(j->ky0 + i) * j->skw + j->kx0 + jj] = j->src[r * dk + i * j->dkw + jj];
-    } else {
-      for (int i = 0; i < j->dkh; i++)
-        for (int jj = 0; jj < j->dkw; jj++) j->dst[r * dk + i * j->dkw + jj] = j->src[r * sk + (j->ky0 + i) * j->skw + j->kx0 + jj];
-    }
+    float *d = j->dst + r * sk;
+    for (int t = 0; t < sk; t++) d[t] = 0.0f;
+    for (int i = 0; i < j->dkh; i++)
+      for (int jj = 0; jj < j->dkw; jj++) d[(j->ky0 + i) * j->skw + j->kx0 + jj] = j->src[r * dk + i * j->dkw + jj];
   }
 }
 
@@ -774,6 +773,13 @@ static float *crop_weights(const float *w, const conv_p *p, const conv_p *q, int
   crop_job j = {w, wq, rows, p->kh, p->kw, q->kh, q->kw, ky0, kx0, 0};
   pool_run_n(crop_task, &j, rows < (1 << 14) ? 1 : pool_threads());
   return wq;
+}
+
+/* The window [ky0, ky0+dkh) x [kx0, kx0+dkw) of each of `rows` skh x skw kernels, copied out (the
+ * kernel interface's cropKernels: the ops layer caches a weight's live taps across calls). */
+void conv2d_crop_kernels(float *dst, const float *src, long rows, int skh, int skw, int ky0, int kx0, int dkh, int dkw) {
+  crop_job j = {src, dst, rows, skh, skw, dkh, dkw, ky0, kx0, 0};
+  pool_run_n(crop_task, &j, rows < (1 << 14) ? 1 : pool_threads());
 }
 
 /* Whether p runs as a dense linear layer (conv_dense.c) in all three passes. */

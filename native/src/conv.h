@@ -57,6 +57,8 @@ int conv2d_forward_blocked(float *y, const float *x, const float *wp, int layout
                            int relu, const conv_p *p, int x_blocked);
 /* dx = conv^T(dy, w) (overwrites dx). */
 void conv2d_backward_input(float *dx, const float *dy, const float *w, const conv_p *p);
+/* dst[r][i][j] = src[r][ky0 + i][kx0 + j] for rows r of skh x skw kernels, i < dkh, j < dkw. */
+void conv2d_crop_kernels(float *dst, const float *src, long rows, int skh, int skw, int ky0, int kx0, int dkh, int dkw);
 /* dx = conv^T(dy, w) + addend (addend may be dx itself; NULL: none): autograd's sum for an input used
  * twice (a residual block's), added in the kernels' own epilogue instead of a separate pass. */
 void conv2d_backward_input_add(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);

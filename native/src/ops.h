@@ -39,8 +39,17 @@ void adaptive_avgpool_bwd(float *dx, const float *dy, int n, int c, int h, int w
 void log_softmax_fwd(float *y, const float *x, int rows, int cols);
 void log_softmax_bwd(float *dx, const float *dy, const float *y, int rows, int cols);
 
+/* Rows [r0, r1) of skh x skw kernels cut to the window [ky0, +dkh) x [kx0, +dkw): dst[r][i][j] =
+ * src[r][ky0 + i][kx0 + j] (conv2d_crop_kernels and sgd_step's window). */
+void crop_kernel_rows(float *dst, const float *src, long r0, long r1, int skh, int skw, int ky0, int kx0, int dkh, int dkw);
+/* The window [ky0, +dkh) x [kx0, +dkw) of each of `rows` skh x skw kernels, into dst. */
+typedef struct {
+  float *dst;
+  long rows;
+  int skh, skw, ky0, kx0, dkh, dkw;
+} sgd_crop;
 void sgd_step(float *param, const float *grad, float *buf, long n, float lr, float momentum, float dampening,
-              float weight_decay, int nesterov, int first_step);
+              float weight_decay, int nesterov, int first_step, const sgd_crop *crop);
 /* The zero-padding shortcut (option A): y[b][c + front][oy][ox] = x[b][c][oy*s][ox*s], zeros in the
  * other channels; adjoint: x (gradient) from y, zeros elsewhere. Both fully written. */
 void zero_pad_subsample(float *y, float *x, int n, int cin, int h, int w, int cout, int stride, int adjoint);

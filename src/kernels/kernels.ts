@@ -62,6 +62,27 @@ export interface AdaptivePoolParams {
   ow: number;
 }
 
+/** A window of a kh x kw kernel: rows [ky0, ky0+kh), columns [kx0, kx0+kw). */
+export interface KernelWindow {
+  ky0: number;
+  kx0: number;
+  kh: number;
+  kw: number;
+}
+
+/** cropKernels' arguments: `rows` kernels of skh x skw, cut to `win`. */
+export interface KernelCrop {
+  rows: number;
+  skh: number;
+  skw: number;
+  win: KernelWindow;
+}
+
+/** A KernelCrop with its destination ([rows, win.kh, win.kw]). */
+export interface KernelCropInto extends KernelCrop {
+  dst: Float32Array;
+}
+
 /** Batch-norm geometry: x is [n, c, hw] viewed channel-wise. */
 export interface BatchNormParams {
   n: number;
@@ -107,6 +128,11 @@ export interface Kernels {
   conv2dBackwardInput(dx: F32, dy: F32, w: F32, p: Conv2dParams, addend?: F32 | null): void;
   /** dw = correlation of x with dy, summed over batch and pixels. */
   conv2dBackwardWeight(dw: F32, x: F32, dy: F32, p: Conv2dParams): void;
+  /**
+   * The window [ky0, ky0+w.kh) x [kx0, kx0+w.kw) of each of `rows` kernels of src ([rows, skh, skw])
+   * into dst ([rows, w.kh, w.kw]): a convolution's live taps (ops/conv.ts caches them per weight).
+   */
+  cropKernels(dst: F32, src: F32, rows: number, skh: number, skw: number, w: KernelWindow): void;
 
   /**
    * Training-mode batch norm: normalises with batch statistics, writes y, the batch mean and
@@ -161,8 +187,12 @@ export interface Kernels {
   /** dx = dy - softmax * sum(dy) per row, given y = logSoftmax(x). */
   logSoftmaxBackward(dx: F32, dy: F32, y: F32, rows: number, cols: number): void;
 
-  /** In-place SGD update of `param` with `grad` (not modified) and the momentum buffer. */
-  sgdStep(param: F32, grad: F32, momentumBuf: F32 | null, p: SgdParams): void;
+  /**
+   * In-place SGD update of `param` with `grad` (not modified) and the momentum buffer. With `window`
+   * (param holding `rows` kernels of skh x skw), the updated kernels' window is also written to
+   * window.dst, as cropKernels would after the update (the native kernel does it in the same pass).
+   */
+  sgdStep(param: F32, grad: F32, momentumBuf: F32 | null, p: SgdParams, window?: KernelCropInto | null): void;
 }
 
 export type KernelName = Exclude<keyof Kernels, 'name'>;

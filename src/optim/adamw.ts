@@ -93,6 +93,7 @@ export class AdamW {
       w[i] = w[i]! * decay - (stepSize * m[i]!) / (Math.sqrt(v[i]!) / bc2Sqrt + g.eps);
     }
     p.version++;
+    p.windowsUpdated();
   }
 
   zeroGrad(): void {

@@ -150,16 +150,13 @@ export class SGD {
       st.buf = new Float32Array(param.length);
       firstStep = true;
     }
-    kernels().sgdStep(param, grad, g.momentum !== 0 ? st.buf : null, {
-      lr: g.lr,
-      momentum: g.momentum,
-      dampening: g.dampening,
-      weightDecay: g.weightDecay,
-      nesterov: g.nesterov,
-      firstStep,
-    });
+    // a convolution's live taps kept with the weights are cut in the update's own pass
+    const window = p.keptWindow();
+    const opts = { lr: g.lr, momentum: g.momentum, dampening: g.dampening, weightDecay: g.weightDecay, nesterov: g.nesterov, firstStep };
+    kernels().sgdStep(param, grad, g.momentum !== 0 ? st.buf : null, opts, window);
     st.step++;
     p.version++;
+    p.windowsUpdated(window?.dst ?? null);
   }
 
   /** Clears the gradients: null (the default, as PyTorch 2's set_to_none) or zero-filled. */

@@ -10,6 +10,8 @@
 import { ShapeError, UsageError } from '../errors.js';
 import { Generator, defaultGenerator } from './rng.js';
 import type { GradFn } from './autograd.js';
+import type { KernelCrop, KernelCropInto } from '../kernels/kernels.js';
+import { kernels } from '../kernels/registry.js';
 
 /** What the float32 storage represents; 'int64' marks integer-valued buffers (num_batches_tracked). */
 export type TensorDType = 'float32' | 'int64';
@@ -52,6 +54,15 @@ export function shapeStr(shape: readonly number[]): string {
 
 let nextId = 1;
 
+interface WindowForm {
+  key: string;
+  crop: KernelCrop;
+  dst: Float32Array;
+  version: number;
+}
+/** Kernel windows kept per tensor (one per input size a weight meets with dead taps; more is unusual). */
+const MAX_WINDOWS = 4;
+
 /* Storage of a tensor whose buffer backward({ recycleActivations: true }) took back. */
 const RECYCLED = new Float32Array(0);
 
@@ -73,6 +84,8 @@ export class Tensor {
   hooks: GradHook[] = [];
   /** Called with this leaf once backward() has accumulated its `.grad` (registerPostAccumulateGradHook). */
   postAccumulateGradHooks: ((t: Tensor) => void)[] = [];
+  /** Kernel windows of the values (kernelWindow()), each valid for the version it was made at. */
+  private windows: WindowForm[] | null = null;
 
   constructor(shape: readonly number[], data: Float32Array | null, dtype: TensorDType = 'float32') {
     checkShape(shape);
@@ -158,6 +171,50 @@ export class Tensor {
     if (!this.requiresGrad) throw new UsageError("cannot register a hook on a tensor that doesn't require gradient");
     this.postAccumulateGradHooks.push(hook);
     return { remove: () => void (this.postAccumulateGradHooks = this.postAccumulateGradHooks.filter((h) => h !== hook)) };
+  }
+
+  /**
+   * This tensor's kernels cut to a window (`c`: `rows` kernels of skh x skw, the window's taps
+   * kept), made by the backend's cropKernels and kept until `version` changes: a convolution's live
+   * taps (ops/conv.ts), made once for its forward and backward input instead of read out of the whole
+   * weights by each. Every in-place change made through this class, an optimizer's update and
+   * loadStateDict bump the version; code that writes `.data` directly must bump it too (as for the
+   * inference plan's folded weights).
+   */
+  kernelWindow(c: KernelCrop): Float32Array {
+    const key = `${c.rows} ${c.skh}x${c.skw} ${c.win.ky0},${c.win.kx0} ${c.win.kh}x${c.win.kw}`;
+    const forms = (this.windows ??= []);
+    let f = forms.find((x) => x.key === key);
+    if (f === undefined) {
+      if (forms.length >= MAX_WINDOWS) forms.shift(); // the oldest
+      f = { key, crop: c, dst: new Float32Array(c.rows * c.win.kh * c.win.kw), version: -1 };
+      forms.push(f);
+    }
+    if (f.version !== this.version) {
+      kernels().cropKernels(f.dst, this.values, c.rows, c.skh, c.skw, c.win);
+      f.version = this.version;
+    }
+    return f.dst;
+  }
+
+  /** A kept kernel window, for an in-place update whose kernel writes it in the same pass (sgdStep). */
+  keptWindow(): KernelCropInto | null {
+    const f = this.windows?.[0];
+    return f === undefined ? null : { ...f.crop, dst: f.dst };
+  }
+
+  /**
+   * After an in-place update that bumped `version`: `written`, the kept window the update's kernel
+   * wrote (keptWindow().dst), is current; the other kept windows are remade now, while the values
+   * are in cache (an optimizer inside backward() then leaves the next forward nothing to cut).
+   */
+  windowsUpdated(written: Float32Array | null = null): void {
+    if (this.windows === null) return;
+    for (const f of this.windows) {
+      if (f.version === this.version) continue;
+      if (f.dst !== written) kernels().cropKernels(f.dst, this.values, f.crop.rows, f.crop.skh, f.crop.skw, f.crop.win);
+      f.version = this.version;
+    }
   }
 
   /** A new tensor sharing nothing with this one and outside the graph. */

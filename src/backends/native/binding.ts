@@ -29,6 +29,8 @@ export interface NativeBinding {
   convBlockedOk(geometry: Int32Array, xBlocked: boolean, winograd?: boolean): boolean;
   /** y (blocked) = conv(x) + bias (+ residual, blocked, may be y) (then relu); x blocked or NCHW. */
   conv2dBlocked(y: F32, x: F32, bias: F32 | null, residual: F32 | null, relu: boolean, geometry: Int32Array, packed: F32, layout: number, xBlocked: boolean): void;
+  /** Kernels.cropKernels with the window spelled out. */
+  cropKernels(dst: F32, src: F32, rows: number, skh: number, skw: number, ky0: number, kx0: number, kh: number, kw: number): void;
   /** The zero-padding shortcut (see Kernels.zeroPadSubsample); adjoint: x receives the gradient. */
   zeroPadSubsample(y: F32, x: F32, n: number, cIn: number, h: number, w: number, cOut: number, stride: number, adjoint: boolean): void;
   /** Max pool on blocked activations (c a multiple of 16); geometry as maxPool2d's. */
@@ -53,7 +55,7 @@ export interface NativeBinding {
   gemm(c: F32, a: F32, b: F32, m: number, n: number, k: number, transA: boolean, transB: boolean, alpha: number, beta: number): void;
   /** forward: (y, x, rows, cols, false); backward: (dx, dy, rows, cols, true, y) */
   logSoftmax(out: F32, inp: F32, rows: number, cols: number, backward: boolean, y?: F32): void;
-  sgdStep(param: F32, grad: F32, buf: F32 | null, lr: number, momentum: number, dampening: number, weightDecay: number, nesterov: boolean, firstStep: boolean): void;
+  sgdStep(param: F32, grad: F32, buf: F32 | null, lr: number, momentum: number, dampening: number, weightDecay: number, nesterov: boolean, firstStep: boolean, ...window: [F32, number, number, number, number, number, number, number] | []): void;
   setThreads(n: number): void;
   getThreads(): number;
   /** The GEMM micro-kernel in use ("avx512", "avx2", "portable"); with an argument, forces one

@@ -108,6 +108,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     relu: (y, x) => b.elementwise(0, y, x),
     reluBackward: (dx, dy, y) => b.elementwise(1, dx, dy, y),
     add: (y, a, c) => b.elementwise(2, y, a, c),
+    cropKernels: (dst, src, rows, skh, skw, w) => b.cropKernels(dst, src, rows, skh, skw, w.ky0, w.kx0, w.kh, w.kw),
     zeroPadSubsample: (y, x, p, adjoint) => b.zeroPadSubsample(y, x, p.n, p.cIn, p.h, p.w, p.cOut, p.stride, adjoint),
     addRelu: (y, a, c) => b.elementwise(3, y, a, c),
     maxPool2d: (y, argmax, x, p) => b.maxPool2d(y, argmax, x, pool(p)),
@@ -118,6 +119,9 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     gemm: (c, a, bb, m, n, k, ta, tb, alpha, beta) => b.gemm(c, a, bb, m, n, k, ta, tb, alpha, beta),
     logSoftmax: (y, x, rows, cols) => b.logSoftmax(y, x, rows, cols, false),
     logSoftmaxBackward: (dx, dy, y, rows, cols) => b.logSoftmax(dx, dy, rows, cols, true, y),
-    sgdStep: (param, grad, buf, p: SgdParams) => b.sgdStep(param, grad, buf, p.lr, p.momentum, p.dampening, p.weightDecay, p.nesterov, p.firstStep),
+    sgdStep: (param, grad, buf, p: SgdParams, c) =>
+      c
+        ? b.sgdStep(param, grad, buf, p.lr, p.momentum, p.dampening, p.weightDecay, p.nesterov, p.firstStep, c.dst, c.rows, c.skh, c.skw, c.win.ky0, c.win.kx0, c.win.kh, c.win.kw)
+        : b.sgdStep(param, grad, buf, p.lr, p.momentum, p.dampening, p.weightDecay, p.nesterov, p.firstStep),
   };
 }

@@ -5,7 +5,7 @@
  * missing, so clarity beats speed here; sums over a batch use float64 accumulators where the
  * order of float32 additions would otherwise make the oracle itself noisy.
  */
-import type { AdaptivePoolParams, BatchNormParams, Kernels, Pool2dParams, SgdParams, ZeroPadParams } from '../../kernels/kernels.js';
+import type { AdaptivePoolParams, BatchNormParams, KernelCropInto, KernelWindow, Kernels, Pool2dParams, SgdParams, ZeroPadParams } from '../../kernels/kernels.js';
 import { conv2d, conv2dBackwardInput, conv2dBackwardWeight } from './conv.js';
 
 type F32 = Float32Array;
@@ -230,7 +230,7 @@ function logSoftmaxBackward(dx: F32, dy: F32, y: F32, rows: number, cols: number
   }
 }
 
-function sgdStep(param: F32, grad: F32, buf: F32 | null, p: SgdParams): void {
+function sgdStep(param: F32, grad: F32, buf: F32 | null, p: SgdParams, window?: KernelCropInto | null): void {
   const { lr, momentum, dampening, weightDecay, nesterov, firstStep } = p;
   for (let i = 0; i < param.length; i++) {
     let d = grad[i]!;
@@ -241,6 +241,15 @@ function sgdStep(param: F32, grad: F32, buf: F32 | null, p: SgdParams): void {
       d = nesterov ? d + momentum * v : v;
     }
     param[i]! -= lr * d;
+  }
+  if (window) cropKernels(window.dst, param, window.rows, window.skh, window.skw, window.win);
+}
+
+function cropKernels(dst: F32, src: F32, rows: number, skh: number, skw: number, w: KernelWindow): void {
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < w.kh; i++) {
+      for (let j = 0; j < w.kw; j++) dst[(r * w.kh + i) * w.kw + j] = src[(r * skh + w.ky0 + i) * skw + w.kx0 + j]!;
+    }
   }
 }
 
@@ -284,6 +293,7 @@ export const tsKernels: Kernels = {
   add,
   addRelu,
   zeroPadSubsample,
+  cropKernels,
   maxPool2d,
   maxPool2dBackward,
   adaptiveAvgPool2d,
