@@ -287,12 +287,12 @@ describe('SGD state dict', () => {
 
 describe('updates inside backward (fuseIntoBackward)', () => {
   /** Two identical ResNet-20s (1x8x8 inputs), one stepped after backward, one fused, for `steps` steps. */
-  function compare(make: (ps: Tensor[]) => SGD | AdamW, steps: number, between?: (o: SGD | AdamW, s: number) => void): void {
+  function compare(make: (ps: Tensor[]) => SGD | AdamW, steps: number, between?: (o: SGD | AdamW, s: number) => void, freeGrads = false): void {
     const a = createModel('resnet20', { numClasses: 5, inChannels: 1 }).train();
     const b = createModel('resnet20', { numClasses: 5, inChannels: 1 }).train();
     b.loadStateDict(a.stateDict());
     const oa = make(a.parameters()), ob = make(b.parameters());
-    const handle = ob.fuseIntoBackward();
+    const handle = ob.fuseIntoBackward({ freeGrads });
     assert.equal(ob.isFused, true);
     const gen = new Generator(4);
     for (let s = 0; s < steps; s++) {
@@ -302,6 +302,8 @@ describe('updates inside backward (fuseIntoBackward)', () => {
         o.zeroGrad();
         backward(crossEntropy(m.call(x), y), undefined, { recycleActivations: true });
         if (o === oa) o.step();
+        else if (freeGrads) assert.ok(b.parameters().every((p) => p.grad === null), 'freeGrads: every gradient given back');
+        else assert.ok(b.parameters().every((p) => p.grad !== null), 'the gradients stay readable');
         between?.(o, s);
       }
     }
@@ -320,6 +322,11 @@ describe('updates inside backward (fuseIntoBackward)', () => {
 
   test("AdamW: step()'s numbers bit for bit", () => {
     compare((ps) => new AdamW(ps, { lr: 0.01, weightDecay: 0.05 }), 3);
+  });
+
+  test('freeGrads: the same numbers, each gradient given back after its update', () => {
+    compare((ps) => new SGD(ps, { lr: 0.1, momentum: 0.9, weightDecay: 5e-4 }), 3, undefined, true);
+    assert.throws(() => new SGD([tensor([1]).requiresGrad_()], { lr: 0.1 }).fuseIntoBackward({ freeGrads: 1 as never }), /freeGrads must be a boolean/);
   });
 
   test('a parameter read twice is updated once, with its summed gradient', () => {

@@ -44,7 +44,7 @@ export function prepare(w: Workload, seed = 0): Prepared {
   const targets = Array.from({ length: w.batch }, () => gen.int(w.numClasses));
   const weights = model.parameters();
   const opt = new SGD(weights, { ...TRAIN_RECIPE });
-  opt.fuseIntoBackward(); // as the trainer: each parameter's update inside backward(), same numbers
+  opt.fuseIntoBackward({ freeGrads: true }); // as the trainer: each parameter's update inside backward(), same numbers
   let loss = NaN;
   return {
     model,

@@ -10,7 +10,7 @@
  */
 import { StateDictError, UsageError } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { FusedUpdates, type FusedHandle } from './fused.js';
+import { FusedUpdates, type FuseOptions, type FusedHandle } from './fused.js';
 
 export interface AdamWOptions {
   lr?: number;
@@ -63,9 +63,9 @@ export class AdamW {
   }
 
   /** As SGD.fuseIntoBackward(): each parameter updated inside backward(), the same result as step(). */
-  fuseIntoBackward(): FusedHandle {
+  fuseIntoBackward(opts: FuseOptions = {}): FusedHandle {
     const g = this.paramGroups[0]!;
-    return this.fused.fuse(g.params, (p) => this.update(g, p));
+    return this.fused.fuse(g.params, (p) => this.update(g, p), opts);
   }
 
   /** Whether fuseIntoBackward() is in effect. */

@@ -16,7 +16,7 @@
 import { StateDictError, UsageError } from '../errors.js';
 import { kernels } from '../kernels/registry.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { FusedUpdates, type FusedHandle } from './fused.js';
+import { FusedUpdates, type FuseOptions, type FusedHandle } from './fused.js';
 
 export interface SGDOptions {
   lr: number;
@@ -115,9 +115,10 @@ export class SGD {
    * From now on, every backward() updates each parameter as soon as its gradient is complete
    * (src/optim/fused.ts): the same result as backward() then step(), with the gradients still in
    * cache; step() then throws. Not with gradient clipping or accumulation. The groups' options
-   * (lr set by a scheduler) are read at each update. Returns the handle that ends it.
+   * (lr set by a scheduler) are read at each update. `freeGrads`: the gradients are given back right
+   * after their update (FuseOptions). Returns the handle that ends it.
    */
-  fuseIntoBackward(): FusedHandle {
+  fuseIntoBackward(opts: FuseOptions = {}): FusedHandle {
     const groupOf = new Map<Tensor, SGDParamGroup>();
     for (const g of this.paramGroups) for (const p of g.params) groupOf.set(p, g);
     return this.fused.fuse(this.params(), (p) => {
@@ -125,7 +126,7 @@ export class SGD {
       // of this backward() has moved, not halfway through them
       for (const g of this.paramGroups) checkGroup(g, 'SGD');
       this.update(groupOf.get(p)!, p);
-    });
+    }, opts);
   }
 
   /** Whether fuseIntoBackward() is in effect. */

@@ -45,7 +45,7 @@ export interface Optimizer {
   stateDict(): unknown;
   loadStateDict(s: never): void;
   /** Updates inside backward() (src/optim/fused.ts); the trainer uses it when nothing edits the gradients. */
-  fuseIntoBackward?(): { remove(): void };
+  fuseIntoBackward?(opts?: { freeGrads?: boolean }): { remove(): void; freeGrads: boolean };
 }
 
 export interface TrainOptions {
@@ -171,6 +171,7 @@ export async function train(
         const unwatched = !model.modules().some((m) => m.observed);
         if (unwatched) recycleGrads(params);
         optimizer.zeroGrad();
+        if (fused) fused.freeGrads = unwatched; // likewise each gradient, right after its update
         backward(loss, undefined, { recycleActivations: unwatched });
         if (o.clipGradNorm !== undefined) clipGradNorm(params, o.clipGradNorm);
         if (fused === null) optimizer.step();

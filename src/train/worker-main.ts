@@ -25,7 +25,7 @@ try {
   model = buildModel(init).train();
   params = model.parameters();
   optimizer = new SGD(params, init.sgd);
-  optimizer.fuseIntoBackward(); // as the trainer: each parameter updated inside backward()
+  optimizer.fuseIntoBackward({ freeGrads: true }); // as the trainer: each parameter updated inside backward()
   const ready: WorkerReply = { type: 'ready', numFeatures: model.numFeatures, numClasses: model.fc.outFeatures };
   port.postMessage(ready);
 } catch (e) {
