@@ -890,38 +890,54 @@ __attribute__((target("avx512f"))) static inline __m512 du_sum(const wback_job *
   for (int g = 1; g < j->groups; g++) s = _mm512_add_ps(s, _mm512_loadu_ps(j->dU + g * usz + o));
   return s;
 }
-/* dW[co][ci] = G^T dU G, 16 output channels per vector, items (input channel, output block). */
-__attribute__((target("avx512f"))) static void wback_range(void *ctx, long lo, long hi) {
-  wback_job *j = ctx;
+/* G of F(2x2) and F(4x4) in float, for the back-transform's constant-folded loops. */
+static const float G2F[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+static const float G4F[6][3] = {{0.25f, 0, 0}, {(float)(-1.0 / 6), (float)(-1.0 / 6), (float)(-1.0 / 6)},
+                                {(float)(-1.0 / 6), (float)(1.0 / 6), (float)(-1.0 / 6)},
+                                {(float)(1.0 / 24), (float)(1.0 / 12), (float)(1.0 / 6)},
+                                {(float)(1.0 / 24), (float)(-1.0 / 12), (float)(1.0 / 6)}, {0, 0, 1}};
+
+/* dW[co][ci] = G^T dU G, 16 output channels per vector, items (input channel, output block); m a
+ * constant, so that the zeros of G drop out of the unrolled loops. A column q of dU at a time, its a
+ * values loaded once: they had been loaded once per row of G^T and waited on L3 (dU is 2.4 MB for 128
+ * channels), and the zeros of G were tested in the loops (ResNet-18's 128 channels on 4x4, weight
+ * gradient: one thread 1.18 -> 1.02 ms, two 0.73 -> 0.64 ms). The products are summed in the same order
+ * as before, so the bits did not change. */
+__attribute__((target("avx512f"), always_inline)) static inline void wback_items(const wback_job *j, long lo, long hi, const int m) {
   const conv_p *p = j->p;
-  const int m = j->m, a = m + 2;
-  float gt[6][3];
-  for (int i = 0; i < a; i++)
-    for (int k = 0; k < 3; k++) gt[i][k] = (float)gm(m, i, k);
+  const int a = m + 2;
+  const float(*g)[3] = m == 2 ? G2F : G4F;
   for (long it = lo; it < hi; it++) {
     const int ci = (int)(it % p->cin), co0 = (int)(it / p->cin) * 16;
     __m512 t[3][6]; /* G^T dU */
-    for (int k = 0; k < 3; k++)
-      for (int q = 0; q < a; q++) {
+    for (int q = 0; q < a; q++) {
+      __m512 du[6];
+      for (int i = 0; i < a; i++) du[i] = du_sum(j, ((long)(i * a + q) * p->cin + ci) * p->cout + co0);
+      for (int k = 0; k < 3; k++) {
         __m512 s = _mm512_setzero_ps();
         for (int i = 0; i < a; i++)
-          if (gt[i][k] != 0.0f)
-            s = _mm512_fmadd_ps(_mm512_set1_ps(gt[i][k]), du_sum(j, ((long)(i * a + q) * p->cin + ci) * p->cout + co0), s);
+          if (g[i][k] != 0.0f) s = _mm512_fmadd_ps(_mm512_set1_ps(g[i][k]), du[i], s);
         t[k][q] = s;
       }
+    }
     float *d = j->dw + ((long)co0 * p->cin + ci) * 9;
     __m512 o[16]; /* o[k*3 + l]: lanes = output channels; transposed to 9 taps per channel */
     for (int k = 0; k < 3; k++)
       for (int l = 0; l < 3; l++) { /* (G^T dU) G */
         __m512 s = _mm512_setzero_ps();
         for (int q = 0; q < a; q++)
-          if (gt[q][l] != 0.0f) s = _mm512_fmadd_ps(t[k][q], _mm512_set1_ps(gt[q][l]), s);
+          if (g[q][l] != 0.0f) s = _mm512_fmadd_ps(t[k][q], _mm512_set1_ps(g[q][l]), s);
         o[k * 3 + l] = s;
       }
     for (int i = 9; i < 16; i++) o[i] = _mm512_setzero_ps();
     transpose16(o);
     for (int l = 0; l < 16; l++) _mm512_mask_storeu_ps(d + (long)l * 9 * p->cin, (__mmask16)0x1FF, o[l]);
   }
+}
+__attribute__((target("avx512f"))) static void wback_range(void *ctx, long lo, long hi) {
+  const wback_job *j = ctx;
+  if (j->m == 2) wback_items(j, lo, hi, 2);
+  else wback_items(j, lo, hi, 4);
 }
 
 /* dw = the weight gradient of the 3x3 stride-1 convolution p (wino_nchw_tile) from x and dy (NCHW). */
