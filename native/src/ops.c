@@ -310,8 +310,9 @@ static void bn_block(const bn_im_job *ij, int blk, long *b0, long *b1) { pool_sp
 
 /* Maps of at most this many pixels add each segment's float sums to per-channel double lanes (16 a
  * stat) instead of reducing them across the vector there: on 4x4 maps a segment is one vector and its
- * two horizontal reductions were most of the pass (64 x 128 x 4 x 4, minima of 200 calls: forward
- * 47 -> 31 us, backward 70 -> 52 us). The lanes are reduced once per block of images. */
+ * two horizontal reductions were most of the pass (64 x 128 x 4 x 4, minima of 200 calls, the two
+ * builds in turn: forward 53 -> 44 us, backward 78 -> 65 us; 128 x 64 x 7 x 7 88-97 -> 66-77 and
+ * 137-153 -> 110-119 us). The lanes are reduced once per block of images. */
 #define BN_LANES_HW 64
 
 /* Per-thread scratch of n doubles, kept. */
