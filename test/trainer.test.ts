@@ -16,6 +16,7 @@ import { train, TrainingDiverged } from '../src/train/trainer.js';
 import { batchSource, buildOptimizer } from '../src/train/setup.js';
 import { readStateDict } from '../src/io/state.js';
 import type { Tensor } from '../src/tensor/tensor.js';
+import type { SGD } from '../src/optim/sgd.js';
 
 /** 64 8x8 gray images of 2 classes: bright top half vs bright bottom half, with noise. */
 function toyData(seed: number): InMemoryDataset {
@@ -108,4 +109,35 @@ test('the trainer recycles activations only while no forward hook watches the mo
   const unwatched = await go(false);
   assert.equal(unwatched.length, 2);
   for (const y of unwatched) assert.equal(y.isRecycled, true, 'unwatched activations go back to the allocator');
+});
+
+test('without clipping the trainer updates inside backward: the models of step() after backward, bit for bit; its hooks end with train()', async () => {
+  const go = async (fused: boolean): Promise<Map<string, Tensor>> => {
+    manualSeed(3);
+    const model = cifarResNet(8, { inChannels: 1, numClasses: 2 });
+    const tf = new Compose([new RandomCrop(8, 1), new RandomHorizontalFlip(), new ToFloat(), new Normalize([0.5], [0.25])]);
+    const tr = batchSource(toyData(1), { batchSize: 16, shuffle: true, seed: 7, transform: tf, workers: 0 });
+    const { optimizer, scheduler, per } = buildOptimizer(model.parameters(), {
+      optimizer: 'sgd', lr: 0.05, momentum: 0.9, weightDecay: 1e-4, nesterov: true, schedule: 'cosine', gamma: 0.1, warmupEpochs: 1, epochs: 2, batchesPerEpoch: tr.batches,
+    });
+    // without fuseIntoBackward the trainer has to step after backward
+    const stepper = { paramGroups: optimizer.paramGroups, step: () => optimizer.step(), zeroGrad: () => optimizer.zeroGrad(), stateDict: () => optimizer.stateDict(), loadStateDict: (s: never) => optimizer.loadStateDict(s) };
+    let steps = 0;
+    const step = optimizer.step.bind(optimizer);
+    optimizer.step = (): void => {
+      steps++;
+      step();
+    };
+    await train(model, fused ? optimizer : stepper, scheduler, tr, null, { epochs: 2, out: mkdtempSync(join(tmpdir(), 'fused-')), schedulerPer: per, classes: ['top', 'bottom'], title: 'toy', config: {}, quiet: true });
+    assert.equal(steps, fused ? 0 : 2 * tr.batches, fused ? 'no step() after backward: the updates ran inside it' : 'a step() per batch');
+    if (fused) {
+      assert.equal((optimizer as SGD).isFused, false, 'train() removed its hooks');
+      assert.ok(model.parameters().every((p) => p.postAccumulateGradHooks.length === 0));
+      optimizer.step(); // works again (no gradients left: nothing moves)
+    }
+    return new Map(model.stateDict());
+  };
+  const fused = await go(true);
+  const stepped = await go(false);
+  for (const [k, t] of stepped) assert.deepEqual(fused.get(k)!.values, t.values, `${k} bit-identical`);
 });
