@@ -751,6 +751,7 @@ typedef struct {
   const float *dy;     /* dY, NCHW */
   float *Z;            /* Z[xi][cout/16][tpad][16] */
   float *dU;           /* dU[xi][cin][cout] */
+  int assign;          /* the first chunk into dU: its sums are stored, not added (no zeroing pass) */
   atomic_long next;
 } wbw_job;
 
@@ -821,7 +822,10 @@ __attribute__((target("avx512f"))) static void wbw_gemm_item(const wbw_job *w, l
       _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(v[t * 16 + i]), zv, acc[i]);
     }
     float *d = w->dU + ((long)xi * p->cin + ci * 16) * p->cout + co * 16;
-    for (int i = 0; i < 16; i++) _mm512_storeu_ps(d + (long)i * p->cout, _mm512_add_ps(_mm512_loadu_ps(d + (long)i * p->cout), acc[i]));
+    if (w->assign)
+      for (int i = 0; i < 16; i++) _mm512_storeu_ps(d + (long)i * p->cout, acc[i]);
+    else
+      for (int i = 0; i < 16; i++) _mm512_storeu_ps(d + (long)i * p->cout, _mm512_add_ps(_mm512_loadu_ps(d + (long)i * p->cout), acc[i]));
   }
 }
 
@@ -866,8 +870,8 @@ static void wbw_private_task(void *ctx, int tid, int n) {
     const long g = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
     if (g >= sh->groups) break;
     w.dU = sh->dUg + g * usz;
-    memset(w.dU, 0, sizeof(float) * (size_t)usz);
     for (long c = g * sh->cpg; c < (g + 1) * sh->cpg && c * sh->per < total; c++) {
+      w.assign = c == g * sh->cpg;
       j->t0 = c * sh->per;
       j->nt = j->tpad = total - j->t0 < sh->per ? total - j->t0 : sh->per;
       wino_in_range(j, 0, (long)(p->cin / 16) * j->tpad);
@@ -978,8 +982,10 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * per));
   w.Z = grow(&zbuf, (size_t)j->np * plane_stride((long)p->cout * per));
   w.dU = grow(&ubuf, (size_t)usz);
-  memset(w.dU, 0, sizeof(float) * (size_t)usz);
+  /* no zeroing pass over dU (2.4 MB for 128 channels, on one thread): the first chunk's sums are
+   * stored (ResNet-18's 128 on 4x4, weight gradient: 0.65 -> 0.60 ms; 64 on 8x8 0.68 -> 0.64 ms) */
   for (j->t0 = 0; j->t0 < total; j->t0 += per) {
+    w.assign = j->t0 == 0;
     j->nt = total - j->t0 < per ? total - j->t0 : per;
     j->tpad = j->nt; /* no register-tile runs here: the reduction runs over the tiles themselves */
     wino_in_pass(j);
