@@ -17,6 +17,7 @@ import { batchSource, buildOptimizer } from '../src/train/setup.js';
 import { readStateDict } from '../src/io/state.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import type { SGD } from '../src/optim/sgd.js';
+import { UsageError } from '../src/errors.js';
 
 /** 64 8x8 gray images of 2 classes: bright top half vs bright bottom half, with noise. */
 function toyData(seed: number): InMemoryDataset {
@@ -140,4 +141,24 @@ test('without clipping the trainer updates inside backward: the models of step()
   const fused = await go(true);
   const stepped = await go(false);
   for (const [k, t] of stepped) assert.deepEqual(fused.get(k)!.values, t.values, `${k} bit-identical`);
+});
+
+test('an optimizer the caller fused already trains as fused (not fused twice, not stepped); with clipping it is refused', async () => {
+  const go = async (prefuse: boolean, clip?: number): Promise<Map<string, Tensor>> => {
+    manualSeed(3);
+    const model = cifarResNet(8, { inChannels: 1, numClasses: 2 });
+    const tr = batchSource(toyData(1), { batchSize: 16, shuffle: false, seed: 7, transform: new Compose([new ToFloat(), new Normalize([0.5], [0.25])]), workers: 0 });
+    const { optimizer, scheduler, per } = buildOptimizer(model.parameters(), {
+      optimizer: 'sgd', lr: 0.05, momentum: 0.9, weightDecay: 1e-4, nesterov: false, schedule: 'cosine', gamma: 0.1, warmupEpochs: 0, epochs: 1, batchesPerEpoch: tr.batches,
+    });
+    const handle = prefuse ? (optimizer as SGD).fuseIntoBackward() : null;
+    await train(model, optimizer, scheduler, tr, null, { epochs: 1, out: mkdtempSync(join(tmpdir(), 'prefused-')), schedulerPer: per, classes: ['top', 'bottom'], title: 'toy', config: {}, quiet: true, ...(clip !== undefined ? { clipGradNorm: clip } : {}) });
+    if (handle) assert.equal((optimizer as SGD).isFused, true, "the caller's fusing outlives train()");
+    handle?.remove();
+    return new Map(model.stateDict());
+  };
+  const pre = await go(true);
+  const own = await go(false);
+  for (const [k, t] of own) assert.deepEqual(pre.get(k)!.values, t.values, `${k} bit-identical`);
+  await assert.rejects(go(true, 1), (e: Error) => e instanceof UsageError && /clipGradNorm .* already updates inside backward/.test(e.message));
 });

@@ -9,7 +9,7 @@
  */
 import { appendFileSync, existsSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { ResnetError } from '../errors.js';
+import { ResnetError, UsageError } from '../errors.js';
 import * as F from '../ops/index.js';
 import { backward, noGrad } from '../tensor/autograd.js';
 import { recycleGrads, type Tensor } from '../tensor/tensor.js';
@@ -46,6 +46,8 @@ export interface Optimizer {
   loadStateDict(s: never): void;
   /** Updates inside backward() (src/optim/fused.ts); the trainer uses it when nothing edits the gradients. */
   fuseIntoBackward?(opts?: { freeGrads?: boolean }): { remove(): void; freeGrads: boolean };
+  /** Whether the caller fused it already (the trainer then neither fuses nor steps it). */
+  readonly isFused?: boolean;
 }
 
 export interface TrainOptions {
@@ -142,7 +144,12 @@ export async function train(
   // Without clipping, nothing edits the gradients between backward() and the step: each parameter
   // is updated inside backward() as its gradient completes (the same numbers, fewer passes over
   // memory: src/optim/fused.ts).
-  const fused = o.clipGradNorm === undefined && optimizer.fuseIntoBackward !== undefined && params.every((p) => p.requiresGrad) ? optimizer.fuseIntoBackward() : null;
+  const preFused = optimizer.isFused === true;
+  if (preFused && o.clipGradNorm !== undefined) {
+    throw new UsageError('train(): clipGradNorm edits the gradients between backward() and the step, but this optimizer already updates inside backward() (fuseIntoBackward): remove() its handle first');
+  }
+  const fused = !preFused && o.clipGradNorm === undefined && optimizer.fuseIntoBackward !== undefined && params.every((p) => p.requiresGrad) ? optimizer.fuseIntoBackward() : null;
+  const stepsInBackward = preFused || fused !== null;
   try {
     for (let epoch = start; epoch < o.epochs; epoch++) {
       model.train();
@@ -174,7 +181,7 @@ export async function train(
         if (fused) fused.freeGrads = unwatched; // likewise each gradient, right after its update
         backward(loss, undefined, { recycleActivations: unwatched });
         if (o.clipGradNorm !== undefined) clipGradNorm(params, o.clipGradNorm);
-        if (fused === null) optimizer.step();
+        if (!stepsInBackward) optimizer.step();
         if (scheduler && o.schedulerPer === 'batch') scheduler.step();
         seen += bs;
         lossSum += lv * bs;
