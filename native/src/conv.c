@@ -770,8 +770,7 @@ static float *crop_weights(const float *w, const conv_p *p, const conv_p *q, int
   static _Thread_local buf_t crop_buf;
   const long rows = (long)p->cout * (p->cin / p->groups);
   float *wq = grow(&crop_buf, (size_t)rows * q->kh * q->kw);
-  crop_job j = {w, wq, rows, p->kh, p->kw, q->kh, q->kw, ky0, kx0, 0};
-  pool_run_n(crop_task, &j, rows < (1 << 14) ? 1 : pool_threads());
+  conv2d_crop_kernels(wq, w, rows, p->kh, p->kw, ky0, kx0, q->kh, q->kw);
   return wq;
 }
 
