@@ -299,8 +299,9 @@ test('native conv2d: weights packed for one input size still give the right answ
 test('native conv2d backward weight gives the same bits on every run (reductions in a fixed order)', { skip }, () => {
   // one shape per backward-weight path: channels-last (16-64 channels), gathered GEMM (>= 64), dot
   // products (strided, narrow), im2col (groups), Winograd (whole 16-channel blocks; 40 images of 14x14:
-  // several chunks of tiles, in private groups on 2 threads); batch large enough that several blocks run
-  for (const p of [convCase(12, 16, 14, 14, 32, 3, 1, 0, 1, 1), convCase(9, 8, 6, 6, 64, 3, 1, 1, 1, 1), convCase(16, 8, 14, 14, 16, 3, 2, 1, 1, 1), convCase(16, 8, 6, 6, 8, 3, 1, 1, 1, 2), convCase(40, 32, 14, 14, 48, 3, 1, 1, 1, 1)]) {
+  // several chunks of tiles, in private groups on 2 threads; 64 -> 64 on 7x7: private groups where a
+  // core's L2 holds their sums, 2 MB, else shared chunks); batch large enough that several blocks run
+  for (const p of [convCase(12, 16, 14, 14, 32, 3, 1, 0, 1, 1), convCase(9, 8, 6, 6, 64, 3, 1, 1, 1, 1), convCase(16, 8, 14, 14, 16, 3, 2, 1, 1, 1), convCase(16, 8, 6, 6, 8, 3, 1, 1, 1, 2), convCase(40, 32, 14, 14, 48, 3, 1, 1, 1, 1), convCase(30, 64, 7, 7, 64, 3, 1, 1, 1, 1)]) {
     const x = randomArray(p.n * p.cIn * p.h * p.w, gen);
     const dy = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
     const first = new Float32Array(p.cOut * (p.cIn / p.groups) * p.kh * p.kw);
@@ -633,6 +634,9 @@ test('Winograd in private chunks (each thread its own tiles through all three pa
   // one shorter, cut edge tiles); blocked 64 -> 32 on 14x14 (batch 12, 7 chunks)
   const cases: [Conv2dParams, boolean][] = [
     [convCase(9, 32, 28, 28, 32, 3, 1, 1, 1, 1), false],
+    // 64 -> 64 on 7x7, batch 30 (120 tiles, 5 chunks): the weight gradient's private groups where a core's
+    // L2 holds their sums (590 KB: a 2 MB L2), the shared chunks on a 1 MB one
+    [convCase(30, 64, 7, 7, 64, 3, 1, 1, 1, 1), false],
     [convCase(12, 32, 13, 13, 48, 3, 1, 1, 1, 1), false],
     [convCase(12, 64, 14, 14, 32, 3, 1, 1, 1, 1), true],
   ];

@@ -26,6 +26,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MIN_COLS 2048
 #define MAX_COL_FLOATS (8L << 20) /* 32 MB of patches per chunk at most */
@@ -77,6 +78,21 @@ int env_zero(const char *name, int *cache) {
     *cache = e != NULL && strcmp(e, "0") == 0;
   }
   return *cache;
+}
+
+long l2_bytes(void) {
+  static long cached = 0;
+  if (cached == 0) {
+    long b = 0;
+    const char *e = getenv("RESNET_L2_KB");
+    if (e && *e) b = atol(e) * 1024;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    if (b <= 0) b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    if (b <= 0) b = 1L << 20;
+    cached = b < (256L << 10) ? 256L << 10 : b > (16L << 20) ? 16L << 20 : b;
+  }
+  return cached;
 }
 
 int is_pointwise(const conv_p *p) {

@@ -846,9 +846,13 @@ static void wbw_gemm_task(void *ctx, int tid, int n) {
  * passes, summing into the group's own dU; the groups' sums are added in group order (wback_range),
  * so the bits do not depend on which thread took which group, nor on the thread count. */
 #define WBW_GROUPS 8
-/* and only while a group's sums stay in L2 beside its chunk: 32 -> 32 channels in F(4x4) (ResNet-20's
- * 32 channels on 14x14, batch 128: 2.29 -> 1.90 ms), not 64 -> 64 (its 7x7 maps: 1.40 -> 2.00 ms) */
-#define WBW_PRIVATE_MAX_FLOATS (36L * 32 * 48)
+/* and only while a group's sums (positions x cin x cout floats) stay in L2 beside its chunk: within a
+ * third of a core's L2 (l2_bytes). With 1 MB (the AMD Zen 4 VM this was tuned on) that takes 32 -> 32
+ * channels in F(4x4) (ResNet-20's 32 channels on 14x14, batch 128: 2.29 -> 1.90 ms) but not 64 -> 64
+ * (590 KB of sums: its 7x7 maps 1.40 -> 2.00 ms); with 2 MB (an Intel Xeon VM, the same two cores'
+ * worth of work) 64 -> 64 as well, where the shared chunks had not gained from the second thread
+ * (ResNet-20's 64 channels on 7x7: 2.0 -> 1.4 ms; ResNet-18's 64 on 8x8 at batch 64: 1.1 -> 0.7 ms) */
+static int wbw_private_fits(long usz) { return usz * (long)sizeof(float) <= l2_bytes() / 3; }
 typedef struct {
   wbw_job w;      /* geometry, the input (j.x) and dY */
   long per, cpg;  /* tiles per chunk, chunks per group */
@@ -961,7 +965,7 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   const long total = (long)p->n * j->th * j->tw, usz = (long)j->np * p->cin * p->cout;
   const int T = pool_threads();
   long per;
-  if (T > 1 && wino_private(p, j->np) && usz <= WBW_PRIVATE_MAX_FLOATS && (per = chunk_tiles_private(j, total, T)) > 0) {
+  if (T > 1 && wino_private(p, j->np) && wbw_private_fits(usz) && (per = chunk_tiles_private(j, total, T)) > 0) {
     wbw_private_job sh;
     memset(&sh, 0, sizeof sh);
     sh.w = w;
