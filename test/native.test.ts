@@ -686,6 +686,49 @@ test('Winograd in private chunks (each thread its own tiles through all three pa
   }
 });
 
+test('Winograd split by output channels (each thread its panels through every pass) = reference, with the bits of one thread in all three passes', { skip }, () => {
+  // weights beyond the private chunks' limit and one or two chunks of tiles: 128 -> 128 on 4x4 (one tile
+  // per image, batch 9), 128 -> 96 on odd 7x5 maps (cut edge tiles; three 32-channel panels shared out
+  // unevenly; 96 -> 128 is its backward-input), 528 -> 512 on 2x2 in F(2x2), past the dense product's cap
+  const cases = [convCase(9, 128, 4, 4, 128, 3, 1, 1, 1, 1), convCase(3, 128, 7, 5, 96, 3, 1, 1, 1, 1), convCase(5, 528, 2, 2, 512, 3, 1, 1, 1, 1)];
+  const before = nat!.getThreads();
+  try {
+    for (const p of cases) {
+      const nx = p.n * p.cIn * p.h * p.w, ny = p.n * p.cOut * p.oh * p.ow;
+      const x = randomArray(nx, gen);
+      const w = randomArray(p.cOut * p.cIn * 9, gen, 0.3);
+      const bias = randomArray(p.cOut, gen);
+      const res = randomArray(ny, gen);
+      const dy = randomArray(ny, gen);
+      const yr = new Float32Array(ny);
+      tsKernels.conv2d(yr, x, w, bias, p);
+      const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
+      const dxr = new Float32Array(nx);
+      tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+      const dwr = new Float32Array(w.length);
+      tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+      const runs = [1, 2].map((t) => {
+        nat!.setThreads(t);
+        const y = new Float32Array(ny).fill(NaN);
+        nat!.conv2dFused(y, x, w, bias, res, true, p);
+        const dx = new Float32Array(nx).fill(NaN);
+        nat!.conv2dBackwardInput(dx, dy, w, p);
+        const dw = new Float32Array(w.length).fill(NaN);
+        nat!.conv2dBackwardWeight(dw, x, dy, p);
+        return [y, dx, dw] as const;
+      });
+      const what = `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}`;
+      assertClose(runs[1][0], expect, scaleTol(expect, 5e-5), `${what}: conv + bias + residual, relu`);
+      assertClose(runs[1][1], dxr, scaleTol(dxr, 5e-5), `${what}: backward input`);
+      assertClose(runs[1][2], dwr, scaleTol(dwr, 5e-5), `${what}: backward weight`);
+      for (const [i, pass] of ['forward', 'backward input', 'backward weight'].entries())
+        assert.deepEqual(runs[1][i], runs[0][i], `${what}: ${pass}, 2 threads (split) and 1 give the same bits`);
+    }
+  } finally {
+    nat!.setThreads(before);
+  }
+});
+
 test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference result', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;

@@ -596,19 +596,24 @@ static void wino_private_task(void *ctx, int tid, int n) {
   }
 }
 
+static void wino_job_init(wino_job *j, float *y, const float *x, const float *U, const float *bias, const float *residual,
+                          int relu, const conv_p *p, int m, int nchw) {
+  memset(j, 0, sizeof *j);
+  j->p = p; j->x = x; j->U = U; j->bias = bias; j->residual = residual; j->y = y; j->relu = relu;
+  j->y_nchw = nchw;
+  j->x_nchw = nchw && wino_x_direct(p, m);
+  j->m = m;
+  j->np = (m + 2) * (m + 2);
+  j->th = (p->oh + m - 1) / m;
+  j->tw = (p->ow + m - 1) / m;
+  j->npanels = (p->cout + PR_NR - 1) / PR_NR;
+  j->usize = prow_packed_size(p->cout, p->cin, PR_NR);
+}
+
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m, int nchw) {
   wino_job j;
-  memset(&j, 0, sizeof j);
-  j.p = p; j.x = x; j.U = U; j.bias = bias; j.residual = residual; j.y = y; j.relu = relu;
-  j.y_nchw = nchw;
-  j.x_nchw = nchw && wino_x_direct(p, m);
-  j.m = m;
-  j.np = (m + 2) * (m + 2);
-  j.th = (p->oh + m - 1) / m;
-  j.tw = (p->ow + m - 1) / m;
-  j.npanels = (p->cout + PR_NR - 1) / PR_NR;
-  j.usize = prow_packed_size(p->cout, p->cin, PR_NR);
+  wino_job_init(&j, y, x, U, bias, residual, relu, p, m, nchw);
   const long total = (long)p->n * j.th * j.tw;
   const int T = pool_threads();
   if (T > 1 && wino_private(p, j.np) && (j.nt = chunk_tiles_private(&j, total, T)) > 0) { /* nt: tiles per chunk */
@@ -712,13 +717,82 @@ static const float *nchw_input(const float *x, const conv_p *p, int m, buf_t *bu
  * with tile m (wino_nchw_tile): w transformed here (flip: w is the forward layer's kernel and this
  * is its backward-input convolution, see wpack_range), x read as nchw_input says, the output
  * transform writing NCHW y itself. The scratch buffers are per calling thread and kept. */
+/* Split by output channels: for weights too large for private chunks (wino_private) and a batch of one
+ * or two chunks of tiles, each thread takes a share of the 32-channel panels through every pass:
+ * it transforms its panels' weights, transforms the whole chunk's input itself (the other threads do
+ * the same: the input transform is the cheap pass), multiplies for its panels only and runs the output
+ * transform of its channels. Nothing one core writes is read by the other, where the shared passes
+ * hand V, U and M across cores at every barrier. The items and their sums are the shared passes', so
+ * the bits are the same. On an Intel Xeon VM (2 MB L2, where data written by one core and read by the
+ * other costs most) ResNet-18's 128 channels on 4x4 at batch 64 (64 tiles, 2.4 MB of transformed
+ * weights) had run on two threads barely faster than on one (forward 1.10 -> 0.98 ms, backward-input
+ * 1.14 -> 0.91). RESNET_WINO_SPLIT=0 turns it off (measurements). */
+typedef struct {
+  wino_job j;
+  const wpack_job *wp;
+  long per;   /* tiles per chunk */
+  int parts;  /* shares of the panels, handed out dynamically */
+  atomic_long next;
+} wino_split_job;
+
+static void wino_split_task(void *ctx, int tid, int n) {
+  (void)tid; (void)n;
+  wino_split_job *s = ctx;
+  const conv_p *p = s->j.p;
+  const long total = (long)p->n * s->j.th * s->j.tw, kb = p->cout / 16;
+  wino_job j = s->j;
+  int scratch = 0;
+  for (;;) {
+    const long part = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed);
+    if (part >= s->parts) break;
+    long plo, phi;
+    pool_split(j.npanels, (int)part, s->parts, 1, &plo, &phi);
+    if (plo >= phi) continue;
+    const long cb0 = plo * (PR_NR / 16), cb1 = phi * (PR_NR / 16) < kb ? phi * (PR_NR / 16) : kb;
+    wpack_range((void *)s->wp, cb0 * p->cin, cb1 * p->cin);
+    if (!scratch) {
+      chunk_scratch(&j, s->per);
+      scratch = 1;
+    }
+    for (long t0 = 0; t0 < total; t0 += s->per) {
+      chunk_at(&j, t0, total - t0 < s->per ? total - t0 : s->per);
+      wino_in_range(&j, 0, (long)(p->cin / 16) * j.tpad);
+      for (long xi = 0; xi < j.np; xi++)
+        for (long panel = plo; panel < phi; panel++) wino_gemm_item(&j, xi * j.npanels + panel);
+      wino_out_range(&j, cb0 * j.nt, cb1 * j.nt);
+    }
+  }
+}
+
+/* wino_forward_nchw's forward by panels (above) where it applies; 0 when it does not (nothing done). */
+static int wino_split(const wpack_job *wp, float *y, const float *xin, const float *bias, const float *residual, int relu) {
+  static int off = -1;
+  const conv_p *p = wp->p;
+  const int T = pool_threads();
+  if (T < 2 || env_zero("RESNET_WINO_SPLIT", &off)) return 0;
+  wino_split_job s;
+  memset(&s, 0, sizeof s);
+  wino_job_init(&s.j, y, xin, wp->dst, bias, residual, relu, p, wp->m, 1);
+  const long total = (long)p->n * s.j.th * s.j.tw;
+  if (s.j.npanels < T || (wino_private(p, s.j.np) && chunk_tiles_private(&s.j, total, T) > 0)) return 0;
+  s.per = chunk_tiles(&s.j, total);
+  if ((total + s.per - 1) / s.per > 2) return 0;
+  s.wp = wp;
+  s.parts = T;
+  atomic_init(&s.next, 0);
+  pool_run_dynamic(wino_split_task, &s, T);
+  return 1;
+}
+
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
                        const conv_p *p, int m) {
   static _Thread_local buf_t ubuf, xbuf;
   float *U = grow(&ubuf, (size_t)wino_packed_size(p, m));
   wpack_job wj = {w, p, m, flip, U};
+  const float *xin = nchw_input(x, p, m, &xbuf);
+  if (wino_split(&wj, y, xin, bias, residual, relu)) return;
   run_range(wpack_range, &wj, (long)(p->cout / 16) * p->cin);
-  wino_forward(y, nchw_input(x, p, m, &xbuf), U, bias, residual, relu, p, m, 1);
+  wino_forward(y, xin, U, bias, residual, relu, p, m, 1);
 }
 
 /* ---- Winograd weight gradient (training, NCHW): dW = G^T [ sum over tiles (B^T d B) .* (A dY A^T) ] G
@@ -948,6 +1022,71 @@ __attribute__((target("avx512f"))) static void wback_range(void *ctx, long lo, l
   else wback_items(j, lo, hi, 4);
 }
 
+/* The weight gradient split by output channels, as the forward's wino_split: for sums too large for
+ * private groups and one or two chunks of tiles, each thread takes a share of the 16-channel output
+ * blocks through every pass (the whole chunk's input transform, dY's transform, the products and the
+ * back-transform of its blocks), so that nothing crosses cores; the items and their order are the
+ * shared chunks', so are the bits. ResNet-18's 128 channels on 4x4 at batch 64 had run slower on two
+ * threads than on one on the Intel VM (1.17 -> 1.35 ms). */
+typedef struct {
+  wbw_job w;
+  float *dw;
+  long per, total;
+  int parts;
+  atomic_long next;
+} wbw_split_job;
+
+static void wbw_split_task(void *ctx, int tid, int n) {
+  (void)tid; (void)n;
+  static _Thread_local buf_t vbuf, zbuf;
+  wbw_split_job *s = ctx;
+  const conv_p *p = s->w.j.p;
+  const long cob = p->cout / 16;
+  wbw_job w = s->w;
+  wino_job *j = &w.j;
+  int scratch = 0;
+  for (;;) {
+    const long part = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed);
+    if (part >= s->parts) break;
+    long c0, c1;
+    pool_split(cob, (int)part, s->parts, 1, &c0, &c1);
+    if (c0 >= c1) continue;
+    if (!scratch) {
+      j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * s->per));
+      w.Z = grow(&zbuf, (size_t)j->np * plane_stride((long)p->cout * s->per));
+      scratch = 1;
+    }
+    for (j->t0 = 0; j->t0 < s->total; j->t0 += s->per) {
+      w.assign = j->t0 == 0;
+      j->nt = s->total - j->t0 < s->per ? s->total - j->t0 : s->per;
+      j->tpad = j->nt;
+      wino_in_range(j, 0, (long)(p->cin / 16) * j->tpad);
+      wbw_z_range(&w, c0 * j->tpad, c1 * j->tpad);
+      for (long xi = 0; xi < j->np; xi++)
+        for (long co = c0; co < c1; co++) wbw_gemm_item(&w, xi * cob + co);
+    }
+    wback_job bj = {p, w.dU, s->dw, j->m, 1};
+    wback_range(&bj, c0 * p->cin, c1 * p->cin);
+  }
+}
+
+/* wino_backward_weight_nchw's gradient by output blocks (above) where it applies; 0 when it does not. */
+static int wbw_split(const wbw_job *w, float *dw, long per, long total) {
+  static int off = -1;
+  const int T = pool_threads();
+  if (T < 2 || env_zero("RESNET_WINO_SPLIT", &off) || w->j.p->cout / 16 < T || (total + per - 1) / per > 2) return 0;
+  wbw_split_job s;
+  memset(&s, 0, sizeof s);
+  s.w = *w;
+  s.dw = dw;
+  s.per = per;
+  s.total = total;
+  s.parts = T;
+  atomic_init(&s.next, 0);
+  pool_run_dynamic(wbw_split_task, &s, T);
+  return 1;
+}
+
 /* dw = the weight gradient of the 3x3 stride-1 convolution p (wino_nchw_tile) from x and dy (NCHW). */
 void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m) {
   static _Thread_local buf_t xbuf, vbuf, zbuf, ubuf;
@@ -983,9 +1122,10 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
     }
   }
   per = chunk_tiles(j, total);
+  w.dU = grow(&ubuf, (size_t)usz);
+  if (wbw_split(&w, dw, per, total)) return;
   j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * per));
   w.Z = grow(&zbuf, (size_t)j->np * plane_stride((long)p->cout * per));
-  w.dU = grow(&ubuf, (size_t)usz);
   /* no zeroing pass over dU (2.4 MB for 128 channels, on one thread): the first chunk's sums are
    * stored (ResNet-18's 128 on 4x4, weight gradient: 0.65 -> 0.60 ms; 64 on 8x8 0.68 -> 0.64 ms) */
   for (j->t0 = 0; j->t0 < total; j->t0 += per) {
