@@ -686,7 +686,7 @@ test('Winograd in private chunks (each thread its own tiles through all three pa
   }
 });
 
-test('Winograd split by output channels (each thread its panels through every pass) = reference, with the bits of one thread in all three passes', { skip }, () => {
+test('Winograd split by output channels (each thread its panels through every pass) = reference, with the bits of one thread in all three passes and in the blocked forward', { skip }, () => {
   // weights beyond the private chunks' limit and one or two chunks of tiles: 128 -> 128 on 4x4 (one tile
   // per image, batch 9), 128 -> 96 on odd 7x5 maps (cut edge tiles; three 32-channel panels shared out
   // unevenly; 96 -> 128 is its backward-input), 528 -> 512 on 2x2 in F(2x2), past the dense product's cap
@@ -715,9 +715,14 @@ test('Winograd split by output channels (each thread its panels through every pa
         nat!.conv2dBackwardInput(dx, dy, w, p);
         const dw = new Float32Array(w.length).fill(NaN);
         nat!.conv2dBackwardWeight(dw, x, dy, p);
-        return [y, dx, dw] as const;
+        // the blocked layout's forward (the inference plan's), its weights transformed once
+        const yb = toBlocked(res, p.n, p.cOut, p.oh, p.ow);
+        nat!.conv2dBlocked(yb, toBlocked(x, p.n, p.cIn, p.h, p.w), bias, yb, true, p, nat!.packConvWeightsBlocked(w, p, true), true);
+        return [y, dx, dw, fromBlocked(yb, p.n, p.cOut, p.oh, p.ow)] as const;
       });
       const what = `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}`;
+      assertClose(runs[1][3], expect, scaleTol(expect, 5e-5), `${what}: blocked conv + bias + residual, relu`);
+      assert.deepEqual(runs[1][3], runs[0][3], `${what}: blocked forward, 2 threads (split) and 1 give the same bits`);
       assertClose(runs[1][0], expect, scaleTol(expect, 5e-5), `${what}: conv + bias + residual, relu`);
       assertClose(runs[1][1], dxr, scaleTol(dxr, 5e-5), `${what}: backward input`);
       assertClose(runs[1][2], dwr, scaleTol(dwr, 5e-5), `${what}: backward weight`);

@@ -610,6 +610,9 @@ static void wino_job_init(wino_job *j, float *y, const float *x, const float *U,
   j->usize = prow_packed_size(p->cout, p->cin, PR_NR);
 }
 
+struct wpack_job;
+static int wino_split(const wino_job *j, const struct wpack_job *wp);
+
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m, int nchw) {
   wino_job j;
@@ -621,6 +624,7 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
     pool_run_dynamic(wino_private_task, &j, T);
     return;
   }
+  if (wino_split(&j, NULL)) return;
   const long per = chunk_tiles(&j, total);
   chunk_scratch(&j, per);
   for (long t0 = 0; t0 < total; t0 += per) {
@@ -636,7 +640,7 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
 /* ---- Winograd for NCHW tensors (training and the NCHW plan): weights transformed per call,
  * activations converted to and from the blocked layout around wino_forward ----------------------- */
 
-typedef struct {
+typedef struct wpack_job {
   const float *w;
   const conv_p *p;
   int m, flip;
@@ -726,7 +730,10 @@ static const float *nchw_input(const float *x, const conv_p *p, int m, buf_t *bu
  * the bits are the same. On an Intel Xeon VM (2 MB L2, where data written by one core and read by the
  * other costs most) ResNet-18's 128 channels on 4x4 at batch 64 (64 tiles, 2.4 MB of transformed
  * weights) had run on two threads barely faster than on one (forward 1.10 -> 0.98 ms, backward-input
- * 1.14 -> 0.91). RESNET_WINO_SPLIT=0 turns it off (measurements). */
+ * 1.14 -> 0.91). The inference plan's blocked forward (U transformed once per model) takes it too:
+ * ResNet-50 at batch 1, alternating calls of the two builds, 128 channels on 28x28 0.49-0.54 -> 0.38-0.39
+ * ms, 256 on 14x14 0.72 -> 0.64, 512 on 7x7 (F(2x2)) 1.15-1.19 -> 1.09 (batch 8: more chunks, not
+ * split). RESNET_WINO_SPLIT=0 turns it off (measurements). */
 typedef struct {
   wino_job j;
   const wpack_job *wp;
@@ -749,7 +756,7 @@ static void wino_split_task(void *ctx, int tid, int n) {
     pool_split(j.npanels, (int)part, s->parts, 1, &plo, &phi);
     if (plo >= phi) continue;
     const long cb0 = plo * (PR_NR / 16), cb1 = phi * (PR_NR / 16) < kb ? phi * (PR_NR / 16) : kb;
-    wpack_range((void *)s->wp, cb0 * p->cin, cb1 * p->cin);
+    if (s->wp) wpack_range((void *)s->wp, cb0 * p->cin, cb1 * p->cin);
     if (!scratch) {
       chunk_scratch(&j, s->per);
       scratch = 1;
@@ -764,17 +771,18 @@ static void wino_split_task(void *ctx, int tid, int n) {
   }
 }
 
-/* wino_forward_nchw's forward by panels (above) where it applies; 0 when it does not (nothing done). */
-static int wino_split(const wpack_job *wp, float *y, const float *xin, const float *bias, const float *residual, int relu) {
+/* The forward by panels (above) for job j (its U transformed by wp first, where wp is not NULL) where it
+ * applies; 0 when it does not (nothing done). */
+static int wino_split(const wino_job *j, const wpack_job *wp) {
   static int off = -1;
-  const conv_p *p = wp->p;
+  const conv_p *p = j->p;
   const int T = pool_threads();
-  if (T < 2 || env_zero("RESNET_WINO_SPLIT", &off)) return 0;
+  if (T < 2 || env_zero("RESNET_WINO_SPLIT", &off) || j->npanels < T) return 0;
   wino_split_job s;
   memset(&s, 0, sizeof s);
-  wino_job_init(&s.j, y, xin, wp->dst, bias, residual, relu, p, wp->m, 1);
+  s.j = *j;
   const long total = (long)p->n * s.j.th * s.j.tw;
-  if (s.j.npanels < T || (wino_private(p, s.j.np) && chunk_tiles_private(&s.j, total, T) > 0)) return 0;
+  if (wino_private(p, s.j.np) && chunk_tiles_private(&s.j, total, T) > 0) return 0;
   s.per = chunk_tiles(&s.j, total);
   if ((total + s.per - 1) / s.per > 2) return 0;
   s.wp = wp;
@@ -790,7 +798,9 @@ void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const
   float *U = grow(&ubuf, (size_t)wino_packed_size(p, m));
   wpack_job wj = {w, p, m, flip, U};
   const float *xin = nchw_input(x, p, m, &xbuf);
-  if (wino_split(&wj, y, xin, bias, residual, relu)) return;
+  wino_job j;
+  wino_job_init(&j, y, xin, U, bias, residual, relu, p, m, 1);
+  if (wino_split(&j, &wj)) return;
   run_range(wpack_range, &wj, (long)(p->cout / 16) * p->cin);
   wino_forward(y, xin, U, bias, residual, relu, p, m, 1);
 }
