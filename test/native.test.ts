@@ -628,6 +628,42 @@ test('thread count can be changed and results do not depend on it', { skip }, ()
   assertClose(outs[2]!, outs[0]!, scaleTol(outs[0]!), '3 threads vs 1');
 });
 
+/** Random data for a 3x3 geometry and the reference's three passes (the forward with bias, a residual and relu). */
+function winogradReference(p: Conv2dParams) {
+  const nx = p.n * p.cIn * p.h * p.w, ny = p.n * p.cOut * p.oh * p.ow;
+  const x = randomArray(nx, gen);
+  const w = randomArray(p.cOut * p.cIn * 9, gen, 0.3);
+  const bias = randomArray(p.cOut, gen);
+  const res = randomArray(ny, gen);
+  const dy = randomArray(ny, gen);
+  const yr = new Float32Array(ny);
+  tsKernels.conv2d(yr, x, w, bias, p);
+  const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
+  const dxr = new Float32Array(nx);
+  tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+  const dwr = new Float32Array(w.length);
+  tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+  return { x, w, bias, res, dy, expect, dxr, dwr };
+}
+
+/** The native NCHW passes: forward (bias, residual, relu), backward input, backward weight. */
+function nchwPasses(p: Conv2dParams, x: Float32Array, w: Float32Array, bias: Float32Array, res: Float32Array, dy: Float32Array): Float32Array[] {
+  const y = new Float32Array(res.length).fill(NaN);
+  nat!.conv2dFused(y, x, w, bias, res, true, p);
+  const dx = new Float32Array(x.length).fill(NaN);
+  nat!.conv2dBackwardInput(dx, dy, w, p);
+  const dw = new Float32Array(w.length).fill(NaN);
+  nat!.conv2dBackwardWeight(dw, x, dy, p);
+  return [y, dx, dw];
+}
+
+/** The native blocked forward (the inference plan's: weights packed once), returned as NCHW. */
+function blockedForward(p: Conv2dParams, x: Float32Array, w: Float32Array, bias: Float32Array, res: Float32Array): Float32Array {
+  const y = toBlocked(res, p.n, p.cOut, p.oh, p.ow);
+  nat!.conv2dBlocked(y, toBlocked(x, p.n, p.cIn, p.h, p.w), bias, y, true, p, nat!.packConvWeightsBlocked(w, p, true), true);
+  return fromBlocked(y, p.n, p.cOut, p.oh, p.ow);
+}
+
 test('Winograd in private chunks (each thread its own tiles through all three passes) = reference, forward and backward-input with the same bits as one thread', { skip }, () => {
   // two threads, and enough tiles for at least two chunks each (else the chunks are shared): NCHW 32 -> 32
   // on 28x28 (441 tiles, 8 chunks, the last of 49); 32 -> 48 on odd 13x13 maps (192 tiles in 5 chunks, the last
@@ -643,33 +679,10 @@ test('Winograd in private chunks (each thread its own tiles through all three pa
   const before = nat!.getThreads();
   try {
     for (const [p, blocked] of cases) {
-      const nx = p.n * p.cIn * p.h * p.w, ny = p.n * p.cOut * p.oh * p.ow;
-      const x = randomArray(nx, gen);
-      const w = randomArray(p.cOut * p.cIn * 9, gen, 0.3);
-      const bias = randomArray(p.cOut, gen);
-      const res = randomArray(ny, gen);
-      const dy = randomArray(ny, gen);
-      const yr = new Float32Array(ny);
-      tsKernels.conv2d(yr, x, w, bias, p);
-      const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
-      const dxr = new Float32Array(nx);
-      tsKernels.conv2dBackwardInput(dxr, dy, w, p);
-      const dwr = new Float32Array(w.length);
-      tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+      const { x, w, bias, res, dy, expect, dxr, dwr } = winogradReference(p);
       const runs = [1, 2].map((t) => {
         nat!.setThreads(t);
-        if (blocked) {
-          const y = toBlocked(res, p.n, p.cOut, p.oh, p.ow);
-          nat!.conv2dBlocked(y, toBlocked(x, p.n, p.cIn, p.h, p.w), bias, y, true, p, nat!.packConvWeightsBlocked(w, p, true), true);
-          return [fromBlocked(y, p.n, p.cOut, p.oh, p.ow)];
-        }
-        const y = new Float32Array(ny).fill(NaN);
-        nat!.conv2dFused(y, x, w, bias, res, true, p);
-        const dx = new Float32Array(nx).fill(NaN);
-        nat!.conv2dBackwardInput(dx, dy, w, p);
-        const dw = new Float32Array(w.length).fill(NaN);
-        nat!.conv2dBackwardWeight(dw, x, dy, p);
-        return [y, dx, dw];
+        return blocked ? [blockedForward(p, x, w, bias, res)] : nchwPasses(p, x, w, bias, res, dy);
       });
       const what = `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}${blocked ? ', blocked' : ''}`;
       assertClose(runs[1]![0]!, expect, scaleTol(expect, 5e-5), `${what}: conv + bias + residual, relu`);
@@ -694,38 +707,18 @@ test('Winograd split by output channels (each thread its panels through every pa
   const before = nat!.getThreads();
   try {
     for (const p of cases) {
-      const nx = p.n * p.cIn * p.h * p.w, ny = p.n * p.cOut * p.oh * p.ow;
-      const x = randomArray(nx, gen);
-      const w = randomArray(p.cOut * p.cIn * 9, gen, 0.3);
-      const bias = randomArray(p.cOut, gen);
-      const res = randomArray(ny, gen);
-      const dy = randomArray(ny, gen);
-      const yr = new Float32Array(ny);
-      tsKernels.conv2d(yr, x, w, bias, p);
-      const expect = yr.map((v, i) => Math.max(0, v + res[i]!));
-      const dxr = new Float32Array(nx);
-      tsKernels.conv2dBackwardInput(dxr, dy, w, p);
-      const dwr = new Float32Array(w.length);
-      tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+      const { x, w, bias, res, dy, expect, dxr, dwr } = winogradReference(p);
       const runs = [1, 2].map((t) => {
         nat!.setThreads(t);
-        const y = new Float32Array(ny).fill(NaN);
-        nat!.conv2dFused(y, x, w, bias, res, true, p);
-        const dx = new Float32Array(nx).fill(NaN);
-        nat!.conv2dBackwardInput(dx, dy, w, p);
-        const dw = new Float32Array(w.length).fill(NaN);
-        nat!.conv2dBackwardWeight(dw, x, dy, p);
-        // the blocked layout's forward (the inference plan's), its weights transformed once
-        const yb = toBlocked(res, p.n, p.cOut, p.oh, p.ow);
-        nat!.conv2dBlocked(yb, toBlocked(x, p.n, p.cIn, p.h, p.w), bias, yb, true, p, nat!.packConvWeightsBlocked(w, p, true), true);
-        return [y, dx, dw, fromBlocked(yb, p.n, p.cOut, p.oh, p.ow)] as const;
+        // the three NCHW passes, then the blocked layout's forward (the inference plan's)
+        return [...nchwPasses(p, x, w, bias, res, dy), blockedForward(p, x, w, bias, res)] as const;
       });
       const what = `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}`;
-      assertClose(runs[1][3], expect, scaleTol(expect, 5e-5), `${what}: blocked conv + bias + residual, relu`);
+      assertClose(runs[1][3]!, expect, scaleTol(expect, 5e-5), `${what}: blocked conv + bias + residual, relu`);
       assert.deepEqual(runs[1][3], runs[0][3], `${what}: blocked forward, 2 threads (split) and 1 give the same bits`);
-      assertClose(runs[1][0], expect, scaleTol(expect, 5e-5), `${what}: conv + bias + residual, relu`);
-      assertClose(runs[1][1], dxr, scaleTol(dxr, 5e-5), `${what}: backward input`);
-      assertClose(runs[1][2], dwr, scaleTol(dwr, 5e-5), `${what}: backward weight`);
+      assertClose(runs[1][0]!, expect, scaleTol(expect, 5e-5), `${what}: conv + bias + residual, relu`);
+      assertClose(runs[1][1]!, dxr, scaleTol(dxr, 5e-5), `${what}: backward input`);
+      assertClose(runs[1][2]!, dwr, scaleTol(dwr, 5e-5), `${what}: backward weight`);
       for (const [i, pass] of ['forward', 'backward input', 'backward weight'].entries())
         assert.deepEqual(runs[1][i], runs[0][i], `${what}: ${pass}, 2 threads (split) and 1 give the same bits`);
     }
