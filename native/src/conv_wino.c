@@ -717,10 +717,6 @@ static const float *nchw_input(const float *x, const conv_p *p, int m, buf_t *bu
   return xb;
 }
 
-/* y = conv(x, w) + bias (+ residual) (then relu) on NCHW tensors through the blocked Winograd path
- * with tile m (wino_nchw_tile): w transformed here (flip: w is the forward layer's kernel and this
- * is its backward-input convolution, see wpack_range), x read as nchw_input says, the output
- * transform writing NCHW y itself. The scratch buffers are per calling thread and kept. */
 /* Split by output channels: for weights too large for private chunks (wino_private) and a batch of one
  * or two chunks of tiles, each thread takes a share of the 32-channel panels through every pass:
  * it transforms its panels' weights, transforms the whole chunk's input itself (the other threads do
@@ -792,6 +788,10 @@ static int wino_split(const wino_job *j, const wpack_job *wp) {
   return 1;
 }
 
+/* y = conv(x, w) + bias (+ residual) (then relu) on NCHW tensors through the blocked Winograd path
+ * with tile m (wino_nchw_tile): w transformed here (flip: w is the forward layer's kernel and this
+ * is its backward-input convolution, see wpack_range), x read as nchw_input says, the output
+ * transform writing NCHW y itself. The scratch buffers are per calling thread and kept. */
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
                        const conv_p *p, int m) {
   static _Thread_local buf_t ubuf, xbuf;
