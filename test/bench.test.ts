@@ -7,10 +7,12 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError, kernels } from '../src/index.js';
-import { WORKLOADS, fastestRatio, formatReport, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
+import { WORKLOADS, cpuCaches, fastestRatio, formatReport, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
 import type { EngineResult } from '../src/bench/peers.js';
 import { Timer, median, type TimingPlan } from '../src/bench/timing.js';
 import { childTimeoutMs } from '../src/bench/peers.js';
@@ -31,6 +33,7 @@ function checkReport(r: BenchReport, ids: string[]): void {
   assert.equal(typeof r.machine.cpu, 'string');
   assert.ok(r.machine.cpu.length > 0);
   assert.ok(r.machine.logicalCores >= 1);
+  assert.ok(r.machine.caches === null || /^L1d? \d+[KM](, L\d+d? \d+[KM])*$/.test(r.machine.caches), `caches: ${r.machine.caches}`);
   assert.equal(r.machine.node, process.version);
   assert.equal(r.machine.loadAverageStart.length, 3);
   assert.deepEqual(Object.keys(r.machine.otherProcessesCores), ['resnet-ts', 'onnxruntime', 'pytorch', 'memory']);
@@ -262,4 +265,24 @@ describe('training memory against batch size', () => {
     const bad = measureTrainMemory(worker, 'no-such-workload', [2], kernels().name, 1, process.env);
     assert.ok('error' in bad && /batch 2/.test(bad.error), JSON.stringify(bad));
   });
+});
+
+test('cpuCaches lists the data and unified caches from sysfs in index order, skips instruction caches, null without sysfs', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'caches-'));
+  try {
+    const entries: [string, string, string, string][] = [['index0', '1', 'Data', '48K'], ['index1', '1', 'Instruction', '32K'], ['index2', '2', 'Unified', '2048K'], ['index10', '4', 'Unified', '1M'], ['index3', '3', 'Unified', '307200K']];
+    for (const [name, level, type, size] of entries) {
+      fs.mkdirSync(path.join(dir, name));
+      fs.writeFileSync(path.join(dir, name, 'level'), `${level}\n`);
+      fs.writeFileSync(path.join(dir, name, 'type'), `${type}\n`);
+      fs.writeFileSync(path.join(dir, name, 'size'), `${size}\n`);
+    }
+    fs.mkdirSync(path.join(dir, 'uevent-like'));
+    assert.equal(cpuCaches(dir), 'L1d 48K, L2 2048K, L3 307200K, L4 1M');
+    assert.equal(cpuCaches(path.join(dir, 'missing')), null);
+    fs.rmSync(path.join(dir, 'index2', 'size'));
+    assert.equal(cpuCaches(dir), null, 'an unreadable entry: null, not a partial list');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -72,6 +72,8 @@ export interface BenchReport {
   date: string;
   machine: {
     cpu: string;
+    /** The first core's data and unified caches as Linux lists them ("L1d 48K, L2 2048K, L3 307200K"), null elsewhere. */
+    caches: string | null;
     logicalCores: number;
     memoryGB: number;
     node: string;
@@ -99,7 +101,7 @@ export interface BenchReport {
   trainMemory: TrainMemoryReport | { error: string } | null;
 }
 
-const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'];
+const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'RESNET_L2_KB', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'];
 
 export function cpuModel(): string {
   try {
@@ -109,6 +111,26 @@ export function cpuModel(): string {
     // not Linux: fall through
   }
   return os.cpus()[0]?.model ?? 'unknown';
+}
+
+/**
+ * The first core's data and unified caches from sysfs, "L1d 48K, L2 2048K, L3 307200K"; null where
+ * they cannot be read (not Linux). The native engine sizes some of its blocking by the L2, so results
+ * from machines with other caches are not comparable kernel for kernel.
+ */
+export function cpuCaches(dir = '/sys/devices/system/cpu/cpu0/cache'): string | null {
+  try {
+    const out: string[] = [];
+    for (const e of fs.readdirSync(dir).filter((n) => /^index\d+$/.test(n)).sort((a, b) => +a.slice(5) - +b.slice(5))) {
+      const read = (f: string): string => fs.readFileSync(`${dir}/${e}/${f}`, 'utf8').trim();
+      const type = read('type');
+      if (type === 'Instruction') continue;
+      out.push(`L${read('level')}${type === 'Data' ? 'd' : ''} ${read('size')}`);
+    }
+    return out.length > 0 ? out.join(', ') : null;
+  } catch {
+    return null;
+  }
 }
 
 function packageVersion(): string {
@@ -254,6 +276,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     date,
     machine: {
       cpu: cpuModel(),
+      caches: cpuCaches(),
       logicalCores: typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length,
       memoryGB: +(os.totalmem() / 2 ** 30).toFixed(1),
       node: process.version,
