@@ -930,6 +930,9 @@ static void wbw_gemm_task(void *ctx, int tid, int n) {
  * passes, summing into the group's own dU; the groups' sums are added in group order (wback_range),
  * so the bits do not depend on which thread took which group, nor on the thread count. */
 #define WBW_GROUPS 8
+/* The weight gradient's V and Z scratch, per thread and kept: one pair whichever path (private groups,
+ * split, shared chunks) a thread runs, so a thread that has run several keeps one. */
+static _Thread_local buf_t wbw_vbuf, wbw_zbuf;
 /* and only while a group's sums (positions x cin x cout floats) stay in L2 beside its chunk: within a
  * third of a core's L2 (l2_bytes). With 1 MB (the AMD Zen 4 VM this was tuned on) that takes 32 -> 32
  * channels in F(4x4) (ResNet-20's 32 channels on 14x14, batch 128: 2.29 -> 1.90 ms) but not 64 -> 64
@@ -947,13 +950,12 @@ typedef struct {
 static void wbw_private_task(void *ctx, int tid, int n) {
   (void)tid; (void)n;
   wbw_private_job *sh = ctx;
-  static _Thread_local buf_t vbuf, zbuf;
   const conv_p *p = sh->w.j.p;
   const long total = (long)p->n * sh->w.j.th * sh->w.j.tw, usz = (long)sh->w.j.np * p->cin * p->cout;
   wbw_job w = sh->w;
   wino_job *j = &w.j;
-  j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * sh->per));
-  w.Z = grow(&zbuf, (size_t)j->np * plane_stride((long)p->cout * sh->per));
+  j->V = grow(&wbw_vbuf, (size_t)j->np * plane_stride((long)p->cin * sh->per));
+  w.Z = grow(&wbw_zbuf, (size_t)j->np * plane_stride((long)p->cout * sh->per));
   for (;;) {
     const long g = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
     if (g >= sh->groups) break;
@@ -1048,7 +1050,6 @@ typedef struct {
 
 static void wbw_split_task(void *ctx, int tid, int n) {
   (void)tid; (void)n;
-  static _Thread_local buf_t vbuf, zbuf;
   wbw_split_job *s = ctx;
   const conv_p *p = s->w.j.p;
   const long cob = p->cout / 16;
@@ -1062,8 +1063,8 @@ static void wbw_split_task(void *ctx, int tid, int n) {
     pool_split(cob, (int)part, s->parts, 1, &c0, &c1);
     if (c0 >= c1) continue;
     if (!scratch) {
-      j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * s->per));
-      w.Z = grow(&zbuf, (size_t)j->np * plane_stride((long)p->cout * s->per));
+      j->V = grow(&wbw_vbuf, (size_t)j->np * plane_stride((long)p->cin * s->per));
+      w.Z = grow(&wbw_zbuf, (size_t)j->np * plane_stride((long)p->cout * s->per));
       scratch = 1;
     }
     for (j->t0 = 0; j->t0 < s->total; j->t0 += s->per) {
@@ -1099,7 +1100,7 @@ static int wbw_split(const wbw_job *w, float *dw, long per, long total) {
 
 /* dw = the weight gradient of the 3x3 stride-1 convolution p (wino_nchw_tile) from x and dy (NCHW). */
 void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m) {
-  static _Thread_local buf_t xbuf, vbuf, zbuf, ubuf;
+  static _Thread_local buf_t xbuf, ubuf;
   wbw_job w;
   memset(&w, 0, sizeof w);
   wino_job *j = &w.j;
@@ -1134,8 +1135,8 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
   per = chunk_tiles(j, total);
   w.dU = grow(&ubuf, (size_t)usz);
   if (wbw_split(&w, dw, per, total)) return;
-  j->V = grow(&vbuf, (size_t)j->np * plane_stride((long)p->cin * per));
-  w.Z = grow(&zbuf, (size_t)j->np * plane_stride((long)p->cout * per));
+  j->V = grow(&wbw_vbuf, (size_t)j->np * plane_stride((long)p->cin * per));
+  w.Z = grow(&wbw_zbuf, (size_t)j->np * plane_stride((long)p->cout * per));
   /* no zeroing pass over dU (2.4 MB for 128 channels, on one thread): the first chunk's sums are
    * stored (ResNet-18's 128 on 4x4, weight gradient: 0.65 -> 0.60 ms; 64 on 8x8 0.68 -> 0.64 ms) */
   for (j->t0 = 0; j->t0 < total; j->t0 += per) {
