@@ -608,6 +608,53 @@ static void tune_malloc(void) {
 #endif
 }
 
+/* Large float buffers on memory of their own: 2 MB-aligned, advised for transparent huge pages
+ * (Linux, where THP is "madvise"), zero-filled (fresh anonymous pages), unmapped when the ArrayBuffer
+ * is collected. A training step or a batched inference streams tens of MB of activations and
+ * Winograd products; on 4 KB pages every few dozen lines of such a stream cost a page walk (ResNet-20
+ * training and ResNet-50 batch 8 on the Intel VM, whole process on huge pages through glibc's
+ * tunable: step minima 3-6 % lower, medians lower in five of six runs). Returns null where it cannot
+ * (no mmap, or a runtime that refuses external buffers): the caller allocates as usual. */
+#if defined(__linux__)
+#include <sys/mman.h>
+#define HUGE_ALIGN ((size_t)2 << 20)
+static void huge_free(napi_env env, void *data, void *hint) {
+  const size_t len = (size_t)(uintptr_t)hint;
+  munmap(data, len);
+  int64_t total;
+  napi_adjust_external_memory(env, -(int64_t)len, &total);
+}
+#endif
+static napi_value js_alloc_large(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 1)) return NULL;
+  const double bytes = num(&a, 0);
+  if (a.failed) return NULL;
+  if (!(bytes >= 1 && bytes <= 4503599627370496.0 && bytes == (double)(int64_t)bytes)) {
+    napi_throw_range_error(env, NULL, "native: allocLarge wants a positive whole number of bytes");
+    return NULL;
+  }
+  napi_value out;
+  napi_get_null(env, &out);
+#if defined(__linux__)
+  const size_t n = (size_t)bytes, len = (n + 4095) & ~(size_t)4095;
+  char *p = mmap(NULL, len + HUGE_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return out;
+  char *al = (char *)(((uintptr_t)p + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1));
+  if (al > p) munmap(p, (size_t)(al - p));
+  if (p + len + HUGE_ALIGN > al + len) munmap(al + len, (size_t)(p + len + HUGE_ALIGN - (al + len)));
+  madvise(al, len, MADV_HUGEPAGE);
+  if (napi_create_external_arraybuffer(env, al, n, huge_free, (void *)(uintptr_t)len, &out) != napi_ok) {
+    munmap(al, len);
+    napi_get_null(env, &out);
+    return out;
+  }
+  int64_t total;
+  napi_adjust_external_memory(env, (int64_t)len, &total);
+#endif
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   tune_malloc();
   napi_property_descriptor props[] = {
@@ -637,6 +684,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"setThreads", NULL, js_set_threads, NULL, NULL, NULL, napi_default, NULL},
     {"getThreads", NULL, js_get_threads, NULL, NULL, NULL, napi_default, NULL},
     {"isa", NULL, js_isa, NULL, NULL, NULL, napi_default, NULL},
+    {"allocLarge", NULL, js_alloc_large, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -10,6 +10,7 @@
 typedef struct {
   float *p;
   size_t cap;
+  size_t maplen; /* bytes mapped for p (large buffers: huge-page-advised memory of their own), 0: malloc */
 } buf_t;
 float *grow(buf_t *b, size_t n);
 /* Along one axis: the outputs [o0, o1) of [0, n) whose input o*sw + shift lies inside [0, w). */

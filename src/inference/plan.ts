@@ -12,6 +12,7 @@
  * any parameter or buffer has changed since (Tensor.version), so it never runs stale weights.
  * It does not record gradients; use the model itself for training.
  */
+import { zeroedFloats } from '../tensor/alloc.js';
 import { ShapeError, UsageError } from '../errors.js';
 import type { Conv2dParams, Kernels } from '../kernels/kernels.js';
 import { kernels, nativeBackend } from '../kernels/registry.js';
@@ -52,7 +53,7 @@ class BufferPool<K> {
   private free = new Map<K, Float32Array[]>();
 
   acquire(key: K, n: number): Float32Array {
-    return this.free.get(key)?.pop() ?? new Float32Array(n);
+    return this.free.get(key)?.pop() ?? zeroedFloats(n);
   }
 
   release(key: K, b: Float32Array): void {

@@ -3,6 +3,7 @@
  * registers itself when it loads and then becomes the default. `RESNET_BACKEND=ts|native`
  * overrides the choice at start-up; `setBackend` at run time.
  */
+import { setLargeAllocator } from '../tensor/alloc.js';
 import { UsageError } from '../errors.js';
 import { tsKernels } from '../backends/ts/index.js';
 import { loadBinding } from '../backends/native/binding.js';
@@ -67,6 +68,8 @@ export function getNumThreads(): number {
   if (binding) {
     native = nativeKernels(binding);
     registerBackend(native);
+    // large buffers on huge-page-advised memory of their own (RESNET_HUGE_PAGES=0: as usual)
+    if (process.env['RESNET_HUGE_PAGES'] !== '0') setLargeAllocator((bytes) => binding.allocLarge(bytes));
   } else if (process.env['RESNET_BACKEND'] !== 'ts') {
     process.emitWarning(`${error}; using the TypeScript reference kernels (much slower)`, { code: 'RESNET_NO_NATIVE' });
   }

@@ -61,6 +61,9 @@ export interface NativeBinding {
   /** The GEMM micro-kernel in use ("avx512", "avx2", "portable"); with an argument, forces one
    * (0 auto, 1 portable, 2 avx2, 3 avx512) and returns the one selected. */
   isa(force?: number): string;
+  /** A zero-filled ArrayBuffer of `bytes` bytes on memory of its own (2 MB-aligned, advised for
+   * transparent huge pages, unmapped when collected), or null where that is not possible. */
+  allocLarge(bytes: number): ArrayBuffer | null;
 }
 
 /** Where node-gyp puts the addon, relative to this file (dist/src/backends/native/). */

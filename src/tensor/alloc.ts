@@ -1,0 +1,34 @@
+/**
+ * Where large float buffers come from. By default `new Float32Array` (or Node's unpooled Buffer
+ * memory for uninitialised ones); the native backend installs an allocator that maps them on memory
+ * of their own, aligned and advised for transparent huge pages (native/src/addon.c, allocLarge):
+ * activations, gradients and the inference plan's buffers are streamed whole by every kernel, and
+ * on 4 KB pages such streams pay page walks. No imports: tensor.ts and the kernel registry both use
+ * it (the registry installs the allocator while it loads, before tensor.ts has run).
+ */
+
+/** Buffers of at least this many bytes go to the large allocator (2 MB, one huge page). */
+export const LARGE_BYTES = 2 ** 21;
+
+type LargeAllocator = (bytes: number) => ArrayBuffer | null;
+let largeAlloc: LargeAllocator | null = null;
+
+/** Installs (or with null removes) the allocator for large buffers: it returns a zero-filled
+ * ArrayBuffer of exactly `bytes` bytes, or null to fall back to the usual allocation. */
+export function setLargeAllocator(f: LargeAllocator | null): void {
+  largeAlloc = f;
+}
+
+/** A zero-filled ArrayBuffer of n floats from the large allocator, or null (small, none installed, or
+ * it declined). */
+export function largeFloatBuffer(n: number): ArrayBuffer | null {
+  if (largeAlloc === null || n * 4 < LARGE_BYTES) return null;
+  const b = largeAlloc(n * 4);
+  return b !== null && b.byteLength === n * 4 ? b : null;
+}
+
+/** A zero-filled Float32Array of n elements that owns its whole ArrayBuffer. */
+export function zeroedFloats(n: number): Float32Array {
+  const b = largeFloatBuffer(n);
+  return b !== null ? new Float32Array(b) : new Float32Array(n);
+}
