@@ -9,6 +9,7 @@
  * `call(x)` runs `forward(x)` and then the forward hooks; always call modules through `call`
  * (the summary and diagnostics rely on hooks seeing every invocation).
  */
+import { zeroedFloats } from '../tensor/alloc.js';
 import { StateDictError } from '../errors.js';
 import { Tensor, shapeStr } from '../tensor/tensor.js';
 
@@ -247,7 +248,7 @@ export abstract class Module {
     for (const [k, t] of own) {
       const src = sd.get(k);
       if (src && !src.isMeta) {
-        if (t.isMeta) t.data = new Float32Array(t.numel);
+        if (t.isMeta) t.data = zeroedFloats(t.numel);
         t.copy_(src);
       }
     }

@@ -8,6 +8,7 @@
  *
  * The update runs in TypeScript (it is a small fraction of a step); state is serialisable.
  */
+import { zeroedFloats } from '../tensor/alloc.js';
 import { StateDictError, UsageError } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { FusedUpdates, type FuseOptions, type FusedHandle } from './fused.js';
@@ -78,7 +79,7 @@ export class AdamW {
     if (grad === null) return;
     const [b1, b2] = g.betas;
     let st = this.state.get(p);
-    if (!st) this.state.set(p, (st = { step: 0, m: new Float32Array(p.numel), v: new Float32Array(p.numel) }));
+    if (!st) this.state.set(p, (st = { step: 0, m: zeroedFloats(p.numel), v: zeroedFloats(p.numel) }));
     st.step++;
     const w = p.values;
     const decay = 1 - g.lr * g.weightDecay;

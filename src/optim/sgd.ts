@@ -13,6 +13,7 @@
  * JSON-serialisable state dict in PyTorch's shape (state keyed by parameter index, then groups
  * holding their hyper-parameters and the indices of their parameters).
  */
+import { zeroedFloats } from '../tensor/alloc.js';
 import { StateDictError, UsageError } from '../errors.js';
 import { kernels } from '../kernels/registry.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -148,7 +149,7 @@ export class SGD {
     }
     let firstStep = false;
     if (g.momentum !== 0 && st.buf === null) {
-      st.buf = new Float32Array(param.length);
+      st.buf = zeroedFloats(param.length);
       firstStep = true;
     }
     // a convolution's live taps kept with the weights are cut in the update's own pass
