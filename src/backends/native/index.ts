@@ -2,6 +2,7 @@
  * The native backend: the kernel interface implemented by the C addon (SIMD, multi-threaded).
  * This file only adapts argument shapes (geometry structs → Int32Arrays); the work is in C.
  */
+import { zeroedFloats } from '../../tensor/alloc.js';
 import type { AdaptivePoolParams, BatchNormParams, Conv2dParams, Kernels, Pool2dParams, SgdParams } from '../../kernels/kernels.js';
 import type { NativeBinding } from './binding.js';
 
@@ -83,7 +84,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
       b.conv2d(y, x, w, bias, residual, relu, conv(p), packed ? packed.data : null, packed ? packed.layout : 0),
     convPackLayout: (p) => b.convPackLayout(conv(p)),
     packConvWeights: (w, p) => {
-      const data = new Float32Array(b.convPackedLength(conv(p)));
+      const data = zeroedFloats(b.convPackedLength(conv(p)));
       return { data, layout: b.convPackWeights(data, w, conv(p)) };
     },
     unpackConvWeights: (packed, p) => {
@@ -93,7 +94,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     },
     convBlockedOk: (p, xBlocked, winograd = true) => b.convBlockedOk(conv(p), xBlocked, winograd),
     packConvWeightsBlocked: (w, p, winograd = true) => {
-      const data = new Float32Array(b.convPackedLength(conv(p), true, winograd));
+      const data = zeroedFloats(b.convPackedLength(conv(p), true, winograd));
       return { data, layout: b.convPackWeights(data, w, conv(p), true, winograd) };
     },
     conv2dBlocked: (y, x, bias, residual, relu, p, packed, xBlocked) =>
