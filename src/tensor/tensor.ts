@@ -12,7 +12,7 @@ import { Generator, defaultGenerator } from './rng.js';
 import type { GradFn } from './autograd.js';
 import type { KernelCrop, KernelCropInto } from '../kernels/kernels.js';
 import { kernels } from '../kernels/registry.js';
-import { largeFloatBuffer, zeroedFloats } from './alloc.js';
+import { zeroedFloats } from './alloc.js';
 
 /** What the float32 storage represents; 'int64' marks integer-valued buffers (num_batches_tracked). */
 export type TensorDType = 'float32' | 'int64';
@@ -284,8 +284,7 @@ const UNINIT_MIN = 1024;
  * A Float32Array of `n` elements whose contents are unspecified (not zero-filled), for buffers a
  * kernel overwrites completely (op outputs and input gradients: see the kernel contract in
  * src/kernels/kernels.ts). Skips `new Float32Array(n)`'s zero-fill, a full extra pass over every
- * activation and gradient of a training step. Each array owns its ArrayBuffer (byteOffset 0); large
- * ones come from the large-buffer allocator when one is installed (./alloc.ts).
+ * activation and gradient of a training step. Each array owns its ArrayBuffer (byteOffset 0).
  */
 export function uninitialized(n: number): Float32Array {
   if (n < UNINIT_MIN && poison === null) return new Float32Array(n);
@@ -295,12 +294,12 @@ export function uninitialized(n: number): Float32Array {
   if (a !== undefined) {
     recycledBytes -= a.byteLength;
   } else {
-    const big = largeFloatBuffer(n);
-    if (big !== null) a = new Float32Array(big);
-    else {
-      const b = Buffer.allocUnsafeSlow(n * 4);
-      a = new Float32Array(b.buffer, b.byteOffset, n);
-    }
+    // Node's memory, not the large-buffer allocator (./alloc.ts): activations and gradients come
+    // and go every step, and that allocator's mappings are unmapped by Node-API finalizers, which
+    // run only when the event loop turns: a synchronous training loop at batch 256 peaked 190 MB
+    // higher with them
+    const b = Buffer.allocUnsafeSlow(n * 4);
+    a = new Float32Array(b.buffer, b.byteOffset, n);
   }
   if (poison !== null) a.fill(poison);
   if (tracking !== null) tracking.add(a);
