@@ -608,23 +608,21 @@ static void tune_malloc(void) {
 #endif
 }
 
-/* Large float buffers on memory of their own: 2 MB-aligned, advised for transparent huge pages
- * (Linux, where THP is "madvise"), zero-filled (fresh anonymous pages), unmapped when the ArrayBuffer
- * is collected. A training step or a batched inference streams tens of MB of activations and
- * Winograd products; on 4 KB pages every few dozen lines of such a stream cost a page walk (ResNet-20
- * training and ResNet-50 batch 8 on the Intel VM, whole process on huge pages through glibc's
- * tunable: step minima 3-6 % lower, medians lower in five of six runs). Returns null where it cannot
- * (no mmap, or a runtime that refuses external buffers): the caller allocates as usual. */
-#if defined(__linux__)
-#include <sys/mman.h>
-#define HUGE_ALIGN ((size_t)2 << 20)
-static void huge_free(napi_env env, void *data, void *hint) {
+/* Large float buffers on memory of their own (map_large, pool.c: 2 MB-aligned, advised for
+ * transparent huge pages where THP is "madvise", zero-filled), unmapped by the ArrayBuffer's
+ * finalizer. Every kernel streams its large buffers whole, and on 4 KB pages a stream costs a page
+ * walk every 64 lines (whole process on huge pages through glibc's tunable, Intel VM: ResNet-20
+ * training and ResNet-50 batch 8 step minima 3-6 % lower). For buffers that live long (parameters,
+ * optimizer state, the inference plan's): Node runs the finalizers only when the event loop turns,
+ * so short-lived ones would stay mapped through a synchronous loop (src/tensor/alloc.ts). Returns
+ * null where it cannot (no mmap, or a runtime that refuses external buffers): the caller allocates
+ * as usual. */
+static void large_free(napi_env env, void *data, void *hint) {
   const size_t len = (size_t)(uintptr_t)hint;
-  munmap(data, len);
+  unmap_large(data, len);
   int64_t total;
   napi_adjust_external_memory(env, -(int64_t)len, &total);
 }
-#endif
 static napi_value js_alloc_large(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 1)) return NULL;
@@ -636,22 +634,16 @@ static napi_value js_alloc_large(napi_env env, napi_callback_info info) {
   }
   napi_value out;
   napi_get_null(env, &out);
-#if defined(__linux__)
-  const size_t n = (size_t)bytes, len = (n + 4095) & ~(size_t)4095;
-  char *p = mmap(NULL, len + HUGE_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return out;
-  char *al = (char *)(((uintptr_t)p + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1));
-  if (al > p) munmap(p, (size_t)(al - p));
-  if (p + len + HUGE_ALIGN > al + len) munmap(al + len, (size_t)(p + len + HUGE_ALIGN - (al + len)));
-  madvise(al, len, MADV_HUGEPAGE);
-  if (napi_create_external_arraybuffer(env, al, n, huge_free, (void *)(uintptr_t)len, &out) != napi_ok) {
-    munmap(al, len);
+  size_t len = 0;
+  void *p = map_large((size_t)bytes, &len);
+  if (!p) return out;
+  if (napi_create_external_arraybuffer(env, p, (size_t)bytes, large_free, (void *)(uintptr_t)len, &out) != napi_ok) {
+    unmap_large(p, len);
     napi_get_null(env, &out);
     return out;
   }
   int64_t total;
   napi_adjust_external_memory(env, (int64_t)len, &total);
-#endif
   return out;
 }
 

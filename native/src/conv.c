@@ -25,9 +25,6 @@
 #include "pool.h"
 #include <stdatomic.h>
 #include <stdlib.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #include <string.h>
 #include <unistd.h>
 
@@ -37,16 +34,13 @@
 
 static _Thread_local buf_t col_buf, tmp_buf;
 
-/* Buffers of 2 MB and more are mapped on their own, 2 MB-aligned and advised for transparent huge
- * pages (Winograd's transformed tiles and products, phase planes: streamed whole by every pass; see
- * allocLarge in addon.c), where the system has mmap; smaller ones come from malloc. */
+/* Buffers of 2 MB and more are mapped on their own (map_large, pool.c: 2 MB-aligned, advised for
+ * transparent huge pages): Winograd's transformed tiles and products, phase planes, streamed whole by
+ * every pass (see allocLarge in addon.c). Smaller ones, or where mmap fails, come from malloc. */
 #define BIG_BUF ((size_t)2 << 20)
 static void buf_release(buf_t *b) {
-#if defined(__linux__)
-  if (b->maplen) munmap(b->p, b->maplen);
-  else
-#endif
-    free(b->p);
+  if (b->maplen) unmap_large(b->p, b->maplen);
+  else free(b->p);
   b->p = NULL;
   b->cap = b->maplen = 0;
 }
@@ -54,22 +48,14 @@ float *grow(buf_t *b, size_t n) {
   if (n > b->cap) {
     buf_release(b);
     const size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-#if defined(__linux__)
-    if (bytes >= BIG_BUF) {
-      const size_t len = (bytes + 4095) & ~(size_t)4095;
-      char *m = mmap(NULL, len + BIG_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (m != MAP_FAILED) {
-        char *al = (char *)(((uintptr_t)m + BIG_BUF - 1) & ~(uintptr_t)(BIG_BUF - 1));
-        if (al > m) munmap(m, (size_t)(al - m));
-        if (m + len + BIG_BUF > al + len) munmap(al + len, (size_t)(m + len + BIG_BUF - (al + len)));
-        madvise(al, len, MADV_HUGEPAGE);
-        b->p = (float *)al;
-        b->cap = n;
-        b->maplen = len;
-        return b->p;
-      }
+    size_t len = 0;
+    float *m = bytes >= BIG_BUF ? map_large(bytes, &len) : NULL;
+    if (m) {
+      b->p = m;
+      b->cap = n;
+      b->maplen = len;
+      return b->p;
     }
-#endif
     b->p = aligned_alloc(64, bytes);
     b->cap = b->p ? n : 0;
     if (!b->p) abort();

@@ -208,3 +208,28 @@ void pool_split(long total, int tid, int n, long align, long *lo, long *hi) {
   if (*lo > total) *lo = total;
   if (*hi > total) *hi = total;
 }
+
+#if defined(__linux__)
+#include <stdint.h>
+#include <sys/mman.h>
+#define LARGE_ALIGN ((size_t)2 << 20)
+void *map_large(size_t bytes, size_t *len) {
+  const size_t n = (bytes + 4095) & ~(size_t)4095;
+  char *m = mmap(NULL, n + LARGE_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return NULL;
+  char *al = (char *)(((uintptr_t)m + LARGE_ALIGN - 1) & ~(uintptr_t)(LARGE_ALIGN - 1));
+  if (al > m) munmap(m, (size_t)(al - m));
+  if (m + n + LARGE_ALIGN > al + n) munmap(al + n, (size_t)(m + n + LARGE_ALIGN - (al + n)));
+  madvise(al, n, MADV_HUGEPAGE);
+  *len = n;
+  return al;
+}
+void unmap_large(void *p, size_t len) { munmap(p, len); }
+#else
+void *map_large(size_t bytes, size_t *len) {
+  (void)bytes;
+  *len = 0;
+  return NULL;
+}
+void unmap_large(void *p, size_t len) { (void)p; (void)len; }
+#endif

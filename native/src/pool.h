@@ -5,6 +5,7 @@
  * run serially, as fn(ctx, 0, 1). */
 #ifndef RESNET_POOL_H
 #define RESNET_POOL_H
+#include <stddef.h>
 
 typedef void (*pool_fn)(void *ctx, int tid, int nthreads);
 
@@ -23,4 +24,9 @@ void pool_run_n(pool_fn fn, void *ctx, int limit);
 void pool_run_dynamic(pool_fn fn, void *ctx, int limit);
 /* Split [0, total) into n nearly equal parts, aligned to `align`: part tid is [*lo, *hi). */
 void pool_split(long total, int tid, int n, long align, long *lo, long *hi);
+/* Memory of its own for a large buffer: `bytes` rounded up to whole 4 KB pages (*len), 2 MB-aligned,
+ * zero-filled, advised for transparent huge pages (Linux); NULL where mmap is not available or fails.
+ * Given back with unmap_large(p, *len). */
+void *map_large(size_t bytes, size_t *len);
+void unmap_large(void *p, size_t len);
 #endif
