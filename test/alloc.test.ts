@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { LARGE_BYTES, largeFloatBuffer, setLargeAllocator, zeroedFloats } from '../src/tensor/alloc.js';
 import { uninitialized, zeros } from '../src/tensor/tensor.js';
+import { Linear } from '../src/nn/layers.js';
 import { nativeBackend } from '../src/kernels/registry.js';
 import { loadBinding } from '../src/backends/native/binding.js';
 
@@ -38,19 +39,27 @@ test('large buffers come from the installed allocator; small ones, declined or w
     const z = zeroedFloats(bigFloats + 3);
     assert.equal(z.length, bigFloats + 3);
     assert.equal(z.buffer, given[0], 'zeroedFloats took the allocator\'s buffer');
+    // a module's large parameter moves there, values kept; its small one (the bias) does not
+    const lin = new Linear(bigFloats / 256, 256);
+    const w = lin.parameters()[0]!;
+    assert.equal(w.numel, bigFloats);
+    assert.equal(w.values.buffer, given[1], 'the large parameter took the allocator\'s buffer');
+    const fresh = new Linear(bigFloats / 256, 256);
+    assert.ok(w.values.some((v) => v !== 0), 'initialised values were carried over');
+    assert.equal(fresh.parameters()[0]!.values.buffer, given[2]);
+    // other tensors, activations and gradients stay on Node's memory: the allocator's mappings are
+    // freed by finalizers that wait for the event loop, and a synchronous loop makes them garbage
     const t = zeros([bigFloats + 5]);
-    assert.equal(t.values.buffer, given[1], 'tensor storage (parameters) took the allocator\'s buffer');
-    // activations and gradients stay on Node's memory: the allocator's mappings are freed by
-    // finalizers that wait for the event loop, and a synchronous training loop makes them garbage
+    assert.ok(!given.includes(t.values.buffer as ArrayBuffer), 'a plain tensor did not take the allocator\'s buffer');
     const u = uninitialized(bigFloats * 2 + 1);
     assert.equal(u.length, bigFloats * 2 + 1);
     assert.equal(u.byteOffset, 0);
     assert.ok(!given.includes(u.buffer as ArrayBuffer), 'uninitialized did not take the allocator\'s buffer');
-    assert.deepEqual(asked, [(bigFloats + 3) * 4, (bigFloats + 5) * 4]);
+    assert.deepEqual(asked, [(bigFloats + 3) * 4, bigFloats * 4, bigFloats * 4]);
     // below one huge page: not asked
     const s = zeroedFloats(bigFloats - 1);
     assert.equal(s.length, bigFloats - 1);
-    assert.equal(asked.length, 2);
+    assert.equal(asked.length, 3);
   });
   withAllocator(() => null, () => {
     const z = zeroedFloats(bigFloats);

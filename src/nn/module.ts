@@ -9,7 +9,7 @@
  * `call(x)` runs `forward(x)` and then the forward hooks; always call modules through `call`
  * (the summary and diagnostics rely on hooks seeing every invocation).
  */
-import { zeroedFloats } from '../tensor/alloc.js';
+import { largeFloatBuffer, zeroedFloats } from '../tensor/alloc.js';
 import { StateDictError } from '../errors.js';
 import { Tensor, shapeStr } from '../tensor/tensor.js';
 
@@ -47,6 +47,20 @@ export function registerGlobalForwardHook(hook: ForwardHook): Handle {
 /** Bumped whenever any module registers or replaces a parameter, buffer or child: cached flat
  * views of a module tree (stateVersion) are rebuilt when it moves. */
 let structureEpoch = 0;
+
+/** A large parameter's storage moved onto the large-buffer allocator (memory of its own, advised for
+ * huge pages: ../tensor/alloc.ts): it lives as long as its module, and every optimizer step streams
+ * it. Other tensors stay where they were made (a tensor made and dropped inside a synchronous loop
+ * would keep such memory mapped until the event loop turns). */
+function toLargeMemory(t: Tensor): void {
+  const d = t.isMeta ? null : t.data;
+  if (d === null) return;
+  const b = largeFloatBuffer(d.length);
+  if (b === null) return;
+  const a = new Float32Array(b);
+  a.set(d);
+  t.data = a;
+}
 
 export abstract class Module {
   training = true;
@@ -94,7 +108,10 @@ export abstract class Module {
 
   protected addParameter<T extends Tensor | null>(name: string, t: T): T {
     checkName(name, this.modules_.has(name) || this.params_.has(name) || this.buffers_.has(name));
-    if (t !== null) t.requiresGrad = true;
+    if (t !== null) {
+      t.requiresGrad = true;
+      toLargeMemory(t);
+    }
     this.params_.set(name, t);
     structureEpoch++;
     return t;

@@ -1,10 +1,13 @@
 /**
- * Where large float buffers come from. By default `new Float32Array` (or Node's unpooled Buffer
- * memory for uninitialised ones); the native backend installs an allocator that maps them on memory
- * of their own, aligned and advised for transparent huge pages (native/src/addon.c, allocLarge):
- * activations, gradients and the inference plan's buffers are streamed whole by every kernel, and
- * on 4 KB pages such streams pay page walks. No imports: tensor.ts and the kernel registry both use
- * it (the registry installs the allocator while it loads, before tensor.ts has run).
+ * Where large float buffers that live long come from: by default `new Float32Array`; the native
+ * backend installs an allocator that maps them on memory of their own, 2 MB-aligned and advised for
+ * transparent huge pages (native/src/addon.c, allocLarge), since the kernels stream such buffers
+ * whole and on 4 KB pages a stream pays a page walk every 64 cache lines. Used for parameters
+ * (Module.addParameter), the optimizers' state, and the inference plan's pooled activations and
+ * packed weights; not for the activations and gradients of a step (uninitialized()): the mappings
+ * are unmapped by Node-API finalizers, which run only when the event loop turns, so buffers dropped
+ * inside a synchronous loop would stay mapped until it ends. No imports: tensor.ts and the kernel
+ * registry both use it (the registry installs the allocator while it loads).
  */
 
 /** Buffers of at least this many bytes go to the large allocator (2 MB, one huge page). */

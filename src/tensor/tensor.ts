@@ -12,7 +12,6 @@ import { Generator, defaultGenerator } from './rng.js';
 import type { GradFn } from './autograd.js';
 import type { KernelCrop, KernelCropInto } from '../kernels/kernels.js';
 import { kernels } from '../kernels/registry.js';
-import { zeroedFloats } from './alloc.js';
 
 /** What the float32 storage represents; 'int64' marks integer-valued buffers (num_batches_tracked). */
 export type TensorDType = 'float32' | 'int64';
@@ -403,7 +402,7 @@ export function setUninitializedFill(value: number | null): void {
 
 function storage(shape: readonly number[]): Float32Array | null {
   checkShape(shape);
-  return metaMode > 0 ? null : zeroedFloats(numelOf(shape));
+  return metaMode > 0 ? null : new Float32Array(numelOf(shape));
 }
 
 /** Uninitialised (zero-filled) tensor; meta under withMetaTensors. */
