@@ -89,6 +89,26 @@ test('native allocLarge: zero-filled buffers of the exact size, usable and indep
   assert.ok(y.every((v) => v === 0), 'two buffers do not share memory');
 });
 
+test('native allocLarge declines past its budget (1 GiB not yet finalized): a synchronous loop cannot map without end', { skip: mapSkip }, () => {
+  const b = binding!;
+  const held: ArrayBuffer[] = [];
+  const chunk = 64 * 2 ** 20;
+  let declined = false;
+  for (let i = 0; i < 40 && !declined; i++) {
+    const ab = b.allocLarge(chunk); // not touched: address space only
+    if (ab === null) declined = true;
+    else held.push(ab);
+  }
+  assert.ok(declined, 'declined within 40 x 64 MB');
+  assert.ok(held.length * chunk <= 2 ** 30, `at most 1 GiB mapped (${held.length} x 64 MB)`);
+  assert.ok(held.length >= 8, `but at least half of it (${held.length} x 64 MB)`);
+  // the hook falls back to Node's memory meanwhile
+  withAllocator((bytes) => b.allocLarge(bytes), () => {
+    const z = zeroedFloats(chunk / 4);
+    assert.equal(z.length, chunk / 4);
+  });
+});
+
 test('native allocLarge rejects sizes that are not positive whole numbers of bytes', { skip }, () => {
   const b = binding!;
   for (const bad of [0, -1, 1.5, NaN, Infinity, 2 ** 60]) assert.throws(() => b.allocLarge(bad), RangeError, String(bad));

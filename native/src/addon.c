@@ -3,6 +3,7 @@
  * geometry), and calls a kernel. Shape validation and allocation happen in TypeScript
  * (src/ops); the typed declaration of this surface is src/backends/native/binding.ts. */
 #include <node_api.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -615,11 +616,18 @@ static void tune_malloc(void) {
  * training and ResNet-50 batch 8 step minima 3-6 % lower). For buffers that live long (parameters,
  * optimizer state, the inference plan's): Node runs the finalizers only when the event loop turns,
  * so short-lived ones would stay mapped through a synchronous loop (src/tensor/alloc.ts). Returns
- * null where it cannot (no mmap, or a runtime that refuses external buffers): the caller allocates
- * as usual. */
+ * null where it cannot or should not (no mmap, a runtime that refuses external buffers, or past the
+ * budget below): the caller allocates as usual. */
+/* What allocLarge has mapped and not yet seen finalized, across threads (workers have their own
+ * envs). Past LARGE_BUDGET it declines: buffers dropped inside a synchronous loop wait for the event
+ * loop to be unmapped, and without a bound such a loop (a plan compiled per image) would map memory
+ * without end; past the bound it gets Node's memory, which the collector frees as it goes. */
+#define LARGE_BUDGET ((size_t)1 << 30)
+static _Atomic size_t large_live = 0;
 static void large_free(napi_env env, void *data, void *hint) {
   const size_t len = (size_t)(uintptr_t)hint;
   unmap_large(data, len);
+  large_live -= len;
   int64_t total;
   napi_adjust_external_memory(env, -(int64_t)len, &total);
 }
@@ -634,11 +642,14 @@ static napi_value js_alloc_large(napi_env env, napi_callback_info info) {
   }
   napi_value out;
   napi_get_null(env, &out);
+  if (large_live + (size_t)bytes > LARGE_BUDGET) return out;
   size_t len = 0;
   void *p = map_large((size_t)bytes, &len);
   if (!p) return out;
+  large_live += len;
   if (napi_create_external_arraybuffer(env, p, (size_t)bytes, large_free, (void *)(uintptr_t)len, &out) != napi_ok) {
     unmap_large(p, len);
+    large_live -= len;
     napi_get_null(env, &out);
     return out;
   }
