@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError, kernels } from '../src/index.js';
-import { WORKLOADS, cpuCaches, fastestRatio, formatReport, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
+import { WORKLOADS, cpuCaches, fastestRatio, formatReport, hugePagesMode, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
 import type { EngineResult } from '../src/bench/peers.js';
 import { Timer, median, type TimingPlan } from '../src/bench/timing.js';
 import { childTimeoutMs } from '../src/bench/peers.js';
@@ -34,6 +34,8 @@ function checkReport(r: BenchReport, ids: string[]): void {
   assert.ok(r.machine.cpu.length > 0);
   assert.ok(r.machine.logicalCores >= 1);
   assert.ok(r.machine.caches === null || /^L1d? \d+[KM](, L\d+d? \d+[KM])*$/.test(r.machine.caches), `caches: ${r.machine.caches}`);
+  assert.ok(r.machine.hugePages === null || ['always', 'madvise', 'never'].includes(r.machine.hugePages), `hugePages: ${r.machine.hugePages}`);
+  assert.ok('RESNET_HUGE_PAGES' in r.machine.env);
   assert.equal(r.machine.node, process.version);
   assert.equal(r.machine.loadAverageStart.length, 3);
   assert.deepEqual(Object.keys(r.machine.otherProcessesCores), ['resnet-ts', 'onnxruntime', 'pytorch', 'memory']);
@@ -265,6 +267,22 @@ describe('training memory against batch size', () => {
     const bad = measureTrainMemory(worker, 'no-such-workload', [2], kernels().name, 1, process.env);
     assert.ok('error' in bad && /batch 2/.test(bad.error), JSON.stringify(bad));
   });
+});
+
+test('hugePagesMode reads the selected mode from sysfs, null when missing or unbracketed', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'thp-'));
+  try {
+    const f = path.join(dir, 'enabled');
+    fs.writeFileSync(f, 'always [madvise] never\n');
+    assert.equal(hugePagesMode(f), 'madvise');
+    fs.writeFileSync(f, '[always] madvise never\n');
+    assert.equal(hugePagesMode(f), 'always');
+    fs.writeFileSync(f, 'always madvise never\n');
+    assert.equal(hugePagesMode(f), null);
+    assert.equal(hugePagesMode(path.join(dir, 'missing')), null);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('cpuCaches lists the data and unified caches from sysfs in index order, skips instruction caches, null without sysfs', () => {

@@ -74,6 +74,9 @@ export interface BenchReport {
     cpu: string;
     /** The first core's data and unified caches as Linux lists them ("L1d 48K, L2 2048K, L3 307200K"), null elsewhere. */
     caches: string | null;
+    /** Linux's transparent huge pages mode ("always", "madvise", "never"), null elsewhere: the native
+     * engine advises its long-lived large buffers for huge pages, which takes effect under "madvise" and "always". */
+    hugePages: string | null;
     logicalCores: number;
     memoryGB: number;
     node: string;
@@ -101,7 +104,7 @@ export interface BenchReport {
   trainMemory: TrainMemoryReport | { error: string } | null;
 }
 
-const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'RESNET_L2_KB', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'];
+const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'RESNET_L2_KB', 'RESNET_HUGE_PAGES', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'];
 
 export function cpuModel(): string {
   try {
@@ -128,6 +131,16 @@ export function cpuCaches(dir = '/sys/devices/system/cpu/cpu0/cache'): string | 
       out.push(`L${read('level')}${type === 'Data' ? 'd' : ''} ${read('size')}`);
     }
     return out.length > 0 ? out.join(', ') : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The transparent huge pages mode Linux selected (the bracketed word of its sysfs file), null where
+ * it cannot be read. */
+export function hugePagesMode(file = '/sys/kernel/mm/transparent_hugepage/enabled'): string | null {
+  try {
+    return /\[(\w+)\]/.exec(fs.readFileSync(file, 'utf8'))?.[1] ?? null;
   } catch {
     return null;
   }
@@ -277,6 +290,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     machine: {
       cpu: cpuModel(),
       caches: cpuCaches(),
+      hugePages: hugePagesMode(),
       logicalCores: typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length,
       memoryGB: +(os.totalmem() / 2 ** 30).toFixed(1),
       node: process.version,

@@ -52,7 +52,7 @@ export function formatReport(r: BenchReport): string {
   const out: string[] = [];
   const date = r.date.replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
   out.push(`resnet-ts bench (resnet-ts ${r.version}), ${date}`);
-  out.push(`machine:  ${m.cpu}, ${m.logicalCores} logical cores${m.caches ? ` (${m.caches})` : ''}, ${m.memoryGB} GB; node ${m.node} (${m.platform})`);
+  out.push(`machine:  ${m.cpu}, ${m.logicalCores} logical cores${m.caches ? ` (${m.caches})` : ''}, ${m.memoryGB} GB${m.hugePages ? `, huge pages ${m.hugePages}` : ''}; node ${m.node} (${m.platform})`);
   out.push(`          load average ${m.loadAverageStart.join(' ')} at start, ${m.loadAverageEnd.join(' ')} at end`);
   const oc = m.otherProcessesCores;
   const phases = (['resnet-ts', 'onnxruntime', 'pytorch', 'memory'] as const).filter((k) => oc[k] !== null);
