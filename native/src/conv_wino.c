@@ -613,28 +613,34 @@ static void wino_job_init(wino_job *j, float *y, const float *x, const float *U,
 struct wpack_job;
 static int wino_split(const wino_job *j, const struct wpack_job *wp);
 
+/* The forward of an initialised job whose U is ready, in private chunks or in shared passes (the split
+ * by panels, wino_split, is the caller's to try first: it returns 0 wherever private chunks apply). */
+static void wino_run(wino_job *j) {
+  const conv_p *p = j->p;
+  const long total = (long)p->n * j->th * j->tw;
+  const int T = pool_threads();
+  if (T > 1 && wino_private(p, j->np) && (j->nt = chunk_tiles_private(j, total, T)) > 0) { /* nt: tiles per chunk */
+    atomic_init(&j->next, 0);
+    pool_run_dynamic(wino_private_task, j, T);
+    return;
+  }
+  const long per = chunk_tiles(j, total);
+  chunk_scratch(j, per);
+  for (long t0 = 0; t0 < total; t0 += per) {
+    chunk_at(j, t0, total - t0 < per ? total - t0 : per);
+    wino_in_pass(j);
+    atomic_init(&j->next, 0);
+    const long items = (long)j->np * j->npanels;
+    pool_run_dynamic(wino_gemm_task, j, items < T ? (int)items : T);
+    run_range(wino_out_range, j, (long)(p->cout / 16) * j->nt);
+  }
+}
+
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m, int nchw) {
   wino_job j;
   wino_job_init(&j, y, x, U, bias, residual, relu, p, m, nchw);
-  const long total = (long)p->n * j.th * j.tw;
-  const int T = pool_threads();
-  if (T > 1 && wino_private(p, j.np) && (j.nt = chunk_tiles_private(&j, total, T)) > 0) { /* nt: tiles per chunk */
-    atomic_init(&j.next, 0);
-    pool_run_dynamic(wino_private_task, &j, T);
-    return;
-  }
-  if (wino_split(&j, NULL)) return;
-  const long per = chunk_tiles(&j, total);
-  chunk_scratch(&j, per);
-  for (long t0 = 0; t0 < total; t0 += per) {
-    chunk_at(&j, t0, total - t0 < per ? total - t0 : per);
-    wino_in_pass(&j);
-    atomic_init(&j.next, 0);
-    const long items = (long)j.np * j.npanels;
-    pool_run_dynamic(wino_gemm_task, &j, items < T ? (int)items : T);
-    run_range(wino_out_range, &j, (long)(p->cout / 16) * j.nt);
-  }
+  if (!wino_split(&j, NULL)) wino_run(&j);
 }
 
 /* ---- Winograd for NCHW tensors (training and the NCHW plan): weights transformed per call,
@@ -802,7 +808,7 @@ void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const
   wino_job_init(&j, y, xin, U, bias, residual, relu, p, m, 1);
   if (wino_split(&j, &wj)) return;
   run_range(wpack_range, &wj, (long)(p->cout / 16) * p->cin);
-  wino_forward(y, xin, U, bias, residual, relu, p, m, 1);
+  wino_run(&j);
 }
 
 /* ---- Winograd weight gradient (training, NCHW): dW = G^T [ sum over tiles (B^T d B) .* (A dY A^T) ] G

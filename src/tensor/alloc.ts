@@ -6,8 +6,8 @@
  * (Module.addParameter), the optimizers' state, and the inference plan's pooled activations and
  * packed weights; not for the activations and gradients of a step (uninitialized()): the mappings
  * are unmapped by Node-API finalizers, which run only when the event loop turns, so buffers dropped
- * inside a synchronous loop would stay mapped until it ends. No imports: tensor.ts and the kernel
- * registry both use it (the registry installs the allocator while it loads).
+ * inside a synchronous loop would stay mapped until it ends. No imports, so that the kernel registry
+ * can install the allocator while it loads (tensor.ts imports the registry: a cycle otherwise).
  */
 
 /** Buffers of at least this many bytes go to the large allocator (2 MB, one huge page). */
