@@ -87,6 +87,9 @@ const convCases: [string, Conv2dParams][] = [
   // from the taps (conv_dense.c)
   ['dense: 2x2 maps, batch 3, 24 -> 40', convCase(3, 24, 2, 2, 40, 3, 1, 1, 1, 1)],
   ['dense: 2x2 maps, batch 9, 32 -> 48', convCase(9, 32, 2, 2, 48, 3, 1, 1, 1, 1)],
+  // the backward input's panels by pixel and 32-channel run (four runs), 17 rows (a 14-row tile and a
+  // tail), and two output-channel blocks (32 + 8) of the weight gradient's product
+  ['dense: 2x2 maps, batch 17, 128 -> 40', convCase(17, 128, 2, 2, 40, 3, 1, 1, 1, 1)],
   ['dense: 3x3/2 of 2x2 -> 1x1 (4 of 9 taps), 20 -> 36, batch 5', convCase(5, 20, 2, 2, 36, 3, 2, 1, 1, 1)],
   ['dense: 1x2 maps (3 of 9 taps live), 7 -> 9, batch 5', convCase(5, 7, 1, 2, 9, 3, 1, 1, 1, 1)],
   ['dense: 5x5 padding 2 on 2x2 maps, 6 -> 10, batch 2', convCase(2, 6, 2, 2, 10, 5, 1, 2, 1, 1)],

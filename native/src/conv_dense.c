@@ -14,12 +14,15 @@
  *   backward weight  dW' = dy^T . x, folded back: dw[co][ci][t] = sum of the pairs (p, q) of tap t
  * W' is built from w on every call (the weights change every step; 1 M floats, 4 MB, for ResNet-18's
  * 256 channels on 2x2), on all threads, straight into the GEMM's packed B panels (below), the taps
- * moved through 16 x 16 register transposes on AVX-512. The fold adds each tap's pairs in a fixed
+ * moved through 16 x 16 register transposes on AVX-512; where it can, a panel at a time, multiplied
+ * at once while in L2, and dW' a block of rows at a time, folded at once, so that neither goes out
+ * to memory whole. The fold adds each tap's pairs in a fixed
  * order, so the gradient's bits do not depend on the thread count (neither do the GEMM's: each element
  * of C is summed by one thread over the whole K). */
 #include "conv_internal.h"
 #include "gemm.h"
 #include "pool.h"
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,12 +68,21 @@ typedef struct {
   int pin, pout;
 } dense_job;
 
-/* W' is never stored as such: the GEMMs read it as pre-packed B panels (sgemm_ex_pb: nr = sgemm_nr()
- * columns over the whole K, Bp[panel][k][c]), built here straight from the taps, so that neither a W'
- * matrix nor the GEMM's own packing of it is written (the two had cost a third of a forward and half
- * of a backward-input call of 256 channels on 2x2 maps, W' being 4 MB; with the panels, 2 threads,
- * best of 4 x 200 calls: forward 0.97 -> 0.79 ms, backward input 0.98 -> 0.80; 256 -> 512 to 1x1
- * 0.53 -> 0.48 and 0.53 -> 0.47; 512 on 1x1 0.26 -> 0.25 and 0.26 -> 0.23).
+/* W' is never stored as such: the GEMMs read it as pre-packed B panels (nr = sgemm_nr() columns over
+ * the whole K, Bp[panel][k][c]), built here straight from the taps, so that neither a W' matrix nor
+ * the GEMM's own packing of it is written (the two had cost a third of a forward and half of a
+ * backward-input call of 256 channels on 2x2 maps, W' being 4 MB; with the panels, 2 threads, best of
+ * 4 x 200 calls: forward 0.97 -> 0.79 ms, backward input 0.98 -> 0.80; 256 -> 512 to 1x1 0.53 -> 0.48
+ * and 0.53 -> 0.47; 512 on 1x1 0.26 -> 0.25 and 0.26 -> 0.23). The forward builds one panel at a time
+ * per thread and multiplies it at once (fwd_fused_task): the 4 MB of panels had been written out
+ * whole and read back. Same for the backward input where a panel takes one input pixel and taps
+ * serve several pairs (bwd_fused_task), and for the weight gradient's dW' (wfold_task). Against the
+ * whole panels (native/bench/abconv.sh, alternating calls, 2 threads, Intel VM), 256 channels on 2x2:
+ * forward -13 to -21 % (caches flushed -21 to -29 %), backward input -6 to -11 %, weight gradient
+ * -19 to -20 % (flushed -30 %); in ResNet-18 training steps (per-call minima, two builds alternating)
+ * the three forwards 3.11 -> 2.28 and 3.02 -> 2.53 ms, backward inputs 3.03 -> 2.70 and 3.07 -> 2.84.
+ * Where each tap serves one pair (1x1 maps), the backward input's panels by pixel lost 22-32 % (read
+ * in place, a channel's taps are 9 floats apart) and it keeps the whole panels.
  *
  * Forward: y = x . W'^T, B[k][nn] = W'[nn][k], columns nn = (co, op), rows k = (q, ci). Panels over the
  * threads; a panel's columns read, per (q, ci), the tap tap(op, q) of their output channel: with the
@@ -129,33 +141,27 @@ static void panel_rows(float *d, const float *const *rowp, int nr, int cin) {
     for (int c = 0; c < nr; c++) d[c] = rowp[c] ? rowp[c][ci] : 0.0f;
 }
 
-static void fwd_panels_task(void *ctx, int tid, int n) {
-  static _Thread_local buf_t tbuf;
-  const dense_job *j = ctx;
+/* Panel pj of the forward's B into d (K x nr), with the thread's scratch tbuf. */
+static void fwd_panel(const dense_job *j, long pj, float *d, buf_t *tbuf) {
   const conv_p *p = j->p;
   const int kk = p->kh * p->kw, cin = p->cin, nr = sgemm_nr(), N = p->cout * j->pout;
-  const long K = (long)cin * j->pin, panels = (N + nr - 1) / nr;
   const float *rowp[64];
-  long lo, hi;
-  pool_split(panels, tid, n, 1, &lo, &hi);
-  for (long pj = lo; pj < hi; pj++) {
-    const int nn0 = (int)pj * nr, co0 = nn0 / j->pout;
-    const int co1 = (nn0 + nr - 1) / j->pout < p->cout ? (nn0 + nr - 1) / j->pout : p->cout - 1;
-    /* the panel's channels' live taps first transposed to runs along ci, a channel at a time: whole
-     * rows of each channel's weights read in order, even where a tap serves one pair only (512
-     * channels on 1x1 maps, weights out of cache as a training step leaves them, best of 5: 0.66 ms
-     * reading the centre taps in place by gathers across 32 channels' rows, 0.75 by gathers along
-     * one channel at a time, 0.60 this way; with the weights in cache 0.33 / 0.33 / 0.34) */
-    float *wt = grow(&tbuf, (size_t)(co1 - co0 + 1) * kk * cin);
-    for (int co = co0; co <= co1; co++)
-      taps_transpose(wt + (long)(co - co0) * kk * cin, j->src + (long)co * cin * kk, cin, kk, j->live, j->nlive);
-    for (int q = 0; q < j->pin; q++) {
-      for (int c = 0; c < nr; c++) {
-        const int nn = nn0 + c, t = nn < N ? j->tab[(long)(nn % j->pout) * j->pin + q] : -1;
-        rowp[c] = t < 0 ? NULL : wt + ((long)(nn / j->pout - co0) * kk + t) * cin;
-      }
-      panel_rows(j->dst + (pj * K + (long)q * cin) * nr, rowp, nr, cin);
+  const int nn0 = (int)pj * nr, co0 = nn0 / j->pout;
+  const int co1 = (nn0 + nr - 1) / j->pout < p->cout ? (nn0 + nr - 1) / j->pout : p->cout - 1;
+  /* the panel's channels' live taps first transposed to runs along ci, a channel at a time: whole
+   * rows of each channel's weights read in order, even where a tap serves one pair only (512
+   * channels on 1x1 maps, weights out of cache as a training step leaves them, best of 5: 0.66 ms
+   * reading the centre taps in place by gathers across 32 channels' rows, 0.75 by gathers along
+   * one channel at a time, 0.60 this way; with the weights in cache 0.33 / 0.33 / 0.34) */
+  float *wt = grow(tbuf, (size_t)(co1 - co0 + 1) * kk * cin);
+  for (int co = co0; co <= co1; co++)
+    taps_transpose(wt + (long)(co - co0) * kk * cin, j->src + (long)co * cin * kk, cin, kk, j->live, j->nlive);
+  for (int q = 0; q < j->pin; q++) {
+    for (int c = 0; c < nr; c++) {
+      const int nn = nn0 + c, t = nn < N ? j->tab[(long)(nn % j->pout) * j->pin + q] : -1;
+      rowp[c] = t < 0 ? NULL : wt + ((long)(nn / j->pout - co0) * kk + t) * cin;
     }
+    panel_rows(d + (long)q * cin * nr, rowp, nr, cin);
   }
 }
 
@@ -250,46 +256,71 @@ static void taps_store(float *d, const float *const *row, int kk, int cin) {
     for (int t = 0; t < kk; t++) d[(long)ci * kk + t] = row[t] ? row[t][ci] : 0.0f;
 }
 
-static void fold_task(void *ctx, int tid, int n) {
-  static _Thread_local buf_t abuf;
-  static _Thread_local const float **rowb;
-  static _Thread_local int rowcap;
-  const dense_job *j = ctx;
+/* dw[co] from g's rows (co, op) of output channel co (gco: pout x K), with the thread's scratch acc
+ * (kk x cin, where taps serve several pairs) and row (kk pointers). */
+static void fold_co(const dense_job *j, long co, const float *gco, float *acc, const float **row) {
   const conv_p *p = j->p;
   const int kk = p->kh * p->kw, cin = p->cin, reuse = j->npairs > j->nlive;
   const long K = (long)cin * j->pin;
-  float *acc = reuse ? grow(&abuf, (size_t)kk * cin) : NULL;
+  for (int t = 0; t < kk; t++) row[t] = NULL;
+  if (reuse)
+    for (int l = 0; l < j->nlive; l++) {
+      float *a = acc + (long)j->live[l] * cin;
+      memset(a, 0, sizeof(float) * (size_t)cin);
+      row[j->live[l]] = a;
+    }
+  for (int op = 0; op < j->pout; op++) {
+    const int *t = j->tab + (long)op * j->pin;
+    const float *s = gco + op * K;
+    for (int q = 0; q < j->pin; q++, s += cin) {
+      if (t[q] < 0) continue;
+      if (reuse) add_rows(acc + (long)t[q] * cin, s, cin);
+      else row[t[q]] = s; /* the tap's one pair */
+    }
+  }
+  taps_store(j->dst + co * cin * kk, row, kk, cin);
+}
+
+/* The weight gradient by blocks of output channels: a thread takes a block, computes its rows of
+ * dW' = dy^T . x into its own buffer (256 KB at most; x pre-packed once for all blocks) and folds
+ * them at once, while they are in L2 (dW' whole is 4 MB for ResNet-18's 256 channels on 2x2 maps,
+ * and had gone out to memory between the product and the fold). */
+typedef struct {
+  dense_job d;
+  const float *dy, *Bp; /* Bp: pixel-major x as the product's pre-packed B (n x K) */
+  int cb;               /* output channels a block */
+  atomic_long next;
+} wfold_job;
+
+static void wfold_task(void *ctx, int tid, int n) {
+  (void)tid;
+  (void)n;
+  static _Thread_local buf_t gbuf, abuf;
+  static _Thread_local const float **rowb;
+  static _Thread_local int rowcap;
+  wfold_job *f = ctx;
+  const dense_job *j = &f->d;
+  const conv_p *p = j->p;
+  const int kk = p->kh * p->kw, N = p->cout * j->pout, K = p->cin * j->pin;
+  float *g = grow(&gbuf, (size_t)f->cb * j->pout * K);
+  float *acc = j->npairs > j->nlive ? grow(&abuf, (size_t)kk * p->cin) : NULL;
   if (rowcap < kk) {
     free(rowb);
     rowb = malloc(sizeof(*rowb) * (size_t)kk);
     if (!rowb) abort();
     rowcap = kk;
   }
-  const float **row = rowb;
-  long lo, hi;
-  pool_split(p->cout, tid, n, 1, &lo, &hi);
-  for (long co = lo; co < hi; co++) {
-    for (int t = 0; t < kk; t++) row[t] = NULL;
-    if (reuse)
-      for (int l = 0; l < j->nlive; l++) {
-        float *a = acc + (long)j->live[l] * cin;
-        memset(a, 0, sizeof(float) * (size_t)cin);
-        row[j->live[l]] = a;
-      }
-    for (int op = 0; op < j->pout; op++) {
-      const int *t = j->tab + (long)op * j->pin;
-      const float *s = j->src + (co * j->pout + op) * K;
-      for (int q = 0; q < j->pin; q++, s += cin) {
-        if (t[q] < 0) continue;
-        if (reuse) add_rows(acc + (long)t[q] * cin, s, cin);
-        else row[t[q]] = s; /* the tap's one pair */
-      }
-    }
-    taps_store(j->dst + co * cin * kk, row, kk, cin);
+  for (;;) {
+    const long co0 = atomic_fetch_add_explicit(&f->next, 1, memory_order_relaxed) * f->cb;
+    if (co0 >= p->cout) break;
+    const long co1 = co0 + f->cb < p->cout ? co0 + f->cb : p->cout;
+    sgemm_pb_st(1, (int)((co1 - co0) * j->pout), K, p->n, f->dy + co0 * j->pout, N, f->Bp, g, K);
+    for (long co = co0; co < co1; co++) fold_co(j, co, g + (co - co0) * j->pout * K, acc, rowb);
   }
 }
 
-static void run_job(pool_fn fn, const conv_p *p, const float *src, float *dst) {
+/* The job's pair table for p (j->tab to be freed by the caller). */
+static void job_init(dense_job *j, const conv_p *p, const float *src, float *dst) {
   const int pin = p->h * p->w, pout = p->oh * p->ow;
   const int kk = p->kh * p->kw;
   int *tab = malloc(sizeof(int) * ((size_t)pin * pout + 2 * (size_t)kk));
@@ -305,19 +336,18 @@ static void run_job(pool_fn fn, const conv_p *p, const float *src, float *dst) {
   free(off);
   for (int t = 0; t < kk; t++)
     if (used[t]) live[nlive++] = t;
-  dense_job j = {p, tab, live, nlive, npairs, src, dst, pin, pout};
-  const long work = (long)p->cout * pout * p->cin * pin;
-  pool_run_n(fn, &j, work < (1L << 15) ? 1 : fn == fwd_panels_task ? (p->cout * pout + 31) / 32 : p->cout);
-  free(tab);
+  *j = (dense_job){p, tab, live, nlive, npairs, src, dst, pin, pout};
 }
 
-/* W' for p from w as the forward's (bwd 0) or the backward input's (bwd 1) pre-packed B, in a
- * per-thread buffer that is kept. */
-static const float *dense_panels(const float *w, const conv_p *p, int bwd) {
+/* W' for p from w as the backward input's pre-packed B, whole, in a per-thread buffer that is kept. */
+static const float *bwd_panels(const float *w, const conv_p *p) {
   static _Thread_local buf_t wbuf;
   const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
-  float *wd = grow(&wbuf, bwd ? sgemm_packed_b_size(K, N) : sgemm_packed_b_size(N, K));
-  run_job(bwd ? bwd_panels_task : fwd_panels_task, p, w, wd);
+  float *wd = grow(&wbuf, sgemm_packed_b_size(K, N));
+  dense_job j;
+  job_init(&j, p, w, wd);
+  pool_run_n(bwd_panels_task, &j, (long)N * K < (1L << 15) ? 1 : p->cout);
+  free((void *)j.tab);
   return wd;
 }
 
@@ -330,13 +360,49 @@ static const float *pixel_major(const float *x, const conv_p *p) {
   return xp;
 }
 
+/* A B panel built and used at once (fwd_fused_task): the GEMM's A packed first, whole (the batch's
+ * rows over all of K: 280 KB for ResNet-18's 256 channels on 2x2 maps), then each thread takes panels
+ * in turn, builds one into its own buffer (K x nr: 128 KB there) and multiplies it while it is in L2;
+ * W' is never written out whole (4 MB there, which had gone out to memory and come back). */
+typedef struct {
+  dense_job d;
+  const float *Ap; /* the GEMM's A, whole-K packed (sgemm_pack_a_mt) */
+  float *c;        /* C, row stride N */
+  float beta;
+  atomic_long next;
+} fused_job;
+
+static void fwd_fused_task(void *ctx, int tid, int n) {
+  (void)tid;
+  (void)n;
+  static _Thread_local buf_t tbuf, pbuf;
+  fused_job *f = ctx;
+  const dense_job *j = &f->d;
+  const int nr = sgemm_nr(), N = j->p->cout * j->pout;
+  const long K = (long)j->p->cin * j->pin, panels = (N + nr - 1) / nr;
+  float *panel = grow(&pbuf, (size_t)K * nr);
+  for (;;) {
+    const long pj = atomic_fetch_add_explicit(&f->next, 1, memory_order_relaxed);
+    if (pj >= panels) break;
+    fwd_panel(j, pj, panel, &tbuf);
+    const int cols = N - pj * nr < nr ? (int)(N - pj * nr) : nr;
+    sgemm_panel(j->p->n, cols, (int)K, f->Ap, panel, f->beta, f->c + pj * nr, N);
+  }
+}
+
 void dense_forward(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
                    const conv_p *p) {
+  static _Thread_local buf_t abuf;
   const int pout = p->oh * p->ow, N = p->cout * pout, K = p->cin * p->h * p->w;
   const long ny = (long)p->n * N;
-  const float *wd = dense_panels(w, p, 0), *xp = pixel_major(x, p);
+  float *Ap = grow(&abuf, sgemm_packed_a_size(p->n, K));
+  sgemm_pack_a_mt(pixel_major(x, p), p->n, K, Ap);
   if (residual && residual != y) memcpy(y, residual, sizeof(float) * (size_t)ny);
-  sgemm_ex_pb(0, p->n, N, K, 1.0f, xp, K, wd, residual ? 1.0f : 0.0f, y, N);
+  fused_job f = {.Ap = Ap, .c = y, .beta = residual ? 1.0f : 0.0f};
+  job_init(&f.d, p, w, NULL);
+  atomic_init(&f.next, 0);
+  pool_run_dynamic(fwd_fused_task, &f, pool_threads());
+  free((void *)f.d.tab);
   if (bias || relu)
     for (long i = 0; i < ny; i++) {
       const float v = y[i] + (bias ? bias[(i % N) / pout] : 0.0f);
@@ -344,10 +410,66 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
     }
 }
 
+/* The backward input's panels the same way, where whole panels take one input pixel q and nr channels
+ * (cin % nr == 0): a thread takes a run of nr channels, transposes those channels' taps of every
+ * output channel once (wt[co][t][nr]: 288 KB for 256 channels), then builds and multiplies the
+ * panels of each q from it. */
+static void bwd_fused_task(void *ctx, int tid, int n) {
+  (void)tid;
+  (void)n;
+  static _Thread_local buf_t wbuf, pbuf;
+  fused_job *f = ctx;
+  const dense_job *j = &f->d;
+  const conv_p *p = j->p;
+  const int kk = p->kh * p->kw, cin = p->cin, nr = sgemm_nr(), Kg = p->cout * j->pout, N = cin * j->pin;
+  const int reuse = j->npairs > j->nlive; /* else each tap serves one pair: read in place, as bwd_panels_task */
+  float *wt = reuse ? grow(&wbuf, (size_t)p->cout * kk * nr) : NULL, *panel = grow(&pbuf, (size_t)Kg * nr);
+  for (;;) {
+    const long r = atomic_fetch_add_explicit(&f->next, 1, memory_order_relaxed);
+    if (r >= cin / nr) break;
+    const int ci0 = (int)r * nr;
+    if (reuse)
+      for (int co = 0; co < p->cout; co++)
+        taps_transpose(wt + (long)co * kk * nr, j->src + ((long)co * cin + ci0) * kk, nr, kk, j->live, j->nlive);
+    for (int q = 0; q < j->pin; q++) {
+      for (int co = 0; co < p->cout; co++)
+        for (int op = 0; op < j->pout; op++) {
+          const int t = j->tab[(long)op * j->pin + q];
+          float *d = panel + ((long)co * j->pout + op) * nr;
+          if (t < 0) memset(d, 0, sizeof(float) * (size_t)nr);
+          else if (reuse) memcpy(d, wt + ((long)co * kk + t) * nr, sizeof(float) * (size_t)nr);
+          else { /* the tap's one pair: read in place */
+            const float *sw = j->src + ((long)co * cin + ci0) * kk + t;
+            for (int c = 0; c < nr; c++) d[c] = sw[(long)c * kk];
+          }
+        }
+      sgemm_panel(p->n, nr, Kg, f->Ap, panel, f->beta, f->c + (long)q * cin + ci0, N);
+    }
+  }
+}
+
 void dense_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
-  static _Thread_local buf_t dbuf;
+  static _Thread_local buf_t dbuf, abuf;
   const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
-  const float *wd = dense_panels(w, p, 1);
+  dense_job probe;
+  job_init(&probe, p, w, NULL);
+  const int reuse = probe.npairs > probe.nlive;
+  free((void *)probe.tab);
+  if (reuse && p->cin % sgemm_nr() == 0) {
+    const int direct = p->h * p->w == 1; /* pixel-major dx is NCHW dx */
+    float *c = direct ? dx : grow(&dbuf, (size_t)p->n * K);
+    float *Ap = grow(&abuf, sgemm_packed_a_size(p->n, N));
+    sgemm_pack_a_mt(dy, p->n, N, Ap);
+    if (direct && addend && addend != dx) memcpy(dx, addend, sizeof(float) * (size_t)p->n * K);
+    fused_job f = {.Ap = Ap, .c = c, .beta = direct && addend ? 1.0f : 0.0f};
+    job_init(&f.d, p, w, NULL);
+    atomic_init(&f.next, 0);
+    pool_run_dynamic(bwd_fused_task, &f, pool_threads());
+    free((void *)f.d.tab);
+    if (!direct) images_transpose(dx, c, p->n, p->cin, (long)p->h * p->w, 0, addend, NULL, 0);
+    return;
+  }
+  const float *wd = bwd_panels(w, p);
   if (p->h * p->w == 1) {
     if (addend && addend != dx) memcpy(dx, addend, sizeof(float) * (size_t)p->n * K);
     sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, wd, addend ? 1.0f : 0.0f, dx, K);
@@ -359,9 +481,15 @@ void dense_backward_input(float *dx, const float *dy, const float *w, const conv
 }
 
 void dense_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
-  static _Thread_local buf_t gbuf;
-  const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
-  float *g = grow(&gbuf, (size_t)N * K);
-  sgemm_ex(1, 0, N, K, p->n, 1.0f, dy, N, pixel_major(x, p), K, 0.0f, g, K, NULL, 0);
-  run_job(fold_task, p, g, dw);
+  static _Thread_local buf_t bbuf;
+  const int pout = p->oh * p->ow, K = p->cin * p->h * p->w;
+  float *Bp = grow(&bbuf, sgemm_packed_b_size(K, p->n));
+  sgemm_pack_b_mt(pixel_major(x, p), p->n, K, Bp);
+  wfold_job f = {.dy = dy, .Bp = Bp};
+  const long cb = (1L << 16) / ((long)pout * K);
+  f.cb = (int)(cb < 1 ? 1 : cb > p->cout ? p->cout : cb);
+  job_init(&f.d, p, NULL, dw);
+  atomic_init(&f.next, 0);
+  pool_run_dynamic(wfold_task, &f, pool_threads());
+  free((void *)f.d.tab);
 }

@@ -40,6 +40,20 @@ size_t sgemm_packed_b_size(int N, int K);
 void sgemm_ex_pb(int transA, int M, int N, int K, float alpha, const float *A, int lda, const float *Bpre, float beta,
                  float *C, int ldc);
 
+/* Whole-K pre-packed A (sgemm_pack_a layout, mr = sgemm_mr(M)) packed on all threads: A row-major
+ * M x K. */
+void sgemm_pack_a_mt(const float *A, int M, int K, float *Ap);
+/* One pre-packed B panel's columns on the calling thread: C[M][cols] = Apre (whole-K, as above) x Bp
+ * (K x nr, one panel of sgemm_packed_b_size's layout; cols <= nr) + beta * C. For callers that build
+ * B panel by panel and use each at once, while it is in cache (conv_dense.c). */
+void sgemm_panel(int M, int cols, int K, const float *Apre, const float *Bp, float beta, float *C, int ldc);
+
+/* B (row-major K x N) packed into sgemm_ex_pb's whole-K panels on all threads. */
+void sgemm_pack_b_mt(const float *B, int K, int N, float *Bp);
+/* C = op(A) x B (pre-packed as above) on the calling thread: for callers that split the rows of C
+ * over the threads themselves. */
+void sgemm_pb_st(int transA, int M, int N, int K, const float *A, int lda, const float *Bpre, float *C, int ldc);
+
 /* One micro-kernel call of the kernel that GEMMs with M rows use: C[mr][nr] (row stride ldc) =
  * Ap (mr x kc, packed as sgemm_pack_a packs a panel) * Bp (kc x nr, row-major panel) + beta * C,
  * for callers that pack B themselves (convolution). nr = sgemm_nr(). */
