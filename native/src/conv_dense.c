@@ -372,6 +372,13 @@ typedef struct {
   atomic_long next;
 } fused_job;
 
+/* Runs a fused job whose pair table is made (job_init) on all threads, then frees the table. */
+static void run_fused(pool_fn fn, fused_job *f) {
+  atomic_init(&f->next, 0);
+  pool_run_dynamic(fn, f, pool_threads());
+  free((void *)f->d.tab);
+}
+
 static void fwd_fused_task(void *ctx, int tid, int n) {
   (void)tid;
   (void)n;
@@ -400,9 +407,7 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
   if (residual && residual != y) memcpy(y, residual, sizeof(float) * (size_t)ny);
   fused_job f = {.Ap = Ap, .c = y, .beta = residual ? 1.0f : 0.0f};
   job_init(&f.d, p, w, NULL);
-  atomic_init(&f.next, 0);
-  pool_run_dynamic(fwd_fused_task, &f, pool_threads());
-  free((void *)f.d.tab);
+  run_fused(fwd_fused_task, &f);
   if (bias || relu)
     for (long i = 0; i < ny; i++) {
       const float v = y[i] + (bias ? bias[(i % N) / pout] : 0.0f);
@@ -451,33 +456,21 @@ static void bwd_fused_task(void *ctx, int tid, int n) {
 void dense_backward_input(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend) {
   static _Thread_local buf_t dbuf, abuf;
   const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
-  dense_job probe;
-  job_init(&probe, p, w, NULL);
-  const int reuse = probe.npairs > probe.nlive;
-  free((void *)probe.tab);
-  if (reuse && p->cin % sgemm_nr() == 0) {
-    const int direct = p->h * p->w == 1; /* pixel-major dx is NCHW dx */
-    float *c = direct ? dx : grow(&dbuf, (size_t)p->n * K);
+  const int direct = p->h * p->w == 1; /* pixel-major dx is NCHW dx */
+  float *c = direct ? dx : grow(&dbuf, (size_t)p->n * K);
+  if (direct && addend && addend != dx) memcpy(dx, addend, sizeof(float) * (size_t)p->n * K);
+  fused_job f = {.c = c, .beta = direct && addend ? 1.0f : 0.0f};
+  job_init(&f.d, p, w, NULL);
+  if (f.d.npairs > f.d.nlive && p->cin % sgemm_nr() == 0) {
     float *Ap = grow(&abuf, sgemm_packed_a_size(p->n, N));
     sgemm_pack_a_mt(dy, p->n, N, Ap);
-    if (direct && addend && addend != dx) memcpy(dx, addend, sizeof(float) * (size_t)p->n * K);
-    fused_job f = {.Ap = Ap, .c = c, .beta = direct && addend ? 1.0f : 0.0f};
-    job_init(&f.d, p, w, NULL);
-    atomic_init(&f.next, 0);
-    pool_run_dynamic(bwd_fused_task, &f, pool_threads());
+    f.Ap = Ap;
+    run_fused(bwd_fused_task, &f);
+  } else {
     free((void *)f.d.tab);
-    if (!direct) images_transpose(dx, c, p->n, p->cin, (long)p->h * p->w, 0, addend, NULL, 0);
-    return;
+    sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, bwd_panels(w, p), f.beta, c, K);
   }
-  const float *wd = bwd_panels(w, p);
-  if (p->h * p->w == 1) {
-    if (addend && addend != dx) memcpy(dx, addend, sizeof(float) * (size_t)p->n * K);
-    sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, wd, addend ? 1.0f : 0.0f, dx, K);
-    return;
-  }
-  float *dxp = grow(&dbuf, (size_t)p->n * K);
-  sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, wd, 0.0f, dxp, K);
-  images_transpose(dx, dxp, p->n, p->cin, (long)p->h * p->w, 0, addend, NULL, 0);
+  if (!direct) images_transpose(dx, c, p->n, p->cin, (long)p->h * p->w, 0, addend, NULL, 0);
 }
 
 void dense_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
