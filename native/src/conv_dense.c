@@ -79,8 +79,9 @@ typedef struct {
  * serve several pairs (bwd_fused_task), and for the weight gradient's dW' (wfold_task). Against the
  * whole panels (native/bench/abconv.sh, alternating calls, 2 threads, Intel VM), 256 channels on 2x2:
  * forward -13 to -21 % (caches flushed -21 to -29 %), backward input -6 to -11 %, weight gradient
- * -19 to -20 % (flushed -30 %); in ResNet-18 training steps (per-call minima, two builds alternating)
- * the three forwards 3.11 -> 2.28 and 3.02 -> 2.53 ms, backward inputs 3.03 -> 2.70 and 3.07 -> 2.84.
+ * -19 to -20 % (flushed -30 %); in ResNet-18 training steps (per-call minima, two builds alternating,
+ * both orders) the three forwards 2.81 -> 2.19 and 3.49 -> 2.81 ms, weight gradients 2.91 -> 2.15 and
+ * 3.50 -> 2.91, backward inputs 2.97 -> 2.58 and 3.45 -> 3.49.
  * Where each tap serves one pair (1x1 maps), the backward input's panels by pixel lost 22-32 % (read
  * in place, a channel's taps are 9 floats apart) and it keeps the whole panels.
  *
