@@ -435,8 +435,15 @@ static void bwd_fused_task(void *ctx, int tid, int n) {
     if (r >= cin / nr) break;
     const int ci0 = (int)r * nr;
     if (reuse)
-      for (int co = 0; co < p->cout; co++)
+      for (int co = 0; co < p->cout; co++) {
+        /* the run's taps of each output channel are nr * kk floats a whole kernel row apart: fetched
+         * two channels ahead (a stride the hardware prefetchers do not follow across 256 rows) */
+        if (co + 2 < p->cout) {
+          const char *nx = (const char *)(j->src + ((long)(co + 2) * cin + ci0) * kk);
+          for (long b = 0; b < (long)nr * kk * (long)sizeof(float); b += 64) __builtin_prefetch(nx + b);
+        }
         taps_transpose(wt + (long)co * kk * nr, j->src + ((long)co * cin + ci0) * kk, nr, kk, j->live, j->nlive);
+      }
     for (int q = 0; q < j->pin; q++) {
       for (int co = 0; co < p->cout; co++)
         for (int op = 0; op < j->pout; op++) {
