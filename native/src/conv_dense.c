@@ -340,16 +340,15 @@ static void job_init(dense_job *j, const conv_p *p, const float *src, float *dst
   *j = (dense_job){p, tab, live, nlive, npairs, src, dst, pin, pout};
 }
 
-/* W' for p from w as the backward input's pre-packed B, whole, in a per-thread buffer that is kept. */
-static const float *bwd_panels(const float *w, const conv_p *p) {
+/* W' for j (made by job_init from w) as the backward input's pre-packed B, whole, in a per-thread
+ * buffer that is kept. */
+static const float *bwd_panels(dense_job *j) {
   static _Thread_local buf_t wbuf;
-  const int N = p->cout * p->oh * p->ow, K = p->cin * p->h * p->w;
-  float *wd = grow(&wbuf, sgemm_packed_b_size(K, N));
-  dense_job j;
-  job_init(&j, p, w, wd);
-  pool_run_n(bwd_panels_task, &j, (long)N * K < (1L << 15) ? 1 : p->cout);
-  free((void *)j.tab);
-  return wd;
+  const conv_p *p = j->p;
+  const int N = p->cout * j->pout, K = p->cin * j->pin;
+  j->dst = grow(&wbuf, sgemm_packed_b_size(K, N));
+  pool_run_n(bwd_panels_task, j, (long)N * K < (1L << 15) ? 1 : p->cout);
+  return j->dst;
 }
 
 /* x (or dx) with pixel-major rows, in a per-thread buffer that is kept; x itself for 1-pixel maps. */
@@ -475,8 +474,8 @@ void dense_backward_input(float *dx, const float *dy, const float *w, const conv
     f.Ap = Ap;
     run_fused(bwd_fused_task, &f);
   } else {
+    sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, bwd_panels(&f.d), f.beta, c, K);
     free((void *)f.d.tab);
-    sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, bwd_panels(w, p), f.beta, c, K);
   }
   if (!direct) images_transpose(dx, c, p->n, p->cin, (long)p->h * p->w, 0, addend, NULL, 0);
 }
