@@ -425,6 +425,30 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
         assertClose(db, wb, scaleTol(wb), `${name} fused dbeta`);
       }
     }
+
+    // a residual join's backward: relu(bn(x) + residual)'s mask read (it cannot be recomputed from x),
+    // the masked gradient written to maskedOut too: the same bits as masking first, then the
+    // backward of the masked gradient (NaN outputs let the gradient through, as reluBackward)
+    const j = out();
+    nat!.batchNormTrain(j.y, j.mean, j.inv, j.vu, x, g, bt, p, true, rsd);
+    j.y[1] = NaN;
+    assert.ok(j.y.some((v) => v === 0) && j.y.some((v) => v > 0), 'the join clips some outputs');
+    for (const [name, k] of [['ts', tsKernels], ['native', nat!]] as const) {
+      const gb = new Float32Array(n * c * hw);
+      k.reluBackward(gb, dy, j.y);
+      const want = [new Float32Array(n * c * hw), new Float32Array(c), new Float32Array(c)] as const;
+      k.batchNormBackward(want[0], want[1], want[2], gb, x, j.mean, j.inv, g, true, p, null, bt);
+      const got = [new Float32Array(n * c * hw).fill(NaN), new Float32Array(c), new Float32Array(c)] as const;
+      const gbOut = new Float32Array(n * c * hw).fill(NaN);
+      k.batchNormBackward(got[0], got[1], got[2], dy, x, j.mean, j.inv, g, true, p, j.y, undefined, gbOut);
+      assert.deepEqual(gbOut, gb, `${name} ${n}x${c}x${hw}: maskedOut = reluBackward`);
+      got.forEach((a, i) => assert.deepEqual(a, want[i], `${name} ${n}x${c}x${hw}: output ${i} as from the masked gradient`));
+    }
+    const gbOut = new Float32Array(n * c * hw);
+    const dxj = new Float32Array(n * c * hw);
+    assert.throws(() => nat!.batchNormBackward(dxj, null, null, dy, x, j.mean, j.inv, g, true, p, j.y, bt, gbOut), /maskedOut needs reluY and no beta/);
+    assert.throws(() => nat!.batchNormBackward(dxj, null, null, dy, x, j.mean, j.inv, g, true, p, null, undefined, gbOut), /maskedOut needs reluY and no beta/);
+    assert.throws(() => nat!.batchNormBackward(dxj, null, null, dy, x, j.mean, j.inv, g, true, p, j.y, undefined, gbOut.subarray(1)), /shorter than the geometry/);
   }
 });
 

@@ -331,7 +331,8 @@ static napi_value js_bn_eval(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* batchNormBackward(dx, dgamma|null, dbeta|null, dy, x, mean, invStd, gamma|null, training, n, c, hw, reluY?) */
+/* batchNormBackward(dx, dgamma|null, dbeta|null, dy, x, mean, invStd, gamma|null, training, n, c, hw, reluY?, beta?,
+ * maskedOut?) */
 static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 12)) return NULL;
@@ -353,8 +354,11 @@ static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
     from_x = t != napi_undefined;
     beta = f32(&a, 13, c, 1);
   }
+  /* argument 14 (optional): where the masked gradient goes too; only with relu_y read (beta absent) */
+  float *masked = a.argc > 14 ? f32(&a, 14, tot, 1) : NULL;
+  if (masked && (!relu_y || from_x)) fail(&a, "native: batchNormBackward's maskedOut needs reluY and no beta");
   if (a.failed) return NULL;
-  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw, relu_y, from_x, beta);
+  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw, relu_y, from_x, beta, masked);
   return undef(env);
 }
 

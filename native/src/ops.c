@@ -134,6 +134,7 @@ typedef struct {
   const float *x, *gamma, *beta, *rm, *rv, *dy, *cmean, *cinvstd;
   const float *residual; /* training forward: added before the relu (NULL: none) */
   const float *ymask; /* backward: the output of a fused relu (NULL: none) */
+  float *gb;          /* backward with ymask: the masked gradient written here too (NULL: not) */
   int relu_from_x;    /* backward with ymask: the forward's beta is in .beta, so paths that can may
                        * recompute the relu's input from x instead of reading ymask (bn_im_job.ss) */
   int n, c, training, relu;
@@ -372,10 +373,12 @@ __attribute__((target("avx512f"))) static void bn_im_sums_task(void *ctx, int ti
         } else {
           const bn_gseg sg = gseg_at(ij, off, ch);
           const __m512 vmu = _mm512_set1_ps(j->cmean[ch]);
+          float *gb = j->gb ? j->gb + off : NULL;
           for (long i = 0; i < hw; i += 16) {
             const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
             __m512 vx;
             const __m512 g = gseg_load(&sg, i, mk, &vx);
+            if (gb) _mm512_mask_storeu_ps(gb + i, mk, g);
             a = _mm512_add_ps(a, g);
             q = _mm512_fmadd_ps(g, _mm512_sub_ps(vx, vmu), q);
           }
@@ -498,6 +501,10 @@ static void bn_backward_im(bn_job *j) {
   bn_im_job ij = {.j = j, .k = k, .ss = ss};
   bn_im_sums(&ij, sum);
   for (int ch = 0; ch < c; ch++) bn_bwd_coeffs(j, ch, sum[2 * ch], sum[2 * ch + 1], (double)j->n * j->hw, k + 3 * ch, k + 3 * ch + 1, k + 3 * ch + 2);
+  if (j->gb) { /* the sums pass wrote the masked gradient: the elementwise pass reads it, one stream */
+    j->dy = j->gb;
+    j->ymask = NULL;
+  }
   bn_im_apply(&ij);
   free(sum);
   free(k);
@@ -680,10 +687,26 @@ void bn_eval(float *y, const float *x, const float *rm, const float *rv, const f
 
 void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
                  const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y,
-                 int relu_from_x, const float *beta) {
+                 int relu_from_x, const float *beta, float *masked_out) {
   bn_job j = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .cmean = mean, .cinvstd = invstd,
               .gamma = gamma, .training = training, .n = n, .c = c, .hw = hw, .ymask = relu_y,
-              .relu_from_x = relu_from_x && !getenv("RESNET_BN_READ_MASK"), .beta = beta};
+              .relu_from_x = relu_from_x && !getenv("RESNET_BN_READ_MASK"), .beta = beta,
+              .gb = relu_y && !relu_from_x ? masked_out : NULL};
+  if (masked_out && !j.gb) abort(); /* the addon checks: masked_out only with relu_y, read */
+  /* the AVX-512 image-by-image path writes the masked gradient in its sums pass; the others mask
+   * first, in a pass of their own, and go on from the masked gradient */
+  const int im = hw >= BN_SMALL_HW || getenv("RESNET_BN_NO_SMALL");
+#if defined(__x86_64__)
+  const int fused = im && has_avx512();
+#else
+  const int fused = 0;
+#endif
+  if (j.gb && !fused) {
+    relu_bwd(j.gb, dy, relu_y, (long)n * c * hw);
+    j.dy = j.gb;
+    j.ymask = NULL;
+    j.gb = NULL;
+  }
   if (hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL")) {
     run_channels(bn_backward_small_task, &j);
     return;

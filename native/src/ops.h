@@ -12,10 +12,12 @@ void bn_eval(float *y, const float *x, const float *rm, const float *rv, const f
 /* relu_y (may be NULL): the output of a fused relu; dy is then the gradient of that output. With
  * relu_from_x, beta is the forward's (NULL: none), and the training paths that can recompute the
  * relu's input from x, mean, invstd, gamma and beta with the forward's operations do so instead of
- * reading relu_y (RESNET_BN_READ_MASK set: they read it). */
+ * reading relu_y (RESNET_BN_READ_MASK set: they read it). masked_out (may be NULL; with relu_y and
+ * without relu_from_x): also gets the masked gradient, dy where relu_y > 0 (or NaN), else 0, as
+ * relu_bwd would write it (a residual join's gradient, which its shortcut needs too). */
 void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
                  const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y,
-                 int relu_from_x, const float *beta);
+                 int relu_from_x, const float *beta, float *masked_out);
 
 void relu_fwd(float *y, const float *x, long n);
 void relu_bwd(float *dx, const float *dy, const float *y, long n);

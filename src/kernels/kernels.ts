@@ -151,9 +151,12 @@ export interface Kernels {
    * as reluBackward would (0 where reluY <= 0) before the batch-norm backward. `beta` (null: the
    * forward had none), given with reluY, is the forward's: a backend may then recompute the relu's
    * input from x, mean, invStd, gamma and beta with its forward's own operations (the same bits)
-   * instead of reading reluY, in training.
+   * instead of reading reluY, in training. `maskedOut` (with reluY, and beta left undefined: the
+   * relu's input cannot be recomputed, as when a residual was added before it) also receives the
+   * masked gradient, as reluBackward(maskedOut, dy, reluY) would write it (a residual join's
+   * gradient, which the shortcut needs too), from the same pass.
    */
-  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY?: F32 | null, beta?: F32 | null): void;
+  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY?: F32 | null, beta?: F32 | null, maskedOut?: F32 | null): void;
 
   relu(y: F32, x: F32): void;
   /** dx = 0 where y <= 0, else dy (the gradient at 0 is 0 and NaN passes, as in PyTorch). */

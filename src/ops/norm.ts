@@ -94,14 +94,16 @@ export function batchNorm(
     const wantB = bias !== null && needs[weight ? 2 : 1] === true;
     const dgamma = wantG ? new Float32Array(c) : null;
     const dbeta = wantB ? new Float32Array(c) : null;
-    // with a residual the relu's mask is applied first: its gradient is the residual's as well
+    // with a residual the relu's masked gradient is the residual's as well: the kernel writes it
+    // into gb from the pass that reads the mask (the relu's input, bn(x) + residual, cannot be
+    // recomputed from x, so beta stays undefined and the mask is read)
     let gb = gy;
     if (res && fuse) {
       gb = uninitialized(gy.length);
-      k.reluBackward(gb, gy, y.values);
+      k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, y.values, undefined, gb);
+    } else {
+      k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, fuse ? y.values : null, b);
     }
-    const maskedInKernel = fuse && !res;
-    k.batchNormBackward(gx, dgamma, dbeta, gb, x.values, mean, invStd, g, o.training, p, maskedInKernel ? y.values : null, b);
     const out: (Float32Array | null)[] = [needs[0] ? gx : null];
     if (weight) out.push(dgamma);
     if (bias) out.push(dbeta);

@@ -105,7 +105,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     conv2dBackwardWeight: (dw, x, dy, p) => b.conv2dBackwardWeight(dw, x, dy, conv(p)),
     batchNormTrain: (y, mean, invStd, varU, x, g, beta, p: BatchNormParams, relu = false, residual = null) => b.batchNormTrain(y, mean, invStd, varU, x, g, beta, p.n, p.c, p.hw, p.eps, relu, residual),
     batchNormEval: (y, x, rm, rv, g, beta, p, relu = false) => b.batchNormEval(y, x, rm, rv, g, beta, p.n, p.c, p.hw, p.eps, relu),
-    batchNormBackward: (dx, dg, db, dy, x, mean, invStd, g, training, p, reluY = null, beta) => b.batchNormBackward(dx, dg, db, dy, x, mean, invStd, g, training, p.n, p.c, p.hw, reluY, beta),
+    batchNormBackward: (dx, dg, db, dy, x, mean, invStd, g, training, p, reluY = null, beta, maskedOut = null) => b.batchNormBackward(dx, dg, db, dy, x, mean, invStd, g, training, p.n, p.c, p.hw, reluY, beta, maskedOut),
     relu: (y, x) => b.elementwise(0, y, x),
     reluBackward: (dx, dy, y) => b.elementwise(1, dx, dy, y),
     add: (y, a, c) => b.elementwise(2, y, a, c),

@@ -58,10 +58,10 @@ function batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta
   if (fusedRelu) relu(y, y);
 }
 
-function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dyIn: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY: F32 | null = null): void {
+function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dyIn: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY: F32 | null = null, _beta?: F32 | null, maskedOut: F32 | null = null): void {
   let dy = dyIn;
   if (reluY) {
-    dy = new Float32Array(dyIn.length);
+    dy = maskedOut ?? new Float32Array(dyIn.length);
     reluBackward(dy, dyIn, reluY);
   }
   const { n, c, hw } = p;
