@@ -163,7 +163,8 @@ typedef struct {
   int yblk;                       /* blocked output: NCHW16c with a zero border (conv.h) */
   long chblk;                     /* blocked output: floats per 16-channel block of an image ((oh+2)*(ow+2)*16) */
   int ywp;                        /* blocked output: padded row width ow + 2 */
-  atomic_long next;
+  atomic_long next;               /* by_image: the next image */
+  pool_ranges items;              /* else: the (chunk, panel) items, chunk-major, by ranges of chunks */
 } prow_job;
 
 /* One tile of a 32-channel panel with blocked output: yo[r] is run r's first pixel in channel block 0. */
@@ -335,7 +336,7 @@ static _Thread_local buf_t prow_img_buf;
  * and runs all its tiles, panel by panel, while they are in its L2), or (panel, chunk of tiles) over
  * planes built for the whole batch beforehand. Tiles are nr == 16 ? 4 : 2 runs. */
 __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int n) {
-  (void)tid; (void)n;
+  (void)n;
   prow_job *j = ctx;
   const conv_p *p = j->g.p;
   float t[28 * 16 > 14 * PR_NR ? 28 * 16 : 14 * PR_NR] __attribute__((aligned(64)));
@@ -367,9 +368,10 @@ __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int
     }
     return;
   }
+  pool_cursor cur = pool_cursor_at(&j->items, tid);
   for (;;) {
-    const long it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-    if (it >= (long)j->npanels * j->chunks) break;
+    const long it = pool_ranges_next(&j->items, &cur);
+    if (it < 0) break;
     /* chunk-major: consecutive items are the panels of one chunk of tiles, whose input stays in L2
      * while the weights stream past (see prow_exec) */
     const int panel = (int)(it % j->npanels);
@@ -545,9 +547,10 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   j.per_chunk = (int)((j.ntiles + chunks - 1) / chunks);
   if (fit >= 1 && fit < j.per_chunk) j.per_chunk = (int)fit; /* and input that fits (above) */
   j.chunks = (int)((j.ntiles + j.per_chunk - 1) / j.per_chunk);
-  atomic_init(&j.next, 0);
   long items = (long)j.npanels * j.chunks;
-  pool_run_dynamic(prow_task, &j, items < T ? (int)items : T);
+  const int nthr = items < T ? (int)items : T;
+  pool_ranges_init(&j.items, items, j.npanels, pool_affinity() ? nthr : 1);
+  pool_run_dynamic(prow_task, &j, nthr);
   free(own_off);
 }
 

@@ -149,6 +149,7 @@ typedef struct {
   long t0, nt, tpad;    /* the chunk: first (batch-wide) tile, tiles, tiles padded to whole 7-tile runs */
   long usize;           /* floats per position in U */
   atomic_long next;
+  pool_ranges chunks;   /* private chunks (wino_private_task), by ranges */
 } wino_job;
 
 /* Image, first output row and column of the chunk's tile t. */
@@ -580,15 +581,16 @@ static void chunk_at(wino_job *j, long t0, long nt) {
  * the input transform, all (position, panel) products and the output transform, with this thread's
  * own scratch. */
 static void wino_private_task(void *ctx, int tid, int n) {
-  (void)tid; (void)n;
+  (void)n;
   wino_job *sh = ctx;
   const conv_p *p = sh->p;
   const long total = (long)p->n * sh->th * sh->tw, per = sh->nt;
   wino_job j = *sh;
   chunk_scratch(&j, per);
+  pool_cursor cur = pool_cursor_at(&sh->chunks, tid);
   for (;;) {
-    const long c = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
-    if (c * per >= total) break;
+    const long c = pool_ranges_next(&sh->chunks, &cur);
+    if (c < 0) break;
     chunk_at(&j, c * per, total - c * per < per ? total - c * per : per);
     wino_in_range(&j, 0, (long)(p->cin / 16) * j.tpad);
     for (long it = 0; it < (long)j.np * j.npanels; it++) wino_gemm_item(&j, it);
@@ -620,7 +622,7 @@ static void wino_run(wino_job *j) {
   const long total = (long)p->n * j->th * j->tw;
   const int T = pool_threads();
   if (T > 1 && wino_private(p, j->np) && (j->nt = chunk_tiles_private(j, total, T)) > 0) { /* nt: tiles per chunk */
-    atomic_init(&j->next, 0);
+    pool_ranges_init(&j->chunks, (total + j->nt - 1) / j->nt, 1, pool_affinity() ? T : 1);
     pool_run_dynamic(wino_private_task, j, T);
     return;
   }
@@ -951,10 +953,10 @@ typedef struct {
   long per, cpg;  /* tiles per chunk, chunks per group */
   int groups;
   float *dUg;     /* [groups][positions][cin][cout] */
-  atomic_long next;
+  pool_ranges items; /* the groups, by ranges */
 } wbw_private_job;
 static void wbw_private_task(void *ctx, int tid, int n) {
-  (void)tid; (void)n;
+  (void)n;
   wbw_private_job *sh = ctx;
   const conv_p *p = sh->w.j.p;
   const long total = (long)p->n * sh->w.j.th * sh->w.j.tw, usz = (long)sh->w.j.np * p->cin * p->cout;
@@ -962,9 +964,10 @@ static void wbw_private_task(void *ctx, int tid, int n) {
   wino_job *j = &w.j;
   j->V = grow(&wbw_vbuf, (size_t)j->np * plane_stride((long)p->cin * sh->per));
   w.Z = grow(&wbw_zbuf, (size_t)j->np * plane_stride((long)p->cout * sh->per));
+  pool_cursor cur = pool_cursor_at(&sh->items, tid);
   for (;;) {
-    const long g = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
-    if (g >= sh->groups) break;
+    const long g = pool_ranges_next(&sh->items, &cur);
+    if (g < 0) break;
     w.dU = sh->dUg + g * usz;
     for (long c = g * sh->cpg; c < (g + 1) * sh->cpg && c * sh->per < total; c++) {
       w.assign = c == g * sh->cpg;
@@ -1131,7 +1134,7 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
     sh.groups = (int)((nchunks + sh.cpg - 1) / sh.cpg);
     if (sh.groups >= 2 * T) {
       sh.dUg = grow(&ubuf, (size_t)sh.groups * usz);
-      atomic_init(&sh.next, 0);
+      pool_ranges_init(&sh.items, sh.groups, 1, pool_affinity() ? T : 1);
       pool_run_dynamic(wbw_private_task, &sh, T);
       wback_job bj = {p, sh.dUg, dw, m, sh.groups};
       run_range(wback_range, &bj, (long)p->cin * (p->cout / 16));

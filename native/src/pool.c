@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include <sched.h>
 
@@ -196,6 +197,39 @@ void pool_run_n(pool_fn fn, void *ctx, int limit) {
 void pool_run_dynamic(pool_fn fn, void *ctx, int limit) { run(fn, ctx, limit); }
 
 void pool_run(pool_fn fn, void *ctx) { pool_run_n(fn, ctx, MAX_THREADS); }
+
+int pool_affinity(void) {
+  static int on = -1;
+  if (on < 0) on = !(getenv("RESNET_AFFINITY") && strcmp(getenv("RESNET_AFFINITY"), "0") == 0);
+  return on;
+}
+void pool_ranges_init(pool_ranges *r, long total, long unit, int ranges) {
+  if (unit < 1) unit = 1;
+  const long units = (total + unit - 1) / unit;
+  if (ranges > POOL_MAX_RANGES) ranges = POOL_MAX_RANGES;
+  if (ranges > units) ranges = (int)units;
+  if (ranges < 1) ranges = 1;
+  r->total = total;
+  r->unit = unit;
+  r->ranges = ranges;
+  for (int i = 0; i < POOL_MAX_RANGES; i++) atomic_init(&r->next[i], 0);
+}
+pool_cursor pool_cursor_at(const pool_ranges *r, int tid) {
+  const pool_cursor c = {tid % r->ranges, r->ranges};
+  return c;
+}
+long pool_ranges_next(pool_ranges *r, pool_cursor *c) {
+  const long units = (r->total + r->unit - 1) / r->unit;
+  while (c->left > 0) {
+    long lo = units * c->r / r->ranges * r->unit, hi = units * (c->r + 1) / r->ranges * r->unit;
+    if (hi > r->total) hi = r->total;
+    const long it = lo + atomic_fetch_add_explicit(&r->next[c->r], 1, memory_order_relaxed);
+    if (it < hi) return it;
+    c->left--;
+    c->r = (c->r + 1) % r->ranges;
+  }
+  return -1;
+}
 
 void pool_split(long total, int tid, int n, long align, long *lo, long *hi) {
   if (align < 1) align = 1;

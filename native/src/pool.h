@@ -22,6 +22,30 @@ void pool_run_n(pool_fn fn, void *ctx, int limit);
  * the workers that started have finished, without waiting for workers that have not started (on an
  * oversubscribed machine they may not be scheduled for milliseconds). Such workers skip the job. */
 void pool_run_dynamic(pool_fn fn, void *ctx, int limit);
+/* Items [0, total) handed out with affinity: cut into `ranges` contiguous ranges (at multiples of
+ * `unit` items), range r belonging to thread r (tid % ranges); a thread takes its own range's items
+ * in order, then what is left of the others' (a slowed or descheduled thread's share goes to the
+ * others, as with one shared counter). Successive calls that cut their work alike (a network's
+ * layers, each reading its input where the previous one wrote it) then keep each part of the data on
+ * the core that wrote it, where one shared counter hands it to whichever thread comes first. */
+#define POOL_MAX_RANGES 8
+typedef struct {
+  long total, unit;
+  int ranges;
+  _Atomic long next[POOL_MAX_RANGES];
+} pool_ranges;
+/* Whether the jobs that can hand out work by ranges do (RESNET_AFFINITY=0: one shared counter, for
+ * measurements). */
+int pool_affinity(void);
+/* ranges is clamped to [1, POOL_MAX_RANGES] and to the number of units. */
+void pool_ranges_init(pool_ranges *r, long total, long unit, int ranges);
+/* A thread's position in the ranges: start it with pool_cursor_at. */
+typedef struct {
+  int r, left;
+} pool_cursor;
+pool_cursor pool_cursor_at(const pool_ranges *r, int tid);
+/* The thread's next item, or -1 when every range is empty. */
+long pool_ranges_next(pool_ranges *r, pool_cursor *c);
 /* Split [0, total) into n nearly equal parts, aligned to `align`: part tid is [*lo, *hi). */
 void pool_split(long total, int tid, int n, long align, long *lo, long *hi);
 /* Memory of its own for a large buffer: `bytes` rounded up to whole 4 KB pages (*len), 2 MB-aligned,
