@@ -168,15 +168,16 @@ typedef struct {
   pool_fn fn;
   void *ctx;
   int parts;
-  atomic_int next;
+  pool_ranges items;
 } parts_job;
 static void parts_task(void *c, int tid, int n) {
-  (void)tid; (void)n;
+  (void)n;
   parts_job *j = c;
+  pool_cursor cur = pool_cursor_at(&j->items, tid);
   for (;;) {
-    const int k = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-    if (k >= j->parts) break;
-    j->fn(j->ctx, k, j->parts);
+    const long k = pool_ranges_next(&j->items, &cur);
+    if (k < 0) break;
+    j->fn(j->ctx, (int)k, j->parts);
   }
 }
 
@@ -191,7 +192,7 @@ void pool_run_n(pool_fn fn, void *ctx, int limit) {
   j.fn = fn;
   j.ctx = ctx;
   j.parts = limit < PARTS_PER_THREAD * n ? limit : PARTS_PER_THREAD * n;
-  atomic_init(&j.next, 0);
+  pool_ranges_init(&j.items, j.parts, 1, pool_affinity() ? n : 1);
   run(parts_task, &j, n);
 }
 void pool_run_dynamic(pool_fn fn, void *ctx, int limit) { run(fn, ctx, limit); }
