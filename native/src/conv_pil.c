@@ -151,7 +151,7 @@ typedef struct {
   int kind;   /* 0 same size, 1 strided forward, 2 strided backward-input */
   const pil_phases *phases; /* kind 2 */
   const float *addend;
-  atomic_long next;
+  pool_ranges items; /* (image, chunk of vectors), by ranges of images */
 } pil_job;
 
 static void strided_forward_image(const pil_job *j, long b);
@@ -159,13 +159,14 @@ static void strided_backward_image(const pil_job *j, long b);
 
 /* Work items: (image, chunk of vectors), handed out in order (strided: whole images). */
 static void pil_task(void *ctx, int tid, int nt) {
-  (void)tid; (void)nt;
+  (void)nt;
   pil_job *j = ctx;
   const conv_p *p = j->p;
   const long per = (j->g.nv + j->chunks - 1) / j->chunks;
+  pool_cursor cur = pool_cursor_at(&j->items, tid);
   for (;;) {
-    const long it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-    if (it >= (long)p->n * j->chunks) break;
+    const long it = pool_ranges_next(&j->items, &cur);
+    if (it < 0) break;
     const long b = it / j->chunks;
     if (j->kind == 1) {
       strided_forward_image(j, b);
@@ -187,9 +188,10 @@ static void pil_run(pil_job *j, int whole_images) {
   /* whole images when there are enough of them; else chunks of vectors, ~16 items a thread */
   j->chunks = whole_images || p->n >= 4 * T ? 1 : (int)((16L * T + p->n - 1) / p->n);
   if (j->chunks > j->g.nv) j->chunks = j->g.nv;
-  atomic_init(&j->next, 0);
   const long items = (long)p->n * j->chunks;
-  pool_run_dynamic(pil_task, j, items < T ? (int)items : T);
+  const int nthr = items < T ? (int)items : T;
+  pool_ranges_init(&j->items, items, j->chunks, pool_affinity() ? nthr : 1);
+  pool_run_dynamic(pil_task, j, nthr);
 }
 
 /* floor(a / s) for s > 0 */
@@ -441,7 +443,7 @@ typedef struct {
   const float *x, *dy;
   float *part; /* [group][cout][cin * taps] */
   int groups;
-  atomic_long next;
+  pool_ranges items; /* the groups, by ranges */
 } pil_bw_job;
 
 /* Pairs [k0, k0 + BW_K) (k = ci * taps + t): their offsets in the source stream, and their lane masks
@@ -494,7 +496,7 @@ __attribute__((target("avx512f"))) static void bw_block(const pil_geo *g, int co
  * copied or split into phase planes side by side; else the input split per image where strided), then
  * every block, into the group's slot. */
 static void bw_task(void *ctx, int tid, int nt) {
-  (void)tid; (void)nt;
+  (void)nt;
   static _Thread_local buf_t src_buf, dy_buf, mb_buf, zero_buf;
   pil_bw_job *j = ctx;
   const conv_p *p = j->p;
@@ -507,9 +509,10 @@ static void bw_task(void *ctx, int tid, int nt) {
   memset(zero, 0, sizeof(float) * (size_t)nv * 16);
   float *src = s > 1 || j->packed ? grow(&src_buf, (size_t)s * s * p->cin * L) : NULL;
   float *dys = j->packed ? grow(&dy_buf, (size_t)p->cout * L) : NULL;
+  pool_cursor cur = pool_cursor_at(&j->items, tid);
   for (;;) {
-    const long grp = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-    if (grp >= j->groups) break;
+    const long grp = pool_ranges_next(&j->items, &cur);
+    if (grp < 0) break;
     const long b0 = grp * BW_IMAGES;
     const int nimg = p->n - b0 < BW_IMAGES ? (int)(p->n - b0) : BW_IMAGES;
     const pil_geo *g = j->packed && grp == j->groups - 1 ? &j->last.g : &j->full.g;
@@ -591,9 +594,9 @@ void pil_backward_weight(float *dw, const float *x, const float *dy, const conv_
   }
   const long K = (long)p->cin * p->kh * p->kw, wsz = (long)p->cout * K;
   j.part = grow(&part_buf, (size_t)j.groups * wsz);
-  atomic_init(&j.next, 0);
-  const int T = pool_threads();
-  pool_run_dynamic(bw_task, &j, j.groups < T ? j.groups : T);
+  const int T = pool_threads(), nthr = j.groups < T ? j.groups : T;
+  pool_ranges_init(&j.items, j.groups, 1, pool_affinity() ? nthr : 1);
+  pool_run_dynamic(bw_task, &j, nthr);
   memcpy(dw, j.part, sizeof(float) * (size_t)wsz);
   for (int grp = 1; grp < j.groups; grp++)
     for (long i = 0; i < wsz; i++) dw[i] += j.part[grp * wsz + i];

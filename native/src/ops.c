@@ -266,7 +266,7 @@ typedef struct {
   float *k;       /* per channel: forward scale, shift; backward k1, k2, k3 */
   const float *ss; /* backward of a fused relu, recomputed: the forward's scale, shift per channel */
   int blocks;
-  atomic_int next;
+  pool_ranges items; /* the image blocks, by ranges */
 } bn_im_job;
 
 /* The 16 lanes of v added in double. */
@@ -342,7 +342,7 @@ __attribute__((target("avx512f"))) static inline void add_lanes(double *lanes, _
  * g * (x - mean), g = dy (zero where a fused relu's output is <= 0). Within an image's segment in
  * float, then in double (on small maps lane by lane, reduced at the block's end). */
 __attribute__((target("avx512f"))) static void bn_im_sums_task(void *ctx, int tid, int nt) {
-  (void)tid; (void)nt;
+  (void)nt;
   bn_im_job *ij = ctx;
   const bn_job *j = ij->j;
   const long hw = j->hw;
@@ -350,9 +350,10 @@ __attribute__((target("avx512f"))) static void bn_im_sums_task(void *ctx, int ti
   const __m512 zero = _mm512_setzero_ps();
   const int by_lanes = hw <= BN_LANES_HW;
   double *lanes = by_lanes ? lanes_scratch(32L * j->c) : NULL; /* [channel][stat][16] */
+  pool_cursor cur = pool_cursor_at(&ij->items, tid);
   for (;;) {
-    const int blk = atomic_fetch_add_explicit(&ij->next, 1, memory_order_relaxed);
-    if (blk >= ij->blocks) break;
+    const int blk = (int)pool_ranges_next(&ij->items, &cur);
+    if (blk < 0) break;
     long b0, b1;
     bn_block(ij, blk, &b0, &b1);
     double *part = ij->part + (long)blk * j->c * 2;
@@ -450,7 +451,7 @@ static void bn_im_sums(bn_im_job *ij, double *sum) {
     if (!part) abort();
   }
   ij->part = part;
-  atomic_init(&ij->next, 0);
+  pool_ranges_init(&ij->items, ij->blocks, 1, pool_affinity() ? pool_threads() : 1);
   if ((long)j->n * j->c * j->hw < PAR_MIN) bn_im_sums_task(ij, 0, 1);
   else pool_run_dynamic(bn_im_sums_task, ij, pool_threads());
   for (long i = 0; i < 2L * j->c; i++) sum[i] = 0.0;
