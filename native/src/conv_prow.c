@@ -163,8 +163,7 @@ typedef struct {
   int yblk;                       /* blocked output: NCHW16c with a zero border (conv.h) */
   long chblk;                     /* blocked output: floats per 16-channel block of an image ((oh+2)*(ow+2)*16) */
   int ywp;                        /* blocked output: padded row width ow + 2 */
-  atomic_long next;               /* by_image: the next image */
-  pool_ranges items;              /* else: the (chunk, panel) items, chunk-major, by ranges of chunks */
+  pool_ranges items;              /* the images (by_image), else the (chunk, panel) items, chunk-major, by ranges of chunks */
 } prow_job;
 
 /* One tile of a 32-channel panel with blocked output: yo[r] is run r's first pixel in channel block 0. */
@@ -344,9 +343,10 @@ __attribute__((target("avx512f"))) static void prow_task(void *ctx, int tid, int
   const long per_img = (long)p->oh * j->rpr;
   if (j->by_image) {
     float *ph = j->direct ? NULL : grow(&prow_img_buf, (size_t)j->g.img);
+    pool_cursor cur = pool_cursor_at(&j->items, tid);
     for (;;) {
-      const long b = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-      if (b >= p->n) break;
+      const long b = pool_ranges_next(&j->items, &cur);
+      if (b < 0) break;
       const float *base = j->x + b * j->x_img;
       if (!j->direct) {
         build_phases(&j->g, base, ph);
@@ -525,8 +525,9 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   const long fit = (512L << 10) / (tile_bytes > 0 ? tile_bytes : 1);
   if (j.by_image) {
     j.per_chunk = fit >= 1 ? (int)(fit < (1L << 30) ? fit : 1L << 30) : 1;
-    atomic_init(&j.next, 0);
-    pool_run_dynamic(prow_task, &j, p->n < T ? p->n : T);
+    const int nthr = p->n < T ? p->n : T;
+    pool_ranges_init(&j.items, p->n, 1, pool_affinity() ? nthr : 1);
+    pool_run_dynamic(prow_task, &j, nthr);
     free(own_off);
     return;
   }
