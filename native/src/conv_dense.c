@@ -290,11 +290,10 @@ typedef struct {
   dense_job d;
   const float *dy, *Bp; /* Bp: pixel-major x as the product's pre-packed B (n x K) */
   int cb;               /* output channels a block */
-  atomic_long next;
+  pool_ranges items;    /* the blocks, by ranges */
 } wfold_job;
 
 static void wfold_task(void *ctx, int tid, int n) {
-  (void)tid;
   (void)n;
   static _Thread_local buf_t gbuf, abuf;
   static _Thread_local const float **rowb;
@@ -311,9 +310,10 @@ static void wfold_task(void *ctx, int tid, int n) {
     if (!rowb) abort();
     rowcap = kk;
   }
+  pool_cursor cur = pool_cursor_at(&f->items, tid);
   for (;;) {
-    const long co0 = atomic_fetch_add_explicit(&f->next, 1, memory_order_relaxed) * f->cb;
-    if (co0 >= p->cout) break;
+    const long blk = pool_ranges_next(&f->items, &cur), co0 = blk * f->cb;
+    if (blk < 0) break;
     const long co1 = co0 + f->cb < p->cout ? co0 + f->cb : p->cout;
     sgemm_pb_st(1, (int)((co1 - co0) * j->pout), K, p->n, f->dy + co0 * j->pout, N, f->Bp, g, K);
     for (long co = co0; co < co1; co++) fold_co(j, co, g + (co - co0) * j->pout * K, acc, rowb);
@@ -369,28 +369,28 @@ typedef struct {
   const float *Ap; /* the GEMM's A, whole-K packed (sgemm_pack_a_mt) */
   float *c;        /* C, row stride N */
   float beta;
-  atomic_long next;
+  pool_ranges items;  /* the task's items (panels, or 32-channel runs), by ranges */
 } fused_job;
 
-/* Runs a fused job whose pair table is made (job_init) on all threads, then frees the table. */
-static void run_fused(pool_fn fn, fused_job *f) {
-  atomic_init(&f->next, 0);
+/* Runs a fused job of `items` items whose pair table is made (job_init) on all threads, then frees the table. */
+static void run_fused(pool_fn fn, fused_job *f, long items) {
+  pool_ranges_init(&f->items, items, 1, pool_affinity() ? pool_threads() : 1);
   pool_run_dynamic(fn, f, pool_threads());
   free((void *)f->d.tab);
 }
 
 static void fwd_fused_task(void *ctx, int tid, int n) {
-  (void)tid;
   (void)n;
   static _Thread_local buf_t tbuf, pbuf;
   fused_job *f = ctx;
   const dense_job *j = &f->d;
   const int nr = sgemm_nr(), N = j->p->cout * j->pout;
-  const long K = (long)j->p->cin * j->pin, panels = (N + nr - 1) / nr;
+  const long K = (long)j->p->cin * j->pin;
   float *panel = grow(&pbuf, (size_t)K * nr);
+  pool_cursor cur = pool_cursor_at(&f->items, tid);
   for (;;) {
-    const long pj = atomic_fetch_add_explicit(&f->next, 1, memory_order_relaxed);
-    if (pj >= panels) break;
+    const long pj = pool_ranges_next(&f->items, &cur);
+    if (pj < 0) break;
     fwd_panel(j, pj, panel, &tbuf);
     const int cols = N - pj * nr < nr ? (int)(N - pj * nr) : nr;
     sgemm_panel(j->p->n, cols, (int)K, f->Ap, panel, f->beta, f->c + pj * nr, N);
@@ -407,7 +407,7 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
   if (residual && residual != y) memcpy(y, residual, sizeof(float) * (size_t)ny);
   fused_job f = {.Ap = Ap, .c = y, .beta = residual ? 1.0f : 0.0f};
   job_init(&f.d, p, w, NULL);
-  run_fused(fwd_fused_task, &f);
+  run_fused(fwd_fused_task, &f, (N + sgemm_nr() - 1) / sgemm_nr());
   if (bias || relu)
     for (long i = 0; i < ny; i++) {
       const float v = y[i] + (bias ? bias[(i % N) / pout] : 0.0f);
@@ -420,7 +420,6 @@ void dense_forward(float *y, const float *x, const float *w, const float *bias, 
  * output channel once (wt[co][t][nr]: 288 KB for 256 channels), then builds and multiplies the
  * panels of each q from it. */
 static void bwd_fused_task(void *ctx, int tid, int n) {
-  (void)tid;
   (void)n;
   static _Thread_local buf_t wbuf, pbuf;
   fused_job *f = ctx;
@@ -429,9 +428,10 @@ static void bwd_fused_task(void *ctx, int tid, int n) {
   const int kk = p->kh * p->kw, cin = p->cin, nr = sgemm_nr(), Kg = p->cout * j->pout, N = cin * j->pin;
   const int reuse = j->npairs > j->nlive; /* else each tap serves one pair: read in place, as bwd_panels_task */
   float *wt = reuse ? grow(&wbuf, (size_t)p->cout * kk * nr) : NULL, *panel = grow(&pbuf, (size_t)Kg * nr);
+  pool_cursor cur = pool_cursor_at(&f->items, tid);
   for (;;) {
-    const long r = atomic_fetch_add_explicit(&f->next, 1, memory_order_relaxed);
-    if (r >= cin / nr) break;
+    const long r = pool_ranges_next(&f->items, &cur);
+    if (r < 0) break;
     const int ci0 = (int)r * nr;
     if (reuse)
       for (int co = 0; co < p->cout; co++) {
@@ -472,7 +472,7 @@ void dense_backward_input(float *dx, const float *dy, const float *w, const conv
     float *Ap = grow(&abuf, sgemm_packed_a_size(p->n, N));
     sgemm_pack_a_mt(dy, p->n, N, Ap);
     f.Ap = Ap;
-    run_fused(bwd_fused_task, &f);
+    run_fused(bwd_fused_task, &f, p->cin / sgemm_nr());
   } else {
     sgemm_ex_pb(0, p->n, K, N, 1.0f, dy, N, bwd_panels(&f.d), f.beta, c, K);
     free((void *)f.d.tab);
@@ -489,7 +489,7 @@ void dense_backward_weight(float *dw, const float *x, const float *dy, const con
   const long cb = (1L << 16) / ((long)pout * K);
   f.cb = (int)(cb < 1 ? 1 : cb > p->cout ? p->cout : cb);
   job_init(&f.d, p, NULL, dw);
-  atomic_init(&f.next, 0);
+  pool_ranges_init(&f.items, (p->cout + f.cb - 1) / f.cb, 1, pool_affinity() ? pool_threads() : 1);
   pool_run_dynamic(wfold_task, &f, pool_threads());
   free((void *)f.d.tab);
 }
