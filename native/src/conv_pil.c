@@ -157,7 +157,7 @@ typedef struct {
 static void strided_forward_image(const pil_job *j, long b);
 static void strided_backward_image(const pil_job *j, long b);
 
-/* Work items: (image, chunk of vectors), handed out in order (strided: whole images). */
+/* Work items: (image, chunk of vectors), handed out by ranges of images (strided: whole images). */
 static void pil_task(void *ctx, int tid, int nt) {
   (void)nt;
   pil_job *j = ctx;

@@ -577,7 +577,7 @@ static void chunk_at(wino_job *j, long t0, long nt) {
   }
 }
 
-/* A thread's share of a private-chunk forward: chunks of j->nt tiles taken from j->next, each through
+/* A thread's share of a private-chunk forward: chunks of j->nt tiles taken from j->chunks, each through
  * the input transform, all (position, panel) products and the output transform, with this thread's
  * own scratch. */
 static void wino_private_task(void *ctx, int tid, int n) {

@@ -1,6 +1,7 @@
 /* Thread pool: persistent pthreads woken by a generation counter. Workers spin briefly before
  * sleeping on a condition variable, so back-to-back kernels (a forward pass is ~100 of them) do
- * not pay a futex wake each time. Every job hands its work out dynamically (pool_run_n: in parts). */
+ * not pay a futex wake each time. Every job hands its work out dynamically (pool_run_n: in parts),
+ * by ranges where it can (pool_ranges: each thread's own range first, then the others' leftovers). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif

@@ -1,5 +1,6 @@
 /* A small fixed-size thread pool. pool_run(fn, ctx) splits a job into parts (up to 8 per thread) and
- * hands them out to the threads as they come: fn(ctx, part, parts) does its share of the work for
+ * hands them out by ranges (pool_ranges below: a thread's own parts first, then what the others
+ * left): fn(ctx, part, parts) does its share of the work for
  * that part (pool_split) and must write outputs disjoint from other parts'. A slowed or descheduled
  * thread then takes fewer parts instead of holding the others up. Nested calls from inside a task
  * run serially, as fn(ctx, 0, 1). */
