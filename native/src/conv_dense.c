@@ -22,7 +22,6 @@
 #include "conv_internal.h"
 #include "gemm.h"
 #include "pool.h"
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -374,7 +373,7 @@ typedef struct {
 
 /* Runs a fused job of `items` items whose pair table is made (job_init) on all threads, then frees the table. */
 static void run_fused(pool_fn fn, fused_job *f, long items) {
-  pool_ranges_init(&f->items, items, 1, pool_affinity() ? pool_threads() : 1);
+  pool_ranges_init(&f->items, items, 1, pool_threads());
   pool_run_dynamic(fn, f, pool_threads());
   free((void *)f->d.tab);
 }
@@ -489,7 +488,7 @@ void dense_backward_weight(float *dw, const float *x, const float *dy, const con
   const long cb = (1L << 16) / ((long)pout * K);
   f.cb = (int)(cb < 1 ? 1 : cb > p->cout ? p->cout : cb);
   job_init(&f.d, p, NULL, dw);
-  pool_ranges_init(&f.items, (p->cout + f.cb - 1) / f.cb, 1, pool_affinity() ? pool_threads() : 1);
+  pool_ranges_init(&f.items, (p->cout + f.cb - 1) / f.cb, 1, pool_threads());
   pool_run_dynamic(wfold_task, &f, pool_threads());
   free((void *)f.d.tab);
 }

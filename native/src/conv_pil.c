@@ -190,7 +190,7 @@ static void pil_run(pil_job *j, int whole_images) {
   if (j->chunks > j->g.nv) j->chunks = j->g.nv;
   const long items = (long)p->n * j->chunks;
   const int nthr = items < T ? (int)items : T;
-  pool_ranges_init(&j->items, items, j->chunks, pool_affinity() ? nthr : 1);
+  pool_ranges_init(&j->items, items, j->chunks, nthr);
   pool_run_dynamic(pil_task, j, nthr);
 }
 
@@ -595,7 +595,7 @@ void pil_backward_weight(float *dw, const float *x, const float *dy, const conv_
   const long K = (long)p->cin * p->kh * p->kw, wsz = (long)p->cout * K;
   j.part = grow(&part_buf, (size_t)j.groups * wsz);
   const int T = pool_threads(), nthr = j.groups < T ? j.groups : T;
-  pool_ranges_init(&j.items, j.groups, 1, pool_affinity() ? nthr : 1);
+  pool_ranges_init(&j.items, j.groups, 1, nthr);
   pool_run_dynamic(bw_task, &j, nthr);
   memcpy(dw, j.part, sizeof(float) * (size_t)wsz);
   for (int grp = 1; grp < j.groups; grp++)

@@ -526,7 +526,7 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   if (j.by_image) {
     j.per_chunk = fit >= 1 ? (int)(fit < (1L << 30) ? fit : 1L << 30) : 1;
     const int nthr = p->n < T ? p->n : T;
-    pool_ranges_init(&j.items, p->n, 1, pool_affinity() ? nthr : 1);
+    pool_ranges_init(&j.items, p->n, 1, nthr);
     pool_run_dynamic(prow_task, &j, nthr);
     free(own_off);
     return;
@@ -550,7 +550,7 @@ static void prow_exec(float *y, const float *x, const float *wt, const float *wp
   j.chunks = (int)((j.ntiles + j.per_chunk - 1) / j.per_chunk);
   long items = (long)j.npanels * j.chunks;
   const int nthr = items < T ? (int)items : T;
-  pool_ranges_init(&j.items, items, j.npanels, pool_affinity() ? nthr : 1);
+  pool_ranges_init(&j.items, items, j.npanels, nthr);
   pool_run_dynamic(prow_task, &j, nthr);
   free(own_off);
 }

@@ -622,7 +622,7 @@ static void wino_run(wino_job *j) {
   const long total = (long)p->n * j->th * j->tw;
   const int T = pool_threads();
   if (T > 1 && wino_private(p, j->np) && (j->nt = chunk_tiles_private(j, total, T)) > 0) { /* nt: tiles per chunk */
-    pool_ranges_init(&j->chunks, (total + j->nt - 1) / j->nt, 1, pool_affinity() ? T : 1);
+    pool_ranges_init(&j->chunks, (total + j->nt - 1) / j->nt, 1, T);
     pool_run_dynamic(wino_private_task, j, T);
     return;
   }
@@ -1134,7 +1134,7 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
     sh.groups = (int)((nchunks + sh.cpg - 1) / sh.cpg);
     if (sh.groups >= 2 * T) {
       sh.dUg = grow(&ubuf, (size_t)sh.groups * usz);
-      pool_ranges_init(&sh.items, sh.groups, 1, pool_affinity() ? T : 1);
+      pool_ranges_init(&sh.items, sh.groups, 1, T);
       pool_run_dynamic(wbw_private_task, &sh, T);
       wback_job bj = {p, sh.dUg, dw, m, sh.groups};
       run_range(wback_range, &bj, (long)p->cin * (p->cout / 16));

@@ -451,7 +451,7 @@ static void bn_im_sums(bn_im_job *ij, double *sum) {
     if (!part) abort();
   }
   ij->part = part;
-  pool_ranges_init(&ij->items, ij->blocks, 1, pool_affinity() ? pool_threads() : 1);
+  pool_ranges_init(&ij->items, ij->blocks, 1, pool_threads());
   if ((long)j->n * j->c * j->hw < PAR_MIN) bn_im_sums_task(ij, 0, 1);
   else pool_run_dynamic(bn_im_sums_task, ij, pool_threads());
   for (long i = 0; i < 2L * j->c; i++) sum[i] = 0.0;
@@ -694,31 +694,26 @@ void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const 
               .relu_from_x = relu_from_x && !getenv("RESNET_BN_READ_MASK"), .beta = beta,
               .gb = relu_y && !relu_from_x ? masked_out : NULL};
   if (masked_out && !j.gb) abort(); /* the addon checks: masked_out only with relu_y, read */
-  /* the AVX-512 image-by-image path writes the masked gradient in its sums pass; the others mask
-   * first, in a pass of their own, and go on from the masked gradient */
-  const int im = hw >= BN_SMALL_HW || getenv("RESNET_BN_NO_SMALL");
+  /* the path: small maps by column sums, else AVX-512 image by image, else channel by channel */
+  const int small = hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL");
 #if defined(__x86_64__)
-  const int fused = im && has_avx512();
+  const int im = !small && has_avx512();
 #else
-  const int fused = 0;
+  const int im = 0;
 #endif
-  if (j.gb && !fused) {
+  /* the image-by-image path writes the masked gradient in its sums pass; the others mask first, in
+   * a pass of their own, and go on from the masked gradient */
+  if (j.gb && !im) {
     relu_bwd(j.gb, dy, relu_y, (long)n * c * hw);
     j.dy = j.gb;
     j.ymask = NULL;
     j.gb = NULL;
   }
-  if (hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL")) {
-    run_channels(bn_backward_small_task, &j);
-    return;
-  }
+  if (small) run_channels(bn_backward_small_task, &j);
 #if defined(__x86_64__)
-  if (has_avx512()) {
-    bn_backward_im(&j);
-    return;
-  }
+  else if (im) bn_backward_im(&j);
 #endif
-  run_channels(bn_backward_task, &j);
+  else run_channels(bn_backward_task, &j);
 }
 
 /* ---- element-wise ------------------------------------------------------------------------- */

@@ -193,14 +193,14 @@ void pool_run_n(pool_fn fn, void *ctx, int limit) {
   j.fn = fn;
   j.ctx = ctx;
   j.parts = limit < PARTS_PER_THREAD * n ? limit : PARTS_PER_THREAD * n;
-  pool_ranges_init(&j.items, j.parts, 1, pool_affinity() ? n : 1);
+  pool_ranges_init(&j.items, j.parts, 1, n);
   run(parts_task, &j, n);
 }
 void pool_run_dynamic(pool_fn fn, void *ctx, int limit) { run(fn, ctx, limit); }
 
 void pool_run(pool_fn fn, void *ctx) { pool_run_n(fn, ctx, MAX_THREADS); }
 
-int pool_affinity(void) {
+static int pool_affinity(void) {
   static int on = -1;
   if (on < 0) on = !(getenv("RESNET_AFFINITY") && strcmp(getenv("RESNET_AFFINITY"), "0") == 0);
   return on;
@@ -210,7 +210,7 @@ void pool_ranges_init(pool_ranges *r, long total, long unit, int ranges) {
   const long units = (total + unit - 1) / unit;
   if (ranges > POOL_MAX_RANGES) ranges = POOL_MAX_RANGES;
   if (ranges > units) ranges = (int)units;
-  if (ranges < 1) ranges = 1;
+  if (ranges < 1 || !pool_affinity()) ranges = 1;
   r->total = total;
   r->unit = unit;
   r->ranges = ranges;

@@ -35,10 +35,8 @@ typedef struct {
   int ranges;
   _Atomic long next[POOL_MAX_RANGES];
 } pool_ranges;
-/* Whether the jobs that can hand out work by ranges do (RESNET_AFFINITY=0: one shared counter, for
- * measurements). */
-int pool_affinity(void);
-/* ranges is clamped to [1, POOL_MAX_RANGES] and to the number of units. */
+/* ranges (the threads the job runs on) is clamped to [1, POOL_MAX_RANGES] and to the number of units;
+ * RESNET_AFFINITY=0 makes it 1, one shared counter (for measurements). */
 void pool_ranges_init(pool_ranges *r, long total, long unit, int ranges);
 /* A thread's position in the ranges: start it with pool_cursor_at. */
 typedef struct {
