@@ -115,6 +115,9 @@ const convCases: [string, Conv2dParams][] = [
   ['Winograd on NCHW: 32 -> 48, odd 9x11 maps (cut edge tiles), batch 3', convCase(3, 32, 9, 11, 48, 3, 1, 1, 1, 1)],
   ['Winograd on NCHW: 4x4 maps (one tile per image), 48 -> 32, batch 5', convCase(5, 48, 4, 4, 32, 3, 1, 1, 1, 1)],
   ['Winograd on NCHW: a 3x13 map, 64 -> 32', convCase(2, 64, 3, 13, 32, 3, 1, 1, 1, 1)],
+  // maps 7-16 wide: the input transform a tile row (up to 16 columns) or two (up to 8) at a time
+  ['Winograd on NCHW by tile rows: 16x16 maps (a row fills a vector), 32 -> 32, batch 2', convCase(2, 32, 16, 16, 32, 3, 1, 1, 1, 1)],
+  ['Winograd on NCHW by pairs of tile rows: 11x8 maps (an odd last group), 48 -> 32, batch 7', convCase(7, 48, 11, 8, 32, 3, 1, 1, 1, 1)],
   // maps at least 28 wide: the input transform reads a blocked copy of each image's 16 channels made
   // a row at a time as the tiles reach it (chunks of tiles start and end inside images)
   ['Winograd on NCHW from a blocked copy made row by row: 32 -> 48, 30x29 maps, batch 3', convCase(3, 32, 30, 29, 48, 3, 1, 1, 1, 1)],

@@ -336,6 +336,82 @@ static const float *row_copy_rows(row_copy *rc, const float *src, long b, long b
   return rc->plane;
 }
 
+/* F(4x4)'s input transform from NCHW x on maps at most 16 wide, a group of tiles at a time: the
+ * tiles of one tile row (maps of 9-16 columns), or of two (at most 8 columns, a row of each in the
+ * two halves of a vector). Per channel, the window rows' column transform (B^T d) runs on whole map
+ * rows, every tile of the group at once (6 loads per channel and group instead of 6 per tile); the
+ * results go through L1 into one register transpose per transform row and group (16 channels of
+ * every column), where the per-tile path needs three per tile; then the row transform per tile. The
+ * operations on each value are the per-tile path's, in the same order: the same bits. */
+#define WINO_ROWS_MAX_W 16
+static int wino_rows_off = -1; /* RESNET_WINO_ROWS=0: the per-tile path (measurements) */
+__attribute__((target("avx512f"))) static void wino_in_rows(wino_job *j, long lo, long hi) {
+  const conv_p *p = j->p;
+  const int L = p->w <= 8 ? 8 : 16, S = 16 / L, w = p->w, h = p->h;
+  const long hw = (long)h * w, per = (long)j->th * j->tw, vx = plane_stride((long)p->cin * j->tpad);
+  const __m512 z = _mm512_setzero_ps();
+  const __mmask16 cm = (__mmask16)((1u << w) - 1);
+  float cbuf[6][16][16] __attribute__((aligned(64))); /* [row of B^T d][channel][lane]: a group's column transforms */
+  long it = lo;
+  while (it < hi) {
+    const long c = it / j->tpad, t = it % j->tpad;
+    float *vc = j->V + c * j->tpad * 16;
+    if (t >= j->nt) { /* padding tiles of the last run: zeros */
+      for (int xi = 0; xi < 36; xi++) _mm512_storeu_ps(vc + t * 16 + xi * vx, z);
+      it++;
+      continue;
+    }
+    /* the group of tile t, and its tiles [t, tend) within this item range */
+    const long g = j->t0 + t, b = g / per, ty0 = (g % per) / j->tw / S * S;
+    const int rows = j->th - ty0 < S ? (int)(j->th - ty0) : S; /* tile rows in the group */
+    long tend = b * per + (ty0 + rows) * j->tw - j->t0;
+    if (tend > j->nt) tend = j->nt;
+    if (c * j->tpad + tend > hi) tend = hi - c * j->tpad;
+    const float *x0 = j->x + (b * p->cin + c * 16) * hw;
+    /* prefetch the next group's rows (the next tile rows, or the next image's first) */
+    {
+      const long ng = b * per + (ty0 + S) * j->tw < (b + 1) * per ? b : b + 1;
+      const long nty = ng == b ? ty0 + S : 0;
+      if (ng < p->n) {
+        const int r0 = 4 * (int)nty - 1 < 0 ? 0 : 4 * (int)nty - 1;
+        int r1 = 4 * ((int)nty + S - 1) + 5;
+        if (r1 > h) r1 = h;
+        const char *s0 = (const char *)(j->x + (ng * p->cin + c * 16) * hw + (long)r0 * w);
+        const long bytes = (long)(r1 - r0) * w * (long)sizeof(float);
+        for (int l = 0; l < 16; l++)
+          for (long o = 0; o < bytes + 63; o += 64) __builtin_prefetch(s0 + l * hw * (long)sizeof(float) + (o < bytes ? o : bytes - 1), 0, 3);
+      }
+    }
+    for (int l = 0; l < 16; l++) { /* columns: B^T d, on whole rows */
+      const float *xl = x0 + l * hw;
+      __m512 d[6], r[6];
+      for (int i = 0; i < 6; i++) {
+        d[i] = z;
+        for (int s = 0; s < rows; s++) {
+          const int y = 4 * ((int)ty0 + s) - 1 + i;
+          if (y >= 0 && y < h) d[i] = _mm512_mask_loadu_ps(d[i], (__mmask16)(cm << (s * L)), xl + (long)y * w - s * L);
+        }
+      }
+      BT(4, d, r);
+      for (int i = 0; i < 6; i++) _mm512_store_ps(cbuf[i][l], r[i]);
+    }
+    for (int i = 0; i < 6; i++) { /* rows: (B^T d) B, per tile */
+      __m512 col[16];
+      for (int l = 0; l < 16; l++) col[l] = _mm512_load_ps(cbuf[i][l]);
+      transpose16(col); /* col[s*L + x]: column x of the group's tile row s, 16 channels */
+      for (long tt = t; tt < tend; tt++) {
+        const long r = (j->t0 + tt) % per;
+        const int s = (int)(r / j->tw - ty0), x0c = 4 * (int)(r % j->tw) - 1;
+        __m512 d[6], o[6];
+        for (int q = 0; q < 6; q++) d[q] = x0c + q >= 0 && x0c + q < w ? col[s * L + x0c + q] : z;
+        BT(4, d, o);
+        for (int q = 0; q < 6; q++) _mm512_storeu_ps(vc + tt * 16 + (i * 6 + q) * vx, o[q]);
+      }
+    }
+    it = c * j->tpad + tend;
+  }
+}
+
 /* Pass 1, items (channel block, tile) split evenly: V = B^T d B. Input rows and columns past the
  * border (the last tile of a map whose size is not a multiple of m) read as zero; they only feed
  * outputs that are not written. */
@@ -345,6 +421,10 @@ __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long 
   const long plane = (long)hp * wp * 16, img = cb * plane, vx = plane_stride((long)p->cin * j->tpad);
   const __m512 z = _mm512_setzero_ps();
   const int copy = j->x_nchw && p->w >= WINO_COPY_MIN_W;
+  if (j->x_nchw && !copy && m == 4 && p->w <= WINO_ROWS_MAX_W && !env_zero("RESNET_WINO_ROWS", &wino_rows_off)) {
+    wino_in_rows(j, lo, hi);
+    return;
+  }
   row_copy rc;
   if (copy) row_copy_init(&rc, p->cin, p->h, p->w);
   for (long it = lo; it < hi; it++) {
