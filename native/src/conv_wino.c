@@ -345,71 +345,98 @@ static const float *row_copy_rows(row_copy *rc, const float *src, long b, long b
  * operations on each value are the per-tile path's, in the same order: the same bits. */
 #define WINO_ROWS_MAX_W 16
 static int wino_rows_off = -1; /* RESNET_WINO_ROWS=0: the per-tile path (measurements) */
-__attribute__((target("avx512f"))) static void wino_in_rows(wino_job *j, long lo, long hi) {
+/* The first item at or after the group's, and the group: image b, first tile row ty0, tile rows
+ * (S or fewer at the map's bottom), its tiles [t, tend) within the items [lo, hi) of channel block c
+ * (items c * stride + tile), and the next group's image and first tile row (*nb = n: none). */
+typedef struct {
+  long c, t, tend, b, ty0, nb, nty;
+  int rows;
+} wino_group;
+static inline wino_group group_at(const wino_job *j, long it, long stride, long hi, int S) {
+  wino_group g;
+  const long per = (long)j->th * j->tw;
+  g.c = it / stride;
+  g.t = it % stride;
+  const long gt = j->t0 + g.t;
+  g.b = gt / per;
+  g.ty0 = (gt % per) / j->tw / S * S;
+  g.rows = j->th - g.ty0 < S ? (int)(j->th - g.ty0) : S;
+  g.tend = g.b * per + (g.ty0 + g.rows) * j->tw - j->t0;
+  if (g.tend > j->nt) g.tend = j->nt;
+  if (g.c * stride + g.tend > hi) g.tend = hi - g.c * stride;
+  g.nb = g.ty0 + S < j->th ? g.b : g.b + 1;
+  g.nty = g.nb == g.b ? g.ty0 + S : 0;
+  return g;
+}
+
+/* Prefetches channel plane `plane` (of 16 from `base`, ch floats apart) rows [r0, r1) of width w. */
+__attribute__((always_inline)) static inline void prefetch_rows(const float *base, long ch, int l, int r0, int r1, int w, int write) {
+  const char *s0 = (const char *)(base + l * ch + (long)r0 * w);
+  const long bytes = (long)(r1 - r0) * w * (long)sizeof(float);
+  for (long o = 0; o < bytes + 63; o += 64) {
+    const char *a = s0 + (o < bytes ? o : bytes - 1);
+    if (write) __builtin_prefetch(a, 1, 3);
+    else __builtin_prefetch(a, 0, 3);
+  }
+}
+
+__attribute__((target("avx512f"), always_inline)) static inline void wino_in_rows_l(wino_job *j, long lo, long hi, const int L) {
   const conv_p *p = j->p;
-  const int L = p->w <= 8 ? 8 : 16, S = 16 / L, w = p->w, h = p->h;
+  const int S = 16 / L, w = p->w, h = p->h;
   const long hw = (long)h * w, per = (long)j->th * j->tw, vx = plane_stride((long)p->cin * j->tpad);
   const __m512 z = _mm512_setzero_ps();
   const __mmask16 cm = (__mmask16)((1u << w) - 1);
   float cbuf[6][16][16] __attribute__((aligned(64))); /* [row of B^T d][channel][lane]: a group's column transforms */
   long it = lo;
   while (it < hi) {
-    const long c = it / j->tpad, t = it % j->tpad;
-    float *vc = j->V + c * j->tpad * 16;
-    if (t >= j->nt) { /* padding tiles of the last run: zeros */
-      for (int xi = 0; xi < 36; xi++) _mm512_storeu_ps(vc + t * 16 + xi * vx, z);
+    const wino_group g = group_at(j, it, j->tpad, hi, S);
+    float *vc = j->V + g.c * j->tpad * 16;
+    if (g.t >= j->nt) { /* padding tiles of the last run: zeros */
+      for (int xi = 0; xi < 36; xi++) _mm512_storeu_ps(vc + g.t * 16 + xi * vx, z);
       it++;
       continue;
     }
-    /* the group of tile t, and its tiles [t, tend) within this item range */
-    const long g = j->t0 + t, b = g / per, ty0 = (g % per) / j->tw / S * S;
-    const int rows = j->th - ty0 < S ? (int)(j->th - ty0) : S; /* tile rows in the group */
-    long tend = b * per + (ty0 + rows) * j->tw - j->t0;
-    if (tend > j->nt) tend = j->nt;
-    if (c * j->tpad + tend > hi) tend = hi - c * j->tpad;
-    const float *x0 = j->x + (b * p->cin + c * 16) * hw;
-    /* prefetch the next group's rows (the next tile rows, or the next image's first) */
-    {
-      const long ng = b * per + (ty0 + S) * j->tw < (b + 1) * per ? b : b + 1;
-      const long nty = ng == b ? ty0 + S : 0;
-      if (ng < p->n) {
-        const int r0 = 4 * (int)nty - 1 < 0 ? 0 : 4 * (int)nty - 1;
-        int r1 = 4 * ((int)nty + S - 1) + 5;
-        if (r1 > h) r1 = h;
-        const char *s0 = (const char *)(j->x + (ng * p->cin + c * 16) * hw + (long)r0 * w);
-        const long bytes = (long)(r1 - r0) * w * (long)sizeof(float);
-        for (int l = 0; l < 16; l++)
-          for (long o = 0; o < bytes + 63; o += 64) __builtin_prefetch(s0 + l * hw * (long)sizeof(float) + (o < bytes ? o : bytes - 1), 0, 3);
-      }
-    }
+    const float *x0 = j->x + (g.b * p->cin + g.c * 16) * hw;
+    /* the next group's rows, a channel per channel below (a burst of them stalls on the fill buffers) */
+    const float *nx = j->x + (g.nb * p->cin + g.c * 16) * hw;
+    const int pr0 = 4 * (int)g.nty - 1 < 0 ? 0 : 4 * (int)g.nty - 1, pr1 = 4 * ((int)g.nty + S - 1) + 5 < h ? 4 * ((int)g.nty + S - 1) + 5 : h;
     for (int l = 0; l < 16; l++) { /* columns: B^T d, on whole rows */
       const float *xl = x0 + l * hw;
+      if (g.nb < p->n) prefetch_rows(nx, hw, l, pr0, pr1, w, 0);
       __m512 d[6], r[6];
-      for (int i = 0; i < 6; i++) {
-        d[i] = z;
-        for (int s = 0; s < rows; s++) {
-          const int y = 4 * ((int)ty0 + s) - 1 + i;
-          if (y >= 0 && y < h) d[i] = _mm512_mask_loadu_ps(d[i], (__mmask16)(cm << (s * L)), xl + (long)y * w - s * L);
-        }
+      _Pragma("GCC unroll 6") for (int i = 0; i < 6; i++) {
+        const int y0 = 4 * (int)g.ty0 - 1 + i;
+        __m512 v = y0 >= 0 && y0 < h ? _mm512_maskz_loadu_ps(cm, xl + (long)y0 * w) : z;
+        if (S == 2 && g.rows == 2 && y0 + 4 < h) v = _mm512_mask_loadu_ps(v, (__mmask16)(cm << L), xl + (long)(y0 + 4) * w - L);
+        d[i] = v;
       }
       BT(4, d, r);
       for (int i = 0; i < 6; i++) _mm512_store_ps(cbuf[i][l], r[i]);
     }
+    const long first = g.b * per + g.ty0 * j->tw - j->t0; /* the group's first tile (may precede the range) */
     for (int i = 0; i < 6; i++) { /* rows: (B^T d) B, per tile */
       __m512 col[16];
       for (int l = 0; l < 16; l++) col[l] = _mm512_load_ps(cbuf[i][l]);
-      transpose16(col); /* col[s*L + x]: column x of the group's tile row s, 16 channels */
-      for (long tt = t; tt < tend; tt++) {
-        const long r = (j->t0 + tt) % per;
-        const int s = (int)(r / j->tw - ty0), x0c = 4 * (int)(r % j->tw) - 1;
+      transpose16(col); /* col[s*L + x]: column x of the group's tile row s, 16 channels (zero past the map) */
+      _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) { /* tile (s, tx) of the group, in order */
+        const int s = k / (L / 4), tx = k % (L / 4); /* L / 4 tiles per tile row */
+        const long tt = first + (long)s * j->tw + tx;
+        if (tx >= j->tw || s >= g.rows || tt < g.t || tt >= g.tend) continue;
         __m512 d[6], o[6];
-        for (int q = 0; q < 6; q++) d[q] = x0c + q >= 0 && x0c + q < w ? col[s * L + x0c + q] : z;
+        _Pragma("GCC unroll 6") for (int q = 0; q < 6; q++) {
+          const int x = 4 * tx - 1 + q; /* a column of the tile row: -1 and L up are outside the map */
+          d[q] = x >= 0 && x < L ? col[s * L + x] : z;
+        }
         BT(4, d, o);
         for (int q = 0; q < 6; q++) _mm512_storeu_ps(vc + tt * 16 + (i * 6 + q) * vx, o[q]);
       }
     }
-    it = c * j->tpad + tend;
+    it = g.c * j->tpad + g.tend;
   }
+}
+__attribute__((target("avx512f"))) static void wino_in_rows(wino_job *j, long lo, long hi) {
+  if (j->p->w <= 8) wino_in_rows_l(j, lo, hi, 8);
+  else wino_in_rows_l(j, lo, hi, 16);
 }
 
 /* Pass 1, items (channel block, tile) split evenly: V = B^T d B. Input rows and columns past the
@@ -582,9 +609,80 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
     }
   }
 }
+/* F(4x4)'s output transform into NCHW y on maps at most 16 wide, a group of tiles at a time (the
+ * input transform's groups: a tile row, or two on maps at most 8 wide): each tile's 4x4 pixels of 16
+ * channels go through L1, then per output row one register transpose gives every channel's whole row
+ * (of both tile rows, in the vector's halves), stored by one masked access per channel and tile row,
+ * where the per-tile path stores each tile's rows one by one (4 per channel and tile). Each value's
+ * operations are the per-tile path's, in the same order: the same bits. */
+__attribute__((target("avx512f"), always_inline)) static inline void wino_out_rows_l(wino_job *j, long lo, long hi, const int L) {
+  const conv_p *p = j->p;
+  const int S = 16 / L, ow = p->ow, oh = p->oh;
+  const long ohw = (long)oh * ow, per = (long)j->th * j->tw, mx = plane_stride((long)p->cout * j->tpad);
+  const __m512 z = _mm512_setzero_ps();
+  float obuf[4][16][16] __attribute__((aligned(64))); /* [tile pixel row][group column][channel] */
+  memset(obuf, 0, sizeof obuf);
+  long it = lo;
+  while (it < hi) {
+    const wino_group g = group_at(j, it, j->nt, hi, S);
+    const __m512 vb = j->bias ? _mm512_loadu_ps(j->bias + g.c * 16) : z;
+    const long first = g.b * per + g.ty0 * j->tw - j->t0; /* the group's first tile (may precede the range) */
+    __mmask16 keep = 0; /* lanes (group columns) of the tiles in [t, tend), within the map */
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) { /* tile (s, tx) of the group, in order */
+      const int s = k / (L / 4), tx = k % (L / 4);
+      const long tt = first + (long)s * j->tw + tx;
+      if (tx >= j->tw || s >= g.rows || tt < g.t || tt >= g.tend) continue;
+      const float *mm = j->M + g.c * j->tpad * 16 + tt * 16;
+      __m512 e[4][6];
+      for (int q = 0; q < 6; q++) { /* columns: A^T m */
+        __m512 v[6], o[4];
+        for (int i = 0; i < 6; i++) v[i] = _mm512_loadu_ps(mm + (i * 6 + q) * mx);
+        AT(4, v, o);
+        for (int i = 0; i < 4; i++) e[i][q] = o[i];
+      }
+      for (int r4 = 0; r4 < 4; r4++) { /* rows: (A^T m) A */
+        __m512 out[4];
+        AT(4, e[r4], out);
+        for (int q = 0; q < 4; q++) _mm512_store_ps(obuf[r4][s * L + 4 * tx + q], _mm512_add_ps(out[q], vb));
+      }
+      const int cols = ow - 4 * tx < 4 ? ow - 4 * tx : 4;
+      keep |= (__mmask16)(((1u << cols) - 1) << (s * L + 4 * tx));
+    }
+    const long y0 = (g.b * p->cout + g.c * 16) * ohw, ny = (g.nb * p->cout + g.c * 16) * ohw;
+    const int pr0 = 4 * (int)g.nty, pr1 = 4 * ((int)g.nty + S) < oh ? 4 * ((int)g.nty + S) : oh;
+    for (int r4 = 0; r4 < 4; r4++) {
+      __m512 px[16];
+      for (int k = 0; k < 16; k++) px[k] = _mm512_load_ps(obuf[r4][k]);
+      transpose16(px); /* px[l]: channel l's output row r4 of the group's tile rows, lanes s*L + x */
+      for (int l = r4 * 4; l < r4 * 4 + 4 && g.nb < p->n; l++) { /* the next group's rows, spread out */
+        prefetch_rows(j->y + ny, ohw, l, pr0, pr1, ow, 1);
+        if (j->residual) prefetch_rows(j->residual + ny, ohw, l, pr0, pr1, ow, 0);
+      }
+      for (int s = 0; s < S; s++) {
+        const int oy = 4 * ((int)g.ty0 + s) + r4;
+        const __mmask16 mk = keep & (__mmask16)(((1u << L) - 1) << (s * L));
+        if (s >= g.rows || oy >= oh || !mk) continue;
+        for (int l = 0; l < 16; l++) {
+          const long at = y0 + l * ohw + (long)oy * ow - s * L;
+          __m512 v = px[l];
+          if (j->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->residual + at));
+          if (j->relu) v = _mm512_max_ps(z, v); /* NaN stays NaN */
+          _mm512_mask_storeu_ps(j->y + at, mk, v);
+        }
+      }
+    }
+    it = g.c * j->nt + g.tend;
+  }
+}
+__attribute__((target("avx512f"))) static void wino_out_rows(wino_job *j, long lo, long hi) {
+  if (j->p->ow <= 8) wino_out_rows_l(j, lo, hi, 8);
+  else wino_out_rows_l(j, lo, hi, 16);
+}
+
 static void wino_out_range(void *ctx, long lo, long hi) {
   wino_job *j = ctx;
-  if (j->m == 2) wino_out(j, lo, hi, 2);
+  if (j->m == 4 && j->y_nchw && j->p->ow <= WINO_ROWS_MAX_W && !env_zero("RESNET_WINO_ROWS", &wino_rows_off)) wino_out_rows(j, lo, hi);
+  else if (j->m == 2) wino_out(j, lo, hi, 2);
   else wino_out(j, lo, hi, 4);
 }
 
