@@ -152,12 +152,54 @@ typedef struct {
   pool_ranges chunks;   /* private chunks (wino_private_task), by ranges */
 } wino_job;
 
-/* Image, first output row and column of the chunk's tile t. */
-static inline void tile_at(const wino_job *j, long t, long *b, int *oy, int *ox) {
+/* A tile's image and tile row and column. */
+typedef struct {
+  long b;
+  int ty, tx;
+} tile_pos;
+/* The chunk's tile t (t0 + t of the batch). */
+static inline tile_pos tile_pos_of(const wino_job *j, long t) {
   const long g = j->t0 + t, per = (long)j->th * j->tw, r = g % per;
-  *b = g / per;
-  *oy = j->m * (int)(r / j->tw);
-  *ox = j->m * (int)(r % j->tw);
+  const tile_pos q = {g / per, (int)(r / j->tw), (int)(r % j->tw)};
+  return q;
+}
+static inline void tile_pos_inc(const wino_job *j, tile_pos *q) {
+  if (++q->tx == j->tw) {
+    q->tx = 0;
+    if (++q->ty == j->th) {
+      q->ty = 0;
+      q->b++;
+    }
+  }
+}
+/* The per-tile passes' walk over items it = c * stride + t (stride: tiles per channel block, j->tpad
+ * or j->nt), with the tile's position and that of the tile PF_TILES ahead kept by increments: the
+ * divisions that find them had been a fifth of the input transform's time (perf: ResNet-20's
+ * 16 channels on 28x28). */
+typedef struct {
+  long c, t, stride;
+  tile_pos at, pf;
+} tile_walk;
+#define PF_TILES 4
+static inline tile_walk tile_walk_at(const wino_job *j, long it, long stride) {
+  tile_walk w;
+  w.stride = stride;
+  w.c = it / stride;
+  w.t = it % stride;
+  w.at = tile_pos_of(j, w.t);
+  w.pf = tile_pos_of(j, w.t + PF_TILES);
+  return w;
+}
+static inline void tile_walk_next(const wino_job *j, tile_walk *w) {
+  if (++w->t == w->stride) {
+    w->t = 0;
+    w->c++;
+    w->at = tile_pos_of(j, 0);
+    w->pf = tile_pos_of(j, PF_TILES);
+    return;
+  }
+  tile_pos_inc(j, &w->at);
+  tile_pos_inc(j, &w->pf);
 }
 
 /* The distance between the transform positions' planes of V, M and Z, for planes of n floats: n rounded
@@ -168,23 +210,22 @@ static inline long plane_stride(long n) {
   return 16 * (l % 2 ? l : l + 1);
 }
 
-/* Tiles ahead whose NCHW lines the transforms prefetch: each tile reads or writes a few rows of 16
- * channel planes, more streams than the hardware prefetcher follows. ResNet-20's 32 channels on
- * 14x14 at batch 128, caches flushed before each call as in a training step (alternating calls):
- * forward and backward-input 13-16 % faster, the weight gradient 5-8 %; with warm caches 2-9 %. */
-#define PF_TILES 4
+/* PF_TILES: tiles ahead whose NCHW lines the transforms prefetch: each tile reads or writes a few
+ * rows of 16 channel planes, more streams than the hardware prefetcher follows. ResNet-20's 32
+ * channels on 14x14 at batch 128, caches flushed before each call as in a training step (alternating
+ * calls): forward and backward-input 13-16 % faster, the weight gradient 5-8 %; with warm caches
+ * 2-9 %. */
 
 /* Prefetches `rows` rows (row stride ld) of 16 channel planes (ch floats apart) from the first pixel
- * of chunk tile t + PF_TILES at (b, oy + dy, ox + dx) of an NCHW tensor of c channels; for writing
- * when `write`. */
+ * of the walk's tile PF_TILES ahead at (b, oy + dy, ox + dx) of an NCHW tensor of c channels; for
+ * writing when `write`. */
 /* (always_inline: GCC takes a function that only prefetches for one without effects and drops its
  * calls; inlined early, the prefetches stay in the caller) */
-__attribute__((always_inline)) static inline void prefetch_tile(const wino_job *j, const float *base, long t, int c, long ch,
+__attribute__((always_inline)) static inline void prefetch_tile(const wino_job *j, const float *base, const tile_walk *w, int c, long ch,
                                                                 int rows, long ld, int dy, int dx, int write) {
-  if (t + PF_TILES >= j->nt) return;
-  long b;
-  int oy, ox;
-  tile_at(j, t + PF_TILES, &b, &oy, &ox);
+  if (w->t + PF_TILES >= j->nt) return;
+  const long b = w->pf.b;
+  const int oy = j->m * w->pf.ty, ox = j->m * w->pf.tx;
   const char *s = (const char *)(base + b * c * ch + (long)(oy + dy) * ld + ox + dx);
   for (int l = 0; l < 16; l++, s += ch * (long)sizeof(float))
     for (int r = 0; r < rows; r++) {
@@ -297,7 +338,9 @@ __attribute__((target("avx512f"))) static void blk_row(float *plane, const float
     __m512 r[16];
     for (int l = 0; l < 16; l++) r[l] = _mm512_maskz_loadu_ps(mk, src + (long)l * h * w + (long)y * w + x0);
     transpose16(r);
-    for (int i = 0; i < nx; i++) _mm512_storeu_ps(brow + (long)(x0 + 1 + i) * 16, r[i]);
+    /* (unrolled and conditional: as a loop over nx, GCC copies r to the row with rep movsq, from the
+     * stack after storing it there: that copy had been a third of this function's time) */
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) if (i < nx) _mm512_storeu_ps(brow + (long)(x0 + 1 + i) * 16, r[i]);
   }
 }
 
@@ -454,16 +497,16 @@ __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long 
   }
   row_copy rc;
   if (copy) row_copy_init(&rc, p->cin, p->h, p->w);
-  for (long it = lo; it < hi; it++) {
-    const long c = it / j->tpad, t = it % j->tpad;
+  tile_walk wk = tile_walk_at(j, lo, j->tpad);
+  for (long it = lo; it < hi; it++, tile_walk_next(j, &wk)) {
+    const long c = wk.c, t = wk.t;
     float *v = j->V + c * j->tpad * 16 + t * 16;
     if (t >= j->nt) { /* padding tiles of the last run: zeros */
       for (int xi = 0; xi < np; xi++) _mm512_storeu_ps(v + xi * vx, z);
       continue;
     }
-    long b;
-    int oy, ox;
-    tile_at(j, t, &b, &oy, &ox);
+    const long b = wk.at.b;
+    const int oy = m * wk.at.ty, ox = m * wk.at.tx;
     __m512 e[6][6];
     if (j->x_nchw && !copy) {
       /* the 6x6 window read from NCHW x: per channel, window rows 2g and 2g+1 by masked loads
@@ -476,7 +519,7 @@ __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long 
       const long hw = (long)p->h * p->w;
       const float *x0 = j->x + (b * p->cin + c * 16) * hw + (long)iy0 * p->w + ix0;
       /* (+4: the window's middle, within its 6 columns' line or the next) */
-      prefetch_tile(j, j->x + c * 16 * hw, t, p->cin, hw, a, p->w, -1, 3, 0);
+      prefetch_tile(j, j->x + c * 16 * hw, &wk, p->cin, hw, a, p->w, -1, 3, 0);
       __m512 g[3][16];
       for (int k = 0; k < 3; k++) {
         const int r0 = ilo - 2 * k < 0 ? 0 : ilo - 2 * k > 2 ? 2 : ilo - 2 * k;
@@ -556,8 +599,9 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
   const int a = m + 2, kb = p->cout / 16, wp = p->ow + 2;
   const long plane = (long)(p->oh + 2) * wp * 16, img = kb * plane, mx = plane_stride((long)p->cout * j->tpad);
   const __m512 z = _mm512_setzero_ps();
-  for (long it = lo; it < hi; it++) {
-    const long c = it / j->nt, t = it % j->nt;
+  tile_walk wk = tile_walk_at(j, lo, j->nt);
+  for (long it = lo; it < hi; it++, tile_walk_next(j, &wk)) {
+    const long c = wk.c, t = wk.t;
     const float *mm = j->M + c * j->tpad * 16 + t * 16;
     __m512 e[4][6];
     for (int q = 0; q < a; q++) { /* columns: A^T m */
@@ -566,9 +610,8 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
       AT(m, v, o);
       for (int i = 0; i < m; i++) e[i][q] = o[i];
     }
-    long b;
-    int oy, ox;
-    tile_at(j, t, &b, &oy, &ox);
+    const long b = wk.at.b;
+    const int oy = m * wk.at.ty, ox = m * wk.at.tx;
     const __m512 vb = j->bias ? _mm512_loadu_ps(j->bias + c * 16) : z;
     if (j->y_nchw) {
       /* the tile's m x m pixels (16 channels each) transposed to 16 channels of m x m pixels, row r in
@@ -584,8 +627,8 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
       const int rows = p->oh - oy < m ? p->oh - oy : m, cols = p->ow - ox < m ? p->ow - ox : m;
       const __mmask16 colmask = (__mmask16)((1u << cols) - 1);
       const long ch0 = (b * p->cout + c * 16) * (long)p->oh * p->ow + (long)oy * p->ow + ox;
-      prefetch_tile(j, j->y + c * 16 * (long)p->oh * p->ow, t, p->cout, (long)p->oh * p->ow, m, p->ow, 0, 0, 1);
-      if (j->residual) prefetch_tile(j, j->residual + c * 16 * (long)p->oh * p->ow, t, p->cout, (long)p->oh * p->ow, m, p->ow, 0, 0, 0);
+      prefetch_tile(j, j->y + c * 16 * (long)p->oh * p->ow, &wk, p->cout, (long)p->oh * p->ow, m, p->ow, 0, 0, 1);
+      if (j->residual) prefetch_tile(j, j->residual + c * 16 * (long)p->oh * p->ow, &wk, p->cout, (long)p->oh * p->ow, m, p->ow, 0, 0, 0);
       for (int l = 0; l < 16; l++) {
         const long at = ch0 + (long)l * p->oh * p->ow;
         __m512 v = px[l];
@@ -1033,16 +1076,16 @@ __attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo,
   const int a = m + 2;
   const long ohw = (long)p->oh * p->ow, zx = plane_stride((long)p->cout * j->tpad);
   const __m512 zero = _mm512_setzero_ps();
-  for (long it = lo; it < hi; it++) {
-    const long c = it / j->tpad, t = it % j->tpad;
+  tile_walk wk = tile_walk_at(j, lo, j->tpad);
+  for (long it = lo; it < hi; it++, tile_walk_next(j, &wk)) {
+    const long c = wk.c, t = wk.t;
     float *z = w->Z + c * j->tpad * 16 + t * 16;
     if (t >= j->nt) {
       for (int xi = 0; xi < a * a; xi++) _mm512_storeu_ps(z + xi * zx, zero);
       continue;
     }
-    long b;
-    int oy, ox;
-    tile_at(j, t, &b, &oy, &ox);
+    const long b = wk.at.b;
+    const int oy = m * wk.at.ty, ox = m * wk.at.tx;
     /* the tile read from NCHW dY, per channel row r onto lanes [m*r, m*r + m) (zero past the map's
      * edge), then transposed in registers to m x m pixels of 16 channels (a blocked copy of dY's rows,
      * as the input transform's, measured 3-7 % slower here: one transpose per tile either way) */
@@ -1050,7 +1093,7 @@ __attribute__((target("avx512f"))) static inline void wbw_z(wbw_job *w, long lo,
     const int rows = p->oh - oy < m ? p->oh - oy : m, cols = p->ow - ox < m ? p->ow - ox : m;
     const __mmask16 colmask = (__mmask16)((1u << cols) - 1);
     const float *d0 = w->dy + (b * p->cout + c * 16) * ohw + (long)oy * p->ow + ox;
-    prefetch_tile(j, w->dy + c * 16 * ohw, t, p->cout, ohw, m, p->ow, 0, 0, 0);
+    prefetch_tile(j, w->dy + c * 16 * ohw, &wk, p->cout, ohw, m, p->ow, 0, 0, 0);
     for (int l = 0; l < 16; l++) px[l] = tile_rows_load(zero, d0 + l * ohw, 0, rows, m, p->ow, colmask);
     transpose16(px);
     __m512 e[6][4];
