@@ -387,6 +387,7 @@ static const float *row_copy_rows(row_copy *rc, const float *src, long b, long b
  * every column), where the per-tile path needs three per tile; then the row transform per tile. The
  * operations on each value are the per-tile path's, in the same order: the same bits. */
 #define WINO_ROWS_MAX_W 16
+#define WINO_OUT_ROWS_MAX_W 32 /* the output transform's groups: up to two vectors a row */
 static int wino_rows_off = -1; /* RESNET_WINO_ROWS=0: the per-tile path (measurements) */
 /* The first item at or after the group's, and the group: image b, first tile row ty0, tile rows
  * (S or fewer at the map's bottom), its tiles [t, tend) within the items [lo, hi) of channel block c
@@ -658,21 +659,22 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
  * (of both tile rows, in the vector's halves), stored by one masked access per channel and tile row,
  * where the per-tile path stores each tile's rows one by one (4 per channel and tile). Each value's
  * operations are the per-tile path's, in the same order: the same bits. */
-__attribute__((target("avx512f"), always_inline)) static inline void wino_out_rows_l(wino_job *j, long lo, long hi, const int L) {
+__attribute__((target("avx512f"), always_inline)) static inline void wino_out_rows_l(wino_job *j, long lo, long hi, const int L,
+                                                                                    const int H) {
   const conv_p *p = j->p;
-  const int S = 16 / L, ow = p->ow, oh = p->oh;
+  const int S = 16 / L, TW = L * H / 4, ow = p->ow, oh = p->oh; /* TW: tiles per tile row of a group */
   const long ohw = (long)oh * ow, per = (long)j->th * j->tw, mx = plane_stride((long)p->cout * j->tpad);
   const __m512 z = _mm512_setzero_ps();
-  float obuf[4][16][16] __attribute__((aligned(64))); /* [tile pixel row][group column][channel] */
+  float obuf[4][32][16] __attribute__((aligned(64))); /* [tile pixel row][group column][channel] */
   memset(obuf, 0, sizeof obuf);
   long it = lo;
   while (it < hi) {
     const wino_group g = group_at(j, it, j->nt, hi, S);
     const __m512 vb = j->bias ? _mm512_loadu_ps(j->bias + g.c * 16) : z;
     const long first = g.b * per + g.ty0 * j->tw - j->t0; /* the group's first tile (may precede the range) */
-    __mmask16 keep = 0; /* lanes (group columns) of the tiles in [t, tend), within the map */
-    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) { /* tile (s, tx) of the group, in order */
-      const int s = k / (L / 4), tx = k % (L / 4);
+    unsigned keep = 0; /* group columns of the tiles in [t, tend), within the map */
+    _Pragma("GCC unroll 8") for (int k = 0; k < S * TW; k++) { /* tile (s, tx) of the group, in order */
+      const int s = k / TW, tx = k % TW;
       const long tt = first + (long)s * j->tw + tx;
       if (tx >= j->tw || s >= g.rows || tt < g.t || tt >= g.tend) continue;
       const float *mm = j->M + g.c * j->tpad * 16 + tt * 16;
@@ -689,28 +691,31 @@ __attribute__((target("avx512f"), always_inline)) static inline void wino_out_ro
         for (int q = 0; q < 4; q++) _mm512_store_ps(obuf[r4][s * L + 4 * tx + q], _mm512_add_ps(out[q], vb));
       }
       const int cols = ow - 4 * tx < 4 ? ow - 4 * tx : 4;
-      keep |= (__mmask16)(((1u << cols) - 1) << (s * L + 4 * tx));
+      keep |= ((1u << cols) - 1) << (s * L + 4 * tx);
     }
     const long y0 = (g.b * p->cout + g.c * 16) * ohw, ny = (g.nb * p->cout + g.c * 16) * ohw;
     const int pr0 = 4 * (int)g.nty, pr1 = 4 * ((int)g.nty + S) < oh ? 4 * ((int)g.nty + S) : oh;
     for (int r4 = 0; r4 < 4; r4++) {
-      __m512 px[16];
-      for (int k = 0; k < 16; k++) px[k] = _mm512_load_ps(obuf[r4][k]);
-      transpose16(px); /* px[l]: channel l's output row r4 of the group's tile rows, lanes s*L + x */
       for (int l = r4 * 4; l < r4 * 4 + 4 && g.nb < p->n; l++) { /* the next group's rows, spread out */
         prefetch_rows(j->y + ny, ohw, l, pr0, pr1, ow, 1);
         if (j->residual) prefetch_rows(j->residual + ny, ohw, l, pr0, pr1, ow, 0);
       }
-      for (int s = 0; s < S; s++) {
-        const int oy = 4 * ((int)g.ty0 + s) + r4;
-        const __mmask16 mk = keep & (__mmask16)(((1u << L) - 1) << (s * L));
-        if (s >= g.rows || oy >= oh || !mk) continue;
-        for (int l = 0; l < 16; l++) {
-          const long at = y0 + l * ohw + (long)oy * ow - s * L;
-          __m512 v = px[l];
-          if (j->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->residual + at));
-          if (j->relu) v = _mm512_max_ps(z, v); /* NaN stays NaN */
-          _mm512_mask_storeu_ps(j->y + at, mk, v);
+      for (int h = 0; h < H; h++) { /* 16 group columns at a time */
+        __m512 px[16];
+        for (int k = 0; k < 16; k++) px[k] = _mm512_load_ps(obuf[r4][16 * h + k]);
+        transpose16(px); /* px[l]: channel l's output row r4, group columns 16h + lane */
+        for (int s = 0; s < S; s++) {
+          const int oy = 4 * ((int)g.ty0 + s) + r4;
+          /* lanes of tile row s (S = 2: a vector half) among this half's columns */
+          const __mmask16 mk = (__mmask16)((keep >> (16 * h)) & (((1u << L) - 1) << (s * L)));
+          if (s >= g.rows || oy >= oh || !mk) continue;
+          for (int l = 0; l < 16; l++) {
+            const long at = y0 + l * ohw + (long)oy * ow - s * L + 16 * h;
+            __m512 v = px[l];
+            if (j->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->residual + at));
+            if (j->relu) v = _mm512_max_ps(z, v); /* NaN stays NaN */
+            _mm512_mask_storeu_ps(j->y + at, mk, v);
+          }
         }
       }
     }
@@ -718,13 +723,14 @@ __attribute__((target("avx512f"), always_inline)) static inline void wino_out_ro
   }
 }
 __attribute__((target("avx512f"))) static void wino_out_rows(wino_job *j, long lo, long hi) {
-  if (j->p->ow <= 8) wino_out_rows_l(j, lo, hi, 8);
-  else wino_out_rows_l(j, lo, hi, 16);
+  if (j->p->ow <= 8) wino_out_rows_l(j, lo, hi, 8, 1);
+  else if (j->p->ow <= 16) wino_out_rows_l(j, lo, hi, 16, 1);
+  else wino_out_rows_l(j, lo, hi, 16, 2);
 }
 
 static void wino_out_range(void *ctx, long lo, long hi) {
   wino_job *j = ctx;
-  if (j->m == 4 && j->y_nchw && j->p->ow <= WINO_ROWS_MAX_W && !env_zero("RESNET_WINO_ROWS", &wino_rows_off)) wino_out_rows(j, lo, hi);
+  if (j->m == 4 && j->y_nchw && j->p->ow <= WINO_OUT_ROWS_MAX_W && !env_zero("RESNET_WINO_ROWS", &wino_rows_off)) wino_out_rows(j, lo, hi);
   else if (j->m == 2) wino_out(j, lo, hi, 2);
   else wino_out(j, lo, hi, 4);
 }
