@@ -128,6 +128,7 @@ void prow_forward_blocked(float *y, const float *x, const float *wp, const float
                           const conv_p *p, int xblk);
 void prow_block_gemm(int R, int K, const float *Bp, const float *const *a, const int *off, float *const *yr, long chblk,
                      int two);
+void prow_block_gemm16(int R, int K, const float *Bp, const float *const *a, const int *off, float *const *yr);
 /* Winograd F(m x m, 3x3), m = 2 or 4, on blocked activations (conv_wino.c); nchw: y and the
  * residual are NCHW instead (the output transform transposes its tiles into them), and so is x for
  * m = 4 (the input transform reads its windows from it). */

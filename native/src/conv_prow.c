@@ -133,6 +133,37 @@ __attribute__((target("avx512f"))) void prow_block_gemm(int R, int K, const floa
   (R == 2 ? prowb2c : prowb1c)(K, Bp, a, off, yr, NULL, chblk, NULL, 0, two);
 }
 
+/* A panel of at most 16 channels (its other 16 columns zero: ResNet-20's 16-channel Winograd products)
+ * as R (1-4) runs of 7 rows of a blocked matrix x 16 columns, stored blocked: the 32-column tile
+ * would multiply the 16 zero columns too, half its FMAs. Each output's sum runs over k in the same
+ * order as there: the same bits. */
+#define DEF_PROWB16(R, NAME)                                                                                           \
+  __attribute__((target("avx512f"), noinline)) static void NAME(int K, const float *Bp, const float *const *a,      \
+                                                                 const int *off, float *const *yr) {                \
+    __m512 c[7 * R];                                                                                                   \
+    _Pragma("GCC unroll 28") for (int i = 0; i < 7 * R; i++) c[i] = _mm512_setzero_ps();                              \
+    for (int k = 0; k < K; k++) {                                                                                      \
+      const __m512 b = _mm512_loadu_ps(Bp);                                                                            \
+      _mm_prefetch((const char *)(Bp + PR_NR * PROW_BPF), _MM_HINT_T0);                                                \
+      _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                                            \
+        const float *p = a[r] + off[k];                                                                                \
+        _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) c[7 * r + i] = _mm512_fmadd_ps(_mm512_set1_ps(p[16 * i]), b, c[7 * r + i]); \
+      }                                                                                                                \
+      Bp += PR_NR;                                                                                                     \
+    }                                                                                                                  \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                                                \
+      _Pragma("GCC unroll 7") for (int i = 0; i < 7; i++) _mm512_storeu_ps(yr[r] + 16 * i, c[7 * r + i]);              \
+  }
+DEF_PROWB16(1, prowb16_1)
+DEF_PROWB16(2, prowb16_2)
+DEF_PROWB16(3, prowb16_3)
+DEF_PROWB16(4, prowb16_4)
+
+__attribute__((target("avx512f"))) void prow_block_gemm16(int R, int K, const float *Bp, const float *const *a, const int *off,
+                                                          float *const *yr) {
+  (R == 4 ? prowb16_4 : R == 3 ? prowb16_3 : R == 2 ? prowb16_2 : prowb16_1)(K, Bp, a, off, yr);
+}
+
 /* 28 consecutive pixels (one base, pixel i at a + off[k] + i) x 16 channels, over all K; t[i*16 + co]. */
 __attribute__((target("avx512f"), noinline)) static void prow28x16(int K, const float *Bp, const float *a, const int *off,
                                                                   float *t) {

@@ -562,7 +562,10 @@ static void wino_in_range(void *ctx, long lo, long hi) {
 static void wino_in_pass(wino_job *j) { run_range(wino_in_range, j, (long)(j->p->cin / 16) * j->tpad); }
 
 /* Pass 2 for item it = (position, panel): M[xi] = V[xi] U[xi] over all the chunk's tiles, two 7-tile
- * runs per register tile. */
+ * runs per register tile (a panel of at most 16 channels: up to four runs x 16 channels,
+ * prow_block_gemm16; ResNet-20's 16 channels on 28x28 at batch 128, backward-input -16 % in three
+ * runs of alternating calls, hot and with caches flushed). */
+static int prow16_off = -1; /* RESNET_PROW16=0: the 32-column tile there too (measurements) */
 static void wino_gemm_item(const wino_job *j, long it) {
   const conv_p *p = j->p;
   const long vx = plane_stride((long)p->cin * j->tpad), mx = plane_stride((long)p->cout * j->tpad), chblk = j->tpad * 16,
@@ -570,6 +573,19 @@ static void wino_gemm_item(const wino_job *j, long it) {
   const int xi = (int)(it / j->npanels), panel = (int)(it % j->npanels);
   const float *Bp = j->U + xi * j->usize + (long)panel * PR_NR * p->cin;
   const int two = p->cout - panel * PR_NR > 16;
+  if (!two && !env_zero("RESNET_PROW16", &prow16_off)) {
+    for (long r0 = 0; r0 < runs; r0 += 4) {
+      const int R = runs - r0 < 4 ? (int)(runs - r0) : 4;
+      const float *a[4];
+      float *yr[4];
+      for (int r = 0; r < R; r++) {
+        a[r] = j->V + xi * vx + (r0 + r) * PR_RUN * 16;
+        yr[r] = j->M + xi * mx + (long)panel * 2 * chblk + (r0 + r) * PR_RUN * 16;
+      }
+      prow_block_gemm16(R, p->cin, Bp, a, j->off, yr);
+    }
+    return;
+  }
   for (long r0 = 0; r0 < runs; r0 += 2) {
     const int R = runs - r0 < 2 ? 1 : 2;
     const float *a[2];
