@@ -391,7 +391,7 @@ static const float *row_copy_rows(row_copy *rc, const float *src, long b, long b
 static int wino_rows_off = -1; /* RESNET_WINO_ROWS=0: the per-tile path (measurements) */
 /* The first item at or after the group's, and the group: image b, first tile row ty0, tile rows
  * (S or fewer at the map's bottom), its tiles [t, tend) within the items [lo, hi) of channel block c
- * (items c * stride + tile), and the next group's image and first tile row (*nb = n: none). */
+ * (items c * stride + tile), and the next group's image and first tile row (nb = n: none). */
 typedef struct {
   long c, t, tend, b, ty0, nb, nty;
   int rows;
@@ -413,7 +413,7 @@ static inline wino_group group_at(const wino_job *j, long it, long stride, long 
   return g;
 }
 
-/* Prefetches channel plane `plane` (of 16 from `base`, ch floats apart) rows [r0, r1) of width w. */
+/* Prefetches rows [r0, r1) (w floats each) of channel plane l of those from base (ch floats apart). */
 __attribute__((always_inline)) static inline void prefetch_rows(const float *base, long ch, int l, int r0, int r1, int w, int write) {
   const char *s0 = (const char *)(base + l * ch + (long)r0 * w);
   const long bytes = (long)(r1 - r0) * w * (long)sizeof(float);
@@ -441,7 +441,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void wino_in_row
       continue;
     }
     const float *x0 = j->x + (g.b * p->cin + g.c * 16) * hw;
-    /* the next group's rows, a channel per channel below (a burst of them stalls on the fill buffers) */
+    /* the next group's rows, prefetched a channel at a time below (a burst of them stalls on the fill buffers) */
     const float *nx = j->x + (g.nb * p->cin + g.c * 16) * hw;
     const int pr0 = 4 * (int)g.nty - 1 < 0 ? 0 : 4 * (int)g.nty - 1, pr1 = 4 * ((int)g.nty + S - 1) + 5 < h ? 4 * ((int)g.nty + S - 1) + 5 : h;
     for (int l = 0; l < 16; l++) { /* columns: B^T d, on whole rows */
@@ -669,12 +669,13 @@ __attribute__((target("avx512f"))) static inline void wino_out(wino_job *j, long
     }
   }
 }
-/* F(4x4)'s output transform into NCHW y on maps at most 16 wide, a group of tiles at a time (the
- * input transform's groups: a tile row, or two on maps at most 8 wide): each tile's 4x4 pixels of 16
- * channels go through L1, then per output row one register transpose gives every channel's whole row
- * (of both tile rows, in the vector's halves), stored by one masked access per channel and tile row,
- * where the per-tile path stores each tile's rows one by one (4 per channel and tile). Each value's
- * operations are the per-tile path's, in the same order: the same bits. */
+/* F(4x4)'s output transform into NCHW y on maps at most 32 wide, a group of tiles at a time (a tile
+ * row, or two on maps at most 8 wide, as the input transform's): each tile's 4x4 pixels of 16 channels
+ * go through L1, then per output row one register transpose per 16 columns (H of them) gives every
+ * channel's row (of both tile rows, in the vector's halves, where there are two), stored by one masked
+ * access per channel, tile row and 16 columns, where the per-tile path stores each tile's rows one by
+ * one (4 per channel and tile). Each value's operations are the per-tile path's, in the same order:
+ * the same bits. */
 __attribute__((target("avx512f"), always_inline)) static inline void wino_out_rows_l(wino_job *j, long lo, long hi, const int L,
                                                                                     const int H) {
   const conv_p *p = j->p;
@@ -1138,9 +1139,6 @@ static void wbw_z_range(void *ctx, long lo, long hi) {
   else wbw_z(w, lo, hi, 4);
 }
 
-/* Item it = (position, output-channel block) of the chunk's products: for every input-channel block a
- * 16 x 16 register tile, acc[ci] (16 output channels) += V[ci] * Z over the chunk's tiles, added to
- * the item's part of dU. */
 /* Tiles ahead whose V and Z lines an item's reduction prefetches (each tile: a line of each from L2,
  * for 16 FMAs; perf had sampled the first FMAs after the loads most). ResNet-20 at batch 128,
  * alternating calls, hot and caches flushed: weight gradients of 16 channels on 28x28 -7 to -13 %,
@@ -1148,6 +1146,9 @@ static void wbw_z_range(void *ctx, long lo, long hi) {
 #ifndef WBW_PF
 #define WBW_PF 8
 #endif
+/* Item it = (position, output-channel block) of the chunk's products: for every input-channel block a
+ * 16 x 16 register tile, acc[ci] (16 output channels) += V[ci] * Z over the chunk's tiles, added to
+ * the item's part of dU. */
 __attribute__((target("avx512f"))) static void wbw_gemm_item(const wbw_job *w, long it) {
   const wino_job *j = &w->j;
   const conv_p *p = j->p;
