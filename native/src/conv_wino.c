@@ -390,10 +390,11 @@ static const float *row_copy_rows(row_copy *rc, const float *src, long b, long b
 #define WINO_OUT_ROWS_MAX_W 32 /* the output transform's groups: up to two vectors a row */
 static int wino_rows_off = -1; /* RESNET_WINO_ROWS=0: the per-tile path (measurements) */
 /* The first item at or after the group's, and the group: image b, first tile row ty0, tile rows
- * (S or fewer at the map's bottom), its tiles [t, tend) within the items [lo, hi) of channel block c
- * (items c * stride + tile), and the next group's image and first tile row (nb = n: none). */
+ * (S or fewer at the map's bottom), its first tile (may precede the range), its tiles [t, tend) within
+ * the items [lo, hi) of channel block c (items c * stride + tile), and the next group's image and
+ * first tile row (nb = n: none). */
 typedef struct {
-  long c, t, tend, b, ty0, nb, nty;
+  long c, t, tend, b, ty0, nb, nty, first;
   int rows;
 } wino_group;
 static inline wino_group group_at(const wino_job *j, long it, long stride, long hi, int S) {
@@ -410,7 +411,16 @@ static inline wino_group group_at(const wino_job *j, long it, long stride, long 
   if (g.c * stride + g.tend > hi) g.tend = hi - g.c * stride;
   g.nb = g.ty0 + S < j->th ? g.b : g.b + 1;
   g.nty = g.nb == g.b ? g.ty0 + S : 0;
+  g.first = g.b * per + g.ty0 * j->tw - j->t0;
   return g;
+}
+/* Tile k of a group of tile rows of TW tiles (row *s, column *tx), or -1 where it is not in the map or
+ * not in the group's range. */
+static inline long group_tile(const wino_job *j, const wino_group *g, int k, int TW, int *s, int *tx) {
+  *s = k / TW;
+  *tx = k % TW;
+  const long tt = g->first + (long)*s * j->tw + *tx;
+  return *tx >= j->tw || *s >= g->rows || tt < g->t || tt >= g->tend ? -1 : tt;
 }
 
 /* Prefetches rows [r0, r1) (w floats each) of channel plane l of those from base (ch floats apart). */
@@ -427,7 +437,7 @@ __attribute__((always_inline)) static inline void prefetch_rows(const float *bas
 __attribute__((target("avx512f"), always_inline)) static inline void wino_in_rows_l(wino_job *j, long lo, long hi, const int L) {
   const conv_p *p = j->p;
   const int S = 16 / L, w = p->w, h = p->h;
-  const long hw = (long)h * w, per = (long)j->th * j->tw, vx = plane_stride((long)p->cin * j->tpad);
+  const long hw = (long)h * w, vx = plane_stride((long)p->cin * j->tpad);
   const __m512 z = _mm512_setzero_ps();
   const __mmask16 cm = (__mmask16)((1u << w) - 1);
   float cbuf[6][16][16] __attribute__((aligned(64))); /* [row of B^T d][channel][lane]: a group's column transforms */
@@ -457,15 +467,14 @@ __attribute__((target("avx512f"), always_inline)) static inline void wino_in_row
       BT(4, d, r);
       for (int i = 0; i < 6; i++) _mm512_store_ps(cbuf[i][l], r[i]);
     }
-    const long first = g.b * per + g.ty0 * j->tw - j->t0; /* the group's first tile (may precede the range) */
     for (int i = 0; i < 6; i++) { /* rows: (B^T d) B, per tile */
       __m512 col[16];
       for (int l = 0; l < 16; l++) col[l] = _mm512_load_ps(cbuf[i][l]);
       transpose16(col); /* col[s*L + x]: column x of the group's tile row s, 16 channels (zero past the map) */
       _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) { /* tile (s, tx) of the group, in order */
-        const int s = k / (L / 4), tx = k % (L / 4); /* L / 4 tiles per tile row */
-        const long tt = first + (long)s * j->tw + tx;
-        if (tx >= j->tw || s >= g.rows || tt < g.t || tt >= g.tend) continue;
+        int s, tx;
+        const long tt = group_tile(j, &g, k, L / 4, &s, &tx); /* L / 4 tiles per tile row */
+        if (tt < 0) continue;
         __m512 d[6], o[6];
         _Pragma("GCC unroll 6") for (int q = 0; q < 6; q++) {
           const int x = 4 * tx - 1 + q; /* a column of the tile row: -1 and L up are outside the map */
@@ -680,7 +689,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void wino_out_ro
                                                                                     const int H) {
   const conv_p *p = j->p;
   const int S = 16 / L, TW = L * H / 4, ow = p->ow, oh = p->oh; /* TW: tiles per tile row of a group */
-  const long ohw = (long)oh * ow, per = (long)j->th * j->tw, mx = plane_stride((long)p->cout * j->tpad);
+  const long ohw = (long)oh * ow, mx = plane_stride((long)p->cout * j->tpad);
   const __m512 z = _mm512_setzero_ps();
   float obuf[4][32][16] __attribute__((aligned(64))); /* [tile pixel row][group column][channel] */
   memset(obuf, 0, sizeof obuf);
@@ -688,12 +697,11 @@ __attribute__((target("avx512f"), always_inline)) static inline void wino_out_ro
   while (it < hi) {
     const wino_group g = group_at(j, it, j->nt, hi, S);
     const __m512 vb = j->bias ? _mm512_loadu_ps(j->bias + g.c * 16) : z;
-    const long first = g.b * per + g.ty0 * j->tw - j->t0; /* the group's first tile (may precede the range) */
     unsigned keep = 0; /* group columns of the tiles in [t, tend), within the map */
     _Pragma("GCC unroll 8") for (int k = 0; k < S * TW; k++) { /* tile (s, tx) of the group, in order */
-      const int s = k / TW, tx = k % TW;
-      const long tt = first + (long)s * j->tw + tx;
-      if (tx >= j->tw || s >= g.rows || tt < g.t || tt >= g.tend) continue;
+      int s, tx;
+      const long tt = group_tile(j, &g, k, TW, &s, &tx);
+      if (tt < 0) continue;
       const float *mm = j->M + g.c * j->tpad * 16 + tt * 16;
       __m512 e[4][6];
       for (int q = 0; q < 6; q++) { /* columns: A^T m */
