@@ -719,6 +719,10 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     wino_backward_weight_nchw(dw, x, dy, p, wm);
     return;
   }
+  if (p->sh > 1 && bwt_ok(p)) { /* strided: the outer products over phase planes (conv_gather.c) */
+    bwt_backward_weight(dw, x, dy, p);
+    return;
+  }
   if (pil_bw_ok(p)) {
     pil_backward_weight(dw, x, dy, p);
     return;

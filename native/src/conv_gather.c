@@ -440,19 +440,22 @@ void ggw_backward_weight(float *dw, const float *x, const float *dy, const conv_
 
 
 /* ---- backward weight, channels-last outer products (AVX-512) -------------------------------------
- * For 16/32/48/64 channels on stride-1 maps (ResNet-20's layers). Per image, the input is copied into
- * zero-padded channels-last planes X[(r*Wq + s)*cin + c] and dy onto the q grid as dyT[q*cout + co]
- * (zeros in the kw-1 junk columns of each row), both with 16x16 in-register transposes. Then for
- * every tap t = (ky, kx) and 16x16 block of (c, co):
+ * For 16/32/48/64 channels (ResNet-20's layers). Per image, the input is copied into zero-padded
+ * channels-last planes X[(r*Wq + s)*cin + c] and dy onto the q grid as dyT[q*cout + co] (zeros in
+ * the junk columns of each row), both with 16x16 in-register transposes. Then for every tap
+ * t = (ky, kx) and 16x16 block of (c, co):
  *   dw[co][c][t] += sum_q X[(q + ky*Wq + kx)*cin + c] * dyT[q*cout + co]
  * a register tile of 16 input channels (broadcast from one contiguous 64-byte row) x 16 output
- * channels (one vector), 16 FMAs per q. Images are spread over threads, each with its own partial
- * sums [tap][c][co], added in a fixed order at the end. */
+ * channels (one vector), 16 FMAs per q. Strided layers take the q grid's phase planes (conv_qgrid.c)
+ * channels-last, one per phase: tap (ky, kx) reads phase (ky % sh, kx % sw) shifted by
+ * (ky / sh) * Wq + kx / sw, and the q grid is the phases' width. Images are spread over threads,
+ * each with its own partial sums [tap][c][co], added in a fixed order at the end. */
 typedef struct {
   const conv_p *p;
   const float *x, *dy;
   float *partials; /* per block of images: kk * cin * cout floats */
   int Hq, Wq, Lq, nblocks;
+  igeo g; /* strided: the phase planes' geometry */
   atomic_long next;
 } bwt_job;
 
@@ -477,13 +480,47 @@ __attribute__((target("avx512f"))) static void t16_store(const float *src, long 
 }
 
 static _Thread_local buf_t bwt_x_buf, bwt_d_buf;
+#define BWT_IMAGES 8 /* images per block of partial sums */
+
+/* Floats per channels-last phase plane of the strided case: the plane and a zeroed tail that the last
+ * q's shifted reads reach (up to (kh-1)/sh rows and (kw-1)/sw columns past the grid's end). */
+static long bwt_phase_cl(const bwt_job *j) { return (j->g.plane + j->Wq + 16) * j->p->cin; }
+
+/* X for a stride-2 layer: image xb's phase planes channels-last, straight from its rows. Per input row
+ * and 16-channel block, 16 columns at a time: one 16x16 transpose (t16 rows), and each column's 16
+ * channels stored where its phase plane has it (padded column u = ix + pw: phase u % 2, column
+ * u / 2). Everything the rows do not reach (the padding, the tail) is zero. */
+__attribute__((target("avx512f"))) static void bwt_phases(const bwt_job *j, const float *xb, float *X) {
+  const conv_p *p = j->p;
+  const long cl = bwt_phase_cl(j), HW = (long)p->h * p->w;
+  const int Wq = j->Wq, Hq = j->Hq, cin = p->cin;
+  memset(X, 0, sizeof(float) * (size_t)(4 * cl));
+  for (int iy = 0; iy < p->h; iy++) {
+    const int ty = iy + p->ph, r = ty >> 1;
+    if (r >= Hq) continue;
+    float *row = X + (long)(ty & 1) * 2 * cl + (long)r * Wq * cin; /* phase (ty % 2, 0); px = 1 is cl further */
+    for (int c0 = 0; c0 < cin; c0 += 16)
+      for (int ix0 = 0; ix0 < p->w; ix0 += 16) {
+        const int cnt = p->w - ix0 < 16 ? p->w - ix0 : 16;
+        const __mmask16 m = (__mmask16)(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1);
+        __m512 v[16];
+        for (int c = 0; c < 16; c++) v[c] = _mm512_maskz_loadu_ps(m, xb + (c0 + c) * HW + (long)iy * p->w + ix0);
+        transpose16(v); /* v[i]: column ix0 + i, 16 channels */
+        for (int i = 0; i < cnt; i++) {
+          const int u = ix0 + i + p->pw;
+          if (u >> 1 < Wq) _mm512_storeu_ps(row + (long)(u & 1) * cl + (long)(u >> 1) * cin + c0, v[i]);
+        }
+      }
+  }
+}
 
 __attribute__((target("avx512f"))) static void bwt_task(void *ctx, int tid, int n) {
   (void)n;
   bwt_job *j = ctx;
   const conv_p *p = j->p;
   const int cin = p->cin, cout = p->cout, kk = p->kh * p->kw, Wq = j->Wq, Hq = j->Hq, Lq = j->Lq;
-  const long xsz = ((long)Hq * Wq + p->kw + 16) * cin, dsz = (long)Lq * cout;
+  const int strided = p->sh > 1 || p->sw > 1;
+  const long xsz = strided ? j->g.nph * bwt_phase_cl(j) : ((long)Hq * Wq + p->kw + 16) * cin, dsz = (long)Lq * cout;
   float *X = grow(&bwt_x_buf, (size_t)xsz), *D = grow(&bwt_d_buf, (size_t)dsz);
   const long HW = (long)p->h * p->w, P = (long)p->oh * p->ow;
   for (;;) {
@@ -491,44 +528,55 @@ __attribute__((target("avx512f"))) static void bwt_task(void *ctx, int tid, int 
     const long blk = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
     if (blk >= j->nblocks) break;
     float *acc = j->partials + blk * kk * cin * cout;
-    long b0, b1;
-    pool_split(p->n, (int)blk, j->nblocks, 1, &b0, &b1);
+    const long b0 = blk * BWT_IMAGES, b1 = b0 + BWT_IMAGES < p->n ? b0 + BWT_IMAGES : p->n;
     for (long b = b0; b < b1; b++) {
-    /* X: zero, then the image's rows transposed in 16-channel blocks */
-    memset(X, 0, sizeof(float) * xsz);
-    const float *xb = j->x + b * cin * HW;
-    for (int iy = 0; iy < p->h; iy++) {
-      float *row = X + ((long)(iy + p->ph) * Wq + p->pw) * cin;
-      for (int c0 = 0; c0 < cin; c0 += 16)
-        for (int ix = 0; ix < p->w; ix += 16)
-          t16_store(xb + (long)c0 * HW + (long)iy * p->w + ix, HW, p->w - ix < 16 ? p->w - ix : 16, row + (long)ix * cin + c0, cin);
-    }
-    /* dyT on the q grid, zero junk columns */
-    const float *db = j->dy + b * cout * P;
-    for (int oy = 0; oy < p->oh; oy++) {
-      float *row = D + (long)oy * Wq * cout;
-      for (int co0 = 0; co0 < cout; co0 += 16)
-        for (int ox = 0; ox < p->ow; ox += 16)
-          t16_store(db + (long)co0 * P + (long)oy * p->ow + ox, P, p->ow - ox < 16 ? p->ow - ox : 16, row + (long)ox * cout + co0, cout);
-      memset(row + (long)p->ow * cout, 0, sizeof(float) * (Wq - p->ow) * cout);
-    }
-    for (int t = 0; t < kk; t++) {
-      const int ky = t / p->kw, kx = t % p->kw;
-      const float *xt = X + ((long)ky * p->dh * Wq + (long)kx * p->dw) * cin;
-      for (int c0 = 0; c0 < cin; c0 += 16)
+      const float *xb = j->x + b * cin * HW;
+      if (strided) bwt_phases(j, xb, X);
+      else { /* X: zero, then the image's rows transposed in 16-channel blocks */
+        memset(X, 0, sizeof(float) * xsz);
+        for (int iy = 0; iy < p->h; iy++) {
+          float *row = X + ((long)(iy + p->ph) * Wq + p->pw) * cin;
+          for (int c0 = 0; c0 < cin; c0 += 16)
+            for (int ix = 0; ix < p->w; ix += 16)
+              t16_store(xb + (long)c0 * HW + (long)iy * p->w + ix, HW, p->w - ix < 16 ? p->w - ix : 16, row + (long)ix * cin + c0, cin);
+        }
+      }
+      /* dyT on the q grid, zero junk columns */
+      const float *db = j->dy + b * cout * P;
+      for (int oy = 0; oy < p->oh; oy++) {
+        float *row = D + (long)oy * Wq * cout;
         for (int co0 = 0; co0 < cout; co0 += 16)
-          bwt16(Lq, xt + c0, cin, D + co0, cout, acc + ((long)t * cin + c0) * cout + co0, cout);
-    }
+          for (int ox = 0; ox < p->ow; ox += 16)
+            t16_store(db + (long)co0 * P + (long)oy * p->ow + ox, P, p->ow - ox < 16 ? p->ow - ox : 16, row + (long)ox * cout + co0, cout);
+        memset(row + (long)p->ow * cout, 0, sizeof(float) * (Wq - p->ow) * cout);
+      }
+      for (int t = 0; t < kk; t++) {
+        const int ky = t / p->kw, kx = t % p->kw;
+        /* strided: phase (ky % 2, kx % 2), shifted by (ky / 2) rows and (kx / 2) columns */
+        const float *xt = strided ? X + ((ky % 2) * 2 + kx % 2) * bwt_phase_cl(j) + ((long)(ky / 2) * Wq + kx / 2) * cin
+                                  : X + ((long)ky * p->dh * Wq + (long)kx * p->dw) * cin;
+        for (int c0 = 0; c0 < cin; c0 += 16)
+          for (int co0 = 0; co0 < cout; co0 += 16)
+            bwt16(Lq, xt + c0, cin, D + co0, cout, acc + ((long)t * cin + c0) * cout + co0, cout);
+      }
     }
   }
 }
 
-/* Stride 1, groups 1, channel counts multiples of 16 up to 64 (wider layers take the gathered GEMM). */
+/* Groups 1, channel counts multiples of 16 up to 64 (wider layers take the gathered GEMM); stride 1, or
+ * stride 2 undilated with padding (the phase planes). */
 int bwt_ok(const conv_p *p) {
   static int off = -1;
   if (env_zero("RESNET_BWT", &off)) return 0;
   if (p->groups != 1 || strcmp(sgemm_isa(), "avx512") != 0 || p->n < 1 || no_implicit()) return 0;
-  if (p->sh != 1 || p->sw != 1 || p->cin % 16 || p->cout % 16 || p->cin > 64 || p->cout > 64) return 0;
+  if (p->cin % 16 || p->cout % 16 || p->cin > 64 || p->cout > 64) return 0;
+  if (p->sh == 2 && p->sw == 2) {
+    igeo g;
+    igeo_geom(&g, p);
+    /* (a 1x1 kernel reads one phase of four: its gradient is a plain GEMM, elsewhere) */
+    return p->kh * p->kw > 1 && p->dh == 1 && p->dw == 1 && p->ph >= 0 && p->pw >= 0 && g.img + 64L * p->cin < (1L << 24);
+  }
+  if (p->sh != 1 || p->sw != 1) return 0;
   long Wq = p->ow + (long)(p->kw - 1) * p->dw, Hq = p->oh + (long)(p->kh - 1) * p->dh;
   /* the planes are the padded input: ph/pw as given, and no output reading past them */
   return p->ph >= 0 && p->pw >= 0 && Wq == p->w + 2L * p->pw && Hq == p->h + 2L * p->ph && Hq * Wq * p->cin < (1L << 24);
@@ -540,9 +588,15 @@ void bwt_backward_weight(float *dw, const float *x, const float *dy, const conv_
   j.p = p; j.x = x; j.dy = dy;
   j.Wq = p->ow + (p->kw - 1) * p->dw;
   j.Hq = p->oh + (p->kh - 1) * p->dh;
+  if (p->sh > 1 || p->sw > 1) { /* the phase planes' grid */
+    igeo_geom(&j.g, p);
+    j.Wq = j.g.Wq;
+    j.Hq = j.g.Hq;
+  }
   j.Lq = p->oh * j.Wq;
   const int T = pool_threads(), kk = p->kh * p->kw;
-  j.nblocks = p->n < 2 * T ? p->n : 2 * T;
+  /* fixed blocks of BWT_IMAGES images: the bits do not depend on the thread count */
+  j.nblocks = (int)((p->n + BWT_IMAGES - 1) / BWT_IMAGES);
   const int used = j.nblocks;
   const long per = (long)kk * p->cin * p->cout;
   j.partials = calloc((size_t)per * used, sizeof(float));
