@@ -133,7 +133,7 @@ const convCases: [string, Conv2dParams][] = [
   ['Winograd weight gradient from 16 channels: 16 -> 16, odd 9x7 maps, batch 3', convCase(3, 16, 9, 7, 16, 3, 1, 1, 1, 1)],
   ['channels-last backward weight: dilation 2, padding 2', convCase(2, 16, 10, 9, 16, 3, 1, 2, 2, 1)],
   ['channels-last backward weight: 1x1, 16 -> 64', convCase(5, 16, 6, 5, 64, 1, 1, 0, 1, 1)],
-  // stride 2 over the phase planes, channels-last (blocks of 8 images: batch 9 leaves a block of one)
+  // stride 2 over the phase planes, channels-last (fixed blocks of up to 8 images: batch 9 makes two)
   ['channels-last backward weight, stride 2: 16 -> 32, 3x3/2, 28x28 to 14x14, batch 9', convCase(9, 16, 28, 28, 32, 3, 2, 1, 1, 1)],
   ['channels-last backward weight, stride 2: 32 -> 64, 3x3/2, odd 15x13 to 8x7', convCase(3, 32, 15, 13, 64, 3, 2, 1, 1, 1)],
   ['channels-last backward weight, stride 2: 5x5 padding 2, 48 -> 16, 20x22 (an odd number of 16-column blocks)', convCase(2, 48, 20, 22, 16, 5, 2, 2, 1, 1)],

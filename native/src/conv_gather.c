@@ -446,10 +446,12 @@ void ggw_backward_weight(float *dw, const float *x, const float *dy, const conv_
  * t = (ky, kx) and 16x16 block of (c, co):
  *   dw[co][c][t] += sum_q X[(q + ky*Wq + kx)*cin + c] * dyT[q*cout + co]
  * a register tile of 16 input channels (broadcast from one contiguous 64-byte row) x 16 output
- * channels (one vector), 16 FMAs per q. Strided layers take the q grid's phase planes (conv_qgrid.c)
- * channels-last, one per phase: tap (ky, kx) reads phase (ky % sh, kx % sw) shifted by
- * (ky / sh) * Wq + kx / sw, and the q grid is the phases' width. Images are spread over threads,
- * each with its own partial sums [tap][c][co], added in a fixed order at the end. */
+ * channels (one vector), 16 FMAs per q. Stride-2 layers take the q grid's phase planes (conv_qgrid.c)
+ * channels-last, one per phase: tap (ky, kx) reads phase (ky % 2, kx % 2) shifted by
+ * (ky / 2) * Wq + kx / 2, and the q grid is the phases' width. The images form fixed blocks (of
+ * BWT_IMAGES, at most BWT_MAX_BLOCKS blocks) handed out to the threads, each block with its own
+ * partial sums [tap][c][co], added in block order at the end: the bits do not depend on the thread
+ * count. */
 typedef struct {
   const conv_p *p;
   const float *x, *dy;
@@ -480,7 +482,8 @@ __attribute__((target("avx512f"))) static void t16_store(const float *src, long 
 }
 
 static _Thread_local buf_t bwt_x_buf, bwt_d_buf;
-#define BWT_IMAGES 8 /* images per block of partial sums */
+#define BWT_IMAGES 8      /* images per block of partial sums */
+#define BWT_MAX_BLOCKS 32 /* and at most this many blocks (larger batches: larger blocks) */
 
 /* Floats per channels-last phase plane of the strided case: the plane and a zeroed tail that the last
  * q's shifted reads reach (up to (kh-1)/sh rows and (kw-1)/sw columns past the grid's end). */
@@ -528,7 +531,8 @@ __attribute__((target("avx512f"))) static void bwt_task(void *ctx, int tid, int 
     const long blk = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
     if (blk >= j->nblocks) break;
     float *acc = j->partials + blk * kk * cin * cout;
-    const long b0 = blk * BWT_IMAGES, b1 = b0 + BWT_IMAGES < p->n ? b0 + BWT_IMAGES : p->n;
+    long b0, b1;
+    pool_split(p->n, (int)blk, j->nblocks, 1, &b0, &b1);
     for (long b = b0; b < b1; b++) {
       const float *xb = j->x + b * cin * HW;
       if (strided) bwt_phases(j, xb, X);
@@ -595,8 +599,9 @@ void bwt_backward_weight(float *dw, const float *x, const float *dy, const conv_
   }
   j.Lq = p->oh * j.Wq;
   const int T = pool_threads(), kk = p->kh * p->kw;
-  /* fixed blocks of BWT_IMAGES images: the bits do not depend on the thread count */
-  j.nblocks = (int)((p->n + BWT_IMAGES - 1) / BWT_IMAGES);
+  /* fixed blocks of images: the bits do not depend on the thread count */
+  const long blocks = (p->n + BWT_IMAGES - 1) / BWT_IMAGES;
+  j.nblocks = (int)(blocks < BWT_MAX_BLOCKS ? blocks : BWT_MAX_BLOCKS);
   const int used = j.nblocks;
   const long per = (long)kk * p->cin * p->cout;
   j.partials = calloc((size_t)per * used, sizeof(float));
