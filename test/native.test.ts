@@ -127,8 +127,9 @@ const convCases: [string, Conv2dParams][] = [
   // channels (a partial row panel), 800 columns split over threads with partial sums
   ['gathered backward weight: K = 63, 66 output channels, split reduction', convCase(2, 7, 20, 20, 66, 3, 1, 1, 1, 1)],
   ['strided weight gradient, 32 -> 72 (not whole 16-channel blocks: pixels in lanes), 3x3/2, 14x14, batch 3', convCase(3, 32, 14, 14, 72, 3, 2, 1, 1, 1)],
-  // backward weight by channels-last outer products (16-64 channels in multiples of 16, stride 1, not
-  // the Winograd geometry: 3x3 padding 1 takes Winograd's weight gradient from 16 channels)
+  // backward weight by channels-last outer products (16-64 channels in multiples of 16; stride 1 but
+  // not the Winograd geometry, 3x3 padding 1, which takes Winograd's weight gradient from 16
+  // channels; stride 2 with kernels larger than 1x1)
   ['channels-last backward weight: 16 -> 48, odd 9x7 map, no padding, batch 3', convCase(3, 16, 9, 7, 48, 3, 1, 0, 1, 1)],
   ['Winograd weight gradient from 16 channels: 16 -> 16, odd 9x7 maps, batch 3', convCase(3, 16, 9, 7, 16, 3, 1, 1, 1, 1)],
   ['channels-last backward weight: dilation 2, padding 2', convCase(2, 16, 10, 9, 16, 3, 1, 2, 2, 1)],

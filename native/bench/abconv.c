@@ -53,8 +53,11 @@ int main(int argc, char **argv) {
     const int blk = getenv("BLK") && atoi(getenv("BLK")), wino = !getenv("WINO") || atoi(getenv("WINO"));
     float *wp = NULL, *xb = NULL, *yb = NULL;
     int layout = 0;
+    if (blk && !conv2d_blocked_ok(p, 1, wino)) {
+      free(x); free(y); free(w); free(dx); free(dw); free(dy);
+      continue;
+    }
     if (blk) {
-      if (!conv2d_blocked_ok(p, 1, wino)) continue;
       layout = conv2d_blocked_layout(p, wino);
       wp = malloc(sizeof(float) * (size_t)conv2d_layout_size(p, layout));
       const long bx = (long)p->n * p->cin * (p->h + 2) * (p->w + 2), by = (long)p->n * p->cout * (p->oh + 2) * (p->ow + 2);
