@@ -577,8 +577,10 @@ int bwt_ok(const conv_p *p) {
   if (p->sh == 2 && p->sw == 2) {
     igeo g;
     igeo_geom(&g, p);
-    /* (a 1x1 kernel reads one phase of four: its gradient is a plain GEMM, elsewhere) */
-    return p->kh * p->kw > 1 && p->dh == 1 && p->dw == 1 && p->ph >= 0 && p->pw >= 0 && g.img + 64L * p->cin < (1L << 24);
+    /* (a 1x1 kernel reads one phase of four: its gradient is a plain GEMM, elsewhere); X, the four
+     * channels-last phase planes with their tails (bwt_phase_cl), within the stride-1 case's bound */
+    return p->kh * p->kw > 1 && p->dh == 1 && p->dw == 1 && p->ph >= 0 && p->pw >= 0 &&
+           4 * (g.plane + g.Wq + 16) * p->cin < (1L << 24);
   }
   if (p->sh != 1 || p->sw != 1) return 0;
   long Wq = p->ow + (long)(p->kw - 1) * p->dw, Hq = p->oh + (long)(p->kh - 1) * p->dh;
