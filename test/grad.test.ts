@@ -15,7 +15,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { record, backward, noGrad } from '../src/tensor/autograd.js';
 import { Generator } from '../src/tensor/rng.js';
-import { Tensor, ones, randn, recycle, recycleGrads, recycledFloats, setRecycleCap, tensor, uninitialized } from '../src/tensor/tensor.js';
+import { Tensor, ones, randn, recycle, recycleGrads, recycledFloats, setRecycleCap, setRecycleCapFloor, tensor, uninitialized } from '../src/tensor/tensor.js';
 import { ShapeError, UsageError } from '../src/errors.js';
 import {
   adaptiveAvgPool2d,
@@ -823,6 +823,30 @@ describe('autograd engine', () => {
       assert.equal(uninitialized(7000), b, 'the stale length made room');
     } finally {
       setRecycleCap(cap);
+    }
+  });
+
+  test('recycleActivations: the cap grows to hold a graph larger than it, and shrinks after two smaller ones', () => {
+    // a floor of 100 KB; graphs of four intermediates, 16 KB each (64 KB a pass) or 40 KB (160 KB)
+    const floor = setRecycleCapFloor(100_000);
+    try {
+      const pass = (n: number): void => {
+        const w = randn([n], new Generator(9)).requiresGrad_();
+        let h = w;
+        for (let i = 0; i < 4; i++) h = mulScalar(h, 1.5);
+        backward(sum(h), undefined, { recycleActivations: true });
+      };
+      pass(4000);
+      pass(4000);
+      assert.ok(recycledFloats() * 4 <= 100_000, `small graphs: ${recycledFloats() * 4} bytes held, within the floor`);
+      pass(10_000);
+      assert.ok(recycledFloats() >= 40_000, `a larger graph: ${recycledFloats() * 4} bytes held, its four intermediates past the floor`);
+      pass(4000);
+      assert.ok(recycledFloats() >= 40_000, 'one smaller graph does not shrink the cap');
+      pass(4000);
+      assert.ok(recycledFloats() * 4 <= 100_000, `two do: ${recycledFloats() * 4} bytes held`);
+    } finally {
+      setRecycleCapFloor(floor);
     }
   });
 

@@ -11,7 +11,7 @@
  */
 import { ShapeError, UsageError } from '../errors.js';
 import { kernels } from '../kernels/registry.js';
-import { Tensor, markRecycled, recycle, shapeStr, trackAllocations, uninitialized } from './tensor.js';
+import { Tensor, fitRecycleCap, markRecycled, recycle, shapeStr, trackAllocations, uninitialized } from './tensor.js';
 
 export interface GradFn {
   /** Op name, for error messages and graph inspection ("conv2d", "add", ...). */
@@ -158,15 +158,18 @@ function recycleIntermediates(order: readonly Tensor[], root: Tensor, keep: read
     if (t.gradFn === null || t === root || t.hooks.length > 0 || t.retainsGrad || keep.includes(t)) kept.add(t.values.buffer);
   }
   const taken = new Set<ArrayBufferLike>();
+  const give: Float32Array[] = [];
   for (const t of order) {
     const d = t.values;
     if (kept.has(d.buffer)) continue;
     if (!taken.has(d.buffer)) {
       taken.add(d.buffer);
-      recycle(d);
+      give.push(d);
     }
     markRecycled(t);
   }
+  fitRecycleCap(give.reduce((a, d) => a + d.byteLength, 0));
+  for (const d of give) recycle(d);
 }
 
 function walk(order: Tensor[], grads: Map<Tensor, Float32Array>, owned: Set<Float32Array>, made: Set<Float32Array>, opts: BackwardOptions): void {
