@@ -827,7 +827,7 @@ describe('autograd engine', () => {
   });
 
   test('recycleActivations: the cap grows to hold a graph larger than it, and shrinks after two smaller ones', () => {
-    // a floor of 100 KB; graphs of four intermediates, 16 KB each (64 KB a pass) or 40 KB (160 KB)
+    // a floor of 100 KB; graphs of four intermediates, 8 KB each (32 KB a pass) or 40 KB (160 KB)
     const floor = setRecycleCapFloor(100_000);
     try {
       const pass = (n: number): void => {
@@ -836,14 +836,14 @@ describe('autograd engine', () => {
         for (let i = 0; i < 4; i++) h = mulScalar(h, 1.5);
         backward(sum(h), undefined, { recycleActivations: true });
       };
-      pass(4000);
-      pass(4000);
+      pass(2000);
+      pass(2000);
       assert.ok(recycledFloats() * 4 <= 100_000, `small graphs: ${recycledFloats() * 4} bytes held, within the floor`);
       pass(10_000);
       assert.ok(recycledFloats() >= 40_000, `a larger graph: ${recycledFloats() * 4} bytes held, its four intermediates past the floor`);
-      pass(4000);
+      pass(2000);
       assert.ok(recycledFloats() >= 40_000, 'one smaller graph does not shrink the cap');
-      pass(4000);
+      pass(2000);
       assert.ok(recycledFloats() * 4 <= 100_000, `two do: ${recycledFloats() * 4} bytes held`);
     } finally {
       setRecycleCapFloor(floor);
