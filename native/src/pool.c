@@ -214,6 +214,7 @@ void pool_ranges_init(pool_ranges *r, long total, long unit, int ranges) {
   r->total = total;
   r->unit = unit;
   r->ranges = ranges;
+  r->desc = 0;
   for (int i = 0; i < POOL_MAX_RANGES; i++) atomic_init(&r->next[i], 0);
 }
 pool_cursor pool_cursor_at(const pool_ranges *r, int tid) {
@@ -226,7 +227,7 @@ long pool_ranges_next(pool_ranges *r, pool_cursor *c) {
     long lo = units * c->r / r->ranges * r->unit, hi = units * (c->r + 1) / r->ranges * r->unit;
     if (hi > r->total) hi = r->total;
     const long it = lo + atomic_fetch_add_explicit(&r->next[c->r], 1, memory_order_relaxed);
-    if (it < hi) return it;
+    if (it < hi) return r->desc ? hi - 1 - (it - lo) : it;
     c->left--;
     c->r = (c->r + 1) % r->ranges;
   }

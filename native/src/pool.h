@@ -33,6 +33,7 @@ void pool_run_dynamic(pool_fn fn, void *ctx, int limit);
 typedef struct {
   long total, unit;
   int ranges;
+  int desc; /* each range's items from its last down (set after pool_ranges_init) */
   _Atomic long next[POOL_MAX_RANGES];
 } pool_ranges;
 /* ranges (the threads the job runs on) is clamped to [1, POOL_MAX_RANGES] and to the number of units;
