@@ -459,6 +459,38 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
     assert.throws(() => nat!.batchNormBackward(dxj, null, null, dy, x, j.mean, j.inv, g, true, p, j.y, bt, gbOut), /maskedOut needs reluY and no beta/);
     assert.throws(() => nat!.batchNormBackward(dxj, null, null, dy, x, j.mean, j.inv, g, true, p, null, undefined, gbOut), /maskedOut needs reluY and no beta/);
     assert.throws(() => nat!.batchNormBackward(dxj, null, null, dy, x, j.mean, j.inv, g, true, p, j.y, undefined, gbOut.subarray(1)), /shorter than the geometry/);
+
+    // the join's relu mask as bits: written where the kernel can (the reference always; native on
+    // AVX-512 for maps of >= 16 pixels), set exactly where y > 0 (padding bits clear), and read by
+    // the backward instead of reluY: a reluY that would pass everything must not change dx
+    const words = Math.ceil(hw / 16);
+    for (const [name, k] of [['ts', tsKernels], ['native', nat!]] as const) {
+      const bits = new Uint16Array(n * c * words).fill(0xffff);
+      const o = out();
+      const wrote = k.batchNormTrain(o.y, o.mean, o.inv, o.vu, x, g, bt, p, true, rsd, bits);
+      assert.equal(wrote, name === 'ts' || (nat!.isa === 'avx512' && hw >= 16), `${name} ${n}x${c}x${hw}: whether the bits were written`);
+      if (!wrote) continue;
+      for (let s = 0; s < n * c; s++) {
+        for (let i = 0; i < words * 16; i++) {
+          const bit = (bits[s * words + (i >> 4)]! >> (i & 15)) & 1;
+          assert.equal(bit, i < hw && o.y[s * hw + i]! > 0 ? 1 : 0, `${name} ${n}x${c}x${hw}: bit ${i} of map ${s}`);
+        }
+      }
+      const gb = new Float32Array(n * c * hw);
+      k.reluBackward(gb, dy, o.y);
+      const want = [new Float32Array(n * c * hw), new Float32Array(c), new Float32Array(c)] as const;
+      k.batchNormBackward(want[0], want[1], want[2], dy, x, o.mean, o.inv, g, true, p, o.y, undefined, new Float32Array(n * c * hw));
+      const got = [new Float32Array(n * c * hw).fill(NaN), new Float32Array(c), new Float32Array(c)] as const;
+      const gbOut = new Float32Array(n * c * hw).fill(NaN);
+      k.batchNormBackward(got[0], got[1], got[2], dy, x, o.mean, o.inv, g, true, p, new Float32Array(n * c * hw).fill(1), undefined, gbOut, bits);
+      assert.deepEqual(gbOut, gb, `${name} ${n}x${c}x${hw}: maskedOut from the bits`);
+      got.forEach((a, i) => assert.deepEqual(a, want[i], `${name} ${n}x${c}x${hw}: output ${i} from the bits as from reluY`));
+    }
+    const bits = new Uint16Array(n * c * words);
+    assert.throws(() => nat!.batchNormTrain(j.y, j.mean, j.inv, j.vu, x, g, bt, p, false, rsd, bits), /reluBits needs relu/);
+    assert.throws(() => nat!.batchNormTrain(j.y, j.mean, j.inv, j.vu, x, g, bt, p, true, rsd, bits.subarray(1)), /mask shorter than the geometry/);
+    assert.throws(() => nat!.batchNormTrain(j.y, j.mean, j.inv, j.vu, x, g, bt, p, true, rsd, new Float32Array(bits.length) as unknown as Uint16Array), /expected a Uint16Array/);
+    assert.throws(() => nat!.batchNormBackward(dxj, null, null, dy, x, j.mean, j.inv, g, true, p, null, undefined, null, bits), /reluBits needs reluY/);
   }
 });
 

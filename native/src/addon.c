@@ -74,6 +74,23 @@ static int32_t *i32(args_t *a, size_t i, size_t need) {
   return (int32_t *)data;
 }
 
+/* Uint16Array argument i with at least `need` elements, or NULL when absent, null or undefined. */
+static uint16_t *u16_opt(args_t *a, size_t i, size_t need) {
+  if (a->failed || a->argc <= i) return NULL;
+  napi_valuetype t;
+  napi_typeof(a->env, a->argv[i], &t);
+  if (t == napi_null || t == napi_undefined) return NULL;
+  bool is_ta = false;
+  napi_is_typedarray(a->env, a->argv[i], &is_ta);
+  napi_typedarray_type type = napi_float32_array;
+  size_t len = 0;
+  void *data = NULL;
+  if (is_ta) napi_get_typedarray_info(a->env, a->argv[i], &type, &len, &data, NULL, NULL);
+  if (!is_ta || type != napi_uint16_array) return fail(a, "native: expected a Uint16Array"), NULL;
+  if (len < need) return fail(a, "native: mask shorter than the geometry requires"), NULL;
+  return (uint16_t *)data;
+}
+
 static double num(args_t *a, size_t i) {
   double v = 0;
   if (a->failed) return 0;
@@ -296,7 +313,8 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* batchNormTrain(y, mean, invStd, varU, x, gamma|null, beta|null, n, c, hw, eps, relu?, residual?) */
+/* batchNormTrain(y, mean, invStd, varU, x, gamma|null, beta|null, n, c, hw, eps, relu?, residual?, reluBits?):
+ * whether reluBits was written */
 static napi_value js_bn_train(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 11)) return NULL;
@@ -308,10 +326,13 @@ static napi_value js_bn_train(napi_env env, napi_callback_info info) {
   float eps = (float)num(&a, 10);
   int relu = opt_flag(&a, 11);
   const float *res = a.argc > 12 ? f32(&a, 12, tot, 1) : NULL;
+  uint16_t *bits = u16_opt(&a, 13, SZ(n) * c * ((hw + 15) / 16));
   if (a.failed) return NULL;
   if (res == y) return fail(&a, "native: batchNormTrain's residual must not be its output"), NULL;
-  bn_train(y, mean, inv, vu, x, g, b, n, c, hw, eps, relu, res);
-  return undef(env);
+  if (bits && !relu) return fail(&a, "native: batchNormTrain's reluBits needs relu"), NULL;
+  napi_value out;
+  napi_get_boolean(env, bn_train(y, mean, inv, vu, x, g, b, n, c, hw, eps, relu, res, bits) != 0, &out);
+  return out;
 }
 
 /* batchNormEval(y, x, rm, rv, gamma|null, beta|null, n, c, hw, eps, relu?) */
@@ -332,7 +353,7 @@ static napi_value js_bn_eval(napi_env env, napi_callback_info info) {
 }
 
 /* batchNormBackward(dx, dgamma|null, dbeta|null, dy, x, mean, invStd, gamma|null, training, n, c, hw, reluY?, beta?,
- * maskedOut?) */
+ * maskedOut?, reluBits?) */
 static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
   args_t a;
   if (!get_args(env, info, &a, 12)) return NULL;
@@ -357,8 +378,11 @@ static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
   /* argument 14 (optional): where the masked gradient goes too; only with relu_y read (beta absent) */
   float *masked = a.argc > 14 ? f32(&a, 14, tot, 1) : NULL;
   if (masked && (!relu_y || from_x)) fail(&a, "native: batchNormBackward's maskedOut needs reluY and no beta");
+  /* argument 15 (optional): the relu's mask bits as batchNormTrain wrote them; with relu_y */
+  const uint16_t *bits = u16_opt(&a, 15, SZ(n) * c * ((hw + 15) / 16));
+  if (bits && !relu_y) fail(&a, "native: batchNormBackward's reluBits needs reluY");
   if (a.failed) return NULL;
-  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw, relu_y, from_x, beta, masked);
+  bn_backward(dx, dg, db, dy, x, mean, inv, g, training, n, c, hw, relu_y, from_x, beta, masked, bits);
   return undef(env);
 }
 

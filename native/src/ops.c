@@ -136,6 +136,8 @@ typedef struct {
   const float *residual; /* training forward: added before the relu (NULL: none) */
   const float *ymask; /* backward: the output of a fused relu (NULL: none) */
   float *gb;          /* backward with ymask: the masked gradient written here too (NULL: not) */
+  uint16_t *bits_out; /* training forward with relu: the relu's mask bits written here (NULL: not) */
+  const uint16_t *bits; /* backward with ymask: the forward's mask bits, read instead of ymask (NULL: not) */
   int relu_from_x;    /* backward with ymask: the forward's beta is in .beta, so paths that can may
                        * recompute the relu's input from x instead of reading ymask (bn_im_job.ss) */
   int n, c, training, relu;
@@ -283,6 +285,7 @@ __attribute__((target("avx512f"))) static inline double sum_pd(__m512 v) {
  * so. */
 typedef struct {
   const float *dy, *x, *ym;
+  const uint16_t *bits; /* the mask's words of the segment, read instead of ym */
   int recompute;
   __m512 s, t;
 } bn_gseg;
@@ -290,7 +293,9 @@ typedef struct {
 __attribute__((target("avx512f"))) static inline bn_gseg gseg_at(const bn_im_job *ij, long off, int ch) {
   const bn_job *j = ij->j;
   const int rc = ij->ss != NULL;
-  const bn_gseg g = {j->dy + off, j->x + off, j->ymask && !rc ? j->ymask + off : NULL, rc,
+  const int bits = j->ymask && !rc && j->bits;
+  const bn_gseg g = {j->dy + off, j->x + off, j->ymask && !rc && !bits ? j->ymask + off : NULL,
+                     bits ? j->bits + off / j->hw * ((j->hw + 15) / 16) : NULL, rc,
                      rc ? _mm512_set1_ps(ij->ss[2 * ch]) : _mm512_setzero_ps(),
                      rc ? _mm512_set1_ps(ij->ss[2 * ch + 1]) : _mm512_setzero_ps()};
   return g;
@@ -301,6 +306,7 @@ __attribute__((target("avx512f"))) static inline __m512 gseg_load(const bn_gseg 
   const __m512 g = _mm512_maskz_loadu_ps(mk, sg->dy + i);
   *vx = _mm512_maskz_loadu_ps(mk, sg->x + i);
   __m512 v;
+  if (sg->bits) return _mm512_maskz_mov_ps((__mmask16)(sg->bits[i / 16] & mk), g);
   if (sg->recompute) v = _mm512_add_ps(_mm512_mul_ps(*vx, sg->s), sg->t);
   else if (sg->ym) v = _mm512_maskz_loadu_ps(mk, sg->ym + i);
   else return g;
@@ -424,10 +430,12 @@ __attribute__((target("avx512f"))) static void bn_im_apply_task(void *ctx, int t
     const long off = sg * hw;
     if (j->y) {
       const __m512 vs = _mm512_set1_ps(ij->k[2 * ch]), vt = _mm512_set1_ps(ij->k[2 * ch + 1]);
+      uint16_t *bits = j->bits_out ? j->bits_out + sg * ((hw + 15) / 16) : NULL;
       for (long i = 0; i < hw; i += 16) {
         const __mmask16 mk = hw - i >= 16 ? (__mmask16)0xFFFF : tail;
         __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, j->x + off + i), vs), vt);
         if (j->residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, j->residual + off + i));
+        if (bits) bits[i / 16] = (uint16_t)(_mm512_cmp_ps_mask(v, zero, _CMP_NLE_UQ) & mk); /* as gseg_load's */
         if (j->relu) v = _mm512_max_ps(zero, v); /* NaN stays NaN: max returns its second operand */
         _mm512_mask_storeu_ps(j->y + off + i, mk, v);
       }
@@ -675,21 +683,23 @@ static void run_channels(pool_fn fn, bn_job *j) {
   else pool_run_n(fn, j, j->c);
 }
 
-void bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
-              const float *beta, int n, int c, long hw, float eps, int relu, const float *residual) {
+int bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
+             const float *beta, int n, int c, long hw, float eps, int relu, const float *residual, uint16_t *relu_bits) {
   bn_job j = {.y = y, .mean = mean, .invstd = invstd, .var_u = var_unbiased, .x = x, .gamma = gamma, .beta = beta,
               .n = n, .c = c, .hw = hw, .eps = eps, .relu = relu, .residual = residual};
   if (hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL")) {
     run_channels(bn_train_small_task, &j);
-    return;
+    return 0;
   }
 #if defined(__x86_64__)
   if (has_avx512()) {
+    j.bits_out = relu ? relu_bits : NULL;
     bn_train_im(&j);
-    return;
+    return j.bits_out != NULL;
   }
 #endif
   run_channels(bn_train_task, &j);
+  return 0;
 }
 
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
@@ -701,11 +711,11 @@ void bn_eval(float *y, const float *x, const float *rm, const float *rv, const f
 
 void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
                  const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y,
-                 int relu_from_x, const float *beta, float *masked_out) {
+                 int relu_from_x, const float *beta, float *masked_out, const uint16_t *relu_bits) {
   bn_job j = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .cmean = mean, .cinvstd = invstd,
               .gamma = gamma, .training = training, .n = n, .c = c, .hw = hw, .ymask = relu_y,
               .relu_from_x = relu_from_x && !getenv("RESNET_BN_READ_MASK"), .beta = beta,
-              .gb = relu_y && !relu_from_x ? masked_out : NULL};
+              .gb = relu_y && !relu_from_x ? masked_out : NULL, .bits = relu_y ? relu_bits : NULL};
   if (masked_out && !j.gb) abort(); /* the addon checks: masked_out only with relu_y, read */
   /* the path: small maps by column sums, else AVX-512 image by image, else channel by channel */
   const int small = hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL");

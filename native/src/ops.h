@@ -4,9 +4,12 @@
 #include <stdint.h>
 
 /* relu: y = relu(batch_norm(x)) in the same pass; residual (may be NULL, not y): batch_norm(x) +
- * residual before the relu (a residual block's join). */
-void bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
-              const float *beta, int n, int c, long hw, float eps, int relu, const float *residual);
+ * residual before the relu (a residual block's join). relu_bits (may be NULL; with relu): the relu's
+ * mask, one bit per element (set where y > 0 or NaN: where the gradient passes), (hw + 15) / 16
+ * 16-bit words per (image, channel), bit l of word w for element 16 w + l; written only by the paths
+ * that can (the AVX-512 one on maps of at least 16 pixels): returns 1 when written, else 0. */
+int bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
+             const float *beta, int n, int c, long hw, float eps, int relu, const float *residual, uint16_t *relu_bits);
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
              int c, long hw, float eps, int relu);
 /* relu_y (may be NULL): the output of a fused relu; dy is then the gradient of that output. With
@@ -14,10 +17,12 @@ void bn_eval(float *y, const float *x, const float *rm, const float *rv, const f
  * relu's input from x, mean, invstd, gamma and beta with the forward's operations do so instead of
  * reading relu_y (RESNET_BN_READ_MASK set: they read it). masked_out (may be NULL; with relu_y and
  * without relu_from_x): also gets the masked gradient, dy where relu_y > 0 (or NaN), else 0, as
- * relu_bwd would write it (a residual join's gradient, which its shortcut needs too). */
+ * relu_bwd would write it (a residual join's gradient, which its shortcut needs too). relu_bits (may be
+ * NULL; with relu_y): the mask bn_train wrote, which the paths that can read instead of relu_y (1/32 of
+ * its bytes). */
 void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
                  const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y,
-                 int relu_from_x, const float *beta, float *masked_out);
+                 int relu_from_x, const float *beta, float *masked_out, const uint16_t *relu_bits);
 
 void relu_fwd(float *y, const float *x, long n);
 void relu_bwd(float *dx, const float *dy, const float *y, long n);

@@ -140,8 +140,12 @@ export interface Kernels {
    * channel (for the running-stat update). gamma/beta null means affine=false. With `relu`, y is
    * relu(batch_norm(x)) (one pass instead of two). With `residual` (not y itself), it is added
    * before the relu: y = relu(batch_norm(x) + residual), a residual block's join in the same pass.
+   * With `reluBits` (and `relu`) a backend may also write the relu's mask, one bit per element, set
+   * where the gradient passes (y > 0, or NaN): ceil(hw / 16) 16-bit words per (image, channel)
+   * map, bit l of word w for pixel 16w + l. Returns whether it did (the native backend does on its
+   * AVX-512 path for maps of 16 pixels or more), so that the backward may read 1/32 of y's bytes.
    */
-  batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean, residual?: F32 | null): void;
+  batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean, residual?: F32 | null, reluBits?: Uint16Array | null): boolean;
   /** Eval-mode batch norm with running statistics (then relu, with `relu`). */
   batchNormEval(y: F32, x: F32, runningMean: F32, runningVar: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean): void;
   /**
@@ -154,9 +158,10 @@ export interface Kernels {
    * instead of reading reluY, in training. `maskedOut` (with reluY, and beta left undefined: the
    * relu's input cannot be recomputed, as when a residual was added before it) also receives the
    * masked gradient, as reluBackward(maskedOut, dy, reluY) would write it (a residual join's
-   * gradient, which the shortcut needs too), from the same pass.
+   * gradient, which the shortcut needs too), from the same pass. `reluBits` (with reluY): the mask
+   * batchNormTrain wrote (when it returned true), which a backend may read instead of reluY.
    */
-  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY?: F32 | null, beta?: F32 | null, maskedOut?: F32 | null): void;
+  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY?: F32 | null, beta?: F32 | null, maskedOut?: F32 | null, reluBits?: Uint16Array | null): void;
 
   relu(y: F32, x: F32): void;
   /** dx = 0 where y <= 0, else dy (the gradient at 0 is 0 and NaN passes, as in PyTorch). */

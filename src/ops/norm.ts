@@ -60,11 +60,15 @@ export function batchNorm(
   const b = bias ? bias.values : null;
   let mean: Float32Array;
   let invStd: Float32Array;
+  // the relu's mask as bits, where the backward cannot recompute it from x (a residual was added
+  // before the relu): the backward then reads 1/32 of y's bytes for it, if the kernel wrote them
+  let reluBits: Uint16Array | null = null;
   if (o.training) {
     mean = new Float32Array(c);
     invStd = new Float32Array(c);
     const varU = new Float32Array(c);
-    k.batchNormTrain(y.values, mean, invStd, varU, x.values, g, b, p, fuse, res ? res.values : null);
+    const bits = fuse && res ? new Uint16Array(n * c * Math.ceil(hw / 16)) : null;
+    if (k.batchNormTrain(y.values, mean, invStd, varU, x.values, g, b, p, fuse, res ? res.values : null, bits)) reluBits = bits;
     if (runningMean && runningVar && !runningMean.isMeta) {
       const mom = o.momentum === null ? 1 / Math.max(1, o.numBatchesTracked ?? 1) : (o.momentum ?? 0.1);
       const rm = runningMean.values;
@@ -100,7 +104,7 @@ export function batchNorm(
     let gb = gy;
     if (res && fuse) {
       gb = uninitialized(gy.length);
-      k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, y.values, undefined, gb);
+      k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, y.values, undefined, gb, reluBits);
     } else {
       k.batchNormBackward(gx, dgamma, dbeta, gy, x.values, mean, invStd, g, o.training, p, fuse ? y.values : null, b);
     }

@@ -10,7 +10,7 @@ import { conv2d, conv2dBackwardInput, conv2dBackwardWeight } from './conv.js';
 
 type F32 = Float32Array;
 
-function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false, residual: F32 | null = null): void {
+function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false, residual: F32 | null = null, reluBits: Uint16Array | null = null): boolean {
   const { n, c, hw, eps } = p;
   const m = n * hw;
   for (let ch = 0; ch < c; ch++) {
@@ -42,6 +42,20 @@ function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32
   }
   if (residual) add(y, y, residual);
   if (fusedRelu) relu(y, y);
+  if (!fusedRelu || reluBits === null) return false;
+  const words = reluBitWords(hw);
+  reluBits.fill(0, 0, n * c * words);
+  for (let s = 0; s < n * c; s++) {
+    for (let i = 0; i < hw; i++) {
+      if (!(y[s * hw + i]! <= 0)) reluBits[s * words + (i >> 4)] |= 1 << (i & 15);
+    }
+  }
+  return true;
+}
+
+/** 16-bit words of a relu mask per (image, channel) map of hw pixels (Kernels.batchNormTrain). */
+function reluBitWords(hw: number): number {
+  return (hw + 15) >> 4;
 }
 
 function batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false): void {
@@ -58,13 +72,19 @@ function batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta
   if (fusedRelu) relu(y, y);
 }
 
-function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dyIn: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY: F32 | null = null, _beta?: F32 | null, maskedOut: F32 | null = null): void {
+function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dyIn: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY: F32 | null = null, _beta?: F32 | null, maskedOut: F32 | null = null, reluBits: Uint16Array | null = null): void {
+  const { n, c, hw } = p;
   let dy = dyIn;
-  if (reluY) {
+  if (reluY && reluBits) {
+    dy = maskedOut ?? new Float32Array(dyIn.length);
+    const words = reluBitWords(hw);
+    for (let s = 0; s < n * c; s++) {
+      for (let i = 0; i < hw; i++) dy[s * hw + i] = (reluBits[s * words + (i >> 4)]! >> (i & 15)) & 1 ? dyIn[s * hw + i]! : 0;
+    }
+  } else if (reluY) {
     dy = maskedOut ?? new Float32Array(dyIn.length);
     reluBackward(dy, dyIn, reluY);
   }
-  const { n, c, hw } = p;
   const m = n * hw;
   for (let ch = 0; ch < c; ch++) {
     const mu = mean[ch]!;
