@@ -29,7 +29,7 @@ function scaleTol(e: Float32Array, scale = 1e-5): { rtol: number; atol: number }
 
 /** Whether p is a Winograd geometry (3x3, stride 1, padding 1, whole 16-channel blocks): its blocked
  * packing is Winograd (F(4x4) up to 128 channels, F(2x2) above), and on NCHW the native kernels run
- * it as F(4x4) as well (forward and backward-input from 32 channels, the weight gradient from 16). */
+ * it as F(4x4) as well (all three passes, from 16 channels). */
 const winogradGeometry = (p: Conv2dParams): boolean =>
   process.env.RESNET_WINO !== '0' &&
   p.kh === 3 && p.kw === 3 && p.sh === 1 && p.sw === 1 && p.ph === 1 && p.pw === 1 && p.dh === 1 && p.dw === 1 && p.groups === 1 && p.cIn % 16 === 0 && p.cOut % 16 === 0;
@@ -109,10 +109,11 @@ const convCases: [string, Conv2dParams][] = [
   // a kernel covering its whole map for a 1x1 output: a linear layer over the batch (w is W')
   ['as a linear layer: a 2x2 kernel over a 2x2 map, no padding, batch 1', convCase(1, 8, 2, 2, 12, 2, 1, 0, 1, 1)],
   ['as a linear layer: a 3x3 kernel over a 3x3 map, no padding, batch 3', convCase(3, 5, 3, 3, 7, 3, 1, 0, 1, 1)],
-  // Winograd F(4x4, 3x3) on NCHW (AVX-512; 3x3/1 padding 1, >= 32 channels in whole 16-channel blocks,
-  // maps larger than 2x2): weights transformed per call, activations through the blocked layout;
-  // backward-input runs the same way with the flipped kernel
+  // Winograd F(4x4, 3x3) on NCHW (AVX-512; 3x3/1 padding 1, whole 16-channel blocks, maps larger
+  // than 2x2): weights transformed per call, activations through the blocked layout; backward-input
+  // runs the same way with the flipped kernel
   ['Winograd on NCHW: 32 -> 48, odd 9x11 maps (cut edge tiles), batch 3', convCase(3, 32, 9, 11, 48, 3, 1, 1, 1, 1)],
+  ['Winograd on NCHW from 16 channels: 16 -> 32, odd 13x13 maps, batch 7', convCase(7, 16, 13, 13, 32, 3, 1, 1, 1, 1)],
   ['Winograd on NCHW: 4x4 maps (one tile per image), 48 -> 32, batch 5', convCase(5, 48, 4, 4, 32, 3, 1, 1, 1, 1)],
   ['Winograd on NCHW: a 3x13 map, 64 -> 32', convCase(2, 64, 3, 13, 32, 3, 1, 1, 1, 1)],
   // maps 7-16 wide: the input transform a tile row (up to 16 columns) or two (up to 8) at a time

@@ -588,7 +588,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
   if (p->sh == 1 && p->sw == 1 && p->groups == 1) {
     conv_p q = {p->n, p->cout, p->oh, p->ow, p->cin, p->kh, p->kw, 1, 1, (p->kh - 1) * p->dh - p->ph,
                 (p->kw - 1) * p->dw - p->pw, p->dh, p->dw, 1, p->h, p->w};
-    const int wm = avx512_paths() ? wino_nchw_input_grad_tile(&q) : 0;
+    const int wm = avx512_paths() ? wino_nchw_tile(&q) : 0;
     if (wm) {
       wino_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q, wm);
       return;
@@ -714,7 +714,7 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     return;
   }
 #if defined(__x86_64__)
-  const int wm = avx512_paths() ? wino_nchw_weight_tile(p) : 0;
+  const int wm = avx512_paths() ? wino_nchw_tile(p) : 0;
   if (wm) {
     wino_backward_weight_nchw(dw, x, dy, p, wm);
     return;

@@ -135,12 +135,9 @@ void prow_block_gemm16(int R, int K, const float *Bp, const float *const *a, con
 void wino_forward(float *y, const float *x, const float *U, const float *bias, const float *residual, int relu,
                   const conv_p *p, int m, int nchw);
 /* The same on NCHW tensors with plain weights (transformed per call; flip: w is the forward layer's
- * kernel of the backward-input convolution p), 0 from wino_nchw_tile: not this way; the weight
- * gradient's tile: wino_nchw_weight_tile; the backward-input's (p the flipped convolution q):
- * wino_nchw_input_grad_tile. */
+ * kernel of the backward-input convolution p), 0 from wino_nchw_tile: not this way (for the
+ * backward-input, ask with the flipped convolution; for the weight gradient, with the forward's). */
 int wino_nchw_tile(const conv_p *p);
-int wino_nchw_weight_tile(const conv_p *p);
-int wino_nchw_input_grad_tile(const conv_p *q);
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
                        const conv_p *p, int m);
 void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m);

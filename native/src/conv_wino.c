@@ -108,32 +108,27 @@ int wino_tile_for(const conv_p *p) {
   return p->cin <= 128 && p->cout <= 128 ? 4 : 2;
 }
 
-/* The tile size for an NCHW convolution with plain weights (training; wino_forward_nchw), 0 for the
- * direct kernels: as wino_tile_for's geometries, with at least 32 channels in and out. F(4x4), whose
+/* The tile size for an NCHW convolution with plain weights (training and eager calls: the forward,
+ * the backward-input as the forward of the flipped convolution, and the weight gradient), 0 for the
+ * direct kernels: as wino_tile_for's geometries (whole 16-channel blocks in and out). F(4x4), whose
  * transformed weights are computed per call (the weights change every step) and do not stay in
  * memory; F(2x2) on maps of at most 2x2 (one tile covers them; the direct kernels skip the 5 of 9
  * taps that read padding there, so F(4x4)'s 6x6 window would gain nothing: ResNet-18's 256 channels
- * on 32x32 inputs, 1.8 -> 1.1 ms a pass; conv_dense.c takes such maps first, up to its size cap). 16-channel layers stay direct forward and backward-input: in
- * private chunks F(4x4) gains 4-16 % there (ResNet-20's 16 channels on 28x28, forward 2.84 -> 2.63 ms,
- * minima of 20 alternating runs), but its rounding (~1e-5 of the scale against ~1e-6), passed down
- * through the layers, takes a 20-step CIFAR ResNet-8 trajectory past 1e-4 of PyTorch's
- * (test/train_steps.test.ts). Their backward-input does take it (wino_nchw_input_grad_tile). */
-static int nchw_tile_min(const conv_p *p, int minc) {
+ * on 32x32 inputs, 1.8 -> 1.1 ms a pass; conv_dense.c takes such maps first, up to its size cap).
+ * Rounding: F(4x4)'s transforms add and subtract neighbouring values, so a forward is within ~3e-6
+ * of its output's scale of the exact sums (ResNet-20's 16 channels on 28x28, batch 128; the direct
+ * kernels ~5e-7), and the 20-step CIFAR ResNet-8 trajectory of test/train_steps.test.ts stays within
+ * 1.2e-6 of PyTorch's float64 one (1.0e-6 with direct 16-channel forwards). The 16-channel forward
+ * stayed direct until session 20 because that test, then at learning rate 0.1, had a trajectory
+ * chaotic enough for any change of rounding to flip a ReLU (at 0.02 every float32 implementation
+ * stays within ~1e-6). ResNet-20's 16 channels on 28x28, forward, caches flushed, calls alternating
+ * with the pixels-in-lanes kernel: -16 to -26 % (three runs); backward-input (ResNet-20's 16
+ * channels: -17 to -19 %) and weight gradient (-24 %) took it earlier. */
+int wino_nchw_tile(const conv_p *p) {
   const int mode = wino_mode();
-  if (mode == 0 || !wino_ok(p) || p->cin < minc || p->cout < minc || p->n < 1) return 0;
+  if (mode == 0 || !wino_ok(p) || p->n < 1) return 0;
   return mode == 2 || (p->oh <= 2 && p->ow <= 2) ? 2 : 4;
 }
-int wino_nchw_tile(const conv_p *p) { return nchw_tile_min(p, 32); }
-/* The weight gradient's (wino_backward_weight_nchw) from 16 channels: its rounding stays in dW instead
- * of passing through the layers below, and the 20-step trajectory keeps within 1e-4 (ResNet-20's 16
- * channels on 28x28: 2.58-2.64 -> 1.78-2.09 ms against the channels-last kernel, private groups). */
-int wino_nchw_weight_tile(const conv_p *p) { return nchw_tile_min(p, 16); }
-/* The backward-input's (wino_forward_nchw with flip, q the flipped convolution) from 16 channels too:
- * its rounding goes into the gradients, not through the forward activations, whose ReLUs a changed
- * rounding can flip (that is what took the trajectory past 1e-4 with F(4x4) forwards at 16 channels);
- * the 20-step trajectory stays within 1.3e-6 of PyTorch's, as with the direct kernel (7e-7).
- * ResNet-20's 16 channels on 28x28: 2.35-2.40 -> 1.94-1.95 ms (-17 to -19 %; -10 % with cold caches). */
-int wino_nchw_input_grad_tile(const conv_p *q) { return nchw_tile_min(q, 16); }
 
 #if defined(__x86_64__)
 typedef struct {
