@@ -121,6 +121,8 @@ int main(int argc, char **argv) {
   pool_set_threads(getenv("T") ? atoi(getenv("T")) : 1);
   double secs = getenv("SECS") ? atof(getenv("SECS")) : 0.4;
   if (!getenv("NOCHECK") && check()) return 1;
+  /* MODES=1|2|4 (sums of): forward, backward-input, weight gradient only (for profiling one pass) */
+  const int modes = getenv("MODES") ? atoi(getenv("MODES")) : 7;
   for (unsigned c = 0; c < sizeof shapes / sizeof *shapes; c++) {
     if (argc > 1 && !strstr(shapes[c].name, argv[1])) continue;
     conv_p p = shapes[c].p;
@@ -153,7 +155,7 @@ int main(int argc, char **argv) {
     double fl = 2.0 * p.n * p.cout * p.oh * p.ow * p.cin * p.kh * p.kw;
     printf("%-24s", shapes[c].name);
     for (int m = 0; m < 3; m++) {
-      if (!(shapes[c].modes >> m & 1)) continue;
+      if (!(shapes[c].modes >> m & 1) || !(modes >> m & 1)) continue;
       double best = 1e9;
       for (int rep = 0; rep < 3; rep++) {
         int reps = 0;
