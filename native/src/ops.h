@@ -6,8 +6,9 @@
 /* relu: y = relu(batch_norm(x)) in the same pass; residual (may be NULL, not y): batch_norm(x) +
  * residual before the relu (a residual block's join). relu_bits (may be NULL; with relu): the relu's
  * mask, one bit per element (set where y > 0 or NaN: where the gradient passes), (hw + 15) / 16
- * 16-bit words per (image, channel), bit l of word w for element 16 w + l; written only by the paths
- * that can (the AVX-512 one on maps of at least 16 pixels): returns 1 when written, else 0. */
+ * 16-bit words per (image, channel), bit l of word w for element 16 w + l; written only by the AVX-512
+ * path (maps of at least 16 pixels), and only for tensors larger than a core's L2 (below it, reading y
+ * back is cheap and the bits' stores cost more than they save): returns 1 when written, else 0. */
 int bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
              const float *beta, int n, int c, long hw, float eps, int relu, const float *residual, uint16_t *relu_bits);
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,

@@ -143,7 +143,8 @@ export interface Kernels {
    * With `reluBits` (and `relu`) a backend may also write the relu's mask, one bit per element, set
    * where the gradient passes (y > 0, or NaN): ceil(hw / 16) 16-bit words per (image, channel)
    * map, bit l of word w for pixel 16w + l. Returns whether it did (the native backend does on its
-   * AVX-512 path for maps of 16 pixels or more), so that the backward may read 1/32 of y's bytes.
+   * AVX-512 path, for maps of 16 pixels or more and tensors larger than a core's L2, where reading y
+   * back costs memory traffic), so that the backward may read 1/32 of y's bytes.
    */
   batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean, residual?: F32 | null, reluBits?: Uint16Array | null): boolean;
   /** Eval-mode batch norm with running statistics (then relu, with `relu`). */
