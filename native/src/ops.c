@@ -830,28 +830,23 @@ typedef struct {
  * two vectors of an even x row (one two-source permute per 16 outputs). ResNet-20's shortcuts at
  * batch 128 (16 -> 32 on 28x28, 32 -> 64 on 14x14), caches flushed, medians of 40 calls against the
  * scalar loops: forward -6 to -21 %, adjoint -17 to -27 %. */
-__attribute__((target("avx512f"))) static void zp_plane_s2(float *xp, float *yp, int h, int w, int adjoint) {
-  const int oh = (h + 1) / 2, ow = (w + 1) / 2;
+__attribute__((target("avx512f"))) static void zp_adjoint_s2(float *xp, const float *yp, int h, int w) {
+  const int ow = (w + 1) / 2;
   const __m512i half = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512 zero = _mm512_setzero_ps();
-  if (adjoint) {
-    for (int iy = 0; iy < h; iy++) {
-      float *xr = xp + (long)iy * w;
-      const float *yr = yp + (long)(iy / 2) * ow;
-      for (int x0 = 0; x0 < w; x0 += 16) {
-        const int nx = w - x0 < 16 ? w - x0 : 16, ny = (nx + 1) / 2;
-        const __mmask16 mx = (__mmask16)((1u << nx) - 1);
-        __m512 v = zero;
-        if (!(iy & 1)) {
-          v = _mm512_maskz_loadu_ps((__mmask16)((1u << ny) - 1), yr + x0 / 2);
-          v = _mm512_maskz_permutexvar_ps((__mmask16)0x5555, half, v);
-        }
-        _mm512_mask_storeu_ps(xr + x0, mx, v);
-      }
+  for (int iy = 0; iy < h; iy++) {
+    float *xr = xp + (long)iy * w;
+    const float *yr = yp + (long)(iy / 2) * ow;
+    for (int x0 = 0; x0 < w; x0 += 16) {
+      const int nx = w - x0 < 16 ? w - x0 : 16, ny = (nx + 1) / 2;
+      __m512 v = _mm512_setzero_ps();
+      if (!(iy & 1)) v = _mm512_maskz_permutexvar_ps((__mmask16)0x5555, half, _mm512_maskz_loadu_ps((__mmask16)((1u << ny) - 1), yr + x0 / 2));
+      _mm512_mask_storeu_ps(xr + x0, (__mmask16)((1u << nx) - 1), v);
     }
-    return;
   }
+}
+__attribute__((target("avx512f"))) static void zp_forward_s2(float *yp, const float *xp, int h, int w) {
+  const int oh = (h + 1) / 2, ow = (w + 1) / 2;
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   for (int oy = 0; oy < oh; oy++) {
     const float *xr = xp + (long)(2 * oy) * w;
     float *yr = yp + (long)oy * ow;
@@ -885,7 +880,7 @@ static void zp_task(void *ctx, int tid, int nt) {
       const float *yp = j->y + (b * j->cout + c + front) * plane;
 #if defined(__x86_64__)
       if (s2) {
-        zp_plane_s2(xp, (float *)yp, j->h, j->w, 1);
+        zp_adjoint_s2(xp, yp, j->h, j->w);
         continue;
       }
 #endif
@@ -902,7 +897,7 @@ static void zp_task(void *ctx, int tid, int nt) {
       const float *xp = j->x + (b * j->cin + c) * in;
 #if defined(__x86_64__)
       if (s2) {
-        zp_plane_s2((float *)xp, yp, j->h, j->w, 0);
+        zp_forward_s2(yp, xp, j->h, j->w);
         continue;
       }
 #endif
