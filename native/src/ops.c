@@ -482,7 +482,7 @@ static int bn_desc(void) {
 }
 /* Whether a batch norm's tensor is larger than a core's L2: the descending sums pass and the relu
  * bits (bn_train) save memory traffic only then; below it they cost (ResNet-18's 1-4 MB batch norms
- * at batch 64, steps alternating with a build without either: 4-15 % slower). */
+ * at batch 64, steps alternating with a build without either: 4-18 % slower). */
 static int bn_beyond_l2(const bn_job *j) { return (long)j->n * j->c * j->hw * (long)sizeof(float) > l2_bytes(); }
 /* Runs the sums task over the image blocks, then adds the blocks' sums in order into sum[ch][2]. */
 static void bn_im_sums(bn_im_job *ij, double *sum) {
