@@ -13,7 +13,10 @@
  * accumulators go to the output rows as they are. Every lane is a real pixel but for the map's last
  * vector. ResNet-20's 16 -> 16 on 28x28 at batch 128 against the pixel-row kernel (alternating calls,
  * two threads): forward 2.84 -> 2.41 ms, backward-input 2.65 -> 2.36 ms; its 1 -> 16 stem 0.48 -> 0.27.
- * (One thread: 5.3 -> 4.7 ms, where the kernel alone, its input in L1, runs at 115 GFLOP/s.) */
+ * (One thread: 5.3 -> 4.7 ms, where the kernel alone, its input in L1, runs at 115 GFLOP/s.) Since
+ * session 20 Winograd F(4x4) takes those 16-channel layers in all three passes (conv.c asks it first),
+ * so this kernel runs the stems (1 -> 16), channel counts that are not whole 16-channel blocks, and
+ * everything with RESNET_WINO=0. */
 #include "conv_internal.h"
 #include "gemm.h"
 #include "pool.h"
