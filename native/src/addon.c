@@ -5,6 +5,7 @@
 #include <node_api.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__GLIBC__)
@@ -39,6 +40,24 @@ static int get_args(napi_env env, napi_callback_info info, args_t *a, size_t wan
   return 1;
 }
 
+/* The data of typed-array argument i of `type` (its length in *len; an empty array's data may be
+ * NULL), or NULL after failing with "native: expected <what>": callers test a->failed. */
+static void *typed(args_t *a, size_t i, napi_typedarray_type type, const char *what, size_t *len) {
+  bool is_ta = false;
+  napi_is_typedarray(a->env, a->argv[i], &is_ta);
+  napi_typedarray_type got = type;
+  void *data = NULL;
+  *len = 0;
+  if (is_ta) napi_get_typedarray_info(a->env, a->argv[i], &got, len, &data, NULL, NULL);
+  if (!is_ta || got != type) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "native: expected %s", what);
+    fail(a, msg);
+    return NULL;
+  }
+  return data;
+}
+
 /* Float32Array argument i with at least `need` elements; NULL allowed when `nullable`. */
 static float *f32(args_t *a, size_t i, size_t need, int nullable) {
   if (a->failed) return NULL;
@@ -48,30 +67,20 @@ static float *f32(args_t *a, size_t i, size_t need, int nullable) {
     if (!nullable) fail(a, "native: expected a Float32Array, got null");
     return NULL;
   }
-  bool is_ta = false;
-  napi_is_typedarray(a->env, a->argv[i], &is_ta);
-  if (!is_ta) return fail(a, "native: expected a Float32Array"), NULL;
-  napi_typedarray_type type;
   size_t len;
-  void *data;
-  napi_get_typedarray_info(a->env, a->argv[i], &type, &len, &data, NULL, NULL);
-  if (type != napi_float32_array) return fail(a, "native: expected a Float32Array"), NULL;
+  float *data = typed(a, i, napi_float32_array, "a Float32Array", &len);
+  if (a->failed) return NULL;
   if (len < need) return fail(a, "native: buffer shorter than the geometry requires"), NULL;
-  return (float *)data;
+  return data;
 }
 
 static int32_t *i32(args_t *a, size_t i, size_t need) {
   if (a->failed) return NULL;
-  bool is_ta = false;
-  napi_is_typedarray(a->env, a->argv[i], &is_ta);
-  if (!is_ta) return fail(a, "native: expected an Int32Array"), NULL;
-  napi_typedarray_type type;
   size_t len;
-  void *data;
-  napi_get_typedarray_info(a->env, a->argv[i], &type, &len, &data, NULL, NULL);
-  if (type != napi_int32_array) return fail(a, "native: expected an Int32Array"), NULL;
+  int32_t *data = typed(a, i, napi_int32_array, "an Int32Array", &len);
+  if (a->failed) return NULL;
   if (len < need) return fail(a, "native: Int32Array shorter than required"), NULL;
-  return (int32_t *)data;
+  return data;
 }
 
 /* Uint16Array argument i with at least `need` elements, or NULL when absent, null or undefined. */
@@ -80,15 +89,11 @@ static uint16_t *u16_opt(args_t *a, size_t i, size_t need) {
   napi_valuetype t;
   napi_typeof(a->env, a->argv[i], &t);
   if (t == napi_null || t == napi_undefined) return NULL;
-  bool is_ta = false;
-  napi_is_typedarray(a->env, a->argv[i], &is_ta);
-  napi_typedarray_type type = napi_float32_array;
-  size_t len = 0;
-  void *data = NULL;
-  if (is_ta) napi_get_typedarray_info(a->env, a->argv[i], &type, &len, &data, NULL, NULL);
-  if (!is_ta || type != napi_uint16_array) return fail(a, "native: expected a Uint16Array"), NULL;
+  size_t len;
+  uint16_t *data = typed(a, i, napi_uint16_array, "a Uint16Array", &len);
+  if (a->failed) return NULL;
   if (len < need) return fail(a, "native: mask shorter than the geometry requires"), NULL;
-  return (uint16_t *)data;
+  return data;
 }
 
 static double num(args_t *a, size_t i) {
