@@ -318,6 +318,59 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/* conv2dPre(y, x, w, bias|null, scale, shift, p): the convolution of relu(x * scale[c] + shift[c]) */
+static napi_value js_conv2d_pre(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  size_t nx, ny, nw;
+  if (!conv_args(env, info, &a, 7, 6, &p, &nx, &ny, &nw)) return NULL;
+  float *y = f32(&a, 0, ny, 0);
+  const float *x = f32(&a, 1, nx, 0), *w = f32(&a, 2, nw, 0), *b = f32(&a, 3, p.cout, 1);
+  const float *s = f32(&a, 4, p.cin, 0), *t = f32(&a, 5, p.cin, 0);
+  if (a.failed) return NULL;
+  conv2d_forward_pre(y, x, w, b, s, t, &p);
+  return undef(env);
+}
+
+/* conv2dBackwardWeightPre(dw, x, dy, scale, shift, p) */
+static napi_value js_conv2d_bwd_weight_pre(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  size_t nx, ny, nw;
+  if (!conv_args(env, info, &a, 6, 5, &p, &nx, &ny, &nw)) return NULL;
+  float *dw = f32(&a, 0, nw, 0);
+  const float *x = f32(&a, 1, nx, 0), *dy = f32(&a, 2, ny, 0), *s = f32(&a, 3, p.cin, 0), *t = f32(&a, 4, p.cin, 0);
+  if (a.failed) return NULL;
+  conv2d_backward_weight_pre(dw, x, dy, s, t, &p);
+  return undef(env);
+}
+
+/* conv2dReadsPre(p): whether the prologue is applied while the input is read */
+static napi_value js_conv2d_reads_pre(napi_env env, napi_callback_info info) {
+  args_t a;
+  conv_p p;
+  size_t nx, ny, nw;
+  if (!conv_args(env, info, &a, 1, 0, &p, &nx, &ny, &nw)) return NULL;
+  napi_value out;
+  napi_get_boolean(env, conv2d_reads_pre(&p) != 0, &out);
+  return out;
+}
+
+/* batchNormStats(mean, invStd, varU, scale, shift, x, gamma|null, beta|null, n, c, hw, eps) */
+static napi_value js_bn_stats(napi_env env, napi_callback_info info) {
+  args_t a;
+  if (!get_args(env, info, &a, 12)) return NULL;
+  int n = (int)num(&a, 8), c = (int)num(&a, 9);
+  long hw = (long)num(&a, 10);
+  size_t tot = SZ(n) * c * hw;
+  float *mean = f32(&a, 0, c, 0), *inv = f32(&a, 1, c, 0), *vu = f32(&a, 2, c, 0), *s = f32(&a, 3, c, 0), *t = f32(&a, 4, c, 0);
+  const float *x = f32(&a, 5, tot, 0), *g = f32(&a, 6, c, 1), *b = f32(&a, 7, c, 1);
+  float eps = (float)num(&a, 11);
+  if (a.failed) return NULL;
+  bn_stats(mean, inv, vu, s, t, x, g, b, n, c, hw, eps);
+  return undef(env);
+}
+
 /* batchNormTrain(y, mean, invStd, varU, x, gamma|null, beta|null, n, c, hw, eps, relu?, residual?, reluBits?):
  * whether reluBits was written */
 static napi_value js_bn_train(napi_env env, napi_callback_info info) {
@@ -369,7 +422,12 @@ static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
   const float *dy = f32(&a, 3, tot, 0), *x = f32(&a, 4, tot, 0), *mean = f32(&a, 5, c, 0), *inv = f32(&a, 6, c, 0),
               *g = f32(&a, 7, c, 1);
   int training = flag(&a, 8);
-  const float *relu_y = f32(&a, 12, tot, 1);
+  /* argument 12: the fused relu's output, null (no relu), or true: a fused relu whose output was never
+   * stored, recomputed from x (with beta) */
+  napi_valuetype t12;
+  napi_typeof(env, a.argv[12], &t12);
+  const int made_y = t12 == napi_boolean && opt_flag(&a, 12);
+  const float *relu_y = t12 == napi_boolean ? NULL : f32(&a, 12, tot, 1);
   /* argument 13 (optional): the forward's beta, which lets the kernel recompute the relu's mask;
    * null: the forward had none; absent (undefined): read relu_y */
   int from_x = 0;
@@ -380,6 +438,9 @@ static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
     from_x = t != napi_undefined;
     beta = f32(&a, 13, c, 1);
   }
+  if (made_y && !from_x) fail(&a, "native: batchNormBackward's reluY true (recompute) needs beta");
+  if (t12 == napi_boolean && !made_y) fail(&a, "native: batchNormBackward's reluY must be a Float32Array, null or true");
+  if (made_y) from_x = 2;
   /* argument 14 (optional): where the masked gradient goes too; only with relu_y read (beta absent) */
   float *masked = a.argc > 14 ? f32(&a, 14, tot, 1) : NULL;
   if (masked && (!relu_y || from_x)) fail(&a, "native: batchNormBackward's maskedOut needs reluY and no beta");
@@ -705,6 +766,10 @@ static napi_value init(napi_env env, napi_value exports) {
     {"avgPoolGlobalBlocked", NULL, js_avgpool_global_blocked, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardInput", NULL, js_conv2d_bwd_input, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardWeight", NULL, js_conv2d_bwd_weight, NULL, NULL, NULL, napi_default, NULL},
+    {"conv2dPre", NULL, js_conv2d_pre, NULL, NULL, NULL, napi_default, NULL},
+    {"conv2dBackwardWeightPre", NULL, js_conv2d_bwd_weight_pre, NULL, NULL, NULL, napi_default, NULL},
+    {"conv2dReadsPre", NULL, js_conv2d_reads_pre, NULL, NULL, NULL, napi_default, NULL},
+    {"batchNormStats", NULL, js_bn_stats, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormTrain", NULL, js_bn_train, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormEval", NULL, js_bn_eval, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormBackward", NULL, js_bn_backward, NULL, NULL, NULL, napi_default, NULL},

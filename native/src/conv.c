@@ -440,7 +440,7 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
   /* Winograd F(4x4, 3x3) where it applies (plain weights: training, and calls without a packing) */
   const int wm = w ? nchw_wino(p) : 0;
   if (wm) {
-    wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wm);
+    wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wm, NULL, NULL);
     return;
   }
   if (w && pil_ok(p)) {
@@ -590,7 +590,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
                 (p->kw - 1) * p->dw - p->pw, p->dh, p->dw, 1, p->h, p->w};
     const int wm = avx512_paths() ? wino_nchw_tile(&q) : 0;
     if (wm) {
-      wino_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q, wm);
+      wino_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q, wm, NULL, NULL);
       return;
     }
     if (q.ph >= 0 && q.pw >= 0 && q.oh == (p->oh + 2 * q.ph - (p->kh - 1) * p->dh) && q.ow == (p->ow + 2 * q.pw - (p->kw - 1) * p->dw) &&
@@ -716,7 +716,7 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
 #if defined(__x86_64__)
   const int wm = avx512_paths() ? wino_nchw_tile(p) : 0;
   if (wm) {
-    wino_backward_weight_nchw(dw, x, dy, p, wm);
+    wino_backward_weight_nchw(dw, x, dy, p, wm, NULL, NULL);
     return;
   }
   if (p->sh > 1 && bwt_ok(p)) { /* strided: the outer products over phase planes (conv_gather.c) */
@@ -1037,4 +1037,83 @@ void conv2d_backward_weight(float *dw, const float *x, const float *dy, const co
   /* the cropped gradient back into the full kernels, zeros elsewhere (as crop_weights, on all threads) */
   crop_job j = {dwq, dw, rows, p->kh, p->kw, q.kh, q.kw, ky0, kx0, 1};
   pool_run_n(crop_task, &j, rows < (1 << 14) ? 1 : pool_threads());
+}
+
+/* ---- the input prologue (conv.h: conv2d_forward_pre) ----------------------------------------
+ * A training batch norm + relu whose only consumer is this convolution need not store its output:
+ * the NCHW Winograd path applies it in its input transforms, where it reads x anyway (ResNet-20's and
+ * ResNet-18's second 3x3 of each block). */
+
+/* The Winograd tile of the path that applies the prologue while reading x, or 0: the path the forward
+ * and the weight gradient take (conv2d_forward_packed, conv2d_backward_weight) is that one. */
+static int pre_path(const conv_p *p) {
+#if defined(__x86_64__)
+  conv_p q;
+  int ky0, kx0;
+  if (p->n == 0 || dense(p) || crop(p, &q, &ky0, &kx0) || is_linear(p) || rows(p, 0)) return 0;
+  const int wm = avx512_paths() ? wino_nchw_tile(p) : 0;
+  return wm && wino_reads_pre(p, wm) ? wm : 0;
+#else
+  (void)p;
+  return 0;
+#endif
+}
+int conv2d_reads_pre(const conv_p *p) { return pre_path(p) != 0; }
+
+typedef struct {
+  float *dst;
+  const float *x, *s, *t;
+  int c;
+  long hw, segs;
+} pre_job;
+static void pre_task(void *ctx, int part, int parts) {
+  const pre_job *j = ctx;
+  long lo, hi;
+  pool_split(j->segs, part, parts, 1, &lo, &hi);
+  for (long sg = lo; sg < hi; sg++) {
+    const float s = j->s[sg % j->c], t = j->t[sg % j->c];
+    const float *x = j->x + sg * j->hw;
+    float *d = j->dst + sg * j->hw;
+    for (long i = 0; i < j->hw; i++) {
+      const float v = x[i] * s + t;
+      d[i] = v > 0.0f || v != v ? v : 0.0f;
+    }
+  }
+}
+/* relu(x * s + t) of p's input, made (malloc: the caller frees it) */
+static float *pre_made(const float *x, const float *s, const float *t, const conv_p *p) {
+  const long hw = (long)p->h * p->w, segs = (long)p->n * p->cin;
+  float *d = malloc(sizeof(float) * (size_t)(segs * hw > 0 ? segs * hw : 1));
+  if (!d) abort();
+  pre_job j = {d, x, s, t, p->cin, hw, segs};
+  pool_run_n(pre_task, &j, segs * hw < (1L << 16) ? 1 : pool_threads());
+  return d;
+}
+
+void conv2d_forward_pre(float *y, const float *x, const float *w, const float *bias, const float *pre_s, const float *pre_t,
+                        const conv_p *p) {
+#if defined(__x86_64__)
+  const int wm = pre_path(p);
+  if (wm) {
+    wino_forward_nchw(y, x, w, 0, bias, NULL, 0, p, wm, pre_s, pre_t);
+    return;
+  }
+#endif
+  float *xm = pre_made(x, pre_s, pre_t, p);
+  conv2d_forward(y, xm, w, bias, NULL, 0, p);
+  free(xm);
+}
+
+void conv2d_backward_weight_pre(float *dw, const float *x, const float *dy, const float *pre_s, const float *pre_t,
+                                const conv_p *p) {
+#if defined(__x86_64__)
+  const int wm = pre_path(p);
+  if (wm) {
+    wino_backward_weight_nchw(dw, x, dy, p, wm, pre_s, pre_t);
+    return;
+  }
+#endif
+  float *xm = pre_made(x, pre_s, pre_t, p);
+  conv2d_backward_weight(dw, xm, dy, p);
+  free(xm);
 }

@@ -64,4 +64,16 @@ void conv2d_crop_kernels(float *dst, const float *src, long rows, int skh, int s
 void conv2d_backward_input_add(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
 /* dw = sum over batch and pixels of dy x patches (overwrites dw). */
 void conv2d_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
+
+/* The input prologue: the convolution of relu(x * pre_s[c] + pre_t[c]) (per input channel c; multiply,
+ * then add, then max(0, .) with NaN kept: bn_train's own operations, so the same bits as convolving
+ * its relu output), forward (+ bias) and weight gradient, for a batch norm + relu whose output is never
+ * stored (ops.h: bn_stats). conv2d_reads_pre: whether the path these take applies it while reading x
+ * (the NCHW Winograd path's input transforms); elsewhere a pass makes the input first (the same
+ * results, one more pass and a buffer). */
+int conv2d_reads_pre(const conv_p *p);
+void conv2d_forward_pre(float *y, const float *x, const float *w, const float *bias, const float *pre_s, const float *pre_t,
+                        const conv_p *p);
+void conv2d_backward_weight_pre(float *dw, const float *x, const float *dy, const float *pre_s, const float *pre_t,
+                                const conv_p *p);
 #endif

@@ -138,9 +138,13 @@ void wino_forward(float *y, const float *x, const float *U, const float *bias, c
  * kernel of the backward-input convolution p), 0 from wino_nchw_tile: not this way (for the
  * backward-input, ask with the flipped convolution; for the weight gradient, with the forward's). */
 int wino_nchw_tile(const conv_p *p);
+/* pre_s, pre_t (NULL: none; only where wino_reads_pre(p, m)): the input x read as relu(x * pre_s[c] +
+ * pre_t[c]) per input channel c (conv.h: conv2d_forward_pre). */
+int wino_reads_pre(const conv_p *p, int m);
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
-                       const conv_p *p, int m);
-void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m);
+                       const conv_p *p, int m, const float *pre_s, const float *pre_t);
+void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m, const float *pre_s,
+                               const float *pre_t);
 int gg_ok(const conv_p *p);
 /* Where the gathered GEMM's output element (image b, channel co, row oy, column ox) lies:
  * b*img + co*ch + oy*row + ox*col + off (gg_forward: NCHW y). */

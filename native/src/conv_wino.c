@@ -141,6 +141,7 @@ typedef struct {
   int relu;
   int y_nchw;           /* y (and residual) NCHW: the output transform transposes its tiles into it */
   int x_nchw;           /* x NCHW: the input transform reads its windows from it (F(4x4) only) */
+  const float *pre_s, *pre_t; /* x_nchw: the input read as relu(x * pre_s[c] + pre_t[c]) (NULL: x as it is) */
   long t0, nt, tpad;    /* the chunk: first (batch-wide) tile, tiles, tiles padded to whole 7-tile runs */
   long usize;           /* floats per position in U */
   atomic_long next;
@@ -275,6 +276,7 @@ static void run_range(range_fn fn, void *ctx, long total) {
  * 128 channels on 4x4, weight gradient: 0.81 against 0.86-0.90 ms direct; ResNet-20's 32 channels
  * on 14x14: forward 1.81 -> 1.64 ms direct). */
 static int wino_x_direct(const conv_p *p, int m) { return m == 4 && p->h >= 7 && p->w >= 7; }
+int wino_reads_pre(const conv_p *p, int m) { return wino_x_direct(p, m); }
 
 /* From this map width the input transform reading NCHW x makes a blocked copy of each image's 16
  * channels, a row at a time as the tiles reach it (one 16 x 16 transpose per 16 pixels of a row, in
@@ -314,10 +316,17 @@ __attribute__((target("avx512f"))) static inline void tile_rows_store(float *bas
     }                                                                                                                \
   } while (0)
 
+/* The input prologue of conv2d_forward_pre: relu(v * s + t) on the lanes of mk (multiply, then add,
+ * then max(0, .), as the batch norm's own pass: the same bits; NaN stays), zero on the others. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 pre_apply(__m512 v, __mmask16 mk, float s, float t) {
+  return _mm512_maskz_max_ps(mk, _mm512_setzero_ps(), _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(s)), _mm512_set1_ps(t)));
+}
+
 /* Row y (-1 .. h: the border rows are zeros) of 16 NCHW channel planes (src, h x w each) into the
  * blocked plane [h+2][w+2][16] with a zero border: 16 channel rows transposed in registers to
- * 16-channel pixels. */
-__attribute__((target("avx512f"))) static void blk_row(float *plane, const float *src, int h, int w, int y) {
+ * 16-channel pixels; with ps (and pt), the 16 channels' prologue applied (pre_apply). */
+__attribute__((target("avx512f"))) static void blk_row(float *plane, const float *src, int h, int w, int y, const float *ps,
+                                                       const float *pt) {
   const int wp = w + 2;
   const __m512 z = _mm512_setzero_ps();
   float *brow = plane + (long)(y + 1) * wp * 16;
@@ -332,6 +341,8 @@ __attribute__((target("avx512f"))) static void blk_row(float *plane, const float
     const __mmask16 mk = (__mmask16)((1u << nx) - 1);
     __m512 r[16];
     for (int l = 0; l < 16; l++) r[l] = _mm512_maskz_loadu_ps(mk, src + (long)l * h * w + (long)y * w + x0);
+    if (ps)
+      for (int l = 0; l < 16; l++) r[l] = pre_apply(r[l], mk, ps[l], pt[l]);
     transpose16(r);
     /* (unrolled and conditional: as a loop over nx, GCC copies r to the row with rep movsq, from the
      * stack after storing it there: that copy had been a third of this function's time) */
@@ -347,9 +358,10 @@ typedef struct {
   char *have; /* have[y + 1]: map row y (-1 .. h) is in the plane */
   long b, blk; /* the image and channel block in it */
   int c, h, w;
+  const float *ps, *pt; /* the prologue (wino_job.pre_s, pre_t), or NULL */
 } row_copy;
 
-static void row_copy_init(row_copy *rc, int c, int h, int w) {
+static void row_copy_init(row_copy *rc, int c, int h, int w, const float *ps, const float *pt) {
   static _Thread_local buf_t plane_buf, have_buf;
   rc->plane = grow(&plane_buf, (size_t)(h + 2) * (w + 2) * 16);
   rc->have = (char *)grow(&have_buf, (size_t)(h + 2) / sizeof(float) + 1);
@@ -357,6 +369,8 @@ static void row_copy_init(row_copy *rc, int c, int h, int w) {
   rc->c = c;
   rc->h = h;
   rc->w = w;
+  rc->ps = ps;
+  rc->pt = pt;
 }
 
 /* The plane of image b, block blk of src with map rows [y0, y1) (clipped to -1 .. h) in it. */
@@ -368,7 +382,8 @@ static const float *row_copy_rows(row_copy *rc, const float *src, long b, long b
   }
   for (int y = y0 < -1 ? -1 : y0; y < y1 && y <= rc->h; y++)
     if (!rc->have[y + 1]) {
-      blk_row(rc->plane, src + (b * rc->c + blk * 16) * (long)rc->h * rc->w, rc->h, rc->w, y);
+      blk_row(rc->plane, src + (b * rc->c + blk * 16) * (long)rc->h * rc->w, rc->h, rc->w, y, rc->ps ? rc->ps + blk * 16 : NULL,
+              rc->pt ? rc->pt + blk * 16 : NULL);
       rc->have[y + 1] = 1;
     }
   return rc->plane;
@@ -455,8 +470,10 @@ __attribute__((target("avx512f"), always_inline)) static inline void wino_in_row
       __m512 d[6], r[6];
       _Pragma("GCC unroll 6") for (int i = 0; i < 6; i++) {
         const int y0 = 4 * (int)g.ty0 - 1 + i;
-        __m512 v = y0 >= 0 && y0 < h ? _mm512_maskz_loadu_ps(cm, xl + (long)y0 * w) : z;
-        if (S == 2 && g.rows == 2 && y0 + 4 < h) v = _mm512_mask_loadu_ps(v, (__mmask16)(cm << L), xl + (long)(y0 + 4) * w - L);
+        const int in0 = y0 >= 0 && y0 < h, in1 = S == 2 && g.rows == 2 && y0 + 4 < h;
+        __m512 v = in0 ? _mm512_maskz_loadu_ps(cm, xl + (long)y0 * w) : z;
+        if (in1) v = _mm512_mask_loadu_ps(v, (__mmask16)(cm << L), xl + (long)(y0 + 4) * w - L);
+        if (j->pre_s) v = pre_apply(v, (__mmask16)((in0 ? cm : 0) | (in1 ? cm << L : 0)), j->pre_s[g.c * 16 + l], j->pre_t[g.c * 16 + l]);
         d[i] = v;
       }
       BT(4, d, r);
@@ -501,7 +518,7 @@ __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long 
     return;
   }
   row_copy rc;
-  if (copy) row_copy_init(&rc, p->cin, p->h, p->w);
+  if (copy) row_copy_init(&rc, p->cin, p->h, p->w, j->pre_s, j->pre_t);
   tile_walk wk = tile_walk_at(j, lo, j->tpad);
   for (long it = lo; it < hi; it++, tile_walk_next(j, &wk)) {
     const long c = wk.c, t = wk.t;
@@ -530,6 +547,11 @@ __attribute__((target("avx512f"))) static inline void wino_in(wino_job *j, long 
         const int r0 = ilo - 2 * k < 0 ? 0 : ilo - 2 * k > 2 ? 2 : ilo - 2 * k;
         const int r1 = ihi - 2 * k < 0 ? 0 : ihi - 2 * k > 2 ? 2 : ihi - 2 * k;
         for (int l = 0; l < 16; l++) g[k][l] = tile_rows_load(z, x0 + l * hw + 2L * k * p->w, r0, r1, 8, p->w, cm);
+        if (j->pre_s) {
+          __mmask16 lm = 0; /* the lanes loaded */
+          for (int r = r0; r < r1; r++) lm |= (__mmask16)(cm << (8 * r));
+          for (int l = 0; l < 16; l++) g[k][l] = pre_apply(g[k][l], lm, j->pre_s[c * 16 + l], j->pre_t[c * 16 + l]);
+        }
       }
       for (int k = 0; k < 3; k++) transpose16(g[k]);
       for (int q = 0; q < a; q++) { /* columns: B^T d */
@@ -956,9 +978,9 @@ static void blk_convert_range(void *ctx, long lo, long hi) {
     const int y = (int)(it % j->h);
     float *plane = j->blk + bc * (long)(j->h + 2) * (j->w + 2) * 16;
     const float *src = j->src + bc * 16 * (long)j->h * j->w;
-    blk_row(plane, src, j->h, j->w, y);
-    if (y == 0) blk_row(plane, src, j->h, j->w, -1);
-    if (y == j->h - 1) blk_row(plane, src, j->h, j->w, j->h);
+    blk_row(plane, src, j->h, j->w, y, NULL, NULL);
+    if (y == 0) blk_row(plane, src, j->h, j->w, -1, NULL, NULL);
+    if (y == j->h - 1) blk_row(plane, src, j->h, j->w, j->h, NULL, NULL);
   }
 }
 
@@ -1048,13 +1070,16 @@ static int wino_split(const wino_job *j, const wpack_job *wp) {
  * is its backward-input convolution, see wpack_range), x read as nchw_input says, the output
  * transform writing NCHW y itself. The scratch buffers are per calling thread and kept. */
 void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
-                       const conv_p *p, int m) {
+                       const conv_p *p, int m, const float *pre_s, const float *pre_t) {
   static _Thread_local buf_t ubuf, xbuf;
+  if (pre_s && !wino_x_direct(p, m)) abort(); /* conv.c asks wino_reads_pre first */
   float *U = grow(&ubuf, (size_t)wino_packed_size(p, m));
   wpack_job wj = {w, p, m, flip, U};
   const float *xin = nchw_input(x, p, m, &xbuf);
   wino_job j;
   wino_job_init(&j, y, xin, U, bias, residual, relu, p, m, 1);
+  j.pre_s = pre_s;
+  j.pre_t = pre_t;
   if (wino_split(&j, &wj)) return;
   run_range(wpack_range, &wj, (long)(p->cout / 16) * p->cin);
   wino_run(&j);
@@ -1364,11 +1389,15 @@ static int wbw_split(const wbw_job *w, float *dw, long per, long total) {
 }
 
 /* dw = the weight gradient of the 3x3 stride-1 convolution p (wino_nchw_tile) from x and dy (NCHW). */
-void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m) {
+void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, int m, const float *pre_s,
+                               const float *pre_t) {
   static _Thread_local buf_t xbuf, ubuf;
+  if (pre_s && !wino_x_direct(p, m)) abort(); /* conv.c asks wino_reads_pre first */
   wbw_job w;
   memset(&w, 0, sizeof w);
   wino_job *j = &w.j;
+  j->pre_s = pre_s;
+  j->pre_t = pre_t;
   j->p = p;
   j->m = m;
   j->np = (m + 2) * (m + 2);

@@ -140,6 +140,7 @@ typedef struct {
   const uint16_t *bits; /* backward with ymask: the forward's mask bits, read instead of ymask (NULL: not) */
   int relu_from_x;    /* backward with ymask: the forward's beta is in .beta, so paths that can may
                        * recompute the relu's input from x instead of reading ymask (bn_im_job.ss) */
+  float *scale_out, *shift_out; /* training forward: per channel, y's scale and shift (NULL: not) */
   int n, c, training, relu;
   long hw;
   float eps;
@@ -151,6 +152,10 @@ static void bn_scale_shift(const bn_job *j, long ch, float mu, float inv, float 
   const float g = j->gamma ? j->gamma[ch] : 1.0f, bt = j->beta ? j->beta[ch] : 0.0f;
   *scale = g * inv;
   *shift = bt - mu * *scale;
+  if (j->scale_out) {
+    j->scale_out[ch] = *scale;
+    j->shift_out[ch] = *shift;
+  }
 }
 
 static void bn_train_task(void *ctx, int tid, int nt) {
@@ -173,7 +178,7 @@ static void bn_train_task(void *ctx, int tid, int nt) {
     j->var_u[ch] = m > 1 ? (float)(ss / (m - 1)) : NAN;
     float scale, shift;
     bn_scale_shift(j, ch, mu, inv, &scale, &shift);
-    for (int b = 0; b < j->n; b++) {
+    for (int b = 0; b < j->n && j->y; b++) {
       long off = ((long)b * j->c + ch) * j->hw;
       if (j->residual) scale_shift_res(j->y + off, j->x + off, j->residual + off, j->hw, scale, shift, j->relu);
       else if (j->relu) scale_shift_relu(j->y + off, j->x + off, j->hw, scale, shift);
@@ -527,7 +532,7 @@ static void bn_train_im(bn_job *j) {
     j->var_u[ch] = m > 1 ? (float)(var * m / (m - 1)) : NAN;
     bn_scale_shift(j, ch, mu, inv, k + 2 * ch, k + 2 * ch + 1);
   }
-  bn_im_apply(&ij);
+  if (j->y) bn_im_apply(&ij);
   free(sum);
   free(shift);
   free(k);
@@ -539,7 +544,7 @@ static void bn_backward_im(bn_job *j) {
   float *k = malloc(sizeof(float) * 3 * (size_t)c);
   if (!sum || !k) abort();
   float *ss = NULL;
-  if (j->ymask && j->relu_from_x && j->training) {
+  if (j->relu_from_x && j->training) {
     /* the relu's input recomputed from x: two streams a pass instead of three (128 x 16 x 28 x 28,
      * hot: 591 -> 390 us; a ResNet-20 step's batch-norm backwards 9.5 -> 7.4 ms) */
     ss = malloc(sizeof(float) * 2 * (size_t)c);
@@ -658,14 +663,14 @@ static void bn_train_small_task(void *ctx, int tid, int nt) {
     j->mean[ch] = mf;
     j->invstd[ch] = inv;
     j->var_u[ch] = m > 1 ? (float)(ss / (m - 1)) : NAN;
-    const float g = j->gamma ? j->gamma[ch] : 1.0f, bt = j->beta ? j->beta[ch] : 0.0f;
-    const float scale = g * inv, shift = bt - mf * scale;
+    float scale, shift;
+    bn_scale_shift(j, ch, mf, inv, &scale, &shift);
     for (long q = 0; q < hw; q++) {
       sc[(ch - lo) * hw + q] = scale;
       sc[len + (ch - lo) * hw + q] = shift;
     }
   }
-  for (int b = 0; b < j->n; b++)
+  for (int b = 0; b < j->n && j->y; b++)
     col_scale_shift(j->y + b * row + k0, j->x + b * row + k0, j->residual ? j->residual + b * row + k0 : NULL, sc, sc + len,
                     len, j->relu);
 }
@@ -709,6 +714,17 @@ static void run_channels(pool_fn fn, bn_job *j) {
   else pool_run_n(fn, j, j->c);
 }
 
+void bn_stats(float *mean, float *invstd, float *var_unbiased, float *scale, float *shift, const float *x,
+              const float *gamma, const float *beta, int n, int c, long hw, float eps) {
+  bn_job j = {.mean = mean, .invstd = invstd, .var_u = var_unbiased, .x = x, .gamma = gamma, .beta = beta, .n = n,
+              .c = c, .hw = hw, .eps = eps, .scale_out = scale, .shift_out = shift};
+  if (hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL")) run_channels(bn_train_small_task, &j);
+#if defined(__x86_64__)
+  else if (has_avx512()) bn_train_im(&j);
+#endif
+  else run_channels(bn_train_task, &j);
+}
+
 int bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
              const float *beta, int n, int c, long hw, float eps, int relu, const float *residual, uint16_t *relu_bits) {
   bn_job j = {.y = y, .mean = mean, .invstd = invstd, .var_u = var_unbiased, .x = x, .gamma = gamma, .beta = beta,
@@ -738,6 +754,8 @@ void bn_eval(float *y, const float *x, const float *rm, const float *rv, const f
 void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
                  const float *invstd, const float *gamma, int training, int n, int c, long hw, const float *relu_y,
                  int relu_from_x, const float *beta, float *masked_out, const uint16_t *relu_bits) {
+  const int made_y = !relu_y && relu_from_x == 2; /* a fused relu whose output was never stored */
+  if (!relu_y && !made_y) relu_from_x = 0;          /* no relu */
   bn_job j = {.dx = dx, .dgamma = dgamma, .dbeta = dbeta, .dy = dy, .x = x, .cmean = mean, .cinvstd = invstd,
               .gamma = gamma, .training = training, .n = n, .c = c, .hw = hw, .ymask = relu_y,
               .relu_from_x = relu_from_x && !getenv("RESNET_BN_READ_MASK"), .beta = beta,
@@ -750,6 +768,27 @@ void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const 
 #else
   const int im = 0;
 #endif
+  float *made = NULL;
+  if (made_y && !(im && j.relu_from_x && training)) {
+    /* the relu's output was never stored and this path reads it: made here, as the forward's bn_stats
+     * scale and shift give it (multiply, add, then max(0, v): NaN stays) */
+    const long all = (long)n * c * hw;
+    made = malloc(sizeof(float) * (size_t)(all > 0 ? all : 1));
+    if (!made) abort();
+    for (int ch = 0; ch < c; ch++) {
+      float s, t;
+      bn_scale_shift(&j, ch, mean[ch], invstd[ch], &s, &t);
+      for (int b = 0; b < n; b++) {
+        const long off = ((long)b * c + ch) * hw;
+        for (long i = 0; i < hw; i++) {
+          const float v = x[off + i] * s + t;
+          made[off + i] = v > 0.0f || v != v ? v : 0.0f;
+        }
+      }
+    }
+    j.ymask = made;
+    j.relu_from_x = 0;
+  }
   /* the image-by-image path writes the masked gradient in its sums pass; the others mask first, in
    * a pass of their own, and go on from the masked gradient */
   if (j.gb && !im) {
@@ -763,6 +802,7 @@ void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const 
   else if (im) bn_backward_im(&j);
 #endif
   else run_channels(bn_backward_task, &j);
+  free(made);
 }
 
 /* ---- element-wise ------------------------------------------------------------------------- */

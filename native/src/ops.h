@@ -11,13 +11,19 @@
  * back is cheap and the bits' stores cost more than they save): returns 1 when written, else 0. */
 int bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const float *x, const float *gamma,
              const float *beta, int n, int c, long hw, float eps, int relu, const float *residual, uint16_t *relu_bits);
+/* bn_train's statistics without its output: mean, invstd and var_unbiased as bn_train writes them (the
+ * same bits), and per channel the scale and shift of its y = x * scale + shift (multiply, then add), so
+ * that a consumer may apply the batch norm (and relu) itself while it reads x (conv.h: conv2d_forward_pre). */
+void bn_stats(float *mean, float *invstd, float *var_unbiased, float *scale, float *shift, const float *x,
+              const float *gamma, const float *beta, int n, int c, long hw, float eps);
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
              int c, long hw, float eps, int relu);
 /* relu_y (may be NULL): the output of a fused relu; dy is then the gradient of that output. With
  * relu_from_x, beta is the forward's (NULL: none), and the training paths that can recompute the
  * relu's input from x, mean, invstd, gamma and beta with the forward's operations do so instead of
- * reading relu_y (RESNET_BN_READ_MASK set: they read it). masked_out (may be NULL; with relu_y and
- * without relu_from_x): also gets the masked gradient, dy where relu_y > 0 (or NaN), else 0, as
+ * reading relu_y (RESNET_BN_READ_MASK set: they read it). relu_from_x = 2 with relu_y NULL: the relu's
+ * output was never stored (bn_stats and conv2d_forward_pre): the paths that cannot recompute make it.
+ * masked_out (may be NULL; with relu_y and without relu_from_x): also gets the masked gradient, dy where relu_y > 0 (or NaN), else 0, as
  * relu_bwd would write it (a residual join's gradient, which its shortcut needs too). relu_bits (may be
  * NULL; with relu_y): the mask bn_train wrote, which the paths that can read instead of relu_y (1/32 of
  * its bytes). */

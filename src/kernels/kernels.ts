@@ -114,20 +114,38 @@ export interface SgdParams {
 
 type F32 = Float32Array;
 
+/**
+ * A batch norm + ReLU applied to a convolution's input as the convolution reads it: the convolution
+ * sees relu(x * scale[c] + shift[c]) per input channel c (multiply, then add, then ReLU with NaN
+ * kept), the output that batchNormTrain with `relu` would have written from the statistics
+ * batchNormStats gave (`scale`, `shift`), without storing it.
+ */
+export interface InputBnRelu {
+  scale: F32;
+  shift: F32;
+}
+
 export interface Kernels {
   /** Backend name ("ts", "native"). */
   readonly name: string;
 
-  /** y[n,co,oh,ow] = sum x * w (+ bias[co]). w is [cOut, cIn/groups, kh, kw]. */
-  conv2d(y: F32, x: F32, w: F32, bias: F32 | null, p: Conv2dParams): void;
+  /** y[n,co,oh,ow] = sum x * w (+ bias[co]). w is [cOut, cIn/groups, kh, kw]. With `inputBnRelu`,
+   * the input is relu(x * scale + shift) instead of x (InputBnRelu). */
+  conv2d(y: F32, x: F32, w: F32, bias: F32 | null, p: Conv2dParams, inputBnRelu?: InputBnRelu | null): void;
   /**
    * dx = conv2d^T(dy, w) (the "full" convolution with the flipped kernel), plus `addend` when given
    * (it may be dx itself): autograd's sum for an input used twice (a residual block's input), which
    * the native kernels add in their own epilogue instead of a separate pass.
    */
   conv2dBackwardInput(dx: F32, dy: F32, w: F32, p: Conv2dParams, addend?: F32 | null): void;
-  /** dw = correlation of x with dy, summed over batch and pixels. */
-  conv2dBackwardWeight(dw: F32, x: F32, dy: F32, p: Conv2dParams): void;
+  /** dw = correlation of x with dy, summed over batch and pixels (x as conv2d's `inputBnRelu` reads it). */
+  conv2dBackwardWeight(dw: F32, x: F32, dy: F32, p: Conv2dParams, inputBnRelu?: InputBnRelu | null): void;
+  /**
+   * Whether conv2d and conv2dBackwardWeight apply `inputBnRelu` while they read x for this geometry
+   * (the native backend's NCHW Winograd path), so that the batch norm's output need never be stored;
+   * false where they would make that input in a pass of their own first (no faster than storing it).
+   */
+  conv2dReadsBnRelu(p: Conv2dParams): boolean;
   /**
    * The window [ky0, ky0+w.kh) x [kx0, kx0+w.kw) of each of `rows` kernels of src ([rows, skh, skw])
    * into dst ([rows, w.kh, w.kw]): a convolution's live taps (ops/conv.ts caches them per weight).
@@ -147,6 +165,12 @@ export interface Kernels {
    * back costs memory traffic), so that the backward may read 1/32 of y's bytes.
    */
   batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean, residual?: F32 | null, reluBits?: Uint16Array | null): boolean;
+  /**
+   * batchNormTrain's statistics without its output: mean, invStd and varUnbiased as batchNormTrain
+   * writes them, and per channel the scale and shift of its y = x * scale + shift, for a consumer that
+   * applies the batch norm itself as it reads x (conv2d's InputBnRelu).
+   */
+  batchNormStats(mean: F32, invStd: F32, varUnbiased: F32, scale: F32, shift: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void;
   /** Eval-mode batch norm with running statistics (then relu, with `relu`). */
   batchNormEval(y: F32, x: F32, runningMean: F32, runningVar: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, relu?: boolean): void;
   /**
@@ -161,8 +185,11 @@ export interface Kernels {
    * masked gradient, as reluBackward(maskedOut, dy, reluY) would write it (a residual join's
    * gradient, which the shortcut needs too), from the same pass. `reluBits` (with reluY): the mask
    * batchNormTrain wrote (when it returned true), which a backend may read instead of reluY.
+   * `reluY` 'recompute' (with beta): a fused relu whose output was never stored (conv2d's
+   * InputBnRelu); its mask is that of relu(x * scale + shift) with batchNormStats' scale and shift,
+   * recomputed from x, mean, invStd, gamma and beta.
    */
-  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY?: F32 | null, beta?: F32 | null, maskedOut?: F32 | null, reluBits?: Uint16Array | null): void;
+  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY?: F32 | null | 'recompute', beta?: F32 | null, maskedOut?: F32 | null, reluBits?: Uint16Array | null): void;
 
   relu(y: F32, x: F32): void;
   /** dx = 0 where y <= 0, else dy (the gradient at 0 is 0 and NaN passes, as in PyTorch). */

@@ -17,6 +17,13 @@ export function bnRelu(bn: BatchNorm2d, relu: ReLU, x: Tensor): Tensor {
   return bn.observed || relu.observed ? relu.call(bn.call(x)) : bn.forwardRelu(x);
 }
 
+/** conv(relu(bn(x))): one fused op (in training the batch norm's output is never stored, where the
+ * convolution applies it as it reads x: F.batchNormReluConv2d) unless a hook watches bn, the ReLU or
+ * the convolution (then the module calls, so the hooks see each). */
+export function bnReluConv(bn: BatchNorm2d, relu: ReLU, conv: Conv2d, x: Tensor): Tensor {
+  return bn.observed || relu.observed || conv.observed ? conv.call(bnRelu(bn, relu, x)) : bn.forwardReluConv(x, conv);
+}
+
 /** relu(a + b), the join of a residual block: one fused op unless a hook watches the ReLU module. */
 export function addRelu(relu: ReLU, a: Tensor, b: Tensor): Tensor {
   return relu.observed ? relu.call(F.add(a, b)) : F.addRelu(a, b);
@@ -88,8 +95,7 @@ export class BasicBlock extends Module {
 
   /** The residual branch F(x) up to its last batch norm (exclusive). */
   protected branch(x: Tensor): Tensor {
-    const out = bnRelu(this.bn1, this.relu, this.conv1.call(x));
-    return this.conv2.call(out);
+    return bnReluConv(this.bn1, this.relu, this.conv2, this.conv1.call(x));
   }
 
   forward(x: Tensor): Tensor {
@@ -132,9 +138,8 @@ export class Bottleneck extends Module {
 
   /** The residual branch F(x) up to its last batch norm (exclusive). */
   protected branch(x: Tensor): Tensor {
-    let out = bnRelu(this.bn1, this.relu, this.conv1.call(x));
-    out = bnRelu(this.bn2, this.relu, this.conv2.call(out));
-    return this.conv3.call(out);
+    const out = bnReluConv(this.bn1, this.relu, this.conv2, this.conv1.call(x));
+    return bnReluConv(this.bn2, this.relu, this.conv3, out);
   }
 
   forward(x: Tensor): Tensor {

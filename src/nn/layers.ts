@@ -51,7 +51,12 @@ export class Conv2d extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return F.conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding, dilation: this.dilation, groups: this.groups });
+    return F.conv2d(x, this.weight, this.bias, this.options);
+  }
+
+  /** The functional conv2d's options of this layer. */
+  get options(): F.Conv2dOptions {
+    return { stride: this.stride, padding: this.padding, dilation: this.dilation, groups: this.groups };
   }
 }
 
@@ -103,7 +108,14 @@ export class BatchNorm2d extends Module {
     return this.run(x, true, residual);
   }
 
-  private run(x: Tensor, relu: boolean, residual?: Tensor): Tensor {
+  /** conv(relu(this(x))) as one op (F.batchNormReluConv2d: in training the batch norm's output is
+   * never stored where the convolution can apply it as it reads x). Runs no hooks of this module
+   * or of conv (see bnReluConv in src/models/blocks.ts, which uses it only when none is registered). */
+  forwardReluConv(x: Tensor, conv: Conv2d): Tensor {
+    return this.run(x, true, undefined, conv);
+  }
+
+  private run(x: Tensor, relu: boolean, residual?: Tensor, conv?: Conv2d): Tensor {
     if (x.ndim !== 4) throw new ShapeError(`BatchNorm2d: expected 4-D input (N, C, H, W), got ${x.ndim}-D`);
     if (x.shape[1] !== this.numFeatures) {
       throw new ShapeError(`BatchNorm2d: expected ${this.numFeatures} channels, got input with ${x.shape[1]}`);
@@ -115,14 +127,9 @@ export class BatchNorm2d extends Module {
       nbt = ++this.numBatchesTracked.data[0]!;
       this.numBatchesTracked.version++;
     }
-    return F.batchNorm(x, this.runningMean, this.runningVar, this.weight, this.bias, {
-      training: useBatchStats,
-      momentum: this.momentum,
-      eps: this.eps,
-      relu,
-      ...(residual === undefined ? {} : { residual }),
-      ...(nbt === undefined ? {} : { numBatchesTracked: nbt }),
-    });
+    const o = { training: useBatchStats, momentum: this.momentum, eps: this.eps, ...(nbt === undefined ? {} : { numBatchesTracked: nbt }) };
+    if (conv) return F.batchNormReluConv2d(x, this.runningMean, this.runningVar, this.weight, this.bias, o, conv.weight, conv.bias, conv.options);
+    return F.batchNorm(x, this.runningMean, this.runningVar, this.weight, this.bias, { ...o, relu, ...(residual === undefined ? {} : { residual }) });
   }
 }
 

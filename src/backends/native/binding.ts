@@ -40,10 +40,18 @@ export interface NativeBinding {
   /** addend (may be dx): dx = the gradient + addend */
   conv2dBackwardInput(dx: F32, dy: F32, w: F32, geometry: Int32Array, addend?: F32 | null): void;
   conv2dBackwardWeight(dw: F32, x: F32, dy: F32, geometry: Int32Array): void;
+  /** conv2d of relu(x * scale[c] + shift[c]) (Kernels.conv2d's inputBnRelu) */
+  conv2dPre(y: F32, x: F32, w: F32, bias: F32 | null, scale: F32, shift: F32, geometry: Int32Array): void;
+  /** conv2dBackwardWeight with the input relu(x * scale[c] + shift[c]) */
+  conv2dBackwardWeightPre(dw: F32, x: F32, dy: F32, scale: F32, shift: F32, geometry: Int32Array): void;
+  /** Kernels.conv2dReadsBnRelu */
+  conv2dReadsPre(geometry: Int32Array): boolean;
+  batchNormStats(mean: F32, invStd: F32, varU: F32, scale: F32, shift: F32, x: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number): void;
   batchNormTrain(y: F32, mean: F32, invStd: F32, varU: F32, x: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number, relu?: boolean, residual?: F32 | null, reluBits?: Uint16Array | null): boolean;
   batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number, relu?: boolean): void;
-  /** beta: the forward's (null: none), with which the kernel may recompute the relu's mask from x; undefined: it reads reluY. */
-  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, n: number, c: number, hw: number, reluY?: F32 | null, beta?: F32 | null, maskedOut?: F32 | null, reluBits?: Uint16Array | null): void;
+  /** beta: the forward's (null: none), with which the kernel may recompute the relu's mask from x; undefined: it reads reluY.
+   * reluY true: a fused relu whose output was never stored (Kernels.batchNormBackward's 'recompute'; needs beta). */
+  batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dy: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, n: number, c: number, hw: number, reluY?: F32 | null | true, beta?: F32 | null, maskedOut?: F32 | null, reluBits?: Uint16Array | null): void;
   /** op: 0 relu(y, x), 1 reluBackward(dx, dy, y), 2 add(y, a, b), 3 addRelu(y, a, b) */
   elementwise(op: 0 | 1 | 2 | 3, y: F32, a: F32, b?: F32): void;
   /** geometry: Int32Array(14) = n c h w kh kw sh sw ph pw dh dw oh ow */

@@ -5,14 +5,18 @@
  * missing, so clarity beats speed here; sums over a batch use float64 accumulators where the
  * order of float32 additions would otherwise make the oracle itself noisy.
  */
-import type { AdaptivePoolParams, BatchNormParams, KernelCropInto, KernelWindow, Kernels, Pool2dParams, SgdParams, ZeroPadParams } from '../../kernels/kernels.js';
-import { conv2d, conv2dBackwardInput, conv2dBackwardWeight } from './conv.js';
+import type { AdaptivePoolParams, BatchNormParams, Conv2dParams, InputBnRelu, KernelCropInto, KernelWindow, Kernels, Pool2dParams, SgdParams, ZeroPadParams } from '../../kernels/kernels.js';
+import { conv2d as conv2dPlain, conv2dBackwardInput, conv2dBackwardWeight as conv2dBackwardWeightPlain } from './conv.js';
 
 type F32 = Float32Array;
 
-function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false, residual: F32 | null = null, reluBits: Uint16Array | null = null): boolean {
+/** The per-channel batch statistics of x: mean, 1/sqrt(biased variance + eps), unbiased variance;
+ * returns the first two unrounded (float64). */
+function batchStats(mean: F32, invStd: F32, varUnbiased: F32, x: F32, p: BatchNormParams): [Float64Array, Float64Array] {
   const { n, c, hw, eps } = p;
   const m = n * hw;
+  const mus = new Float64Array(c);
+  const invs = new Float64Array(c);
   for (let ch = 0; ch < c; ch++) {
     let s = 0;
     for (let b = 0; b < n; b++) {
@@ -29,10 +33,21 @@ function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32
       }
     }
     const varB = ss / m;
-    const inv = 1 / Math.sqrt(varB + eps);
+    mus[ch] = mu;
+    invs[ch] = 1 / Math.sqrt(varB + eps);
     mean[ch] = mu;
-    invStd[ch] = inv;
+    invStd[ch] = invs[ch]!;
     varUnbiased[ch] = m > 1 ? ss / (m - 1) : NaN;
+  }
+  return [mus, invs];
+}
+
+function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams, fusedRelu = false, residual: F32 | null = null, reluBits: Uint16Array | null = null): boolean {
+  const { n, c, hw } = p;
+  const [mus, invs] = batchStats(mean, invStd, varUnbiased, x, p);
+  for (let ch = 0; ch < c; ch++) {
+    const mu = mus[ch]!;
+    const inv = invs[ch]!;
     const g = gamma === null ? 1 : gamma[ch]!;
     const bt = beta === null ? 0 : beta[ch]!;
     for (let b = 0; b < n; b++) {
@@ -51,6 +66,44 @@ function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32
     }
   }
   return true;
+}
+
+/** The float32 scale and shift of y = x * scale + shift for a channel's statistics (the native kernels'). */
+function scaleShiftOf(mu: number, inv: number, g: number, bt: number): [number, number] {
+  const scale = Math.fround(g * inv);
+  return [scale, Math.fround(bt - Math.fround(mu * scale))];
+}
+
+function batchNormStats(mean: F32, invStd: F32, varUnbiased: F32, scale: F32, shift: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void {
+  batchStats(mean, invStd, varUnbiased, x, p);
+  for (let ch = 0; ch < p.c; ch++) {
+    [scale[ch], shift[ch]] = scaleShiftOf(mean[ch]!, invStd[ch]!, gamma === null ? 1 : gamma[ch]!, beta === null ? 0 : beta[ch]!);
+  }
+}
+
+/** relu(x * scale[c] + shift[c]) of an [n, c, hw] tensor, in float32 operations (InputBnRelu). */
+function bnReluOf(x: F32, scale: F32, shift: F32, n: number, c: number, hw: number): F32 {
+  const y = new Float32Array(x.length);
+  for (let b = 0; b < n; b++) {
+    for (let ch = 0; ch < c; ch++) {
+      const off = (b * c + ch) * hw;
+      const s = scale[ch]!;
+      const t = shift[ch]!;
+      for (let i = 0; i < hw; i++) {
+        const v = Math.fround(Math.fround(x[off + i]! * s) + t);
+        y[off + i] = v > 0 || v !== v ? v : 0;
+      }
+    }
+  }
+  return y;
+}
+
+function conv2d(y: F32, x: F32, w: F32, bias: F32 | null, p: Conv2dParams, pre: InputBnRelu | null = null): void {
+  conv2dPlain(y, pre ? bnReluOf(x, pre.scale, pre.shift, p.n, p.cIn, p.h * p.w) : x, w, bias, p);
+}
+
+function conv2dBackwardWeight(dw: F32, x: F32, dy: F32, p: Conv2dParams, pre: InputBnRelu | null = null): void {
+  conv2dBackwardWeightPlain(dw, pre ? bnReluOf(x, pre.scale, pre.shift, p.n, p.cIn, p.h * p.w) : x, dy, p);
 }
 
 /** 16-bit words of a relu mask per (image, channel) map of hw pixels (Kernels.batchNormTrain). */
@@ -72,8 +125,17 @@ function batchNormEval(y: F32, x: F32, rm: F32, rv: F32, gamma: F32 | null, beta
   if (fusedRelu) relu(y, y);
 }
 
-function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dyIn: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluY: F32 | null = null, _beta?: F32 | null, maskedOut: F32 | null = null, reluBits: Uint16Array | null = null): void {
+function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dyIn: F32, x: F32, mean: F32, invStd: F32, gamma: F32 | null, training: boolean, p: BatchNormParams, reluIn: F32 | null | 'recompute' = null, beta?: F32 | null, maskedOut: F32 | null = null, reluBits: Uint16Array | null = null): void {
   const { n, c, hw } = p;
+  let reluY = reluIn === 'recompute' ? null : reluIn;
+  if (reluIn === 'recompute') {
+    const scale = new Float32Array(c);
+    const shift = new Float32Array(c);
+    for (let ch = 0; ch < c; ch++) {
+      [scale[ch], shift[ch]] = scaleShiftOf(mean[ch]!, invStd[ch]!, gamma === null ? 1 : gamma[ch]!, beta == null ? 0 : beta[ch]!);
+    }
+    reluY = bnReluOf(x, scale, shift, n, c, hw);
+  }
   let dy = dyIn;
   if (reluY && reluBits) {
     dy = maskedOut ?? new Float32Array(dyIn.length);
@@ -305,7 +367,9 @@ export const tsKernels: Kernels = {
   conv2d,
   conv2dBackwardInput,
   conv2dBackwardWeight,
+  conv2dReadsBnRelu: () => false,
   batchNormTrain,
+  batchNormStats,
   batchNormEval,
   batchNormBackward,
   relu,
