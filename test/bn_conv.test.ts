@@ -222,3 +222,19 @@ test('[native] a ResNet-20 training step through the fused blocks has the bits o
     fused.state.forEach((s, i) => sameBits(s, plain.state[i]!, `state ${i}`));
   });
 });
+
+test('the addon refuses a batch norm read by a convolution with short or missing buffers, clearly', { skip }, async () => {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const k = nat!;
+  const p = conv3x3(2, 16, 8, 8, 16);
+  const geo = Int32Array.from([p.n, p.cIn, p.h, p.w, p.cOut, 3, 3, 1, 1, 1, 1, 1, 1, 1, p.oh, p.ow]);
+  const x = new Float32Array(2 * 16 * 64);
+  const w = new Float32Array(16 * 16 * 9);
+  const c16 = new Float32Array(16);
+  assert.throws(() => k.conv2d(new Float32Array(x.length), x, w, null, p, { scale: new Float32Array(15), shift: c16 }), /shorter than the geometry/);
+  assert.throws(() => k.conv2dBackwardWeight(new Float32Array(w.length), x, x, p, { scale: c16, shift: new Float32Array(3) }), /shorter than the geometry/);
+  assert.throws(() => b.conv2dBackwardWeight(new Float32Array(w.length), x, x, geo, c16), /expected a Float32Array/);
+  assert.throws(() => k.batchNormStats(c16, c16, c16, c16, new Float32Array(8), x, null, null, { n: 2, c: 16, hw: 64, eps: 1e-5 }), /shorter than the geometry/);
+  assert.throws(() => b.batchNormBackward(x, null, null, x, x, c16, c16, null, true, 2, 16, 64, 1 as never), /expected a Float32Array/);
+});

@@ -306,6 +306,8 @@ static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/* conv2dBackwardWeight(dw, x, dy, p, scale?, shift?): with scale and shift, the input is
+ * relu(x * scale[c] + shift[c]) (conv.h: conv2d_backward_weight_pre) */
 static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   args_t a;
   conv_p p;
@@ -313,8 +315,10 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   if (!conv_args(env, info, &a, 4, 3, &p, &nx, &ny, &nw)) return NULL;
   float *dw = f32(&a, 0, nw, 0);
   const float *x = f32(&a, 1, nx, 0), *dy = f32(&a, 2, ny, 0);
+  const float *s = a.argc > 4 && !absent(&a, 4) ? f32(&a, 4, p.cin, 0) : NULL, *t = s ? f32(&a, 5, p.cin, 0) : NULL;
   if (a.failed) return NULL;
-  conv2d_backward_weight(dw, x, dy, &p);
+  if (s) conv2d_backward_weight_pre(dw, x, dy, s, t, &p);
+  else conv2d_backward_weight(dw, x, dy, &p);
   return undef(env);
 }
 
@@ -329,19 +333,6 @@ static napi_value js_conv2d_pre(napi_env env, napi_callback_info info) {
   const float *s = f32(&a, 4, p.cin, 0), *t = f32(&a, 5, p.cin, 0);
   if (a.failed) return NULL;
   conv2d_forward_pre(y, x, w, b, s, t, &p);
-  return undef(env);
-}
-
-/* conv2dBackwardWeightPre(dw, x, dy, scale, shift, p) */
-static napi_value js_conv2d_bwd_weight_pre(napi_env env, napi_callback_info info) {
-  args_t a;
-  conv_p p;
-  size_t nx, ny, nw;
-  if (!conv_args(env, info, &a, 6, 5, &p, &nx, &ny, &nw)) return NULL;
-  float *dw = f32(&a, 0, nw, 0);
-  const float *x = f32(&a, 1, nx, 0), *dy = f32(&a, 2, ny, 0), *s = f32(&a, 3, p.cin, 0), *t = f32(&a, 4, p.cin, 0);
-  if (a.failed) return NULL;
-  conv2d_backward_weight_pre(dw, x, dy, s, t, &p);
   return undef(env);
 }
 
@@ -767,7 +758,6 @@ static napi_value init(napi_env env, napi_value exports) {
     {"conv2dBackwardInput", NULL, js_conv2d_bwd_input, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dBackwardWeight", NULL, js_conv2d_bwd_weight, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dPre", NULL, js_conv2d_pre, NULL, NULL, NULL, napi_default, NULL},
-    {"conv2dBackwardWeightPre", NULL, js_conv2d_bwd_weight_pre, NULL, NULL, NULL, napi_default, NULL},
     {"conv2dReadsPre", NULL, js_conv2d_reads_pre, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormStats", NULL, js_bn_stats, NULL, NULL, NULL, napi_default, NULL},
     {"batchNormTrain", NULL, js_bn_train, NULL, NULL, NULL, napi_default, NULL},

@@ -39,11 +39,10 @@ export interface NativeBinding {
   avgPoolGlobalBlocked(y: F32, x: F32, n: number, c: number, h: number, w: number): void;
   /** addend (may be dx): dx = the gradient + addend */
   conv2dBackwardInput(dx: F32, dy: F32, w: F32, geometry: Int32Array, addend?: F32 | null): void;
-  conv2dBackwardWeight(dw: F32, x: F32, dy: F32, geometry: Int32Array): void;
+  /** with scale and shift: the input is relu(x * scale[c] + shift[c]) (Kernels.conv2dBackwardWeight's inputBnRelu) */
+  conv2dBackwardWeight(dw: F32, x: F32, dy: F32, geometry: Int32Array, scale?: F32, shift?: F32): void;
   /** conv2d of relu(x * scale[c] + shift[c]) (Kernels.conv2d's inputBnRelu) */
   conv2dPre(y: F32, x: F32, w: F32, bias: F32 | null, scale: F32, shift: F32, geometry: Int32Array): void;
-  /** conv2dBackwardWeight with the input relu(x * scale[c] + shift[c]) */
-  conv2dBackwardWeightPre(dw: F32, x: F32, dy: F32, scale: F32, shift: F32, geometry: Int32Array): void;
   /** Kernels.conv2dReadsBnRelu */
   conv2dReadsPre(geometry: Int32Array): boolean;
   batchNormStats(mean: F32, invStd: F32, varU: F32, scale: F32, shift: F32, x: F32, gamma: F32 | null, beta: F32 | null, n: number, c: number, hw: number, eps: number): void;

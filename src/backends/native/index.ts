@@ -102,7 +102,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     maxPool2dBlocked: (y, x, p) => b.maxPool2dBlocked(y, x, pool(p)),
     avgPoolGlobalBlocked: (y, x, n, c, h, w) => b.avgPoolGlobalBlocked(y, x, n, c, h, w),
     conv2dBackwardInput: (dx, dy, w, p, addend) => b.conv2dBackwardInput(dx, dy, w, conv(p), addend ?? null),
-    conv2dBackwardWeight: (dw, x, dy, p, pre = null) => (pre ? b.conv2dBackwardWeightPre(dw, x, dy, pre.scale, pre.shift, conv(p)) : b.conv2dBackwardWeight(dw, x, dy, conv(p))),
+    conv2dBackwardWeight: (dw, x, dy, p, pre = null) => (pre ? b.conv2dBackwardWeight(dw, x, dy, conv(p), pre.scale, pre.shift) : b.conv2dBackwardWeight(dw, x, dy, conv(p))),
     conv2dReadsBnRelu: (p) => b.conv2dReadsPre(conv(p)),
     batchNormStats: (mean, invStd, varU, scale, shift, x, g, beta, p) => b.batchNormStats(mean, invStd, varU, scale, shift, x, g, beta, p.n, p.c, p.hw, p.eps),
     batchNormTrain: (y, mean, invStd, varU, x, g, beta, p: BatchNormParams, relu = false, residual = null, reluBits = null) => b.batchNormTrain(y, mean, invStd, varU, x, g, beta, p.n, p.c, p.hw, p.eps, relu, residual, reluBits),
