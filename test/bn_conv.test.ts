@@ -3,8 +3,8 @@
  * Kernels.batchNormStats, batchNormBackward's 'recompute', F.batchNormReluConv2d): the native
  * kernels give the bits of storing the batch norm's output and convolving it, on the geometries
  * whose Winograd path applies it while reading x and on those that make the input first; the
- * reference backend agrees; the fused op equals the two ops, forward and backward; ResNet-20's
- * training step is bit for bit the unfused one.
+ * reference backend agrees; the fused op equals the two ops, forward and backward; training steps
+ * of ResNet-20, a Bottleneck network and a plain net are bit for bit the unfused ones.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,6 +14,8 @@ import type { BatchNormParams, Conv2dParams, Kernels } from '../src/kernels/kern
 import { convOutSize } from '../src/ops/conv.js';
 import * as F from '../src/ops/index.js';
 import { cifarResNet } from '../src/models/registry.js';
+import { ResNet } from '../src/models/resnet.js';
+import type { Module } from '../src/nn/module.js';
 import { backward } from '../src/tensor/autograd.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { Generator } from '../src/tensor/rng.js';
@@ -201,27 +203,34 @@ for (const backend of ['native', 'ts'] as const) {
   });
 }
 
-test('[native] a ResNet-20 training step through the fused blocks has the bits of the module-by-module one (a hook on the ReLUs)', { skip }, () => {
-  withBackend('native', () => {
-    const run = (hooked: boolean): { loss: number; grads: Float32Array[]; state: Float32Array[] } => {
-      const m = cifarResNet(20, { inChannels: 1, numClasses: 10, shortcut: 'A' });
-      const gen = new Generator(1);
-      for (const p of m.parameters()) p.values.set(randomArray(p.numel, gen, 0.2));
-      m.train();
-      const handles = hooked ? [...m.modules()].filter((x) => x.constructor.name === 'ReLU').map((r) => r.registerForwardHook(() => {})) : [];
-      const x = randomTensor([24, 1, 28, 28], gen);
-      const loss = F.crossEntropy(m.call(x), Int32Array.from({ length: 24 }, (_, i) => i % 10));
-      backward(loss);
-      for (const h of handles) h.remove();
-      return { loss: loss.item(), grads: m.parameters().map((p) => p.grad!), state: [...m.stateDict().values()].map((t) => t.values) };
-    };
-    const fused = run(false);
-    const plain = run(true);
-    assert.equal(fused.loss, plain.loss);
-    fused.grads.forEach((g, i) => sameBits(g, plain.grads[i]!, `gradient ${i}`));
-    fused.state.forEach((s, i) => sameBits(s, plain.state[i]!, `state ${i}`));
+const nets: [string, () => Module, number, number][] = [
+  ['ResNet-20', () => cifarResNet(20, { inChannels: 1, numClasses: 10, shortcut: 'A' }), 1, 28],
+  ['a Bottleneck network (16-channel 3x3s on 16x16 and 8x8, CIFAR stem)', () => new ResNet('bottleneck', [2, 1], { stem: 'cifar', widths: [16, 16], inChannels: 3, numClasses: 10 }), 3, 16],
+  ['a plain (no skips) ResNet-8', () => cifarResNet(8, { inChannels: 1, numClasses: 10, plain: true }), 1, 14],
+];
+for (const [name, make, cin, hw] of nets) {
+  test(`[native] a training step of ${name} through the fused blocks has the bits of the module-by-module one (a hook on the ReLUs)`, { skip }, () => {
+    withBackend('native', () => {
+      const run = (hooked: boolean): { loss: number; grads: Float32Array[]; state: Float32Array[] } => {
+        const m = make();
+        const gen = new Generator(1);
+        for (const p of m.parameters()) p.values.set(randomArray(p.numel, gen, 0.2));
+        m.train();
+        const handles = hooked ? [...m.modules()].filter((x) => x.constructor.name === 'ReLU').map((r) => r.registerForwardHook(() => {})) : [];
+        const x = randomTensor([24, cin, hw, hw], gen);
+        const loss = F.crossEntropy(m.call(x), Int32Array.from({ length: 24 }, (_, i) => i % 10));
+        backward(loss);
+        for (const h of handles) h.remove();
+        return { loss: loss.item(), grads: m.parameters().map((p) => p.grad!), state: [...m.stateDict().values()].map((t) => t.values) };
+      };
+      const fused = run(false);
+      const plain = run(true);
+      assert.equal(fused.loss, plain.loss);
+      fused.grads.forEach((g, i) => sameBits(g, plain.grads[i]!, `gradient ${i}`));
+      fused.state.forEach((s, i) => sameBits(s, plain.state[i]!, `state ${i}`));
+    });
   });
-});
+}
 
 test('the addon refuses a batch norm read by a convolution with short or missing buffers, clearly', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
