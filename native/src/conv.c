@@ -1060,36 +1060,6 @@ static int pre_path(const conv_p *p) {
 }
 int conv2d_reads_pre(const conv_p *p) { return pre_path(p) != 0; }
 
-typedef struct {
-  float *dst;
-  const float *x, *s, *t;
-  int c;
-  long hw, segs;
-} pre_job;
-static void pre_task(void *ctx, int part, int parts) {
-  const pre_job *j = ctx;
-  long lo, hi;
-  pool_split(j->segs, part, parts, 1, &lo, &hi);
-  for (long sg = lo; sg < hi; sg++) {
-    const float s = j->s[sg % j->c], t = j->t[sg % j->c];
-    const float *x = j->x + sg * j->hw;
-    float *d = j->dst + sg * j->hw;
-    for (long i = 0; i < j->hw; i++) {
-      const float v = x[i] * s + t;
-      d[i] = v > 0.0f || v != v ? v : 0.0f;
-    }
-  }
-}
-/* relu(x * s + t) of p's input, made (malloc: the caller frees it) */
-static float *pre_made(const float *x, const float *s, const float *t, const conv_p *p) {
-  const long hw = (long)p->h * p->w, segs = (long)p->n * p->cin;
-  float *d = malloc(sizeof(float) * (size_t)(segs * hw > 0 ? segs * hw : 1));
-  if (!d) abort();
-  pre_job j = {d, x, s, t, p->cin, hw, segs};
-  pool_run_n(pre_task, &j, segs * hw < (1L << 16) ? 1 : pool_threads());
-  return d;
-}
-
 void conv2d_forward_pre(float *y, const float *x, const float *w, const float *bias, const float *pre_s, const float *pre_t,
                         const conv_p *p) {
 #if defined(__x86_64__)
@@ -1099,7 +1069,7 @@ void conv2d_forward_pre(float *y, const float *x, const float *w, const float *b
     return;
   }
 #endif
-  float *xm = pre_made(x, pre_s, pre_t, p);
+  float *xm = bn_relu_made(x, pre_s, pre_t, p->n, p->cin, (long)p->h * p->w);
   conv2d_forward(y, xm, w, bias, NULL, 0, p);
   free(xm);
 }
@@ -1113,7 +1083,7 @@ void conv2d_backward_weight_pre(float *dw, const float *x, const float *dy, cons
     return;
   }
 #endif
-  float *xm = pre_made(x, pre_s, pre_t, p);
+  float *xm = bn_relu_made(x, pre_s, pre_t, p->n, p->cin, (long)p->h * p->w);
   conv2d_backward_weight(dw, xm, dy, p);
   free(xm);
 }

@@ -714,6 +714,35 @@ static void run_channels(pool_fn fn, bn_job *j) {
   else pool_run_n(fn, j, j->c);
 }
 
+typedef struct {
+  float *dst;
+  const float *x, *s, *t;
+  int c;
+  long hw, segs;
+} relu_made_job;
+static void relu_made_task(void *ctx, int part, int parts) {
+  const relu_made_job *j = ctx;
+  long lo, hi;
+  pool_split(j->segs, part, parts, 1, &lo, &hi);
+  for (long sg = lo; sg < hi; sg++) {
+    const float s = j->s[sg % j->c], t = j->t[sg % j->c];
+    const float *x = j->x + sg * j->hw;
+    float *d = j->dst + sg * j->hw;
+    for (long i = 0; i < j->hw; i++) {
+      const float v = x[i] * s + t;
+      d[i] = v > 0.0f || v != v ? v : 0.0f;
+    }
+  }
+}
+float *bn_relu_made(const float *x, const float *scale, const float *shift, int n, int c, long hw) {
+  const long segs = (long)n * c;
+  float *d = malloc(sizeof(float) * (size_t)(segs * hw > 0 ? segs * hw : 1));
+  if (!d) abort();
+  relu_made_job j = {d, x, scale, shift, c, hw, segs};
+  pool_run_n(relu_made_task, &j, segs * hw < PAR_MIN ? 1 : pool_threads());
+  return d;
+}
+
 void bn_stats(float *mean, float *invstd, float *var_unbiased, float *scale, float *shift, const float *x,
               const float *gamma, const float *beta, int n, int c, long hw, float eps) {
   bn_job j = {.mean = mean, .invstd = invstd, .var_u = var_unbiased, .x = x, .gamma = gamma, .beta = beta, .n = n,
@@ -771,21 +800,12 @@ void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const 
   float *made = NULL;
   if (made_y && !(im && j.relu_from_x && training)) {
     /* the relu's output was never stored and this path reads it: made here, as the forward's bn_stats
-     * scale and shift give it (multiply, add, then max(0, v): NaN stays) */
-    const long all = (long)n * c * hw;
-    made = malloc(sizeof(float) * (size_t)(all > 0 ? all : 1));
-    if (!made) abort();
-    for (int ch = 0; ch < c; ch++) {
-      float s, t;
-      bn_scale_shift(&j, ch, mean[ch], invstd[ch], &s, &t);
-      for (int b = 0; b < n; b++) {
-        const long off = ((long)b * c + ch) * hw;
-        for (long i = 0; i < hw; i++) {
-          const float v = x[off + i] * s + t;
-          made[off + i] = v > 0.0f || v != v ? v : 0.0f;
-        }
-      }
-    }
+     * scale and shift give it */
+    float *st = malloc(sizeof(float) * 2 * (size_t)c);
+    if (!st) abort();
+    for (int ch = 0; ch < c; ch++) bn_scale_shift(&j, ch, mean[ch], invstd[ch], st + ch, st + c + ch);
+    made = bn_relu_made(x, st, st + c, n, c, hw);
+    free(st);
     j.ymask = made;
     j.relu_from_x = 0;
   }

@@ -16,6 +16,10 @@ int bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const fl
  * that a consumer may apply the batch norm (and relu) itself while it reads x (conv.h: conv2d_forward_pre). */
 void bn_stats(float *mean, float *invstd, float *var_unbiased, float *scale, float *shift, const float *x,
               const float *gamma, const float *beta, int n, int c, long hw, float eps);
+/* relu(x * scale[c] + shift[c]) of an [n][c][hw] tensor (multiply, add, then max(0, .) with NaN kept: the
+ * batch norm's own operations, the same bits), in a buffer it mallocs (the caller frees it): the input
+ * of a batch norm + relu that was never stored, for the paths that read it. */
+float *bn_relu_made(const float *x, const float *scale, const float *shift, int n, int c, long hw);
 void bn_eval(float *y, const float *x, const float *rm, const float *rv, const float *gamma, const float *beta, int n,
              int c, long hw, float eps, int relu);
 /* relu_y (may be NULL): the output of a fused relu; dy is then the gradient of that output. With

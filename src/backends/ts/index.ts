@@ -68,17 +68,18 @@ function batchNormTrain(y: F32, mean: F32, invStd: F32, varUnbiased: F32, x: F32
   return true;
 }
 
-/** The float32 scale and shift of y = x * scale + shift for a channel's statistics (the native kernels'). */
-function scaleShiftOf(mu: number, inv: number, g: number, bt: number): [number, number] {
-  const scale = Math.fround(g * inv);
-  return [scale, Math.fround(bt - Math.fround(mu * scale))];
+/** Per channel, the float32 scale and shift of y = x * scale + shift for the statistics mean and
+ * invStd (the native kernels' operations). */
+function scaleShiftInto(scale: F32, shift: F32, mean: F32, invStd: F32, gamma: F32 | null, beta: F32 | null | undefined): void {
+  for (let ch = 0; ch < scale.length; ch++) {
+    scale[ch] = Math.fround((gamma === null ? 1 : gamma[ch]!) * invStd[ch]!);
+    shift[ch] = Math.fround((beta == null ? 0 : beta[ch]!) - Math.fround(mean[ch]! * scale[ch]!));
+  }
 }
 
 function batchNormStats(mean: F32, invStd: F32, varUnbiased: F32, scale: F32, shift: F32, x: F32, gamma: F32 | null, beta: F32 | null, p: BatchNormParams): void {
   batchStats(mean, invStd, varUnbiased, x, p);
-  for (let ch = 0; ch < p.c; ch++) {
-    [scale[ch], shift[ch]] = scaleShiftOf(mean[ch]!, invStd[ch]!, gamma === null ? 1 : gamma[ch]!, beta === null ? 0 : beta[ch]!);
-  }
+  scaleShiftInto(scale, shift, mean, invStd, gamma, beta);
 }
 
 /** relu(x * scale[c] + shift[c]) of an [n, c, hw] tensor, in float32 operations (InputBnRelu). */
@@ -131,9 +132,7 @@ function batchNormBackward(dx: F32, dgamma: F32 | null, dbeta: F32 | null, dyIn:
   if (reluIn === 'recompute') {
     const scale = new Float32Array(c);
     const shift = new Float32Array(c);
-    for (let ch = 0; ch < c; ch++) {
-      [scale[ch], shift[ch]] = scaleShiftOf(mean[ch]!, invStd[ch]!, gamma === null ? 1 : gamma[ch]!, beta == null ? 0 : beta[ch]!);
-    }
+    scaleShiftInto(scale, shift, mean, invStd, gamma, beta);
     reluY = bnReluOf(x, scale, shift, n, c, hw);
   }
   let dy = dyIn;
