@@ -39,6 +39,7 @@ import {
 import { conv2dParams, liveWindow } from '../src/ops/conv.js';
 import { SGD } from '../src/optim/sgd.js';
 import { tsKernels } from '../src/backends/ts/index.js';
+import { nativeBackend, withBackend } from '../src/kernels/registry.js';
 import type { Conv2dParams, SgdParams } from '../src/kernels/kernels.js';
 import {
   type GradCheckOptions,
@@ -802,6 +803,53 @@ describe('autograd engine', () => {
     recycleGrads([w]);
     assert.equal(w.grad, null);
     assert.equal(uninitialized(3000), g, 'the next buffer of that length is the gradient');
+  });
+
+  test("an op's saved buffers (GradFn.saved) go back with recycleActivations, not before; a retained graph keeps them", () => {
+    const x = randn([5000], new Generator(3)).requiresGrad_();
+    // y = x * s (s cycled), s a buffer the op keeps for its backward
+    const op = (): { y: Tensor; s: Float32Array } => {
+      const s = uninitialized(4321).fill(2);
+      const y = new Tensor([5000], x.values.map((v, i) => v * s[i % 4321]!));
+      record(y, 'scaled', [x], (gy) => [gy.map((g, i) => g * s[i % 4321]!)], [s]);
+      return { y, s };
+    };
+    const a = op();
+    for (let i = 0; i < 4; i++) assert.notEqual(uninitialized(4321).fill(NaN), a.s, 'not handed out while the graph may need it');
+    x.grad = null;
+    backward(sum(a.y), undefined, { recycleActivations: true });
+    assert.ok(x.grad!.every((g) => g === 2), 'the backward read the saved buffer intact');
+    assert.equal(uninitialized(4321), a.s, 'given back with the graph');
+    const b = op();
+    x.grad = null;
+    backward(sum(b.y), undefined, { retainGraph: true });
+    backward(sum(b.y), undefined, { retainGraph: true });
+    assert.ok(x.grad!.every((g) => g === 4), 'a retained graph ran twice on it');
+    const c = op();
+    backward(sum(c.y));
+    for (const t of [b, c]) assert.notEqual(uninitialized(4321), t.s, 'not given back without recycleActivations');
+  });
+
+  test('a batch norm join keeps its relu bits (GradFn.saved) until the backward, and gives their buffer back at once where the kernel writes none', { skip: nativeBackend()?.isa === 'avx512' ? false : 'needs the native AVX-512 path' }, () => {
+    withBackend('native', () => {
+      const gen = new Generator(8);
+      const join = (shape: number[]): Tensor => batchNorm(randn(shape, gen).requiresGrad_(), null, null, null, null, { training: true, relu: true, residual: randn(shape, gen) });
+      // beyond any core's L2 (17 MB): the kernel writes the bits, which the graph holds
+      const y = join([4, 16, 256, 260]);
+      const bits = y.gradFn!.saved![0]!;
+      assert.equal(bits.length, (4 * 16 * Math.ceil((256 * 260) / 16)) / 2);
+      for (let i = 0; i < 2; i++) assert.notEqual(uninitialized(bits.length), bits, 'not handed out before the backward');
+      backward(sum(y), undefined, { recycleActivations: true });
+      assert.equal(uninitialized(bits.length), bits, 'given back with the graph');
+      // 256 KB, within any core's L2: no bits written, and their buffer (of 2048 floats) back at once
+      const primed = uninitialized(2048);
+      recycle(primed);
+      const held = recycledFloats();
+      const z = join([4, 16, 32, 32]);
+      assert.equal(z.gradFn!.saved, undefined);
+      assert.equal(recycledFloats(), held, 'the buffer taken for the bits was given back');
+      assert.equal(uninitialized(2048), primed);
+    });
   });
 
   test('a buffer given back twice is handed out once; past the cap the stalest lengths go first', () => {

@@ -45,14 +45,23 @@ export function batchNorm(
   let mean: Float32Array;
   let invStd: Float32Array;
   // the relu's mask as bits, where the backward cannot recompute it from x (a residual was added
-  // before the relu): the backward then reads 1/32 of y's bytes for it, if the kernel wrote them
+  // before the relu): the backward then reads 1/32 of y's bytes for it, if the kernel wrote them.
+  // Their buffer comes from uninitialized() (a kernel that writes bits writes every word), and goes
+  // back at once where the kernel did not, or with the graph (GradFn.saved)
   let reluBits: Uint16Array | null = null;
+  let bitsStore: Float32Array | null = null;
   if (o.training) {
     mean = new Float32Array(c);
     invStd = new Float32Array(c);
     const varU = new Float32Array(c);
-    const bits = fuse && res ? new Uint16Array(n * c * Math.ceil(hw / 16)) : null;
+    const words = n * c * Math.ceil(hw / 16);
+    bitsStore = fuse && res ? uninitialized(Math.ceil(words / 2)) : null;
+    const bits = bitsStore ? new Uint16Array(bitsStore.buffer, bitsStore.byteOffset, words) : null;
     if (k.batchNormTrain(y.values, mean, invStd, varU, x.values, g, b, p, fuse, res ? res.values : null, bits)) reluBits = bits;
+    else if (bitsStore) {
+      recycle(bitsStore);
+      bitsStore = null;
+    }
     updateRunningStats(runningMean, runningVar, mean, varU, o);
   } else {
     const rm = runningMean!.values;
@@ -66,7 +75,7 @@ export function batchNorm(
   }
   const inputs = [x, ...(weight ? [weight] : []), ...(bias ? [bias] : []), ...(res ? [res] : [])];
   const name = `batch_norm${res ? '_add' : ''}${fuse ? '_relu' : ''}`;
-  return record(y, name, inputs, (gy, needs) => {
+  record(y, name, inputs, (gy, needs) => {
     const gx = uninitialized(x.numel); // the kernel computes dx with dgamma/dbeta in one pass
     const wantG = weight !== null && needs[1] === true;
     const wantB = bias !== null && needs[weight ? 2 : 1] === true;
@@ -87,7 +96,9 @@ export function batchNorm(
     if (bias) out.push(dbeta);
     if (res) out.push(needs[inputs.length - 1] ? gb : null);
     return out;
-  });
+  }, bitsStore ? [bitsStore] : undefined);
+  if (bitsStore && y.gradFn === null) recycle(bitsStore); // no graph recorded: no backward will read them
+  return y;
 }
 
 /** Checks batchNorm's arguments (shapes, eval statistics, enough values per channel); returns the

@@ -26,6 +26,12 @@ export interface GradFn {
    * `sums.added[i] = true` (conv2d does, in its kernels' epilogue: a residual block's input).
    */
   backward(gradOutput: Float32Array, needs: readonly boolean[], sums?: PendingSums): (Float32Array | null)[];
+  /**
+   * Buffers from uninitialized() that the op keeps for its backward besides its inputs and output (a
+   * relu's mask as bits): backward's recycleActivations gives them back with the graph's
+   * intermediates.
+   */
+  readonly saved?: readonly Float32Array[];
 }
 
 /** See GradFn.backward. */
@@ -55,11 +61,11 @@ export function noGrad<T>(fn: () => T): T {
  * Attaches a GradFn to `out` if grad mode is on and any input requires grad.
  * Returns `out` for chaining.
  */
-export function record(out: Tensor, name: string, inputs: readonly Tensor[], backward: GradFn['backward']): Tensor {
+export function record(out: Tensor, name: string, inputs: readonly Tensor[], backward: GradFn['backward'], saved?: readonly Float32Array[]): Tensor {
   if (gradDisabled > 0 || out.isMeta) return out;
   if (!inputs.some((t) => t.requiresGrad)) return out;
   out.requiresGrad = true;
-  out.gradFn = { name, inputs, backward };
+  out.gradFn = saved === undefined ? { name, inputs, backward } : { name, inputs, backward, saved };
   return out;
 }
 
@@ -160,6 +166,16 @@ function recycleIntermediates(order: readonly Tensor[], root: Tensor, keep: read
   const taken = new Set<ArrayBufferLike>();
   const give: Float32Array[] = [];
   for (const t of order) {
+    const fn = t.gradFn;
+    if (fn?.saved !== undefined) {
+      // an op's own saved buffers: dead with the graph, whether or not its output is kept
+      for (const d of fn.saved) {
+        if (kept.has(d.buffer) || taken.has(d.buffer)) continue;
+        taken.add(d.buffer);
+        give.push(d);
+      }
+      t.gradFn = { name: fn.name, inputs: fn.inputs, backward: fn.backward };
+    }
     const d = t.values;
     if (kept.has(d.buffer)) continue;
     if (!taken.has(d.buffer)) {
@@ -262,6 +278,7 @@ function freed(fn: GradFn): GradFn {
   return {
     name: fn.name,
     inputs: fn.inputs,
+    ...(fn.saved === undefined ? {} : { saved: fn.saved }),
     backward() {
       throw new ShapeError(
         `backward(): the graph through "${fn.name}" was already freed by an earlier backward(); pass {retainGraph: true} to the first call`,
