@@ -632,6 +632,30 @@ test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, (
   }
   // the global average of 1x1 maps (ResNet-18's head on 32x32 inputs): a copy, and back
   checkAdaptiveAvgPool(randomArray(3 * 70, gen), { n: 3, c: 70, h: 1, w: 1, oh: 1, ow: 1 }, { rtol: 0, atol: 0 });
+  // a global average large enough to be split over the threads (ResNet-20's head: 128 x 64 x 7 x 7),
+  // the same bits on one and on two threads
+  {
+    const gp = { n: 9, c: 70, h: 9, w: 7, oh: 1, ow: 1 };
+    const gx = randomArray(gp.n * gp.c * gp.h * gp.w, gen, 3);
+    const before = nat!.getThreads();
+    try {
+      const run = (threads: number): [Float32Array, Float32Array] => {
+        nat!.setThreads(threads);
+        const y = new Float32Array(gp.n * gp.c).fill(NaN), dx = new Float32Array(gx.length).fill(NaN);
+        nat!.adaptiveAvgPool2d(y, gx, gp);
+        nat!.adaptiveAvgPool2dBackward(dx, y, gp);
+        return [y, dx];
+      };
+      nat!.setThreads(2);
+      checkAdaptiveAvgPool(gx, gp, tol);
+      const [y1, d1] = run(1);
+      const [y2, d2] = run(2);
+      assert.deepEqual(y2, y1, 'global average pool: the bits of one thread');
+      assert.deepEqual(d2, d1, 'its backward: the bits of one thread');
+    } finally {
+      nat!.setThreads(before);
+    }
+  }
   const logits = randomArray(7 * 13, gen, 5);
   const lr = new Float32Array(91), ln = new Float32Array(91);
   tsKernels.logSoftmax(lr, logits, 7, 13);
