@@ -1433,10 +1433,8 @@ void wino_backward_weight_nchw(float *dw, const float *x, const float *dy, const
       pool_ranges_init(&sh.items, sh.groups, 1, T);
       pool_run_dynamic(wbw_private_task, &sh, T);
       wback_job bj = {p, sh.dUg, dw, m, sh.groups};
-      {
-        run_range(du_reduce_range, &bj, usz / 16);
-        bj.groups = 1;
-      }
+      run_range(du_reduce_range, &bj, usz / 16); /* the groups' sums into the first group's dU */
+      bj.groups = 1;
       run_range(wback_range, &bj, (long)p->cin * (p->cout / 16));
       return;
     }
