@@ -164,7 +164,8 @@ describe('resnet summary', () => {
     fails(resnet('summary', 'resnet18', '--input'), 2, /--input needs a value/);
     fails(resnet('summary', 'resnet18', '--tree=yes'), 2, /--tree does not take a value/);
     fails(resnet('summary', 'resnet18', '--depth', '2'), 2, /--tree/);
-    fails(resnet('summary', 'resnet18', '--tree', '--depth', '-1'), 2);
+    fails(resnet('summary', 'resnet18', '--tree', '--depth', '-1'), 2, /--depth needs a value \(--depth N\); for a value that starts with "-", write --depth=VALUE/);
+    fails(resnet('summary', 'resnet18', '--tree', '--depth=-1'), 2, /--depth must be/);
     fails(resnet('summary', 'resnet18', '--num-classes', 'ten'), 2, /--num-classes must be a positive integer/);
     fails(resnet('summary', 'resnet18', '--shortcut', 'D'), 2, /--shortcut must be A, B or C/);
     fails(resnet('summary'), 2, /needs an argument/);

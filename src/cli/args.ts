@@ -86,8 +86,11 @@ function parseArgsMessage(e: unknown, cmd: Command): string {
       const opt = quoted?.split(' ')[0] ?? '';
       // "... argument missing", or "... argument is ambiguous" when the next word starts with "-".
       if (/argument missing|ambiguous/.test(msg)) {
-        const spec = cmd.options[opt.replace(/^-+/, '')] ?? Object.values(cmd.options).find((o) => `-${o.short}` === opt);
-        return `option ${opt} needs a value${spec?.value ? ` (${opt} ${spec.value})` : ''}`;
+        const name = Object.entries(cmd.options).find(([n, o]) => `--${n}` === opt || (o.short !== undefined && `-${o.short}` === opt))?.[0];
+        const spec = name === undefined ? undefined : cmd.options[name];
+        const needs = `option ${opt} needs a value${spec?.value ? ` (${opt} ${spec.value})` : ''}`;
+        // the next word starts with "-" (a negative number, say): parseArgs takes it for an option
+        return /ambiguous/.test(msg) && name !== undefined ? `${needs}; for a value that starts with "-", write --${name}=VALUE` : needs;
       }
       if (/does not take an argument/.test(msg)) return `option ${opt} does not take a value`;
       return oneLine(msg);
