@@ -90,6 +90,25 @@ describe('runBench (in process)', () => {
     assert.match(text, /^ {2}fastest runs: vs ORT - {3}vs PyTorch - {3}\(ratio of each engine's fastest timed run\)$/m);
   });
 
+  test("the native kernels' instruction set in the settings line, and a note when it is not AVX-512", () => {
+    const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 1, budgetS: 0 });
+    const isa = (kernels() as { isa?: string }).isa ?? null;
+    assert.equal(r.isa, isa);
+    const line = (t: string): string => t.split('\n').find((l) => l.startsWith('settings: '))!;
+    const noted = (t: string): boolean => /note: without AVX-512 the native convolutions run im2col \+ GEMM/.test(t);
+    r.backend = 'native';
+    r.isa = 'avx512';
+    assert.match(line(formatReport(r)), /^settings: backend native \(avx512 kernels\) \(registered: /);
+    assert.equal(noted(formatReport(r)), false);
+    r.isa = 'avx2';
+    assert.match(line(formatReport(r)), /^settings: backend native \(avx2 kernels\) /);
+    assert.ok(noted(formatReport(r)), "avx2: the note on the im2col path and the peers' avx2 kernels");
+    r.backend = 'ts';
+    r.isa = null;
+    assert.match(line(formatReport(r)), /^settings: backend ts \(registered: /);
+    assert.equal(noted(formatReport(r)), false);
+  });
+
   test('rounds: the engines take turns, the runs are shared out, the median is over all of them', () => {
     const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 5, rounds: 2, budgetS: 0 });
     assert.equal(r.settings.rounds, 2);

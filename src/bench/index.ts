@@ -88,7 +88,7 @@ export interface BenchReport {
      * Above ~0.1 the phase's timings are pessimistic.
      */
     otherProcessesCores: { 'resnet-ts': number | null; onnxruntime: number | null; pytorch: number | null; memory: number | null };
-    /** Environment variables that affect the engines' threading, as set when the bench started. */
+    /** Environment variables that affect the engines' threading and instruction sets, as set when the bench started. */
     env: Record<string, string | null>;
   };
   /** runs: timed runs per workload and engine over all rounds; warm-up runs are per round */
@@ -96,6 +96,9 @@ export interface BenchReport {
   /** Threads resnet-ts's kernels actually use (1 on the single-threaded ts backend). */
   oursThreads: number;
   backend: string;
+  /** The native kernels' instruction set ("avx512", "avx2" or "portable"; RESNET_ISA forces one), null
+   * on the ts backend. Without AVX-512 the convolutions take the im2col path (docs/PERFORMANCE.md). */
+  isa: string | null;
   backends: string[];
   peers: { onnxruntime: Omit<PeerRun, 'results'> | null; pytorch: Omit<PeerRun, 'results'> | null };
   workloads: WorkloadReport[];
@@ -104,7 +107,7 @@ export interface BenchReport {
   trainMemory: TrainMemoryReport | { error: string } | null;
 }
 
-const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'RESNET_L2_KB', 'RESNET_HUGE_PAGES', 'RESNET_AFFINITY', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'];
+const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'RESNET_ISA', 'RESNET_OPS_NO_AVX512', 'RESNET_L2_KB', 'RESNET_HUGE_PAGES', 'RESNET_AFFINITY', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA'];
 
 export function cpuModel(): string {
   try {
@@ -196,6 +199,8 @@ export function runBench(o: BenchOptions = {}): BenchReport {
   setNumThreads(threads);
   process.env['RESNET_NUM_THREADS'] = String(threads);
   const backend = kernels().name;
+  const isaOf = (kernels() as { isa?: unknown }).isa;
+  const isa = typeof isaOf === 'string' ? isaOf : null;
   const oursThreads = getNumThreads();
   const loadAverageStart = os.loadavg().map((x) => +x.toFixed(2));
   const date = new Date().toISOString();
@@ -303,6 +308,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     settings: { threads, warmup: plan.warmup, runs: plan.runs, rounds, budgetS: plan.budgetMs / 1000, seed },
     oursThreads,
     backend,
+    isa,
     backends: listBackends(),
     peers: { onnxruntime: wantPeers ? peerInfo(ort) : null, pytorch: wantPeers ? peerInfo(torch) : null },
     workloads: workloads.map((w: Workload) => {

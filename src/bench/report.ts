@@ -62,9 +62,14 @@ export function formatReport(r: BenchReport): string {
     if (worst > CONTENDED) out.push(`          warning: other processes competed for the ${m.logicalCores} cores (up to ${worst.toFixed(2)} of a core): the affected timings are pessimistic`);
   }
   out.push(
-    `settings: backend ${r.backend} (registered: ${r.backends.join(', ')}), ${s.threads} thread(s)` +
+    `settings: backend ${r.backend}${r.isa !== null ? ` (${r.isa} kernels)` : ''} (registered: ${r.backends.join(', ')}), ${s.threads} thread(s)` +
       `${r.oursThreads !== s.threads ? ` (resnet-ts kernels use ${r.oursThreads}${r.backend === 'ts' ? ': the ts backend is single-threaded' : ''})` : ''}, float32`,
   );
+  if (r.isa !== null && r.isa !== 'avx512') {
+    out.push(
+      `          note: without AVX-512 the native convolutions run im2col + GEMM, several times slower than the AVX-512 kernels and than the peers' ${r.isa} kernels (docs/PERFORMANCE.md, "Without AVX-512")`,
+    );
+  }
   out.push(`          ${s.rounds} round(s) in turn, each ${s.warmup} warm-up + its share of ${s.runs} timed runs; median over all; time budget ${s.budgetS > 0 ? `${s.budgetS} s` : 'none'} per workload and engine`);
   out.push(
     `peers:    ${peerLine('ONNX Runtime', r.peers.onnxruntime, () => `onnxruntime-node, CPU provider, intra-op ${s.threads}, inter-op 1, graph optimisation all, sequential`)}`,
