@@ -847,7 +847,7 @@ test('Winograd split by output channels (each thread its panels through every pa
   }
 });
 
-test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference result', { skip }, async () => {
+test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference result, forward and backward', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const p = convCase(2, 17, 9, 9, 24, 3, 2, 1, 1, 1);
@@ -875,6 +875,24 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
       tsKernels.conv2dBackwardInput(dxr, dyd, wd, pd);
       nat!.conv2dBackwardInput(dxn, dyd, wd, pd);
       assertClose(dxn, dxr, scaleTol(dxr), `dense backward input with the ${name} micro-kernel`);
+      // the training passes of a 3x3 layer whose AVX-512 paths are Winograd (16 -> 16, stride 1) and
+      // pixels in lanes (16 -> 32, stride 2): im2col + GEMM with the narrower micro-kernels
+      for (const pt of [convCase(3, 16, 10, 9, 16, 3, 1, 1, 1, 1), convCase(5, 16, 11, 10, 32, 3, 2, 1, 1, 1)]) {
+        const xt = randomArray(pt.n * pt.cIn * pt.h * pt.w, gen), wt = randomArray(pt.cOut * pt.cIn * 9, gen);
+        const dyt = randomArray(pt.n * pt.cOut * pt.oh * pt.ow, gen);
+        const yr2 = new Float32Array(dyt.length), yn2 = new Float32Array(dyt.length);
+        tsKernels.conv2d(yr2, xt, wt, null, pt);
+        nat!.conv2d(yn2, xt, wt, null, pt);
+        assertClose(yn2, yr2, scaleTol(yr2), `${pt.cIn} -> ${pt.cOut} stride ${pt.sh} forward with the ${name} micro-kernel`);
+        const dxr2 = new Float32Array(xt.length), dxn2 = new Float32Array(xt.length);
+        tsKernels.conv2dBackwardInput(dxr2, dyt, wt, pt);
+        nat!.conv2dBackwardInput(dxn2, dyt, wt, pt);
+        assertClose(dxn2, dxr2, scaleTol(dxr2), `${pt.cIn} -> ${pt.cOut} stride ${pt.sh} backward input with the ${name} micro-kernel`);
+        const dwr2 = new Float32Array(wt.length), dwn2 = new Float32Array(wt.length);
+        tsKernels.conv2dBackwardWeight(dwr2, xt, dyt, pt);
+        nat!.conv2dBackwardWeight(dwn2, xt, dyt, pt);
+        assertClose(dwn2, dwr2, scaleTol(dwr2), `${pt.cIn} -> ${pt.cOut} stride ${pt.sh} weight gradient with the ${name} micro-kernel`);
+      }
       const m = 37, n = 41, k = 29;
       const a = randomArray(m * k, gen), bb = randomArray(k * n, gen);
       const cr = new Float32Array(m * n), cn = new Float32Array(m * n);
