@@ -6,7 +6,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { nativeBackend } from '../src/kernels/registry.js';
+import { envWarnings, nativeBackend } from '../src/kernels/registry.js';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { tsKernels } from '../src/backends/ts/index.js';
 import type { AdaptivePoolParams, Conv2dParams, Kernels, Pool2dParams } from '../src/kernels/kernels.js';
 import { convOutSize } from '../src/ops/conv.js';
@@ -1031,4 +1033,31 @@ test('native blocked max pool and global average pool = reference', { skip }, ()
   const p: Pool2dParams = { n: 1, c: 24, h: 4, w: 4, kh: 2, kw: 2, sh: 2, sw: 2, ph: 0, pw: 0, dh: 1, dw: 1, oh: 2, ow: 2 };
   assert.throws(() => nat!.maxPool2dBlocked(new Float32Array(96), new Float32Array(384), p), /multiple of 16/);
   assert.throws(() => nat!.avgPoolGlobalBlocked(new Float32Array(24), new Float32Array(864), 1, 24, 4, 4), /multiple of 16/);
+});
+
+test('environment variables the kernels cannot honour get a warning that says what runs instead', () => {
+  const reg = ['ts', 'native'];
+  assert.deepEqual(envWarnings({}, reg, 'native', 'avx512', 2), []);
+  assert.deepEqual(envWarnings({ RESNET_BACKEND: 'ts', RESNET_ISA: 'avx2', RESNET_NUM_THREADS: '1' }, reg, 'ts', 'avx2', 1), []);
+  assert.deepEqual(envWarnings({ RESNET_BACKEND: 'Native' }, reg, 'native', 'avx512', 2), ['RESNET_BACKEND=Native names no backend (registered: ts, native); using native']);
+  assert.deepEqual(envWarnings({ RESNET_BACKEND: 'native' }, ['ts'], 'ts', null, null), [], 'a missing addon has its own warning');
+  assert.deepEqual(envWarnings({ RESNET_ISA: 'avx-2' }, reg, 'native', 'avx512', 2), ['RESNET_ISA=avx-2 is not avx512, avx2 or portable; the native kernels use avx512']);
+  assert.deepEqual(envWarnings({ RESNET_ISA: 'avx512' }, reg, 'native', 'avx2', 2), ['RESNET_ISA=avx512: this CPU does not have it; the native kernels use avx2']);
+  assert.deepEqual(envWarnings({ RESNET_ISA: 'avx2' }, ['ts'], 'ts', null, null), [], 'no native kernels: nothing to narrow');
+  for (const n of ['two', '0', '-1', '1.5', '100']) {
+    assert.deepEqual(envWarnings({ RESNET_NUM_THREADS: n }, reg, 'native', 'avx512', n === '100' ? 64 : 2), [`RESNET_NUM_THREADS=${n} is not a thread count from 1 to 64; the native kernels use ${n === '100' ? 64 : 2}`]);
+  }
+  assert.deepEqual(envWarnings({ RESNET_NUM_THREADS: '3' }, reg, 'native', 'avx512', 3), []);
+});
+
+test('RESNET_BACKEND with a name no backend has: the default backend and a warning, not the slow reference in silence', { skip }, () => {
+  const index = fileURLToPath(new URL('../src/index.js', import.meta.url));
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(index)}); console.log(m.kernels().name);`], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, RESNET_BACKEND: 'Native' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), 'native');
+  assert.match(r.stderr, /RESNET_BAD_ENV.*RESNET_BACKEND=Native names no backend \(registered: ts, native\); using native/);
 });

@@ -3,6 +3,7 @@
  * registers itself when it loads and then becomes the default. `RESNET_BACKEND=ts|native`
  * overrides the choice at start-up; `setBackend` at run time.
  */
+import { isMainThread } from 'node:worker_threads';
 import { setLargeAllocator } from '../tensor/alloc.js';
 import { UsageError } from '../errors.js';
 import { tsKernels } from '../backends/ts/index.js';
@@ -61,6 +62,33 @@ export function getNumThreads(): number {
   return native ? native.getThreads() : 1;
 }
 
+/**
+ * Warnings for environment variables this module reads whose values it cannot honour: a backend
+ * name that is not registered (RESNET_BACKEND=Native had silently left the TypeScript kernels
+ * active, ~100x slower), an instruction set that is not one (or that this CPU lacks), a thread
+ * count that is not a positive integer. Each names what runs instead.
+ */
+export function envWarnings(env: NodeJS.ProcessEnv, registered: readonly string[], active: string, isa: string | null, threads: number | null): string[] {
+  const out: string[] = [];
+  const backend = env['RESNET_BACKEND'];
+  if (backend !== undefined && backend !== '' && !registered.includes(backend) && !(backend === 'native' && isa === null)) {
+    out.push(`RESNET_BACKEND=${backend} names no backend (registered: ${registered.join(', ')}); using ${active}`);
+  }
+  const want = env['RESNET_ISA'];
+  if (isa !== null && want !== undefined && want !== '' && want !== isa) {
+    out.push(
+      ['avx512', 'avx2', 'portable'].includes(want)
+        ? `RESNET_ISA=${want}: this CPU does not have it; the native kernels use ${isa}`
+        : `RESNET_ISA=${want} is not avx512, avx2 or portable; the native kernels use ${isa}`,
+    );
+  }
+  const n = env['RESNET_NUM_THREADS'];
+  if (threads !== null && n !== undefined && n !== '' && (!/^\d+$/.test(n.trim()) || Number(n) < 1 || Number(n) !== threads)) {
+    out.push(`RESNET_NUM_THREADS=${n} is not a thread count from 1 to 64; the native kernels use ${threads}`);
+  }
+  return out;
+}
+
 // Load the addon once. Missing addon: everything works on the TypeScript reference, with one
 // warning (unless the TypeScript backend was asked for explicitly).
 {
@@ -72,5 +100,12 @@ export function getNumThreads(): number {
     if (process.env['RESNET_HUGE_PAGES'] !== '0') setLargeAllocator((bytes) => binding.allocLarge(bytes));
   } else if (process.env['RESNET_BACKEND'] !== 'ts') {
     process.emitWarning(`${error}; using the TypeScript reference kernels (much slower)`, { code: 'RESNET_NO_NATIVE' });
+  }
+  const wanted = process.env['RESNET_BACKEND'];
+  if (native && wanted !== undefined && wanted !== '' && !backends.has(wanted)) active = native; // the default, with a warning
+  if (isMainThread) { // once, not again in every worker thread
+    for (const w of envWarnings(process.env, listBackends(), active.name, native?.isa ?? null, native ? native.getThreads() : null)) {
+      process.emitWarning(w, { code: 'RESNET_BAD_ENV' });
+    }
   }
 }
