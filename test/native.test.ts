@@ -6,7 +6,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { envWarnings, nativeBackend } from '../src/kernels/registry.js';
+import { MAX_THREADS, envWarnings, getNumThreads, nativeBackend, setNumThreads } from '../src/kernels/registry.js';
+import { UsageError } from '../src/errors.js';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { tsKernels } from '../src/backends/ts/index.js';
@@ -1060,4 +1061,12 @@ test('RESNET_BACKEND with a name no backend has: the default backend and a warni
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), 'native');
   assert.match(r.stderr, /RESNET_BAD_ENV.*RESNET_BACKEND=Native names no backend \(registered: ts, native\); using native/);
+});
+
+test('setNumThreads takes 1 to MAX_THREADS and says so otherwise (the pool had clamped 100 to 64 in silence)', () => {
+  const before = getNumThreads();
+  for (const n of [0, -1, 1.5, MAX_THREADS + 1, 100, Number.NaN]) {
+    assert.throws(() => setNumThreads(n), (e: unknown) => e instanceof UsageError && e.message === `thread count must be an integer from 1 to ${MAX_THREADS}, got ${n}`);
+  }
+  assert.equal(getNumThreads(), before, 'a refused count changes nothing');
 });

@@ -166,6 +166,7 @@ test('create() rejects with the worker-side error class: missing weights, bad ar
     (e: Error) => e instanceof StateDictError && e.message.includes(file) && /conv1\.weight/.test(e.message),
   );
   await assert.rejects(InferenceWorker.create({ arch: 'resnet20' }, { threads: 0 }), UsageError);
+  await assert.rejects(InferenceWorker.create({ arch: 'resnet20' }, { threads: 65 }), (e: Error) => e instanceof UsageError && /threads must be an integer from 1 to 64, got 65/.test(e.message));
 });
 
 test('close() rejects pending and later requests clearly', async () => {

@@ -13,7 +13,7 @@
 #include <unistd.h>
 #include <sched.h>
 
-#define MAX_THREADS 64
+#define MAX_THREADS 64 /* src/kernels/registry.ts MAX_THREADS mirrors it */
 #define SPIN_ITERS 20000
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;

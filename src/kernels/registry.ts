@@ -52,9 +52,12 @@ export function nativeBackend(): NativeKernels | null {
   return native;
 }
 
-/** Threads the native kernels use (1 on the TypeScript backend, which is single-threaded). */
+/** The native thread pool's limit (MAX_THREADS in native/src/pool.c). */
+export const MAX_THREADS = 64;
+
+/** Threads the native kernels use (1 on the TypeScript backend, which is single-threaded), 1 to MAX_THREADS. */
 export function setNumThreads(n: number): void {
-  if (!Number.isInteger(n) || n < 1) throw new UsageError(`thread count must be a positive integer, got ${n}`);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) throw new UsageError(`thread count must be an integer from 1 to ${MAX_THREADS}, got ${n}`);
   native?.setThreads(n);
 }
 
@@ -84,7 +87,7 @@ export function envWarnings(env: NodeJS.ProcessEnv, registered: readonly string[
   }
   const n = env['RESNET_NUM_THREADS'];
   if (threads !== null && n !== undefined && n !== '' && (!/^\d+$/.test(n.trim()) || Number(n) < 1 || Number(n) !== threads)) {
-    out.push(`RESNET_NUM_THREADS=${n} is not a thread count from 1 to 64; the native kernels use ${threads}`);
+    out.push(`RESNET_NUM_THREADS=${n} is not a thread count from 1 to ${MAX_THREADS}; the native kernels use ${threads}`);
   }
   return out;
 }
