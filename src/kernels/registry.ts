@@ -1,7 +1,8 @@
 /**
  * Which backend runs the kernels. The TypeScript reference is always registered; the native addon
  * registers itself when it loads and then becomes the default. `RESNET_BACKEND=ts|native`
- * overrides the choice at start-up; `setBackend` at run time.
+ * overrides the choice at start-up (another name: the default, with a warning); `setBackend` at run
+ * time.
  */
 import { isMainThread } from 'node:worker_threads';
 import { setLargeAllocator } from '../tensor/alloc.js';
@@ -69,7 +70,7 @@ export function getNumThreads(): number {
  * Warnings for environment variables this module reads whose values it cannot honour: a backend
  * name that is not registered (RESNET_BACKEND=Native had silently left the TypeScript kernels
  * active, ~100x slower), an instruction set that is not one (or that this CPU lacks), a thread
- * count that is not a positive integer. Each names what runs instead.
+ * count outside 1 to MAX_THREADS. Each names what runs instead.
  */
 export function envWarnings(env: NodeJS.ProcessEnv, registered: readonly string[], active: string, isa: string | null, threads: number | null): string[] {
   const out: string[] = [];
