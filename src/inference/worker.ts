@@ -23,7 +23,7 @@
 import { workerExecArgv } from '../util/worker-argv.js';
 import { Worker } from 'node:worker_threads';
 import { FormatError, ResnetError, ShapeError, StateDictError, UsageError } from '../errors.js';
-import { MAX_THREADS, kernels } from '../kernels/registry.js';
+import { MAX_THREADS, isThreadCount, kernels } from '../kernels/registry.js';
 import type { ModelOptions } from '../models/registry.js';
 import { ResNet, type BlockKind, type ResNetOptions } from '../models/resnet.js';
 import { Tensor, type TensorDType } from '../tensor/tensor.js';
@@ -273,7 +273,7 @@ export abstract class WorkerClient {
 /** @internal The worker's thread count, checked on the calling side. */
 export function checkThreads(threads: number | undefined, who: string): number | null {
   if (threads === undefined) return null;
-  if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) throw new UsageError(`${who}: threads must be an integer from 1 to ${MAX_THREADS}, got ${threads}`);
+  if (!isThreadCount(threads)) throw new UsageError(`${who}: threads must be an integer from 1 to ${MAX_THREADS}, got ${threads}`);
   return threads;
 }
 

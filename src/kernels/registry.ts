@@ -56,9 +56,14 @@ export function nativeBackend(): NativeKernels | null {
 /** The native thread pool's limit (MAX_THREADS in native/src/pool.c). */
 export const MAX_THREADS = 64;
 
+/** Whether n is a thread count the native pool takes: an integer from 1 to MAX_THREADS. */
+export function isThreadCount(n: number): boolean {
+  return Number.isInteger(n) && n >= 1 && n <= MAX_THREADS;
+}
+
 /** Threads the native kernels use (1 on the TypeScript backend, which is single-threaded), 1 to MAX_THREADS. */
 export function setNumThreads(n: number): void {
-  if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) throw new UsageError(`thread count must be an integer from 1 to ${MAX_THREADS}, got ${n}`);
+  if (!isThreadCount(n)) throw new UsageError(`thread count must be an integer from 1 to ${MAX_THREADS}, got ${n}`);
   native?.setThreads(n);
 }
 
