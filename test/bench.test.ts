@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError, kernels, nativeBackend } from '../src/index.js';
-import { WORKLOADS, cpuCaches, fastestRatio, formatReport, hugePagesMode, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
+import { WORKLOADS, cpuCaches, cpuModel, fastestRatio, formatReport, hugePagesMode, runBench, selectWorkloads, type BenchReport } from '../src/bench/index.js';
 import type { EngineResult } from '../src/bench/peers.js';
 import { Timer, median, type TimingPlan } from '../src/bench/timing.js';
 import { childTimeoutMs } from '../src/bench/peers.js';
@@ -107,6 +107,23 @@ describe('runBench (in process)', () => {
     r.isa = null;
     assert.match(line(formatReport(r)), /^settings: backend ts \(registered: /);
     assert.equal(noted(formatReport(r)), false);
+  });
+
+  test("the threads' cache-line round trip at start and end, and what it says about the caches", () => {
+    const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 1, budgetS: 0 });
+    const nb = nativeBackend();
+    if (nb !== null && kernels() === nb && r.oursThreads > 1) {
+      assert.ok(r.handoffNs !== null && r.handoffNs.start > 0 && r.handoffNs.end > 0, JSON.stringify(r.handoffNs));
+    } else {
+      assert.equal(r.handoffNs, null);
+    }
+    const line = (t: string): string | undefined => t.split('\n').find((l) => l.includes("threads' cache-line round trip"));
+    r.handoffNs = { start: 480, end: 455 };
+    assert.equal(line(formatReport(r)), "          threads' cache-line round trip 480 ns at start, 455 ns at end (no shared cache: above 300 ns, what one core writes the other reads at about memory's speed)");
+    r.handoffNs = { start: 120, end: 470 };
+    assert.match(line(formatReport(r))!, /120 ns at start, 470 ns at end \(a shared cache, then no shared cache: /);
+    r.handoffNs = null;
+    assert.equal(line(formatReport(r)), undefined);
   });
 
   test('rounds: the engines take turns, the runs are shared out, the median is over all of them', () => {
@@ -299,6 +316,19 @@ test('hugePagesMode reads the selected mode from sysfs, null when missing or unb
     fs.writeFileSync(f, 'always madvise never\n');
     assert.equal(hugePagesMode(f), null);
     assert.equal(hugePagesMode(path.join(dir, 'missing')), null);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('cpuModel names the CPU with its family and model numbers, or the name alone where they are missing', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'resnet-cpuinfo-'));
+  try {
+    const f = path.join(dir, 'cpuinfo');
+    fs.writeFileSync(f, 'processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n');
+    assert.equal(cpuModel(f), 'AMD EPYC (family 26, model 2)');
+    fs.writeFileSync(f, 'processor\t: 0\nmodel name\t: Some CPU\n');
+    assert.equal(cpuModel(f), 'Some CPU');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

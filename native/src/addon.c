@@ -662,6 +662,13 @@ static napi_value js_get_threads(napi_env env, napi_callback_info info) {
   return v;
 }
 
+static napi_value js_handoff_ns(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value v;
+  napi_create_double(env, pool_handoff_ns(), &v);
+  return v;
+}
+
 static napi_value js_isa(napi_env env, napi_callback_info info) {
   args_t a;
   napi_value v;
@@ -775,6 +782,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"setThreads", NULL, js_set_threads, NULL, NULL, NULL, napi_default, NULL},
     {"getThreads", NULL, js_get_threads, NULL, NULL, NULL, napi_default, NULL},
     {"isa", NULL, js_isa, NULL, NULL, NULL, napi_default, NULL},
+    {"handoffNs", NULL, js_handoff_ns, NULL, NULL, NULL, napi_default, NULL},
     {"allocLarge", NULL, js_alloc_large, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

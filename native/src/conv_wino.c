@@ -1226,13 +1226,17 @@ static void wbw_gemm_task(void *ctx, int tid, int n) {
 /* The weight gradient's V and Z scratch, per thread and kept: one pair whichever path (private groups,
  * split, shared chunks) a thread runs, so a thread that has run several keeps one. */
 static _Thread_local buf_t wbw_vbuf, wbw_zbuf;
-/* and only while a group's sums (positions x cin x cout floats) stay in L2 beside its chunk: within a
- * third of a core's L2 (l2_bytes). With 1 MB (the AMD Zen 4 VM this was tuned on) that takes 32 -> 32
- * channels in F(4x4) (ResNet-20's 32 channels on 14x14, batch 128: 2.29 -> 1.90 ms) but not 64 -> 64
- * (590 KB of sums: its 7x7 maps 1.40 -> 2.00 ms); with 2 MB (an Intel Xeon VM, the same two cores'
- * worth of work) 64 -> 64 as well, where the shared chunks had not gained from the second thread
- * (ResNet-20's 64 channels on 7x7: 2.0 -> 1.4 ms; ResNet-18's 64 on 8x8 at batch 64: 1.1 -> 0.7 ms) */
-static int wbw_private_fits(long usz) { return usz * (long)sizeof(float) <= l2_bytes() / 3; }
+/* and only while a group's sums (positions x cin x cout floats) fit in two thirds of a core's L2
+ * (l2_bytes), beside a chunk that then overflows into L3: 32 -> 32 channels in F(4x4) (147 KB of sums)
+ * and 64 -> 64 (590 KB) on an L2 of 1 MB or more, everything wino_private takes. Session 7 had set a
+ * third, tuned on an AMD Zen 4 VM (1 MB L2) with that session's first version of these groups, where
+ * 64 -> 64 had been slower private (ResNet-20's 7x7 maps 1.40 -> 2.00 ms); on an Intel Xeon VM (2 MB L2)
+ * private had been the faster (2.0 -> 1.4 ms; ResNet-18's 64 on 8x8 at batch 64: 1.1 -> 0.7 ms), the
+ * shared chunks gaining nothing from the second thread. On an AMD Zen 5 VM (1 MB L2, its two vCPUs on
+ * different chiplets most of the time, session 25) the shared chunks ran at 1.2-1.8 ms, private groups
+ * at 0.75-0.98 (ResNet-18's 64 on 8x8: 0.57-0.91 -> 0.45-0.58), best of calls; in ResNet-20 training
+ * steps (alternating) the median step 80.6 -> 75.3 ms. Not re-measured on Zen 4. */
+static int wbw_private_fits(long usz) { return usz * (long)sizeof(float) <= l2_bytes() * 2 / 3; }
 typedef struct {
   wbw_job w;      /* geometry, the input (j.x) and dY */
   long per, cpg;  /* tiles per chunk, chunks per group */

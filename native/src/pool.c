@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sched.h>
+#include <time.h>
 
 #define MAX_THREADS 64 /* src/kernels/registry.ts MAX_THREADS mirrors it */
 #define SPIN_ITERS 20000
@@ -199,6 +200,62 @@ void pool_run_n(pool_fn fn, void *ctx, int limit) {
 void pool_run_dynamic(pool_fn fn, void *ctx, int limit) { run(fn, ctx, limit); }
 
 void pool_run(pool_fn fn, void *ctx) { pool_run_n(fn, ctx, MAX_THREADS); }
+
+/* ---- The threads' handoff time (pool_handoff_ns) ---------------------------------------------- */
+#define HANDOFF_ROUNDS 200 /* round trips per set */
+#define HANDOFF_SETS 8
+#define HANDOFF_WAIT_NS 50000000L /* worker 1 not there within 50 ms (descheduled): that is the result */
+typedef struct {
+  _Alignas(64) atomic_long line; /* the cache line handed back and forth: 2i + 1 from thread 0, 2i + 2 back */
+  _Alignas(64) atomic_int ready, quit;
+  double best_ns;
+} handoff_job;
+static long now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+static void handoff_task(void *ctx, int tid, int n) {
+  handoff_job *h = ctx;
+  const long total = (long)HANDOFF_ROUNDS * HANDOFF_SETS;
+  if (n < 2 || tid > 1) return;
+  if (tid == 1) {
+    atomic_store_explicit(&h->ready, 1, memory_order_release);
+    for (long i = 0; i < total; i++) {
+      while (atomic_load_explicit(&h->line, memory_order_acquire) != 2 * i + 1)
+        if (atomic_load_explicit(&h->quit, memory_order_relaxed)) return;
+      atomic_store_explicit(&h->line, 2 * i + 2, memory_order_release);
+    }
+    return;
+  }
+  const long t_start = now_ns();
+  long spins = 0;
+  while (!atomic_load_explicit(&h->ready, memory_order_acquire))
+    if (++spins % 1024 == 0 && now_ns() - t_start > HANDOFF_WAIT_NS) {
+      atomic_store_explicit(&h->quit, 1, memory_order_relaxed);
+      h->best_ns = (double)HANDOFF_WAIT_NS;
+      return;
+    }
+  double best = 1e30;
+  for (long s = 0; s < HANDOFF_SETS; s++) {
+    const long t0 = now_ns();
+    for (long i = s * HANDOFF_ROUNDS; i < (s + 1) * HANDOFF_ROUNDS; i++) {
+      atomic_store_explicit(&h->line, 2 * i + 1, memory_order_release);
+      while (atomic_load_explicit(&h->line, memory_order_acquire) != 2 * i + 2) {
+      }
+    }
+    const double per = (double)(now_ns() - t0) / HANDOFF_ROUNDS;
+    if (per < best) best = per;
+  }
+  h->best_ns = best;
+}
+double pool_handoff_ns(void) {
+  if (pool_threads() < 2 || in_task) return 0;
+  handoff_job h;
+  memset(&h, 0, sizeof h);
+  run(handoff_task, &h, 2);
+  return h.best_ns;
+}
 
 static int pool_affinity(void) {
   static int on = -1;

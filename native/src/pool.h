@@ -48,6 +48,13 @@ pool_cursor pool_cursor_at(const pool_ranges *r, int tid);
 long pool_ranges_next(pool_ranges *r, pool_cursor *c);
 /* Split [0, total) into n nearly equal parts, aligned to `align`: part tid is [*lo, *hi). */
 void pool_split(long total, int tid, int n, long align, long *lo, long *hi);
+/* The round trip of one cache line between the calling thread and worker 1, in nanoseconds: the
+ * fastest of 8 sets of 200 round trips, measured on each call (about a millisecond); 0 with one thread
+ * or from inside a task. A diagnostic for benchmarks: cores that share a last-level cache hand a line
+ * over in ~50-200 ns a round trip; cores of different chiplets (AMD's CCDs) or sockets take ~400-600
+ * ns, and then what one core writes the other reads at about memory's speed. A VM's two vCPUs can move
+ * between the two from one minute to the next. */
+double pool_handoff_ns(void);
 /* Memory of its own for a large buffer: `bytes` rounded up to whole 4 KB pages (*len), 2 MB-aligned,
  * zero-filled, advised for transparent huge pages (Linux); NULL where mmap is not available or fails.
  * Given back with unmap_large(p, *len). */

@@ -99,6 +99,11 @@ export interface BenchReport {
   /** The native kernels' instruction set ("avx512", "avx2" or "portable"; RESNET_ISA forces one), null
    * on the ts backend. Without AVX-512 the convolutions take the im2col path (docs/PERFORMANCE.md). */
   isa: string | null;
+  /** The round trip of a cache line between the native thread pool's first two threads, in ns, at the
+   * start and at the end of the run (null on the ts backend or with one thread). Around 50-200: the
+   * two cores share a last-level cache; 400-600: they do not (AMD's chiplets, sockets), and what one
+   * writes the other reads at about memory's speed. A VM's vCPUs can move between the two. */
+  handoffNs: { start: number; end: number } | null;
   backends: string[];
   peers: { onnxruntime: Omit<PeerRun, 'results'> | null; pytorch: Omit<PeerRun, 'results'> | null };
   workloads: WorkloadReport[];
@@ -109,10 +114,15 @@ export interface BenchReport {
 
 const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'RESNET_ISA', 'RESNET_OPS_NO_AVX512', 'RESNET_L2_KB', 'RESNET_HUGE_PAGES', 'RESNET_AFFINITY', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA'];
 
-export function cpuModel(): string {
+/** The CPU's model name with its family and model numbers ("AMD EPYC (family 26, model 2)": a VM's
+ * name often leaves out the generation, which the numbers give), from /proc/cpuinfo. */
+export function cpuModel(file = '/proc/cpuinfo'): string {
   try {
-    const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
-    if (m) return m[1]!.trim();
+    const info = fs.readFileSync(file, 'utf8');
+    const m = /^model name\s*:\s*(.+)$/m.exec(info);
+    const family = /^cpu family\s*:\s*(\d+)$/m.exec(info)?.[1];
+    const model = /^model\s*:\s*(\d+)$/m.exec(info)?.[1];
+    if (m) return `${m[1]!.trim()}${family !== undefined && model !== undefined ? ` (family ${family}, model ${model})` : ''}`;
   } catch {
     // not Linux: fall through
   }
@@ -202,6 +212,8 @@ export function runBench(o: BenchOptions = {}): BenchReport {
   const nb = nativeBackend();
   const isa = nb !== null && kernels() === nb ? nb.isa : null;
   const oursThreads = getNumThreads();
+  const handoff = (): number | null => (nb !== null && kernels() === nb && oursThreads > 1 ? Math.round(nb.handoffNs()) : null);
+  const handoffStart = handoff();
   const loadAverageStart = os.loadavg().map((x) => +x.toFixed(2));
   const date = new Date().toISOString();
 
@@ -309,6 +321,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     oursThreads,
     backend,
     isa,
+    handoffNs: handoffStart !== null ? { start: handoffStart, end: handoff()! } : null,
     backends: listBackends(),
     peers: { onnxruntime: wantPeers ? peerInfo(ort) : null, pytorch: wantPeers ? peerInfo(torch) : null },
     workloads: workloads.map((w: Workload) => {

@@ -46,6 +46,9 @@ function peerLine(name: string, p: Omit<PeerRun, 'results'> | null, describe: (p
   return `${name} ${p.version ?? ''} (${describe(p)})`;
 }
 
+/** A cache-line round trip between the threads above this (ns): they share no last-level cache. */
+const FAR_NS = 300;
+
 export function formatReport(r: BenchReport): string {
   const m = r.machine;
   const s = r.settings;
@@ -65,6 +68,13 @@ export function formatReport(r: BenchReport): string {
     `settings: backend ${r.backend}${r.isa !== null ? ` (${r.isa} kernels)` : ''} (registered: ${r.backends.join(', ')}), ${s.threads} thread(s)` +
       `${r.oursThreads !== s.threads ? ` (resnet-ts kernels use ${r.oursThreads}${r.backend === 'ts' ? ': the ts backend is single-threaded' : ''})` : ''}, float32`,
   );
+  if (r.handoffNs) {
+    const { start, end } = r.handoffNs;
+    const shared = (ns: number): string => (ns > FAR_NS ? 'no shared cache' : 'a shared cache');
+    out.push(
+      `          threads' cache-line round trip ${start} ns at start, ${end} ns at end (${shared(start) === shared(end) ? shared(start) : `${shared(start)}, then ${shared(end)}`}: above ${FAR_NS} ns, what one core writes the other reads at about memory's speed)`,
+    );
+  }
   if (r.isa !== null && r.isa !== 'avx512') {
     out.push(
       `          note: without AVX-512 the native convolutions run im2col + GEMM: measured about 2.5-5x slower than the AVX-512 kernels; ResNet-20 training at about half PyTorch's AVX2 speed (docs/PERFORMANCE.md, "Without AVX-512")`,

@@ -65,6 +65,10 @@ export interface NativeBinding {
   sgdStep(param: F32, grad: F32, buf: F32 | null, lr: number, momentum: number, dampening: number, weightDecay: number, nesterov: boolean, firstStep: boolean, ...window: [F32, number, number, number, number, number, number, number] | []): void;
   setThreads(n: number): void;
   getThreads(): number;
+  /** The round trip of one cache line between the pool's first two threads, in ns, measured on each
+   * call (about a millisecond); 0 with one thread. A diagnostic (the bench report prints it): ~50-200
+   * where the cores share a last-level cache, ~400-600 where they do not (AMD's chiplets, sockets). */
+  handoffNs(): number;
   /** The GEMM micro-kernel in use ("avx512", "avx2", "portable"); with an argument, forces one
    * (0 auto, 1 portable, 2 avx2, 3 avx512) and returns the one selected. */
   isa(force?: number): string;

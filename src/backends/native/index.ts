@@ -50,6 +50,8 @@ export interface NativeKernels extends Kernels {
   avgPoolGlobalBlocked(y: F32, x: F32, n: number, c: number, h: number, w: number): void;
   setThreads(n: number): void;
   getThreads(): number;
+  /** The threads' cache-line round trip in ns (NativeBinding.handoffNs). */
+  handoffNs(): number;
   readonly isa: string;
 }
 
@@ -79,6 +81,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     isa: b.isa(),
     setThreads: (n) => b.setThreads(n),
     getThreads: () => b.getThreads(),
+    handoffNs: () => b.handoffNs(),
     conv2d: (y, x, w, bias, p, pre = null) => (pre ? b.conv2dPre(y, x, w, bias, pre.scale, pre.shift, conv(p)) : b.conv2d(y, x, w, bias, null, false, conv(p))),
     conv2dFused: (y, x, w, bias, residual, relu, p, packed) =>
       b.conv2d(y, x, w, bias, residual, relu, conv(p), packed ? packed.data : null, packed ? packed.layout : 0),
