@@ -112,7 +112,7 @@ export interface BenchReport {
   trainMemory: TrainMemoryReport | { error: string } | null;
 }
 
-const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'RESNET_ISA', 'RESNET_OPS_NO_AVX512', 'RESNET_L2_KB', 'RESNET_HUGE_PAGES', 'RESNET_AFFINITY', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA'];
+const ENV_KEYS = ['RESNET_BACKEND', 'RESNET_NUM_THREADS', 'RESNET_ISA', 'RESNET_OPS_NO_AVX512', 'RESNET_L2_KB', 'RESNET_HUGE_PAGES', 'RESNET_AFFINITY', 'OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_'];
 
 /** The CPU's model name with its family and model numbers ("AMD EPYC (family 26, model 2)": a VM's
  * name often leaves out the generation, which the numbers give), from /proc/cpuinfo. */
