@@ -96,9 +96,14 @@ describe('runBench (in process)', () => {
     assert.equal(r.isa, nb !== null && kernels() === nb ? nb.isa : null);
     const line = (t: string): string => t.split('\n').find((l) => l.startsWith('settings: '))!;
     const noted = (t: string): boolean => /note: without AVX-512 the native convolutions run im2col \+ GEMM/.test(t);
+    assert.equal(r.l2KB, r.isa !== null ? nb!.l2Bytes / 1024 : null);
     r.backend = 'native';
     r.isa = 'avx512';
+    r.l2KB = null;
     assert.match(line(formatReport(r)), /^settings: backend native \(avx512 kernels\) \(registered: /);
+    r.l2KB = 1024;
+    assert.match(line(formatReport(r)), /^settings: backend native \(avx512 kernels, blocking sized for a 1024 KB L2\) \(registered: /);
+    r.l2KB = null;
     assert.equal(noted(formatReport(r)), false);
     r.isa = 'avx2';
     assert.match(line(formatReport(r)), /^settings: backend native \(avx2 kernels\) /);

@@ -321,6 +321,8 @@ test("the threads' cache-line round trip: measured with two threads (a positive 
     assert.ok(Number.isFinite(ns) && ns > 0 && ns < 1e8, `two threads: ${ns} ns`);
     nat!.setThreads(1);
     assert.equal(nat!.handoffNs(), 0);
+    // the L2 the blocking is sized by: the C library's figure (or RESNET_L2_KB), clamped to 256 KB-16 MB
+    assert.ok(nat!.l2Bytes >= 256 * 1024 && nat!.l2Bytes <= 16 * 1024 * 1024 && nat!.l2Bytes % 1024 === 0, String(nat!.l2Bytes));
   } finally {
     nat!.setThreads(before);
   }

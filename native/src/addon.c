@@ -669,6 +669,13 @@ static napi_value js_handoff_ns(napi_env env, napi_callback_info info) {
   return v;
 }
 
+static napi_value js_l2_bytes(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value v;
+  napi_create_double(env, (double)l2_bytes(), &v);
+  return v;
+}
+
 static napi_value js_isa(napi_env env, napi_callback_info info) {
   args_t a;
   napi_value v;
@@ -783,6 +790,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"getThreads", NULL, js_get_threads, NULL, NULL, NULL, napi_default, NULL},
     {"isa", NULL, js_isa, NULL, NULL, NULL, napi_default, NULL},
     {"handoffNs", NULL, js_handoff_ns, NULL, NULL, NULL, napi_default, NULL},
+    {"l2Bytes", NULL, js_l2_bytes, NULL, NULL, NULL, napi_default, NULL},
     {"allocLarge", NULL, js_alloc_large, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

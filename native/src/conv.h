@@ -76,4 +76,8 @@ void conv2d_forward_pre(float *y, const float *x, const float *w, const float *b
                         const conv_p *p);
 void conv2d_backward_weight_pre(float *dw, const float *x, const float *dy, const float *pre_s, const float *pre_t,
                                 const conv_p *p);
+/* Bytes of one core's L2 cache, read once: RESNET_L2_KB when set (measurements), else what the C
+ * library reports (sysconf, from cpuid), else 1 MB; clamped to [256 KB, 16 MB]. Some kernels size
+ * their blocking by it (the bench reports it). */
+long l2_bytes(void);
 #endif

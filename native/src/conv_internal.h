@@ -32,10 +32,7 @@ int is_pointwise(const conv_p *p);
 const float *a_panels(const float *wt, const float *wp, int M, int K, buf_t *buf);
 /* Whether environment variable name is "0" (a path switched off for measurements); read once into *cache. */
 int env_zero(const char *name, int *cache);
-/* Bytes of one core's L2 cache, read once: RESNET_L2_KB when set (measurements), else what the C
- * library reports (sysconf, from cpuid), else 1 MB; clamped to [256 KB, 16 MB]. Cache-blocking choices
- * that depend on it say so where they are made. */
-long l2_bytes(void);
+/* l2_bytes() (conv.h): cache-blocking choices that depend on it say so where they are made. */
 
 /* Tiny maps as one dense linear layer over the batch (conv_dense.c; RESNET_DENSE=0 off): whether p
  * takes it, and its three passes. */

@@ -104,6 +104,9 @@ export interface BenchReport {
    * two cores share a last-level cache; 400-600: they do not (AMD's chiplets, sockets), and what one
    * writes the other reads at about memory's speed. A VM's vCPUs can move between the two. */
   handoffNs: { start: number; end: number } | null;
+  /** The L2 size (KB) the native kernels size their blocking by (RESNET_L2_KB, else cpuid's figure
+   * through the C library); null on the ts backend. */
+  l2KB: number | null;
   backends: string[];
   peers: { onnxruntime: Omit<PeerRun, 'results'> | null; pytorch: Omit<PeerRun, 'results'> | null };
   workloads: WorkloadReport[];
@@ -322,6 +325,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     backend,
     isa,
     handoffNs: handoffStart !== null ? { start: handoffStart, end: handoff()! } : null,
+    l2KB: isa !== null && nb !== null ? nb.l2Bytes / 1024 : null,
     backends: listBackends(),
     peers: { onnxruntime: wantPeers ? peerInfo(ort) : null, pytorch: wantPeers ? peerInfo(torch) : null },
     workloads: workloads.map((w: Workload) => {

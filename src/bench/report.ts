@@ -65,7 +65,7 @@ export function formatReport(r: BenchReport): string {
     if (worst > CONTENDED) out.push(`          warning: other processes competed for the ${m.logicalCores} cores (up to ${worst.toFixed(2)} of a core): the affected timings are pessimistic`);
   }
   out.push(
-    `settings: backend ${r.backend}${r.isa !== null ? ` (${r.isa} kernels)` : ''} (registered: ${r.backends.join(', ')}), ${s.threads} thread(s)` +
+    `settings: backend ${r.backend}${r.isa !== null ? ` (${r.isa} kernels${r.l2KB ? `, blocking sized for a ${r.l2KB} KB L2` : ''})` : ''} (registered: ${r.backends.join(', ')}), ${s.threads} thread(s)` +
       `${r.oursThreads !== s.threads ? ` (resnet-ts kernels use ${r.oursThreads}${r.backend === 'ts' ? ': the ts backend is single-threaded' : ''})` : ''}, float32`,
   );
   if (r.handoffNs) {

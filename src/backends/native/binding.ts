@@ -69,6 +69,9 @@ export interface NativeBinding {
    * call (about a millisecond); 0 with one thread. A diagnostic (the bench report prints it): ~50-200
    * where the cores share a last-level cache, ~400-600 where they do not (AMD's chiplets, sockets). */
   handoffNs(): number;
+  /** Bytes of one core's L2 as the kernels size their blocking by it (RESNET_L2_KB when set, else the
+   * C library's figure from cpuid, else 1 MB; clamped to 256 KB-16 MB). */
+  l2Bytes(): number;
   /** The GEMM micro-kernel in use ("avx512", "avx2", "portable"); with an argument, forces one
    * (0 auto, 1 portable, 2 avx2, 3 avx512) and returns the one selected. */
   isa(force?: number): string;

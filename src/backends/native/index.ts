@@ -52,6 +52,8 @@ export interface NativeKernels extends Kernels {
   getThreads(): number;
   /** The threads' cache-line round trip in ns (NativeBinding.handoffNs). */
   handoffNs(): number;
+  /** The L2 size the kernels size their blocking by, in bytes (NativeBinding.l2Bytes). */
+  readonly l2Bytes: number;
   readonly isa: string;
 }
 
@@ -82,6 +84,7 @@ export function nativeKernels(b: NativeBinding): NativeKernels {
     setThreads: (n) => b.setThreads(n),
     getThreads: () => b.getThreads(),
     handoffNs: () => b.handoffNs(),
+    l2Bytes: b.l2Bytes(),
     conv2d: (y, x, w, bias, p, pre = null) => (pre ? b.conv2dPre(y, x, w, bias, pre.scale, pre.shift, conv(p)) : b.conv2d(y, x, w, bias, null, false, conv(p))),
     conv2dFused: (y, x, w, bias, residual, relu, p, packed) =>
       b.conv2d(y, x, w, bias, residual, relu, conv(p), packed ? packed.data : null, packed ? packed.layout : 0),
