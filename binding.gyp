@@ -8,6 +8,7 @@
         "native/src/conv_dense.c",
         "native/src/conv_gather.c",
         "native/src/conv_pil.c",
+        "native/src/conv_pil2.c",
         "native/src/conv_prow.c",
         "native/src/conv_qgrid.c",
         "native/src/conv_rows.c",

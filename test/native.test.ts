@@ -927,6 +927,47 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
   }
 });
 
+test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input with an addend', { skip }, async () => {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const original = b.isa();
+  try {
+    if (b.isa(2) !== 'avx2') return; // this CPU lacks AVX2: the kernel cannot run here
+    const cases = [
+      convCase(1, 1, 7, 5, 3, 3, 1, 1, 1, 1), // 1 input channel, 3 outputs (one partial panel), odd map
+      convCase(7, 5, 13, 11, 13, 3, 1, 1, 1, 1), // batch 7, 13 outputs (a whole and a partial panel)
+      convCase(3, 16, 28, 28, 16, 3, 1, 1, 1, 1), // ResNet-20's first stage
+      convCase(4, 64, 7, 7, 64, 3, 1, 1, 1, 1), // its last: 49 pixels, the last vector one lane
+      convCase(2, 9, 6, 7, 17, 5, 1, 2, 1, 1), // 5x5 kernel
+      convCase(2, 6, 9, 9, 10, 3, 1, 2, 2, 1), // dilation 2
+      convCase(5, 8, 3, 3, 8, 3, 1, 1, 1, 1), // a map smaller than a vector
+    ];
+    for (const p of cases) {
+      const what = `${p.cIn} -> ${p.cOut}, ${p.kh}x${p.kw} dilation ${p.dh} on ${p.h}x${p.w}, batch ${p.n}`;
+      const x = randomArray(p.n * p.cIn * p.h * p.w, gen), w = randomArray(p.cOut * p.cIn * p.kh * p.kw, gen);
+      const bias = randomArray(p.cOut, gen), res = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
+      const plain = new Float32Array(res.length);
+      tsKernels.conv2d(plain, x, w, bias, p);
+      const expect = plain.map((v, i) => Math.max(0, v + res[i]!));
+      const y = Float32Array.from(res); // the residual read from the output itself
+      nat!.conv2dFused(y, x, w, bias, y, true, p);
+      assertClose(y, expect, scaleTol(expect), `${what}: forward + bias + residual, relu`);
+      const y2 = new Float32Array(res.length);
+      nat!.conv2d(y2, x, w, null, p);
+      const noBias = new Float32Array(res.length);
+      tsKernels.conv2d(noBias, x, w, null, p);
+      assertClose(y2, noBias, scaleTol(noBias), `${what}: forward`);
+      const dy = randomArray(res.length, gen), dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
+      tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+      nat!.conv2dBackwardInput(dxn, dy, w, p);
+      assertClose(dxn, dxr, scaleTol(dxr), `${what}: backward input`);
+    }
+  } finally {
+    b.isa(0);
+    assert.equal(b.isa(), original);
+  }
+});
+
 /** Index of (image b, channel ch, row y, column x) in a blocked buffer of c channels of h x w maps:
  * NCHW16c with a one-pixel zero border, [n][c/16][h+2][w+2][16]. */
 function blockedIndex(b: number, ch: number, y: number, x: number, c: number, h: number, w: number): number {

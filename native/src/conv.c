@@ -447,6 +447,10 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     pil_forward(y, x, w, bias, residual, relu, p);
     return;
   }
+  if (w && pil2_ok(p)) {
+    pil2_forward(y, x, w, (long)p->cin * p->kh * p->kw, (long)p->kh * p->kw, 0, bias, residual, relu, p);
+    return;
+  }
   if (w && pil_strided_ok(p, 0)) {
     pil_forward_strided(y, x, w, bias, residual, relu, p);
     return;
@@ -591,6 +595,10 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
     const int wm = avx512_paths() ? wino_nchw_tile(&q) : 0;
     if (wm) {
       wino_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q, wm, NULL, NULL);
+      return;
+    }
+    if (pil2_ok(&q)) { /* dx[c] += dy[co] * w[co][c][kk - 1 - t] */
+      pil2_forward(dx, dy, w, (long)p->kh * p->kw, (long)p->cin * p->kh * p->kw, 1, NULL, addend, 0, &q);
       return;
     }
     if (q.ph >= 0 && q.pw >= 0 && q.oh == (p->oh + 2 * q.ph - (p->kh - 1) * p->dh) && q.ow == (p->ow + 2 * q.pw - (p->kw - 1) * p->dw) &&

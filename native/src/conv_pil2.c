@@ -1,0 +1,182 @@
+/* Pixels in lanes for AVX2 + FMA: stride-1 same-size convolutions (the 3x3 layers of a ResNet's
+ * stages, forward and, as the forward of the flipped kernel, backward-input) on CPUs without AVX-512,
+ * where they had run as im2col + the AVX2 GEMM. The AVX-512 kernel's scheme (conv_pil.c) with 8
+ * lanes: a register holds 8 consecutive pixels of the flattened output map of one channel,
+ *   c[co] += x[ci][p + off(tap)] * w[co][ci][tap]   (8 lanes p, 8 accumulators co),
+ * the input read in place with one unaligned load per (ci, tap), lanes whose source pixel falls in
+ * the padding masked off (per vector and tap; a vector whose lanes are all inside takes a plain
+ * load), the weights the broadcast operand ([panel][ci][tap][8]: one 32-byte line per (ci, tap)), the
+ * accumulators stored to the output rows as they are: no patch matrix is written and read again.
+ * 8 output channels a panel: 8 accumulators, the loaded input and a broadcast in 16 registers, 9
+ * loads per 8 multiply-adds. ResNet-20 training on an AMD Zen 5 VM with the AVX2 paths forced: see
+ * docs/PERFORMANCE.md (session 25). RESNET_PIL2=0 turns it off (measurements). */
+#include "conv_internal.h"
+#include "gemm.h"
+#include "pool.h"
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* Whether pil2_forward takes this geometry: the AVX2 GEMM in use (so neither AVX-512 nor the portable
+ * path), groups 1, stride 1, output the input's size, a kernel of 2 to PIL_MAX_TAPS taps (1x1
+ * layers need no im2col: their GEMM reads the input as it is), sizes that int offsets hold, and
+ * where it was measured faster than im2col + GEMM (AMD Zen 5 VM, AVX2 forced, two threads, fastest
+ * calls, forward / backward-input): a panel's weights (input channels x taps x 8 floats) within
+ * half of L1, which for 3x3 means at most 128 input channels (ResNet-20's 16, 32 and 64 channels
+ * 2.8-3.3 against 4.4-6.6 ms; ResNet-50's 128 on 28x28 at batch 8 14.8 against 17.0; 256 on 14x14
+ * the same either way, 512 on 7x7 5.9 against 3.2 ms: the weights stream from L2 for every vector of
+ * 8 pixels), and no map of a multiple of 1024 pixels (4 KB planes: the input rows of every channel
+ * fall in the same L1 sets; 64 channels on 32x32, batch 64, 47 against 33-39 ms). */
+int pil2_ok(const conv_p *p) {
+  static int off = -1;
+  if (env_zero("RESNET_PIL2", &off) || strcmp(sgemm_isa(), "avx2") != 0) return 0;
+  if (p->groups != 1 || p->sh != 1 || p->sw != 1 || p->cout < 1 || p->n < 1 || p->cin < 1) return 0;
+  if (p->oh != p->h || p->ow != p->w || 2 * p->ph != (p->kh - 1) * p->dh || 2 * p->pw != (p->kw - 1) * p->dw) return 0;
+  const long taps = (long)p->kh * p->kw, plane = (long)p->h * p->w;
+  return taps >= 2 && taps <= PIL_MAX_TAPS && plane * p->cin <= (1L << 28) && p->cin * taps <= 128 * 9 && plane % 1024 != 0;
+}
+
+typedef struct {
+  const conv_p *p;
+  int taps, nv, chunks;
+  long plane;          /* h * w: floats between channels of the input and of the output */
+  const int *toff;     /* [tap]: the tap's source offset from the output pixel */
+  const uint8_t *mk;   /* [vector][tap]: lanes whose source pixel is inside the map */
+  const float *W;      /* [panel][ci][tap][8], zero past cout */
+  const float *x, *bias, *residual;
+  float *y;
+  int relu;
+  pool_ranges items;   /* (image, chunk of vectors), by ranges of images */
+} pil2_job;
+
+/* The lane masks of 8-bit mask m, as vmaskmovps reads them (the sign bit of each 32-bit lane). */
+__attribute__((target("avx2"))) static __m256i lane_mask(unsigned m) {
+  int32_t v[8];
+  for (int l = 0; l < 8; l++) v[l] = (m >> l & 1) ? -1 : 0;
+  return _mm256_loadu_si256((const __m256i *)v);
+}
+
+/* The 8 pixels from q0 of output channels [co0, co0 + 8) (those below cout stored), over all (ci, tap). */
+__attribute__((target("avx2,fma"))) static void pil2_vector(const pil2_job *j, const __m256i *lut, const float *x, long q0,
+                                                             int co0, float *y, const float *res) {
+  const conv_p *p = j->p;
+  const uint8_t *mk = j->mk + (q0 / 8) * j->taps;
+  const float *W = j->W + (long)(co0 / 8) * p->cin * j->taps * 8;
+  __m256 c[8];
+  for (int i = 0; i < 8; i++) c[i] = _mm256_setzero_ps();
+  for (int t = 0; t < j->taps; t++) {
+    const unsigned m = mk[t];
+    if (m == 0) continue;
+    const float *xp = x + q0 + j->toff[t];
+    const float *w = W + t * 8;
+    const long wstep = (long)j->taps * 8;
+    if (m == 0xFF) {
+      for (int ci = 0; ci < p->cin; ci++, xp += j->plane, w += wstep) {
+        const __m256 xv = _mm256_loadu_ps(xp);
+        _Pragma("GCC unroll 8") for (int co = 0; co < 8; co++) c[co] = _mm256_fmadd_ps(xv, _mm256_broadcast_ss(w + co), c[co]);
+      }
+    } else {
+      const __m256i lm = lut[m];
+      for (int ci = 0; ci < p->cin; ci++, xp += j->plane, w += wstep) {
+        const __m256 xv = _mm256_maskload_ps(xp, lm);
+        _Pragma("GCC unroll 8") for (int co = 0; co < 8; co++) c[co] = _mm256_fmadd_ps(xv, _mm256_broadcast_ss(w + co), c[co]);
+      }
+    }
+  }
+  const long P = j->plane;
+  const int nl = P - q0 >= 8 ? 8 : (int)(P - q0);
+  const int n = p->cout - co0;
+  const __m256 zero = _mm256_setzero_ps();
+  _Pragma("GCC unroll 8") for (int co = 0; co < 8; co++) {
+    if (co >= n) break;
+    __m256 v = c[co];
+    if (j->bias) v = _mm256_add_ps(v, _mm256_set1_ps(j->bias[co0 + co]));
+    float *d = y + co * P;
+    if (nl == 8) {
+      if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + co * P));
+      if (j->relu) v = _mm256_max_ps(zero, v); /* NaN stays NaN: max returns its second operand */
+      _mm256_storeu_ps(d, v);
+    } else { /* the map's last, partial vector: lane by lane (a masked store is slow on some AMD cores) */
+      float tmp[8];
+      _mm256_storeu_ps(tmp, v);
+      for (int l = 0; l < nl; l++) {
+        float s = tmp[l] + (res ? res[co * P + l] : 0.0f);
+        d[l] = j->relu ? (s > 0.0f ? s : (s != s ? s : 0.0f)) : s;
+      }
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) static void pil2_task(void *ctx, int tid, int nt) {
+  (void)nt;
+  pil2_job *j = ctx;
+  const conv_p *p = j->p;
+  __m256i lut[256];
+  for (unsigned m = 0; m < 256; m++) lut[m] = lane_mask(m);
+  const long per = (j->nv + j->chunks - 1) / j->chunks;
+  const long x_img = (long)p->cin * j->plane, y_img = (long)p->cout * j->plane;
+  pool_cursor cur = pool_cursor_at(&j->items, tid);
+  for (;;) {
+    const long it = pool_ranges_next(&j->items, &cur);
+    if (it < 0) break;
+    const long b = it / j->chunks, v0 = (it % j->chunks) * per, v1 = v0 + per < j->nv ? v0 + per : j->nv;
+    const float *x = j->x + b * x_img;
+    float *y = j->y + b * y_img;
+    const float *res = j->residual ? j->residual + b * y_img : NULL;
+    for (long v = v0; v < v1; v++)
+      for (int co0 = 0; co0 < p->cout; co0 += 8) {
+        const long o = (long)co0 * j->plane + 8 * v;
+        pil2_vector(j, lut, x, 8 * v, co0, y + o, res ? res + o : NULL);
+      }
+  }
+}
+
+/* y = conv(x, w) (+ bias, + residual: may be y itself, then relu) for a geometry pil2_ok takes; w is
+ * read as w[co * sco + ci * sci + tap_of(t)], where tap_of(t) = t, or kk - 1 - t with flip (the
+ * backward-input's kernel: w of the forward layer [cin = p->cout][p->cin] turned by 180 degrees). */
+void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, int flip, const float *bias,
+                  const float *residual, int relu, const conv_p *p) {
+  static _Thread_local buf_t w_buf, mk_buf;
+  const int taps = p->kh * p->kw, panels = (p->cout + 7) / 8;
+  int toff[PIL_MAX_TAPS], dy[PIL_MAX_TAPS], dx[PIL_MAX_TAPS];
+  for (int t = 0; t < taps; t++) {
+    dy[t] = (t / p->kw) * p->dh - p->ph;
+    dx[t] = (t % p->kw) * p->dw - p->pw;
+    toff[t] = dy[t] * p->w + dx[t];
+  }
+  /* W[panel][ci][t][co % 8] */
+  const size_t nw = (size_t)panels * p->cin * taps * 8;
+  float *W = grow(&w_buf, nw);
+  memset(W, 0, sizeof(float) * nw);
+  for (int co = 0; co < p->cout; co++)
+    for (int ci = 0; ci < p->cin; ci++)
+      for (int t = 0; t < taps; t++)
+        W[(((long)(co / 8) * p->cin + ci) * taps + t) * 8 + co % 8] = w[co * sco + ci * sci + (flip ? taps - 1 - t : t)];
+  /* masks: lane l of vector v is output pixel 8 v + l */
+  const long P = (long)p->h * p->w;
+  const int nv = (int)((P + 7) / 8);
+  uint8_t *mk = (uint8_t *)grow(&mk_buf, ((size_t)nv * taps + sizeof(float) - 1) / sizeof(float));
+  for (int v = 0; v < nv; v++)
+    for (int t = 0; t < taps; t++) {
+      unsigned m = 0;
+      for (int l = 0; l < 8 && 8L * v + l < P; l++) {
+        const int oy = (int)((8L * v + l) / p->w), ox = (int)((8L * v + l) % p->w);
+        if (oy + dy[t] >= 0 && oy + dy[t] < p->h && ox + dx[t] >= 0 && ox + dx[t] < p->w) m |= 1u << l;
+      }
+      mk[(long)v * taps + t] = (uint8_t)m;
+    }
+  pil2_job j = {.p = p, .taps = taps, .nv = nv, .plane = P, .toff = toff, .mk = mk, .W = W, .x = x, .bias = bias,
+                .residual = residual, .y = y, .relu = relu};
+  const int T = pool_threads();
+  /* whole images when there are enough of them; else chunks of vectors, ~16 items a thread */
+  j.chunks = p->n >= 4 * T ? 1 : (int)((16L * T + p->n - 1) / p->n);
+  if (j.chunks > nv) j.chunks = nv;
+  const long items = (long)p->n * j.chunks;
+  const int nthr = items < T ? (int)items : T;
+  pool_ranges_init(&j.items, items, j.chunks, nthr);
+  pool_run_dynamic(pil2_task, &j, nthr);
+}
+#endif
