@@ -125,6 +125,30 @@ test('packed weights: grouped convs, kernels cropped on 1x1 maps, backend switch
   assert.equal(binding!.isa(), original);
 });
 
+test('the plan compiled and run with the AVX2 micro-kernels (its 3x3 layers by AVX2 pixels in lanes, plain weights) equals model.call', () => {
+  const nat = nativeBackend();
+  if (!nat) return; // no addon: nothing to force
+  const { binding } = loadBinding();
+  const original = binding!.isa();
+  try {
+    if (binding!.isa(2) !== 'avx2') return; // this CPU lacks AVX2
+    const model = createModel('resnet20', { inChannels: 3, numClasses: 10 });
+    const g = new Generator(4);
+    for (const [name, p] of model.namedParameters()) if (name.includes('bn')) p.values.set(randn(p.shape, g).values.map((v) => 1 + 0.2 * v));
+    for (const [name, b] of model.namedBuffers()) if (name.endsWith('running_var')) b.values.fill(1.3);
+    model.eval();
+    const x = randn([3, 3, 20, 20], new Generator(5)); // 20x20, 10x10 and 5x5 maps, 16 to 64 channels
+    const expected = withBackend('ts', () => noGrad(() => model.call(x))).values;
+    const plan = withBackend('native', () => compileInference(model));
+    withBackend('native', () => closeToScale(plan.run(x).values, expected, 'native, packed and run with AVX2'));
+    binding!.isa(0);
+    withBackend('native', () => closeToScale(plan.run(x).values, expected, `native, packed for AVX2, run with ${binding!.isa()}`));
+  } finally {
+    binding!.isa(0);
+  }
+  assert.equal(binding!.isa(), original);
+});
+
 test('blocked activations (NCHW16c): the plan takes them at 224x224 on AVX-512 and equals model.call; other sizes run NCHW', (t) => {
   const nat = nativeBackend();
   if (!nat) {

@@ -845,7 +845,7 @@ int conv2d_pack_layout(const conv_p *p) {
   int ky0, kx0;
   if (!crop(p, &q, &ky0, &kx0)) {
     /* the paths forward_impl takes with plain weights before any packed one */
-    if (nchw_wino(p) || pil_ok(p) || pil_strided_ok(p, 0)) return CONV_LAYOUT_PLAIN;
+    if (nchw_wino(p) || pil_ok(p) || pil_strided_ok(p, 0) || pil2_ok(p)) return CONV_LAYOUT_PLAIN;
     const int nr = prow_nr(p);
     if (nr) return nr == 16 ? CONV_LAYOUT_PROW16 : CONV_LAYOUT_PROW;
   }
