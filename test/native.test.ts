@@ -927,7 +927,7 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
   }
 });
 
-test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input with an addend', { skip }, async () => {
+test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input, weight gradient (same bits on one thread)', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();
@@ -941,6 +941,10 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = r
       convCase(2, 9, 6, 7, 17, 5, 1, 2, 1, 1), // 5x5 kernel
       convCase(2, 6, 9, 9, 10, 3, 1, 2, 2, 1), // dilation 2
       convCase(5, 8, 3, 3, 8, 3, 1, 1, 1, 1), // a map smaller than a vector
+      // the weight gradient's too (maps of 14x14 or more): 11 outputs and 45 (input, tap) pairs, not
+      // whole register tiles; 20 images in 16 blocks of one or two; the 1 -> 16 stem
+      convCase(20, 5, 15, 14, 11, 3, 1, 1, 1, 1),
+      convCase(2, 1, 28, 28, 16, 3, 1, 1, 1, 1),
     ];
     for (const p of cases) {
       const what = `${p.cIn} -> ${p.cOut}, ${p.kh}x${p.kw} dilation ${p.dh} on ${p.h}x${p.w}, batch ${p.n}`;
@@ -961,6 +965,20 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = r
       tsKernels.conv2dBackwardInput(dxr, dy, w, p);
       nat!.conv2dBackwardInput(dxn, dy, w, p);
       assertClose(dxn, dxr, scaleTol(dxr), `${what}: backward input`);
+      const dwr = new Float32Array(w.length), dwn = new Float32Array(w.length);
+      tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+      nat!.conv2dBackwardWeight(dwn, x, dy, p);
+      assertClose(dwn, dwr, scaleTol(dwr), `${what}: weight gradient`);
+      // blocks of images summed in a fixed order: the same bits on one thread
+      const before = nat!.getThreads();
+      try {
+        nat!.setThreads(1);
+        const dw1 = new Float32Array(w.length);
+        nat!.conv2dBackwardWeight(dw1, x, dy, p);
+        assert.deepEqual(dw1, dwn, `${what}: weight gradient, one thread and ${before}`);
+      } finally {
+        nat!.setThreads(before);
+      }
     }
   } finally {
     b.isa(0);

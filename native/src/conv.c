@@ -735,6 +735,10 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     pil_backward_weight(dw, x, dy, p);
     return;
   }
+  if (pil2_bw_ok(p)) {
+    pil2_backward_weight(dw, x, dy, p);
+    return;
+  }
   if (bwt_ok(p)) {
     bwt_backward_weight(dw, x, dy, p);
     return;

@@ -119,6 +119,8 @@ void pil_backward_input_strided(float *dx, const float *dy, const float *w, cons
 int pil2_ok(const conv_p *p);
 void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, int flip, const float *bias,
                   const float *residual, int relu, const conv_p *p);
+int pil2_bw_ok(const conv_p *p);
+void pil2_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 int pil_bw_ok(const conv_p *p);
 void pil_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 int prow_nr(const conv_p *p);
