@@ -52,11 +52,13 @@ typedef struct {
   pool_ranges items;   /* (image, chunk of vectors), by ranges of images */
 } pil2_job;
 
-/* The lane masks of 8-bit mask m, as vmaskmovps reads them (the sign bit of each 32-bit lane). */
-__attribute__((target("avx2"))) static __m256i lane_mask(unsigned m) {
-  int32_t v[8];
-  for (int l = 0; l < 8; l++) v[l] = (m >> l & 1) ? -1 : 0;
-  return _mm256_loadu_si256((const __m256i *)v);
+/* lut[m]: the lanes of 8-bit mask m as vmaskmovps reads them (the sign bit of each 32-bit lane). */
+__attribute__((target("avx2"))) static void lane_masks(__m256i *lut) {
+  for (unsigned m = 0; m < 256; m++) {
+    int32_t v[8];
+    for (int l = 0; l < 8; l++) v[l] = (m >> l & 1) ? -1 : 0;
+    lut[m] = _mm256_loadu_si256((const __m256i *)v);
+  }
 }
 
 /* The 8 pixels from q0 of output channels [co0, co0 + 8) (those below cout stored), over all (ci, tap). */
@@ -115,7 +117,7 @@ __attribute__((target("avx2,fma"))) static void pil2_task(void *ctx, int tid, in
   pil2_job *j = ctx;
   const conv_p *p = j->p;
   __m256i lut[256];
-  for (unsigned m = 0; m < 256; m++) lut[m] = lane_mask(m);
+  lane_masks(lut);
   const long per = (j->nv + j->chunks - 1) / j->chunks;
   const long x_img = (long)p->cin * j->plane, y_img = (long)p->cout * j->plane;
   pool_cursor cur = pool_cursor_at(&j->items, tid);
@@ -134,32 +136,21 @@ __attribute__((target("avx2,fma"))) static void pil2_task(void *ctx, int tid, in
   }
 }
 
-/* y = conv(x, w) (+ bias, + residual: may be y itself, then relu) for a geometry pil2_ok takes; w is
- * read as w[co * sco + ci * sci + tap_of(t)], where tap_of(t) = t, or kk - 1 - t with flip (the
- * backward-input's kernel: w of the forward layer [cin = p->cout][p->cin] turned by 180 degrees). */
-void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, int flip, const float *bias,
-                  const float *residual, int relu, const conv_p *p) {
-  static _Thread_local buf_t w_buf, mk_buf;
-  const int taps = p->kh * p->kw, panels = (p->cout + 7) / 8;
-  int toff[PIL_MAX_TAPS], dy[PIL_MAX_TAPS], dx[PIL_MAX_TAPS];
+/* The taps' source offsets toff[t] from the output pixel, and the lane masks [vector][tap] (into
+ * *buf): lane l of vector v is output pixel 8 v + l, set where tap t's source pixel is inside the
+ * map. Returns the masks; *nv: the vectors of a map. */
+static const uint8_t *pil2_taps(const conv_p *p, int *toff, buf_t *buf, int *nv) {
+  const int taps = p->kh * p->kw;
+  int dy[PIL_MAX_TAPS], dx[PIL_MAX_TAPS];
   for (int t = 0; t < taps; t++) {
     dy[t] = (t / p->kw) * p->dh - p->ph;
     dx[t] = (t % p->kw) * p->dw - p->pw;
     toff[t] = dy[t] * p->w + dx[t];
   }
-  /* W[panel][ci][t][co % 8] */
-  const size_t nw = (size_t)panels * p->cin * taps * 8;
-  float *W = grow(&w_buf, nw);
-  memset(W, 0, sizeof(float) * nw);
-  for (int co = 0; co < p->cout; co++)
-    for (int ci = 0; ci < p->cin; ci++)
-      for (int t = 0; t < taps; t++)
-        W[(((long)(co / 8) * p->cin + ci) * taps + t) * 8 + co % 8] = w[co * sco + ci * sci + (flip ? taps - 1 - t : t)];
-  /* masks: lane l of vector v is output pixel 8 v + l */
   const long P = (long)p->h * p->w;
-  const int nv = (int)((P + 7) / 8);
-  uint8_t *mk = (uint8_t *)grow(&mk_buf, ((size_t)nv * taps + sizeof(float) - 1) / sizeof(float));
-  for (int v = 0; v < nv; v++)
+  *nv = (int)((P + 7) / 8);
+  uint8_t *mk = (uint8_t *)grow(buf, ((size_t)*nv * taps + sizeof(float) - 1) / sizeof(float));
+  for (int v = 0; v < *nv; v++)
     for (int t = 0; t < taps; t++) {
       unsigned m = 0;
       for (int l = 0; l < 8 && 8L * v + l < P; l++) {
@@ -168,6 +159,27 @@ void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, 
       }
       mk[(long)v * taps + t] = (uint8_t)m;
     }
+  return mk;
+}
+
+/* y = conv(x, w) (+ bias, + residual: may be y itself, then relu) for a geometry pil2_ok takes; w is
+ * read as w[co * sco + ci * sci + tap_of(t)], where tap_of(t) = t, or kk - 1 - t with flip (the
+ * backward-input's kernel: w of the forward layer [cin = p->cout][p->cin] turned by 180 degrees). */
+void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, int flip, const float *bias,
+                  const float *residual, int relu, const conv_p *p) {
+  static _Thread_local buf_t w_buf, mk_buf;
+  const int taps = p->kh * p->kw, panels = (p->cout + 7) / 8;
+  int toff[PIL_MAX_TAPS], nv;
+  const uint8_t *mk = pil2_taps(p, toff, &mk_buf, &nv);
+  /* W[panel][ci][t][co % 8] */
+  const size_t nw = (size_t)panels * p->cin * taps * 8;
+  float *W = grow(&w_buf, nw);
+  memset(W, 0, sizeof(float) * nw);
+  for (int co = 0; co < p->cout; co++)
+    for (int ci = 0; ci < p->cin; ci++)
+      for (int t = 0; t < taps; t++)
+        W[(((long)(co / 8) * p->cin + ci) * taps + t) * 8 + co % 8] = w[co * sco + ci * sci + (flip ? taps - 1 - t : t)];
+  const long P = (long)p->h * p->w;
   pil2_job j = {.p = p, .taps = taps, .nv = nv, .plane = P, .toff = toff, .mk = mk, .W = W, .x = x, .bias = bias,
                 .residual = residual, .y = y, .relu = relu};
   const int T = pool_threads();
@@ -182,11 +194,11 @@ void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, 
 
 /* ---- the weight gradient ---------------------------------------------------------------------
  * dW[co][ci][t] = sum over images b and pixels q of dy[b][co][q] * x[b][ci][q + toff[t]] (lanes whose
- * source pixel is in the padding masked off, as in the forward). Per image, a register tile of 4
- * output channels x 3 (input channel, tap) pairs: 12 accumulators of 8 pixel lanes over all the
- * image's vectors (4 + 3 loads per 12 multiply-adds), then each accumulator's 8 lanes added into the
- * image block's sums. The images form at most PIL2_BLOCKS fixed blocks, each summed by one thread into
- * its own dW; the blocks are added in order, so the bits do not depend on the thread count. */
+ * source pixel is in the padding masked off, as in the forward). The images form at most PIL2_BLOCKS
+ * fixed blocks, each summed by one thread into its own dW: per register tile of 4 output channels x 3
+ * (input channel, tap) pairs, 12 accumulators of 8 pixel lanes over all the block's vectors (4 + 3
+ * loads per 12 multiply-adds), then each accumulator's 8 lanes added. The blocks are added in order,
+ * so the bits do not depend on the thread count. */
 #define PIL2_BLOCKS 16
 typedef struct {
   const conv_p *p;
@@ -255,7 +267,7 @@ __attribute__((target("avx2,fma"))) static void pil2_bw_task(void *ctx, int tid,
   pil2_bw_job *j = ctx;
   const conv_p *p = j->p;
   __m256i lut[256];
-  for (unsigned m = 0; m < 256; m++) lut[m] = lane_mask(m);
+  lane_masks(lut);
   const int K = p->cin * j->taps;
   pool_cursor cur = pool_cursor_at(&j->items, tid);
   for (;;) {
@@ -281,24 +293,9 @@ int pil2_bw_ok(const conv_p *p) { return pil2_ok(p) && (long)p->h * p->w >= 14 *
 void pil2_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
   static _Thread_local buf_t mk_buf, part_buf;
   const int taps = p->kh * p->kw;
-  int toff[PIL_MAX_TAPS], dyo[PIL_MAX_TAPS], dxo[PIL_MAX_TAPS];
-  for (int t = 0; t < taps; t++) {
-    dyo[t] = (t / p->kw) * p->dh - p->ph;
-    dxo[t] = (t % p->kw) * p->dw - p->pw;
-    toff[t] = dyo[t] * p->w + dxo[t];
-  }
+  int toff[PIL_MAX_TAPS], nv;
+  const uint8_t *mk = pil2_taps(p, toff, &mk_buf, &nv);
   const long P = (long)p->h * p->w;
-  const int nv = (int)((P + 7) / 8);
-  uint8_t *mk = (uint8_t *)grow(&mk_buf, ((size_t)nv * taps + sizeof(float) - 1) / sizeof(float));
-  for (int v = 0; v < nv; v++)
-    for (int t = 0; t < taps; t++) {
-      unsigned m = 0;
-      for (int l = 0; l < 8 && 8L * v + l < P; l++) {
-        const int oy = (int)((8L * v + l) / p->w), ox = (int)((8L * v + l) % p->w);
-        if (oy + dyo[t] >= 0 && oy + dyo[t] < p->h && ox + dxo[t] >= 0 && ox + dxo[t] < p->w) m |= 1u << l;
-      }
-      mk[(long)v * taps + t] = (uint8_t)m;
-    }
   const long K = (long)p->cin * taps, wsz = (long)p->cout * K;
   pil2_bw_job j = {.p = p, .taps = taps, .nv = nv, .plane = P, .toff = toff, .mk = mk, .x = x, .dy = dy};
   j.blocks = p->n < PIL2_BLOCKS ? p->n : PIL2_BLOCKS;
