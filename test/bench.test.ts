@@ -77,7 +77,7 @@ describe('runBench (in process)', () => {
     assert.deepEqual(w.fastestRatios, { vsOnnxruntime: null, vsPytorch: null });
     assert.deepEqual(r.peers, { onnxruntime: null, pytorch: null });
     assert.equal(r.memory, null, 'memory is measured only for resnet50-b1');
-    assert.deepEqual(r.settings, { threads: 2, warmup: 0, runs: 1, rounds: 1, budgetS: 0, seed: 0 }, 'rounds: at most the runs');
+    assert.deepEqual(r.settings, { threads: 2, warmup: 0, runs: 1, rounds: 1, budgetS: 0, seed: 0, equalAllocator: false }, 'rounds: at most the runs');
     JSON.parse(JSON.stringify(r)); // serialisable
 
     const text = formatReport(r);
@@ -178,6 +178,31 @@ describe('runBench (in process)', () => {
     // ONNX Runtime has no export of the CIFAR ResNet: not applicable (whether or not it is installed).
     assert.equal(w.results.onnxruntime.status === 'ok', false);
     assert.match(formatReport(r), /not available: \/nonexistent\/python3 not found/);
+  });
+
+  test("--equal-allocator gives the peers resnet-ts's allocator settings; by default they get this process's environment", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'resnet-fake-python-'));
+    try {
+      // a stand-in for Python that reports the two variables as torch_bench.py does
+      const fake = path.join(dir, 'python3');
+      fs.writeFileSync(
+        fake,
+        '#!/bin/sh\nprintf \'{"torch":"0.0-fake","torchvision":"0.0","threads":1,"interopThreads":1,"results":{},"env":{"MALLOC_MMAP_THRESHOLD_":"%s","MALLOC_TRIM_THRESHOLD_":"%s"}}\\n\' "$MALLOC_MMAP_THRESHOLD_" "$MALLOC_TRIM_THRESHOLD_"\n',
+        { mode: 0o755 },
+      );
+      const equal = runBench({ only: 'tiny', warmup: 0, runs: 1, budgetS: 0, python: fake, equalAllocator: true });
+      assert.equal(equal.settings.equalAllocator, true);
+      assert.deepEqual(equal.peers.pytorch?.detail?.['env'], { MALLOC_MMAP_THRESHOLD_: '1073741824', MALLOC_TRIM_THRESHOLD_: '1073741824' });
+      assert.match(formatReport(equal), /^ {10}peers run with resnet-ts's allocator settings \(--equal-allocator: /m);
+      const plain = runBench({ only: 'tiny', warmup: 0, runs: 1, budgetS: 0, python: fake });
+      assert.equal(plain.settings.equalAllocator, false);
+      const inherited = { MALLOC_MMAP_THRESHOLD_: process.env['MALLOC_MMAP_THRESHOLD_'] ?? '', MALLOC_TRIM_THRESHOLD_: process.env['MALLOC_TRIM_THRESHOLD_'] ?? '' };
+      assert.deepEqual(plain.peers.pytorch?.detail?.['env'], inherited);
+      const noted = /^ {10}note: PyTorch runs with glibc's allocator defaults/m.test(formatReport(plain));
+      assert.equal(noted, inherited.MALLOC_MMAP_THRESHOLD_ === '' && inherited.MALLOC_TRIM_THRESHOLD_ === '', 'the note only where the user set neither');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('bad options are UsageErrors, raised before measuring', () => {

@@ -14,7 +14,8 @@ Inference runs in eval mode under torch.inference_mode(); a training step is zer
 train mode, F.cross_entropy, backward and torch.optim.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4).
 ImageNet ResNets are torchvision's; CIFAR ResNets (resnet20, ...) are defined here, as in resnet-ts
 (3x3 stem, 16/32/64 planes, no max-pool, option-A zero-padding shortcut). Environment variables
-(OPENBLAS_*, OMP_*, MKL_*) are left as they are and reported.
+(OPENBLAS_*, OMP_*, MKL_*, glibc's MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_, which `resnet bench
+--equal-allocator` sets) are left as they are and reported.
 Output: {"torch", "torchvision", "threads", "interopThreads", "env", "results": {id: {...}},
 "baselineRssMB", "peakRssMB"}; on a missing torch: {"error": "..."} and exit status 3.
 """
@@ -50,7 +51,8 @@ def current_rss_mb() -> float:
 
 
 def env_report() -> dict:
-    keys = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"]
+    keys = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
     return {k: os.environ.get(k) for k in keys}
 
 

@@ -11,7 +11,7 @@ import { UsageError, kernels, listBackends, setBackend } from '../index.js';
 import { getNumThreads, nativeBackend, setNumThreads } from '../kernels/registry.js';
 import { cpuSample, otherCores } from './cpu.js';
 import { runOurs } from './ours.js';
-import { defaultCacheDir, ortMemory, runJson, runOrt, runTorch, torchMemory, type EngineResult, type MemoryResult, type PeerOptions, type PeerRun } from './peers.js';
+import { RESNET_ALLOCATOR_ENV, defaultCacheDir, ortMemory, runJson, runOrt, runTorch, torchMemory, type EngineResult, type MemoryResult, type PeerOptions, type PeerRun } from './peers.js';
 import { median, type TimingPlan } from './timing.js';
 import { measureTrainMemory, type TrainMemoryReport } from './train_memory.js';
 import { MEMORY_WORKLOAD, TRAIN_MEMORY, getWorkload, selectWorkloads, type Workload } from './workloads.js';
@@ -37,6 +37,10 @@ export interface BenchOptions {
   peers?: boolean;
   /** Measure the peak RSS of ResNet-50 batch 1 when it is selected (default true). */
   memory?: boolean;
+  /** Run the peers with glibc's allocator settings that resnet-ts's addon makes for itself
+   * (RESNET_ALLOCATOR_ENV; default false: the peers as installed, PyTorch's training steps and
+   * batch-8 inference then paying page faults that resnet-ts does not). */
+  equalAllocator?: boolean;
   python?: string;
   cacheDir?: string;
   seed?: number;
@@ -92,7 +96,7 @@ export interface BenchReport {
     env: Record<string, string | null>;
   };
   /** runs: timed runs per workload and engine over all rounds; warm-up runs are per round */
-  settings: { threads: number; warmup: number; runs: number; rounds: number; budgetS: number; seed: number };
+  settings: { threads: number; warmup: number; runs: number; rounds: number; budgetS: number; seed: number; equalAllocator: boolean };
   /** Threads resnet-ts's kernels actually use (1 on the single-threaded ts backend). */
   oursThreads: number;
   backend: string;
@@ -230,6 +234,8 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     budgetMs: plan.budgetMs / rounds,
   });
   const wantPeers = o.peers ?? true;
+  const equalAllocator = o.equalAllocator ?? false;
+  const peerEnv: NodeJS.ProcessEnv = equalAllocator ? { ...process.env, ...RESNET_ALLOCATOR_ENV } : process.env;
   const skipped = (): PeerRun => ({ available: false, reason: 'skipped (--no-peers)', results: Object.fromEntries(workloads.map((w) => [w.id, { status: 'n/a', reason: 'skipped (--no-peers)' }])) });
   const oursRounds: Record<string, EngineResult>[] = [];
   const ortRounds: PeerRun[] = [];
@@ -247,7 +253,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
       log(`  ${w.id}: ${fmtMs(m.msPerIter)} per iteration (median of ${m.runs})${m.limited ? ` [${m.limited}]` : ''}`);
     }
     oursRounds.push(oursRound);
-    const po: PeerOptions = { threads, plan: rp, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log };
+    const po: PeerOptions = { threads, plan: rp, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log, env: peerEnv };
     const c1 = cpuSample();
     // a peer found unavailable (not installed) in the first round is not asked again
     ortRounds.push(wantPeers && (r === 0 || ortRounds[0]!.available) ? runOrt(workloads, po) : (ortRounds[0] ?? skipped()));
@@ -262,7 +268,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
   const ort = mergePeer(workloads, ortRounds);
   const torch = mergePeer(workloads, torchRounds);
   const c3 = cpuSample();
-  const po: PeerOptions = { threads, plan, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log };
+  const po: PeerOptions = { threads, plan, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log, env: peerEnv };
 
   // 3. Peak memory of ResNet-50 batch 1, each engine in a fresh process.
   let memory: BenchReport['memory'] = null;
@@ -321,7 +327,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
       otherProcessesCores,
       env,
     },
-    settings: { threads, warmup: plan.warmup, runs: plan.runs, rounds, budgetS: plan.budgetMs / 1000, seed },
+    settings: { threads, warmup: plan.warmup, runs: plan.runs, rounds, budgetS: plan.budgetMs / 1000, seed, equalAllocator },
     oursThreads,
     backend,
     isa,

@@ -48,7 +48,15 @@ export interface PeerOptions {
   cacheDir: string;
   seed: number;
   log: (msg: string) => void;
+  /** The peers' environment (default: this process's). */
+  env?: NodeJS.ProcessEnv;
 }
+
+/** glibc's allocator settings resnet-ts's addon makes with mallopt when it loads (addon.c,
+ * tune_malloc): freed buffers are kept for reuse instead of going back to the system, so a training
+ * loop does not fault fresh pages in every step. Given to a peer through glibc's tunables, which
+ * read these variables at start-up. */
+export const RESNET_ALLOCATOR_ENV = { MALLOC_MMAP_THRESHOLD_: '1073741824', MALLOC_TRIM_THRESHOLD_: '1073741824' } as const;
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const SCRIPTS = path.join(ROOT, 'scripts', 'bench');
@@ -134,13 +142,13 @@ function toResults(workloads: readonly Workload[], raw: unknown, skip: (w: Workl
 export function runOrt(workloads: readonly Workload[], o: PeerOptions): PeerRun {
   const todo = workloads.filter((w) => ortApplicable(w) === null);
   if (todo.length === 0) return { available: true, results: toResults(workloads, {}, ortApplicable) };
-  const probe = runJson(process.execPath, [ORT_WORKER, JSON.stringify({ models: {}, workloads: [], plan: o.plan, threads: o.threads, seed: o.seed, mode: 'time' })], 60_000);
+  const probe = runJson(process.execPath, [ORT_WORKER, JSON.stringify({ models: {}, workloads: [], plan: o.plan, threads: o.threads, seed: o.seed, mode: 'time' })], 60_000, o.env);
   if (probe.error) return unavailable(workloads, probe.error);
   const onnx = ensureOnnx([...new Set(todo.map((w) => w.arch))], o);
   if (onnx.error) return { ...unavailable(workloads, onnx.error), version: String(probe.json!['version']) };
   o.log(`onnxruntime ${String(probe.json!['version'])}: ${todo.map((w) => w.id).join(', ')} ...`);
   const cfg = { models: onnx.files, workloads: todo, plan: o.plan, threads: o.threads, seed: o.seed, mode: 'time' };
-  const r = runJson(process.execPath, [ORT_WORKER, JSON.stringify(cfg)], childTimeoutMs(o.plan, todo.length));
+  const r = runJson(process.execPath, [ORT_WORKER, JSON.stringify(cfg)], childTimeoutMs(o.plan, todo.length), o.env);
   if (r.error) return { ...unavailable(workloads, r.error), version: String(probe.json!['version']) };
   return {
     available: true,
@@ -157,7 +165,7 @@ export function runTorch(workloads: readonly Workload[], o: PeerOptions): PeerRu
   if (!fs.existsSync(TORCH_SCRIPT)) return unavailable(workloads, `${TORCH_SCRIPT} not found`);
   o.log(`pytorch (${o.python}): ${workloads.map((w) => w.id).join(', ')} ...`);
   const cfg = { workloads, threads: o.threads, warmup: o.plan.warmup, runs: o.plan.runs, budgetMs: o.plan.budgetMs, seed: o.seed, mode: 'time' };
-  const r = runJson(o.python, [TORCH_SCRIPT, JSON.stringify(cfg)], childTimeoutMs(o.plan, workloads.length));
+  const r = runJson(o.python, [TORCH_SCRIPT, JSON.stringify(cfg)], childTimeoutMs(o.plan, workloads.length), o.env);
   if (r.error) return unavailable(workloads, r.error);
   const j = r.json!;
   return {
@@ -180,13 +188,13 @@ export function ortMemory(w: Workload, o: PeerOptions): MemoryResult {
   const onnx = ensureOnnx([w.arch], o);
   if (onnx.error) return { status: 'unavailable', reason: onnx.error };
   const cfg = { models: onnx.files, workloads: [w], plan: o.plan, threads: o.threads, seed: o.seed, mode: 'rss' };
-  return memoryFrom(runJson(process.execPath, [ORT_WORKER, JSON.stringify(cfg)], 300_000));
+  return memoryFrom(runJson(process.execPath, [ORT_WORKER, JSON.stringify(cfg)], 300_000, o.env));
 }
 
 /** Peak RSS of PyTorch on `w` in a fresh interpreter (two runs). */
 export function torchMemory(w: Workload, o: PeerOptions): MemoryResult {
   const cfg = { workloads: [w], threads: o.threads, seed: o.seed, mode: 'rss' };
-  return memoryFrom(runJson(o.python, [TORCH_SCRIPT, JSON.stringify(cfg)], 300_000));
+  return memoryFrom(runJson(o.python, [TORCH_SCRIPT, JSON.stringify(cfg)], 300_000, o.env));
 }
 
 export { runJson };

@@ -90,6 +90,13 @@ export function formatReport(r: BenchReport): string {
       return `torchvision ${String(d['torchvision'])}, ${String(d['python'])}, ${String(d['threads'])} thread(s), inter-op ${String(d['interopThreads'])}`;
     })}`,
   );
+  if (s.equalAllocator) {
+    out.push(`          peers run with resnet-ts's allocator settings (--equal-allocator: glibc's mmap and trim thresholds at 1 GiB, as its addon sets its own)`);
+  } else if (r.peers.pytorch?.available && !m.env['MALLOC_MMAP_THRESHOLD_'] && !m.env['MALLOC_TRIM_THRESHOLD_']) {
+    out.push(
+      `          note: PyTorch runs with glibc's allocator defaults, so its training steps and batch-8 inference include page faults that resnet-ts's allocator settings avoid; --equal-allocator gives the peers those settings (docs/PERFORMANCE.md, "PyTorch and glibc's allocator")`,
+    );
+  }
   out.push(`env:      ${Object.entries(m.env).map(([k, v]) => `${k}=${v ?? '(unset)'}`).join(' ')}`);
   out.push('');
 

@@ -19,7 +19,7 @@ function budgetOption(args: ParsedArgs): number | undefined {
 export const benchCommand: Command = {
   name: 'bench',
   summary: 'Benchmark inference and training speed against ONNX Runtime and PyTorch on this machine.',
-  usage: ['bench [--only <ids>] [--backend ts|native] [--threads N] [--warmup N] [--runs N] [--rounds N] [--budget S] [--no-peers] [--json]'],
+  usage: ['bench [--only <ids>] [--backend ts|native] [--threads N] [--warmup N] [--runs N] [--rounds N] [--budget S] [--no-peers] [--equal-allocator] [--json]'],
   details: [
     'Workloads (float32): ' +
       WORKLOADS.filter((w) => !w.hidden)
@@ -51,6 +51,7 @@ export const benchCommand: Command = {
     budget: { type: 'string', value: 'S', default: String(DEFAULTS.budgetS), description: 'time budget per workload and engine in seconds (0: none)' },
     'no-peers': { type: 'boolean', description: 'measure resnet-ts only' },
     'no-memory': { type: 'boolean', description: 'skip the peak-memory measurements (resnet50-b1 inference per engine; resnet20-train at batch 32-256)' },
+    'equal-allocator': { type: 'boolean', description: "run the peers with glibc's allocator settings that resnet-ts uses (mmap and trim thresholds at 1 GiB: no page faults in every training step)" },
     json: { type: 'boolean', description: 'print the report as a JSON object instead of tables' },
     save: { type: 'string', value: '<file.json>', description: 'also write the JSON report to a file' },
     python: { type: 'string', value: '<path>', default: DEFAULTS.python, description: 'Python interpreter with torch and torchvision' },
@@ -73,6 +74,7 @@ export const benchCommand: Command = {
       budgetS: budgetOption(args),
       peers: !flag(args, 'no-peers'),
       memory: !flag(args, 'no-memory'),
+      equalAllocator: flag(args, 'equal-allocator'),
       python: str(args, 'python'),
       cacheDir: str(args, 'cache-dir'),
       log: quiet ? undefined : (msg: string): void => void process.stderr.write(`bench: ${msg}\n`),
