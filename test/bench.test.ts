@@ -169,6 +169,14 @@ describe('runBench (in process)', () => {
     assert.equal(r.workloads[0]!.kind, 'train');
   });
 
+  test('a peer that none of the selected workloads applies to is "not run", with no version or settings', () => {
+    const r = runBench({ only: 'tiny-train', peers: false, warmup: 0, runs: 1 });
+    r.peers.onnxruntime = { available: true };
+    assert.match(formatReport(r), /^peers: {4}ONNX Runtime: not run \(none of the selected workloads applies to it\)$/m);
+    r.peers.onnxruntime = { available: true, version: '1.30.0' };
+    assert.match(formatReport(r), /^peers: {4}ONNX Runtime 1\.30\.0 \(onnxruntime-node, CPU provider, /m);
+  });
+
   test('a missing Python makes PyTorch "not available", not an error', () => {
     const r = runBench({ only: 'tiny', warmup: 0, runs: 1, python: '/nonexistent/python3' });
     const w = r.workloads[0]!;

@@ -43,7 +43,8 @@ function resultCells(res: EngineResult, runsWanted: number): [string, string, st
 function peerLine(name: string, p: Omit<PeerRun, 'results'> | null, describe: (p: Omit<PeerRun, 'results'>) => string): string {
   if (p === null) return `${name}: skipped (--no-peers)`;
   if (!p.available) return `${name}: not available (${p.reason ?? 'unknown reason'})`;
-  return `${name} ${p.version ?? ''} (${describe(p)})`;
+  if (p.version === undefined) return `${name}: not run (none of the selected workloads applies to it)`;
+  return `${name} ${p.version} (${describe(p)})`;
 }
 
 /** A cache-line round trip between the threads above this (ns): they share no last-level cache. */
