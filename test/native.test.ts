@@ -941,6 +941,9 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = r
       convCase(2, 9, 6, 7, 17, 5, 1, 2, 1, 1), // 5x5 kernel
       convCase(2, 6, 9, 9, 10, 3, 1, 2, 2, 1), // dilation 2
       convCase(5, 8, 3, 3, 8, 3, 1, 1, 1, 1), // a map smaller than a vector
+      // 160 input channels: blocks of 64, 64 and 32 summed through the band's scratch; 9x9 maps, 11
+      // vectors an image (a band of 8 and one of 3); 33 vectors in the batch
+      convCase(3, 160, 9, 9, 12, 3, 1, 1, 1, 1),
       // the weight gradient's too (maps of 14x14 or more): 11 outputs and 45 (input, tap) pairs, not
       // whole register tiles; 20 images in 16 blocks of one or two; the 1 -> 16 stem
       convCase(20, 5, 15, 14, 11, 3, 1, 1, 1, 1),

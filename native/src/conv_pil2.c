@@ -24,19 +24,20 @@
  * path), groups 1, stride 1, output the input's size, a kernel of 2 to PIL_MAX_TAPS taps (1x1
  * layers need no im2col: their GEMM reads the input as it is), sizes that int offsets hold, and
  * where it was measured faster than im2col + GEMM (AMD Zen 5 VM, AVX2 forced, two threads, fastest
- * calls, forward / backward-input): a panel's weights (input channels x taps x 8 floats) within
- * half of L1, which for 3x3 means at most 128 input channels (ResNet-20's 16, 32 and 64 channels
- * 2.8-3.3 against 4.4-6.6 ms; ResNet-50's 128 on 28x28 at batch 8 14.8 against 17.0; 256 on 14x14
- * the same either way, 512 on 7x7 5.9 against 3.2 ms: the weights stream from L2 for every vector of
- * 8 pixels), and no map of a multiple of 1024 pixels (4 KB planes: the input rows of every channel
- * fall in the same L1 sets; 64 channels on 32x32, batch 64, 47 against 33-39 ms). */
+ * calls, forward / backward-input): up to 128 input channels for 3x3 (ResNet-20's 16, 32 and 64
+ * channels 2.8-3.3 against 4.4-6.6 ms, ResNet-18's 64 on 8x8 1.6 against 2.6-3.4, 128 on 4x4 2.0
+ * against 4.6-5.0), more where the batch has at least 32 vectors of 8 pixels (ResNet-50's 256 on 14x14
+ * at batch 8 11.4 against 14.8 ms, 512 on 7x7 at batch 8 13.3-13.9 against 16.3; but at batch 1, 7
+ * vectors, 3.3-4.6 against 2.5: the weights, streamed in blocks, are used by too few vectors), and no
+ * map of a multiple of 1024 pixels (4 KB planes: the input rows of every channel fall in the same L1
+ * sets; 64 channels on 32x32, batch 64, 47 against 33-39 ms). */
 int pil2_ok(const conv_p *p) {
   static int off = -1;
   if (env_zero("RESNET_PIL2", &off) || strcmp(sgemm_isa(), "avx2") != 0) return 0;
   if (p->groups != 1 || p->sh != 1 || p->sw != 1 || p->cout < 1 || p->n < 1 || p->cin < 1) return 0;
   if (p->oh != p->h || p->ow != p->w || 2 * p->ph != (p->kh - 1) * p->dh || 2 * p->pw != (p->kw - 1) * p->dw) return 0;
   const long taps = (long)p->kh * p->kw, plane = (long)p->h * p->w;
-  return taps >= 2 && taps <= PIL_MAX_TAPS && plane * p->cin <= (1L << 28) && p->cin * taps <= 128 * 9 && plane % 1024 != 0;
+  return taps >= 2 && taps <= PIL_MAX_TAPS && plane * p->cin <= (1L << 28) && (p->cin * taps <= 128 * 9 || (long)p->n * ((plane + 7) / 8) >= 32) && plane % 1024 != 0;
 }
 
 typedef struct {
@@ -49,6 +50,7 @@ typedef struct {
   const float *x, *bias, *residual;
   float *y;
   int relu;
+  int cb;              /* input channels per block: a panel's weights for a block stay in L1 */
   pool_ranges items;   /* (image, chunk of vectors), by ranges of images */
 } pil2_job;
 
@@ -61,32 +63,38 @@ __attribute__((target("avx2"))) static void lane_masks(__m256i *lut) {
   }
 }
 
-/* The 8 pixels from q0 of output channels [co0, co0 + 8) (those below cout stored), over all (ci, tap). */
+/* The 8 pixels from q0 of output channels [co0, co0 + 8) (those below cout stored), over the input
+ * channels [ci0, ci1) and all taps: the sums start from zero (ci0 = 0) or from acc, and go to acc, or
+ * (ci1 = cin) through the epilogue to y. */
 __attribute__((target("avx2,fma"))) static void pil2_vector(const pil2_job *j, const __m256i *lut, const float *x, long q0,
-                                                             int co0, float *y, const float *res) {
+                                                             int co0, float *y, const float *res, int ci0, int ci1, float *acc) {
   const conv_p *p = j->p;
   const uint8_t *mk = j->mk + (q0 / 8) * j->taps;
   const float *W = j->W + (long)(co0 / 8) * p->cin * j->taps * 8;
   __m256 c[8];
-  for (int i = 0; i < 8; i++) c[i] = _mm256_setzero_ps();
+  for (int i = 0; i < 8; i++) c[i] = ci0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + 8 * i);
+  const long wstep = (long)j->taps * 8;
   for (int t = 0; t < j->taps; t++) {
     const unsigned m = mk[t];
     if (m == 0) continue;
-    const float *xp = x + q0 + j->toff[t];
-    const float *w = W + t * 8;
-    const long wstep = (long)j->taps * 8;
+    const float *xp = x + q0 + j->toff[t] + (long)ci0 * j->plane;
+    const float *w = W + t * 8 + ci0 * wstep;
     if (m == 0xFF) {
-      for (int ci = 0; ci < p->cin; ci++, xp += j->plane, w += wstep) {
+      for (int ci = ci0; ci < ci1; ci++, xp += j->plane, w += wstep) {
         const __m256 xv = _mm256_loadu_ps(xp);
         _Pragma("GCC unroll 8") for (int co = 0; co < 8; co++) c[co] = _mm256_fmadd_ps(xv, _mm256_broadcast_ss(w + co), c[co]);
       }
     } else {
       const __m256i lm = lut[m];
-      for (int ci = 0; ci < p->cin; ci++, xp += j->plane, w += wstep) {
+      for (int ci = ci0; ci < ci1; ci++, xp += j->plane, w += wstep) {
         const __m256 xv = _mm256_maskload_ps(xp, lm);
         _Pragma("GCC unroll 8") for (int co = 0; co < 8; co++) c[co] = _mm256_fmadd_ps(xv, _mm256_broadcast_ss(w + co), c[co]);
       }
     }
+  }
+  if (ci1 < p->cin) {
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(acc + 8 * i, c[i]);
+    return;
   }
   const long P = j->plane;
   const int nl = P - q0 >= 8 ? 8 : (int)(P - q0);
@@ -112,12 +120,18 @@ __attribute__((target("avx2,fma"))) static void pil2_vector(const pil2_job *j, c
   }
 }
 
+/* Vectors a band takes through every block of input channels, their partial sums in a scratch
+ * between blocks: a block's weights (cb channels x taps x 8 floats, ~18 KB) are read from L1 by all
+ * the band's vectors instead of streaming from L2 for each vector (ResNet-50's 128 on 28x28 at batch 8
+ * 14.8 -> 10.8 ms; larger layers, above, only so). */
+#define PIL2_BAND 8
 __attribute__((target("avx2,fma"))) static void pil2_task(void *ctx, int tid, int nt) {
   (void)nt;
   pil2_job *j = ctx;
   const conv_p *p = j->p;
   __m256i lut[256];
   lane_masks(lut);
+  float acc[PIL2_BAND * 64]; /* a band's partial sums between blocks of input channels */
   const long per = (j->nv + j->chunks - 1) / j->chunks;
   const long x_img = (long)p->cin * j->plane, y_img = (long)p->cout * j->plane;
   pool_cursor cur = pool_cursor_at(&j->items, tid);
@@ -128,11 +142,17 @@ __attribute__((target("avx2,fma"))) static void pil2_task(void *ctx, int tid, in
     const float *x = j->x + b * x_img;
     float *y = j->y + b * y_img;
     const float *res = j->residual ? j->residual + b * y_img : NULL;
-    for (long v = v0; v < v1; v++)
-      for (int co0 = 0; co0 < p->cout; co0 += 8) {
-        const long o = (long)co0 * j->plane + 8 * v;
-        pil2_vector(j, lut, x, 8 * v, co0, y + o, res ? res + o : NULL);
-      }
+    for (long vb = v0; vb < v1; vb += PIL2_BAND) {
+      const long ve = vb + PIL2_BAND < v1 ? vb + PIL2_BAND : v1;
+      for (int co0 = 0; co0 < p->cout; co0 += 8)
+        for (int ci0 = 0; ci0 < p->cin; ci0 += j->cb) {
+          const int ci1 = ci0 + j->cb < p->cin ? ci0 + j->cb : p->cin;
+          for (long v = vb; v < ve; v++) {
+            const long o = (long)co0 * j->plane + 8 * v;
+            pil2_vector(j, lut, x, 8 * v, co0, y + o, res ? res + o : NULL, ci0, ci1, acc + (v - vb) * 64);
+          }
+        }
+    }
   }
 }
 
@@ -182,6 +202,9 @@ void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, 
   const long P = (long)p->h * p->w;
   pil2_job j = {.p = p, .taps = taps, .nv = nv, .plane = P, .toff = toff, .mk = mk, .W = W, .x = x, .bias = bias,
                 .residual = residual, .y = y, .relu = relu};
+  /* a panel's weights for a block within about 18 KB, less than half of L1 */
+  j.cb = (int)(18 * 1024 / (taps * 8 * (long)sizeof(float)));
+  if (j.cb < 1) j.cb = 1;
   const int T = pool_threads();
   /* whole images when there are enough of them; else chunks of vectors, ~16 items a thread */
   j.chunks = p->n >= 4 * T ? 1 : (int)((16L * T + p->n - 1) / p->n);
@@ -287,7 +310,7 @@ __attribute__((target("avx2,fma"))) static void pil2_bw_task(void *ctx, int tid,
  * 6.0-6.1; but 64 on 7x7 6.7-8.3 against 5.1-5.4, ResNet-18's 64 on 8x8 4.1-5.1 against 3.3-3.5 and
  * 128 on 4x4 8.3-11 against 3.8-4.0: the GEMM's register tile reuses each load more than these 12
  * accumulators over a few vectors do). */
-int pil2_bw_ok(const conv_p *p) { return pil2_ok(p) && (long)p->h * p->w >= 14 * 14; }
+int pil2_bw_ok(const conv_p *p) { return pil2_ok(p) && p->cin * p->kh * p->kw <= 128 * 9 && (long)p->h * p->w >= 14 * 14; }
 
 /* dw [cout][cin][kh][kw] of a geometry pil2_ok takes, from x and dy (NCHW). */
 void pil2_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
