@@ -217,10 +217,10 @@ export function runBench(o: BenchOptions = {}): BenchReport {
   setNumThreads(threads);
   process.env['RESNET_NUM_THREADS'] = String(threads);
   const backend = kernels().name;
-  const nb = nativeBackend();
-  const isa = nb !== null && kernels() === nb ? nb.isa : null;
+  const nb = kernels() === nativeBackend() ? nativeBackend() : null; // the native kernels, when they are the ones measured
+  const isa = nb ? nb.isa : null;
   const oursThreads = getNumThreads();
-  const handoff = (): number | null => (nb !== null && kernels() === nb && oursThreads > 1 ? Math.round(nb.handoffNs()) : null);
+  const handoff = (): number | null => (nb && oursThreads > 1 ? Math.round(nb.handoffNs()) : null);
   const handoffStart = handoff();
   const loadAverageStart = os.loadavg().map((x) => +x.toFixed(2));
   const date = new Date().toISOString();
@@ -332,7 +332,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     backend,
     isa,
     handoffNs: handoffStart !== null ? { start: handoffStart, end: handoff()! } : null,
-    l2KB: isa !== null && nb !== null ? nb.l2Bytes / 1024 : null,
+    l2KB: nb ? nb.l2Bytes / 1024 : null,
     backends: listBackends(),
     peers: { onnxruntime: wantPeers ? peerInfo(ort) : null, pytorch: wantPeers ? peerInfo(torch) : null },
     workloads: workloads.map((w: Workload) => {
