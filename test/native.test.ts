@@ -938,16 +938,20 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = r
       convCase(7, 5, 13, 11, 13, 3, 1, 1, 1, 1), // batch 7, 13 outputs (a whole and a partial panel)
       convCase(3, 16, 28, 28, 16, 3, 1, 1, 1, 1), // ResNet-20's first stage
       convCase(4, 64, 7, 7, 64, 3, 1, 1, 1, 1), // its last: 49 pixels, the last vector one lane
-      convCase(2, 9, 6, 7, 17, 5, 1, 2, 1, 1), // 5x5 kernel
+      convCase(2, 9, 7, 8, 17, 5, 1, 2, 1, 1), // 5x5 kernel
       convCase(2, 6, 9, 9, 10, 3, 1, 2, 2, 1), // dilation 2
       convCase(5, 8, 3, 3, 8, 3, 1, 1, 1, 1), // a map smaller than a vector
       // 160 input channels: blocks of 64, 64 and 32 summed through the band's scratch; 9x9 maps, 11
       // vectors an image (a band of 8 and one of 3); 33 vectors in the batch
       convCase(3, 160, 9, 9, 12, 3, 1, 1, 1, 1),
-      // the weight gradient's too (maps of 14x14 or more): 11 outputs and 45 (input, tap) pairs, not
+      // the weight gradient's too (maps of 7x7 or more): 11 outputs and 45 (input, tap) pairs, not
       // whole register tiles; 20 images in 16 blocks of one or two; the 1 -> 16 stem
       convCase(20, 5, 15, 14, 11, 3, 1, 1, 1, 1),
       convCase(2, 1, 28, 28, 16, 3, 1, 1, 1, 1),
+      // maps larger than a chunk: rows 0-10 and 11-18 of each image
+      convCase(2, 64, 19, 19, 64, 3, 1, 1, 1, 1),
+      // many whole maps a chunk: 40 images in 16 blocks of two or three, each block one partial chunk
+      convCase(40, 8, 7, 7, 6, 3, 1, 1, 1, 1),
     ];
     for (const p of cases) {
       const what = `${p.cIn} -> ${p.cOut}, ${p.kh}x${p.kw} dilation ${p.dh} on ${p.h}x${p.w}, batch ${p.n}`;

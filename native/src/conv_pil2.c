@@ -218,19 +218,30 @@ void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, 
 }
 
 /* ---- the weight gradient ---------------------------------------------------------------------
- * dW[co][ci][t] = sum over images b and pixels q of dy[b][co][q] * x[b][ci][q + toff[t]] (lanes whose
- * source pixel is in the padding masked off, as in the forward). The images form at most PIL2_BLOCKS
- * fixed blocks, each summed by one thread into its own dW: per register tile of 4 output channels x 3
- * (input channel, tap) pairs, 12 accumulators of 8 pixel lanes over all the block's vectors (4 + 3
- * loads per 12 multiply-adds), then each accumulator's 8 lanes added. The blocks are added in order,
- * so the bits do not depend on the thread count. */
+ * dW[co][ci][t] = sum over images b and pixels of dy[b][co][y][x] * x[b][ci][y + dy(t)][x + dx(t)].
+ * The images form at most PIL2_BLOCKS fixed blocks, each summed by one thread, and a block's images
+ * are taken a chunk of R output rows at a time, copied into two L1-sized buffers with the padding
+ * made explicit: xp[ci] the R + kh - 1 input rows the chunk's taps read, each w + 2 pw wide with zero
+ * columns (and zero rows outside the map); gp[co] the chunk's R rows of dy at the same width, zero
+ * in the extra columns. On these flattened grids every tap is one offset, koff(t) = ky dh W2 + kx dw,
+ *   dW[co][ci][t] += sum over q of gp[co][q] * xp[ci][q + koff(t)],
+ * with no lane masks (the extra columns' products are zero) and both operands in L1. A register tile
+ * of 4 output channels x 3 (input channel, tap) pairs keeps 12 accumulators of 8 lanes (3 + 4 loads
+ * per 12 multiply-adds); the tiles' accumulators live in a per-thread array between chunks (loaded
+ * and stored once per chunk and tile) and are added lane by lane at the block's end. The blocks are
+ * added in order, so the bits do not depend on the thread count. The earlier version (a tile's
+ * accumulators over the whole block, streaming the block from L2 with masked loads, 4 of them
+ * spilled to the stack) took 5.1-5.8 ms for ResNet-20's 16 channels on 28x28. */
 #define PIL2_BLOCKS 16
+/* floats of a chunk's two buffers: within a 32 KB L1 (Zen 4; 48 KB on Zen 5 and recent Intel) */
+#define PIL2_BW_CHUNK_FLOATS (32 * 1024)
 typedef struct {
   const conv_p *p;
-  int taps, nv, blocks;
-  long plane;
-  const int *toff;
-  const uint8_t *mk;
+  int taps, blocks, rows; /* rows: output rows a chunk */
+  int imgs;               /* images a chunk (whole maps: rows = h), else 1 */
+  int W2;                 /* the padded row width w + 2 pw */
+  long xs, gs;            /* floats between channels of xp and of gp */
+  int ct, kt;             /* register tiles: ceil(cout / 4), ceil(K / 3) */
   const float *x, *dy;
   float *part; /* [block][cout][cin * taps] */
   pool_ranges items;
@@ -243,86 +254,144 @@ __attribute__((target("avx2"))) static inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
-/* Images [b0, b1)'s products into d ([cout][cin * taps]): output channels [co0, co0 + 4) x pairs
- * [k0, k0 + 3) (k = ci * taps + t; those past the ends are computed on clamped indices and not stored),
- * the accumulators kept over all the images (one horizontal sum per block: on 4x4 maps an image is two
- * vectors). */
-__attribute__((target("avx2,fma"))) static void pil2_bw_tile(const pil2_bw_job *j, const __m256i *lut, long b0, long b1,
-                                                              int co0, int k0, float *d) {
+/* acc[12][8] += over the nq vectors: gp rows g[0..3] times xp at x[0..2] (4 x 3 products). */
+__attribute__((target("avx2,fma"))) static void pil2_bw_tile(const float *g0, const float *g1, const float *g2, const float *g3,
+                                                              const float *x0, const float *x1, const float *x2, long nq, int ng, long xi, long gi,
+                                                              float *acc) {
+  __m256 c00 = _mm256_load_ps(acc), c01 = _mm256_load_ps(acc + 8), c02 = _mm256_load_ps(acc + 16);
+  __m256 c10 = _mm256_load_ps(acc + 24), c11 = _mm256_load_ps(acc + 32), c12 = _mm256_load_ps(acc + 40);
+  __m256 c20 = _mm256_load_ps(acc + 48), c21 = _mm256_load_ps(acc + 56), c22 = _mm256_load_ps(acc + 64);
+  __m256 c30 = _mm256_load_ps(acc + 72), c31 = _mm256_load_ps(acc + 80), c32 = _mm256_load_ps(acc + 88);
+  for (int im = 0; im < ng; im++, g0 += gi, g1 += gi, g2 += gi, g3 += gi, x0 += xi, x1 += xi, x2 += xi)
+  for (long q = 0; q < 8 * nq; q += 8) {
+    const __m256 a = _mm256_loadu_ps(x0 + q), b = _mm256_loadu_ps(x1 + q), c = _mm256_loadu_ps(x2 + q);
+    __m256 g = _mm256_load_ps(g0 + q);
+    c00 = _mm256_fmadd_ps(g, a, c00);
+    c01 = _mm256_fmadd_ps(g, b, c01);
+    c02 = _mm256_fmadd_ps(g, c, c02);
+    g = _mm256_load_ps(g1 + q);
+    c10 = _mm256_fmadd_ps(g, a, c10);
+    c11 = _mm256_fmadd_ps(g, b, c11);
+    c12 = _mm256_fmadd_ps(g, c, c12);
+    g = _mm256_load_ps(g2 + q);
+    c20 = _mm256_fmadd_ps(g, a, c20);
+    c21 = _mm256_fmadd_ps(g, b, c21);
+    c22 = _mm256_fmadd_ps(g, c, c22);
+    g = _mm256_load_ps(g3 + q);
+    c30 = _mm256_fmadd_ps(g, a, c30);
+    c31 = _mm256_fmadd_ps(g, b, c31);
+    c32 = _mm256_fmadd_ps(g, c, c32);
+  }
+  _mm256_store_ps(acc, c00), _mm256_store_ps(acc + 8, c01), _mm256_store_ps(acc + 16, c02);
+  _mm256_store_ps(acc + 24, c10), _mm256_store_ps(acc + 32, c11), _mm256_store_ps(acc + 40, c12);
+  _mm256_store_ps(acc + 48, c20), _mm256_store_ps(acc + 56, c21), _mm256_store_ps(acc + 64, c22);
+  _mm256_store_ps(acc + 72, c30), _mm256_store_ps(acc + 80, c31), _mm256_store_ps(acc + 88, c32);
+}
+
+/* Rows [r0, r0 + nr) of image b into the chunk buffers (see above): plain loops, not memcpy and
+ * memset, whose calls cost more than their few floats on 7x7 maps. */
+__attribute__((target("avx2"))) static void pil2_bw_fill(const pil2_bw_job *j, long b, int r0, int nr, float *xp, float *gp,
+                                                         long nq) {
   const conv_p *p = j->p;
-  const int K = p->cin * j->taps;
-  const long P = j->plane, x_img = (long)p->cin * P, y_img = (long)p->cout * P;
-  long dyo[4], xo[3];
-  int tk[3];
-  for (int i = 0; i < 4; i++) dyo[i] = (long)(co0 + i < p->cout ? co0 + i : p->cout - 1) * P;
-  for (int k = 0; k < 3; k++) {
-    const int kk = k0 + k < K ? k0 + k : K - 1;
-    tk[k] = kk % j->taps;
-    xo[k] = (long)(kk / j->taps) * P + j->toff[tk[k]];
-  }
-  __m256 c[4][3];
-  for (int i = 0; i < 4; i++)
-    for (int k = 0; k < 3; k++) c[i][k] = _mm256_setzero_ps();
-  const __m256i tail = lut[P % 8 ? (1u << (P % 8)) - 1 : 0xFF];
-  for (long b = b0; b < b1; b++) {
-    const float *x = j->x + b * x_img, *dy = j->dy + b * y_img;
-    for (int v = 0; v < j->nv; v++) {
-      const long q = 8L * v;
-      const uint8_t *mk = j->mk + (long)v * j->taps;
-      __m256 xv[3], g[4];
-      for (int k = 0; k < 3; k++) {
-        const unsigned m = mk[tk[k]];
-        xv[k] = m == 0xFF ? _mm256_loadu_ps(x + xo[k] + q) : _mm256_maskload_ps(x + xo[k] + q, lut[m]);
+  const long P = (long)p->h * p->w;
+  const int W2 = j->W2, w = p->w, pw = p->pw, xr = nr + (p->kh - 1) * p->dh;
+  for (int ci = 0; ci < p->cin; ci++) {
+    const float *src = j->x + ((long)b * p->cin + ci) * P;
+    float *d = xp + ci * j->xs;
+    for (int rr = 0; rr < xr; rr++, d += W2) {
+      const int sy = r0 - p->ph + rr;
+      if (sy < 0 || sy >= p->h) {
+        for (int c = 0; c < W2; c++) d[c] = 0.0f;
+        continue;
       }
-      if (P - q >= 8) {
-        for (int i = 0; i < 4; i++) g[i] = _mm256_loadu_ps(dy + dyo[i] + q);
-      } else { /* the map's last vector: no lanes past the plane (the buffer may end there) */
-        for (int i = 0; i < 4; i++) g[i] = _mm256_maskload_ps(dy + dyo[i] + q, tail);
-      }
-      for (int i = 0; i < 4; i++)
-        for (int k = 0; k < 3; k++) c[i][k] = _mm256_fmadd_ps(g[i], xv[k], c[i][k]);
+      const float *s = src + (long)sy * w;
+      for (int c = 0; c < pw; c++) d[c] = d[pw + w + c] = 0.0f;
+      for (int c = 0; c < w; c++) d[pw + c] = s[c];
     }
+    for (long c = 0; c < j->xs - (long)xr * W2; c++) d[c] = 0.0f; /* what the last vectors' taps read past the rows */
   }
-  for (int i = 0; i < 4 && co0 + i < p->cout; i++)
-    for (int k = 0; k < 3 && k0 + k < K; k++) d[(long)(co0 + i) * K + k0 + k] = hsum8(c[i][k]);
+  for (int co = 0; co < p->cout; co++) {
+    const float *src = j->dy + ((long)b * p->cout + co) * P + (long)r0 * w;
+    float *d = gp + co * j->gs;
+    for (int r = 0; r < nr; r++, d += W2) {
+      for (int c = 0; c < w; c++) d[c] = src[(long)r * w + c];
+      for (int c = w; c < W2; c++) d[c] = 0.0f;
+    }
+    for (long c = 0; c < 8 * nq - (long)nr * W2; c++) d[c] = 0.0f;
+  }
 }
 
 __attribute__((target("avx2,fma"))) static void pil2_bw_task(void *ctx, int tid, int nt) {
   (void)nt;
+  static _Thread_local buf_t xbuf, gbuf, abuf;
   pil2_bw_job *j = ctx;
   const conv_p *p = j->p;
-  __m256i lut[256];
-  lane_masks(lut);
   const int K = p->cin * j->taps;
+  const long xi = j->xs * p->cin, gi = j->gs * p->cout; /* floats between a chunk's images */
+  float *xp = grow(&xbuf, (size_t)(xi * j->imgs)), *gp = grow(&gbuf, (size_t)(gi * j->imgs));
+  const size_t asz = (size_t)j->ct * j->kt * 96;
+  float *acc = grow(&abuf, asz);
+  long koff[PIL_MAX_TAPS];
+  for (int t = 0; t < j->taps; t++) koff[t] = (long)(t / p->kw) * p->dh * j->W2 + (long)(t % p->kw) * p->dw;
   pool_cursor cur = pool_cursor_at(&j->items, tid);
   for (;;) {
     const long blk = pool_ranges_next(&j->items, &cur);
     if (blk < 0) break;
     long b0, b1;
     pool_split(p->n, (int)blk, j->blocks, 1, &b0, &b1);
+    memset(acc, 0, sizeof(float) * asz);
+    for (long b = b0; b < b1; b += j->imgs)
+      for (int r0 = 0; r0 < p->h; r0 += j->rows) {
+        const int nr = p->h - r0 < j->rows ? p->h - r0 : j->rows;
+        const long nq = ((long)nr * j->W2 + 7) / 8;
+        const int ng = b1 - b < j->imgs ? (int)(b1 - b) : j->imgs;
+        for (int im = 0; im < ng; im++) pil2_bw_fill(j, b + im, r0, nr, xp + im * xi, gp + im * gi, nq);
+        for (int ct = 0; ct < j->ct; ct++) {
+          const float *g[4];
+          for (int i = 0; i < 4; i++) g[i] = gp + (4 * ct + i < p->cout ? 4 * ct + i : p->cout - 1) * j->gs;
+          for (int kt = 0; kt < j->kt; kt++) {
+            const float *xk[3];
+            for (int k = 0; k < 3; k++) {
+              const int kk = 3 * kt + k < K ? 3 * kt + k : K - 1; /* past the end: computed, not stored */
+              xk[k] = xp + (kk / j->taps) * j->xs + koff[kk % j->taps];
+            }
+            pil2_bw_tile(g[0], g[1], g[2], g[3], xk[0], xk[1], xk[2], nq, ng, xi, gi, acc + ((long)ct * j->kt + kt) * 96);
+          }
+        }
+      }
     float *d = j->part + blk * (long)p->cout * K;
-    for (int co0 = 0; co0 < p->cout; co0 += 4)
-      for (int k0 = 0; k0 < K; k0 += 3) pil2_bw_tile(j, lut, b0, b1, co0, k0, d);
+    for (int co = 0; co < p->cout; co++)
+      for (int k = 0; k < K; k++) d[(long)co * K + k] = hsum8(_mm256_load_ps(acc + ((long)(co / 4) * j->kt + k / 3) * 96 + (co % 4 * 3 + k % 3) * 8));
   }
 }
 
-/* Whether pil2_backward_weight takes this geometry: as pil2_ok, on maps of at least 14x14 pixels
- * (Zen 5 VM, AVX2 forced, two threads, fastest calls, against im2col + GEMM: ResNet-20's 1 -> 16 stem
- * 0.31 against 0.81-0.97 ms, 16 channels on 28x28 5.1-5.2 against 7.0-7.5, 32 on 14x14 5.4 against
- * 6.0-6.1; but 64 on 7x7 6.7-8.3 against 5.1-5.4, ResNet-18's 64 on 8x8 4.1-5.1 against 3.3-3.5 and
- * 128 on 4x4 8.3-11 against 3.8-4.0: the GEMM's register tile reuses each load more than these 12
- * accumulators over a few vectors do). */
-int pil2_bw_ok(const conv_p *p) { return pil2_ok(p) && p->cin * p->kh * p->kw <= 128 * 9 && (long)p->h * p->w >= 14 * 14; }
+/* Whether pil2_backward_weight takes this geometry: as pil2_ok, on maps of at least 7x7 pixels
+ * (Zen 5 VM, AVX2 forced, two threads, fastest of 30 calls alternating with im2col + GEMM, caches
+ * flushed before each: ResNet-20's 16 channels on 28x28 5.2-5.9 -> 3.0-3.5 ms, 32 on 14x14 5.2-6.2 ->
+ * 3.5-3.9, 64 on 7x7 4.8-5.4 -> 4.0-4.3 (in training steps 6.4 -> 4.5 ms a call), ResNet-18's 64 on 8x8
+ * even (2.8-3.8 both); but 128 on 4x4 5.6-7.6 against 3.7: a 4x4 map is 3 vectors of 6-wide padded
+ * rows, so most of the work is the padding and the accumulators' loads and stores). */
+int pil2_bw_ok(const conv_p *p) { return pil2_ok(p) && p->cin * p->kh * p->kw <= 128 * 9 && (long)p->h * p->w >= 7 * 7; }
 
 /* dw [cout][cin][kh][kw] of a geometry pil2_ok takes, from x and dy (NCHW). */
 void pil2_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
-  static _Thread_local buf_t mk_buf, part_buf;
+  static _Thread_local buf_t part_buf;
   const int taps = p->kh * p->kw;
-  int toff[PIL_MAX_TAPS], nv;
-  const uint8_t *mk = pil2_taps(p, toff, &mk_buf, &nv);
-  const long P = (long)p->h * p->w;
   const long K = (long)p->cin * taps, wsz = (long)p->cout * K;
-  pil2_bw_job j = {.p = p, .taps = taps, .nv = nv, .plane = P, .toff = toff, .mk = mk, .x = x, .dy = dy};
+  pil2_bw_job j = {.p = p, .taps = taps, .x = x, .dy = dy, .W2 = p->w + 2 * p->pw, .ct = (p->cout + 3) / 4, .kt = (int)((K + 2) / 3)};
+  const int halo = (p->kh - 1) * p->dh;
+  /* the chunk's rows: as many as the two buffers hold within PIL2_BW_CHUNK_FLOATS, at least one */
+  for (j.rows = p->h; j.rows > 1; j.rows--)
+    if (((long)p->cin * (j.rows + halo) + (long)p->cout * j.rows) * j.W2 <= PIL2_BW_CHUNK_FLOATS) break;
+  const long nq = ((long)j.rows * j.W2 + 7) / 8;
+  j.gs = 8 * nq;
+  j.imgs = 1;
+  if (j.rows == p->h) /* whole maps: as many images a chunk as the budget holds */
+    while (j.imgs < 64 && ((long)p->cin * (j.rows + halo) + (long)p->cout * j.rows) * j.W2 * (j.imgs + 1) <= PIL2_BW_CHUNK_FLOATS) j.imgs++;
+  /* xp's channel: the rows, and what the last vector's farthest tap reads past them, in whole lines */
+  const long xneed = 8 * nq + (long)halo * j.W2 + (long)(p->kw - 1) * p->dw;
+  j.xs = ((long)(j.rows + halo) * j.W2 > xneed ? (long)(j.rows + halo) * j.W2 : xneed);
+  j.xs = (j.xs + 15) & ~15L;
   j.blocks = p->n < PIL2_BLOCKS ? p->n : PIL2_BLOCKS;
   j.part = grow(&part_buf, (size_t)j.blocks * wsz);
   const int T = pool_threads();
