@@ -927,7 +927,7 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
   }
 });
 
-test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input, weight gradient (same bits on one thread)', { skip }, async () => {
+test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input, weight gradient (same bits on one thread)', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();
@@ -952,6 +952,11 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512) = r
       convCase(2, 64, 19, 19, 64, 3, 1, 1, 1, 1),
       // many whole maps a chunk: 40 images in 16 blocks of two or three, each block one partial chunk
       convCase(40, 8, 7, 7, 6, 3, 1, 1, 1, 1),
+      // the strided weight gradient through phase planes: 3x3/2 on an odd map (8x8 out), a 7x7/2
+      // stem (padding 3), and one whose maps need chunks of rows (16x16 out of 31x31, 32 channels)
+      convCase(3, 5, 16, 15, 7, 3, 2, 1, 1, 1),
+      convCase(2, 3, 20, 19, 9, 7, 2, 3, 1, 1),
+      convCase(2, 32, 31, 31, 8, 3, 2, 1, 1, 1),
     ];
     for (const p of cases) {
       const what = `${p.cIn} -> ${p.cOut}, ${p.kh}x${p.kw} dilation ${p.dh} on ${p.h}x${p.w}, batch ${p.n}`;

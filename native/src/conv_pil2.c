@@ -239,8 +239,9 @@ typedef struct {
   const conv_p *p;
   int taps, blocks, rows; /* rows: output rows a chunk */
   int imgs;               /* images a chunk (whole maps: rows = h), else 1 */
-  int W2;                 /* the padded row width w + 2 pw */
-  long xs, gs;            /* floats between channels of xp and of gp */
+  int W2;                 /* the padded row width: w + 2 pw (stride 1), ow + (kw - 1) / S (stride S) */
+  int halo;               /* input rows (of a phase plane) a chunk reads past its output rows */
+  long ps, xs, gs;        /* floats between xp's phase planes, between channels of xp and of gp */
   int ct, kt;             /* register tiles: ceil(cout / 4), ceil(K / 3) */
   const float *x, *dy;
   float *part; /* [block][cout][cin * taps] */
@@ -288,34 +289,43 @@ __attribute__((target("avx2,fma"))) static void pil2_bw_tile(const float *g0, co
   _mm256_store_ps(acc + 72, c30), _mm256_store_ps(acc + 80, c31), _mm256_store_ps(acc + 88, c32);
 }
 
-/* Rows [r0, r0 + nr) of image b into the chunk buffers (see above): plain loops, not memcpy and
- * memset, whose calls cost more than their few floats on 7x7 maps. */
+/* Rows [r0, r0 + nr) of image b's output into the chunk buffers (see above): plain loops, not memcpy
+ * and memset, whose calls cost more than their few floats on 7x7 maps. */
 __attribute__((target("avx2"))) static void pil2_bw_fill(const pil2_bw_job *j, long b, int r0, int nr, float *xp, float *gp,
                                                          long nq) {
   const conv_p *p = j->p;
-  const long P = (long)p->h * p->w;
-  const int W2 = j->W2, w = p->w, pw = p->pw, xr = nr + (p->kh - 1) * p->dh;
+  const long P = (long)p->h * p->w, OP = (long)p->oh * p->ow;
+  const int W2 = j->W2, w = p->w, pw = p->pw, ow = p->ow, S = p->sh, xr = nr + j->halo;
   for (int ci = 0; ci < p->cin; ci++) {
     const float *src = j->x + ((long)b * p->cin + ci) * P;
-    float *d = xp + ci * j->xs;
-    for (int rr = 0; rr < xr; rr++, d += W2) {
-      const int sy = r0 - p->ph + rr;
-      if (sy < 0 || sy >= p->h) {
-        for (int c = 0; c < W2; c++) d[c] = 0.0f;
-        continue;
+    for (int ph = 0; ph < S * S; ph++) { /* stride 1: one plane; stride S: the S x S phases */
+      const int ay = ph / S, ax = ph % S;
+      float *d = xp + ci * j->xs + ph * j->ps;
+      for (int rr = 0; rr < xr; rr++, d += W2) {
+        const int sy = S * (r0 + rr) + ay - p->ph;
+        if (sy < 0 || sy >= p->h) {
+          for (int c = 0; c < W2; c++) d[c] = 0.0f;
+          continue;
+        }
+        const float *s = src + (long)sy * w;
+        if (S == 1) {
+          for (int c = 0; c < pw; c++) d[c] = d[pw + w + c] = 0.0f;
+          for (int c = 0; c < w; c++) d[pw + c] = s[c];
+        } else
+          for (int c = 0; c < W2; c++) {
+            const int sx = S * c + ax - pw;
+            d[c] = sx >= 0 && sx < w ? s[sx] : 0.0f;
+          }
       }
-      const float *s = src + (long)sy * w;
-      for (int c = 0; c < pw; c++) d[c] = d[pw + w + c] = 0.0f;
-      for (int c = 0; c < w; c++) d[pw + c] = s[c];
+      for (long c = 0; c < j->ps - (long)xr * W2; c++) d[c] = 0.0f; /* what the last vectors' taps read past the rows */
     }
-    for (long c = 0; c < j->xs - (long)xr * W2; c++) d[c] = 0.0f; /* what the last vectors' taps read past the rows */
   }
   for (int co = 0; co < p->cout; co++) {
-    const float *src = j->dy + ((long)b * p->cout + co) * P + (long)r0 * w;
+    const float *src = j->dy + ((long)b * p->cout + co) * OP + (long)r0 * ow;
     float *d = gp + co * j->gs;
     for (int r = 0; r < nr; r++, d += W2) {
-      for (int c = 0; c < w; c++) d[c] = src[(long)r * w + c];
-      for (int c = w; c < W2; c++) d[c] = 0.0f;
+      for (int c = 0; c < ow; c++) d[c] = src[(long)r * ow + c];
+      for (int c = ow; c < W2; c++) d[c] = 0.0f;
     }
     for (long c = 0; c < 8 * nq - (long)nr * W2; c++) d[c] = 0.0f;
   }
@@ -332,7 +342,10 @@ __attribute__((target("avx2,fma"))) static void pil2_bw_task(void *ctx, int tid,
   const size_t asz = (size_t)j->ct * j->kt * 96;
   float *acc = grow(&abuf, asz);
   long koff[PIL_MAX_TAPS];
-  for (int t = 0; t < j->taps; t++) koff[t] = (long)(t / p->kw) * p->dh * j->W2 + (long)(t % p->kw) * p->dw;
+  for (int t = 0; t < j->taps; t++) {
+    const int ky = t / p->kw, kx = t % p->kw, S = p->sh;
+    koff[t] = S == 1 ? (long)ky * p->dh * j->W2 + (long)kx * p->dw : (long)((ky % S) * S + kx % S) * j->ps + (long)(ky / S) * j->W2 + kx / S;
+  }
   pool_cursor cur = pool_cursor_at(&j->items, tid);
   for (;;) {
     const long blk = pool_ranges_next(&j->items, &cur);
@@ -341,8 +354,8 @@ __attribute__((target("avx2,fma"))) static void pil2_bw_task(void *ctx, int tid,
     pool_split(p->n, (int)blk, j->blocks, 1, &b0, &b1);
     memset(acc, 0, sizeof(float) * asz);
     for (long b = b0; b < b1; b += j->imgs)
-      for (int r0 = 0; r0 < p->h; r0 += j->rows) {
-        const int nr = p->h - r0 < j->rows ? p->h - r0 : j->rows;
+      for (int r0 = 0; r0 < p->oh; r0 += j->rows) {
+        const int nr = p->oh - r0 < j->rows ? p->oh - r0 : j->rows;
         const long nq = ((long)nr * j->W2 + 7) / 8;
         const int ng = b1 - b < j->imgs ? (int)(b1 - b) : j->imgs;
         for (int im = 0; im < ng; im++) pil2_bw_fill(j, b + im, r0, nr, xp + im * xi, gp + im * gi, nq);
@@ -371,27 +384,63 @@ __attribute__((target("avx2,fma"))) static void pil2_bw_task(void *ctx, int tid,
  * 3.5-3.9, 64 on 7x7 4.8-5.4 -> 4.0-4.3 (in training steps 6.4 -> 4.5 ms a call), ResNet-18's 64 on 8x8
  * even (2.8-3.8 both); but 128 on 4x4 5.6-7.6 against 3.7: a 4x4 map is 3 vectors of 6-wide padded
  * rows, so most of the work is the padding and the accumulators' loads and stores). */
-int pil2_bw_ok(const conv_p *p) { return pil2_ok(p) && p->cin * p->kh * p->kw <= 128 * 9 && (long)p->h * p->w >= 7 * 7; }
+/* The chunks of pil2_backward_weight for p (into j): their rows and images, the buffers' strides. */
+static void pil2_bw_plan(const conv_p *p, pil2_bw_job *j) {
+  const int taps = p->kh * p->kw, S = p->sh;
+  const long K = (long)p->cin * taps;
+  j->taps = taps;
+  j->ct = (p->cout + 3) / 4;
+  j->kt = (int)((K + 2) / 3);
+  /* a tap's offset on the plane it reads: rows and columns past the output pixel's */
+  const int rows_past = S == 1 ? (p->kh - 1) * p->dh : (p->kh - 1) / S, cols_past = S == 1 ? (p->kw - 1) * p->dw : (p->kw - 1) / S;
+  j->W2 = p->ow + cols_past;
+  j->halo = rows_past;
+  /* the chunk's output rows: as many as the two buffers hold within PIL2_BW_CHUNK_FLOATS, at least one */
+  const long per_row_x = (long)p->cin * S * S;
+  for (j->rows = p->oh; j->rows > 1; j->rows--)
+    if ((per_row_x * (j->rows + j->halo) + (long)p->cout * j->rows) * j->W2 <= PIL2_BW_CHUNK_FLOATS) break;
+  const long nq = ((long)j->rows * j->W2 + 7) / 8;
+  j->gs = 8 * nq;
+  j->imgs = 1;
+  if (j->rows == p->oh) /* whole maps: as many images a chunk as the budget holds */
+    while (j->imgs < 64 && j->imgs < p->n &&
+           (per_row_x * (j->rows + j->halo) + (long)p->cout * j->rows) * j->W2 * (j->imgs + 1) <= PIL2_BW_CHUNK_FLOATS)
+      j->imgs++;
+  /* a plane: its rows, and what the last vector's farthest tap reads past them, in whole lines */
+  const long pneed = 8 * nq + (long)rows_past * j->W2 + cols_past;
+  j->ps = ((long)(j->rows + j->halo) * j->W2 > pneed ? (long)(j->rows + j->halo) * j->W2 : pneed);
+  j->ps = (j->ps + 15) & ~15L;
+  j->xs = j->ps * S * S;
+}
 
-/* dw [cout][cin][kh][kw] of a geometry pil2_ok takes, from x and dy (NCHW). */
+/* Whether pil2_backward_weight takes this geometry: stride 1 as pil2_ok, stride 2 through phase
+ * planes, on output maps of at least 7x7 pixels, where the tiles' accumulators (loaded and stored
+ * once per chunk) are at most 64 KB per vector of a chunk (Zen 5 VM, AVX2 forced, two threads, fastest
+ * of 30 calls alternating with im2col + GEMM, caches flushed before each: ResNet-20's 16 channels on
+ * 28x28 5.2-5.9 -> 3.0-3.5 ms, 32 on 14x14 5.2-6.2 -> 3.5-3.9, 64 on 7x7 4.8-5.4 -> 4.0-4.3 (in
+ * training steps 6.4 -> 4.5 ms a call), its strided 16 -> 32 3.0 -> 2.2, 32 -> 64 2.8 -> 2.4;
+ * ResNet-18's 64 on 8x8 even (2.8-3.8 both); but 128 on 4x4 5.6-7.6 against 3.7 (a 4x4 map is 3
+ * vectors of 6-wide padded rows: mostly padding and the accumulators' loads and stores), and 64 -> 128
+ * and 128 -> 256 stride 2 on 16x16 inputs 1.8 -> 3.0 and 5.2 -> 15 ms: 9 and 5 vectors a chunk against
+ * 2.4 and 9.4 MB of accumulators). */
+int pil2_bw_ok(const conv_p *p) {
+  static int off = -1;
+  if (env_zero("RESNET_PIL2", &off) || strcmp(sgemm_isa(), "avx2") != 0) return 0;
+  const int taps = p->kh * p->kw;
+  if (p->groups != 1 || p->cout < 1 || p->n < 1 || p->cin < 1 || taps < 2 || taps > PIL_MAX_TAPS || p->cin * taps > 128 * 9) return 0;
+  if ((long)p->oh * p->ow < 7 * 7 || (long)p->h * p->w * p->cin > (1L << 28)) return 0;
+  if (!pil2_ok(p) && !(p->sh == 2 && p->sw == 2 && p->dh == 1 && p->dw == 1 && p->ph < p->kh && p->pw < p->kw)) return 0;
+  pil2_bw_job j;
+  pil2_bw_plan(p, &j);
+  return (long)j.ct * j.kt * 96 * (long)sizeof(float) <= 65536L * ((long)j.rows * j.W2 + 7) / 8 * j.imgs;
+}
+
+/* dw [cout][cin][kh][kw] of a geometry pil2_bw_ok takes, from x and dy (NCHW). */
 void pil2_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
   static _Thread_local buf_t part_buf;
-  const int taps = p->kh * p->kw;
-  const long K = (long)p->cin * taps, wsz = (long)p->cout * K;
-  pil2_bw_job j = {.p = p, .taps = taps, .x = x, .dy = dy, .W2 = p->w + 2 * p->pw, .ct = (p->cout + 3) / 4, .kt = (int)((K + 2) / 3)};
-  const int halo = (p->kh - 1) * p->dh;
-  /* the chunk's rows: as many as the two buffers hold within PIL2_BW_CHUNK_FLOATS, at least one */
-  for (j.rows = p->h; j.rows > 1; j.rows--)
-    if (((long)p->cin * (j.rows + halo) + (long)p->cout * j.rows) * j.W2 <= PIL2_BW_CHUNK_FLOATS) break;
-  const long nq = ((long)j.rows * j.W2 + 7) / 8;
-  j.gs = 8 * nq;
-  j.imgs = 1;
-  if (j.rows == p->h) /* whole maps: as many images a chunk as the budget holds */
-    while (j.imgs < 64 && ((long)p->cin * (j.rows + halo) + (long)p->cout * j.rows) * j.W2 * (j.imgs + 1) <= PIL2_BW_CHUNK_FLOATS) j.imgs++;
-  /* xp's channel: the rows, and what the last vector's farthest tap reads past them, in whole lines */
-  const long xneed = 8 * nq + (long)halo * j.W2 + (long)(p->kw - 1) * p->dw;
-  j.xs = ((long)(j.rows + halo) * j.W2 > xneed ? (long)(j.rows + halo) * j.W2 : xneed);
-  j.xs = (j.xs + 15) & ~15L;
+  const long wsz = (long)p->cout * p->cin * p->kh * p->kw;
+  pil2_bw_job j = {.p = p, .x = x, .dy = dy};
+  pil2_bw_plan(p, &j);
   j.blocks = p->n < PIL2_BLOCKS ? p->n : PIL2_BLOCKS;
   j.part = grow(&part_buf, (size_t)j.blocks * wsz);
   const int T = pool_threads();
