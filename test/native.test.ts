@@ -390,11 +390,29 @@ test('native zero-pad shortcut (option A) and its adjoint = reference, every ele
   assert.throws(() => nat!.zeroPadSubsample(new Float32Array(8), new Float32Array(16), { n: 1, cIn: 4, h: 2, w: 2, cOut: 2, stride: 1 }, false), /geometry/);
 });
 
-test('native batch norm (train, eval, backward) = reference', { skip }, () => {
+/** Runs fn on the native kernels as selected and, where those are AVX-512, again with the AVX2 ones
+ * (the addon's isa(), as RESNET_ISA=avx2 sets it: the image-by-image batch norm with 8 lanes instead of
+ * 16), restoring the selection after. */
+async function withEachIsa(fn: (isa: string) => void): Promise<void> {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const original = b.isa();
+  try {
+    fn(original);
+    if (original === 'avx512' && b.isa(2) === 'avx2') fn('avx2');
+  } finally {
+    b.isa(0);
+    assert.equal(b.isa(), original);
+  }
+}
+
+test('native batch norm (train, eval, backward) = reference, with 16 and 8 lanes', { skip }, () =>
+  withEachIsa((isa) => {
   // its own stream: the relu checks below need data that it clips in part, whatever other tests draw
   const gen = new Generator(5);
   // maps of < 16 pixels take the column-sum paths (a 1x1 map with enough elements to thread: 64 x 520)
-  // (>= 16 pixels, AVX-512: image by image, sums per block of images; 40 images: 16 blocks of 2-3, threaded)
+  // (>= 16 pixels: image by image, 16 or 8 lanes, sums per block of images; 40 images: 16 blocks of 2-3,
+  // threaded; 121 and 300 pixels: partial last vectors of both widths)
   for (const [n, c, hw] of [[1, 3, 7], [7, 5, 13], [4, 17, 64], [2, 64, 300], [64, 520, 1], [9, 33, 4], [3, 40, 15], [40, 8, 121]] as const) {
     const x = randomArray(n * c * hw, gen, 2);
     const g = randomArray(c, gen);
@@ -405,14 +423,14 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
     const q = out();
     tsKernels.batchNormTrain(r.y, r.mean, r.inv, r.vu, x, g, bt, p);
     nat!.batchNormTrain(q.y, q.mean, q.inv, q.vu, x, g, bt, p);
-    for (const k of ['y', 'mean', 'inv', 'vu'] as const) assertClose(q[k], r[k], scaleTol(r[k]), `train ${k}`);
+    for (const k of ['y', 'mean', 'inv', 'vu'] as const) assertClose(q[k], r[k], scaleTol(r[k]), `${isa} ${n}x${c}x${hw}: train ${k}`);
     const dy = randomArray(n * c * hw, gen);
     for (const training of [true, false]) {
       const dxr = new Float32Array(n * c * hw), dgr = new Float32Array(c), dbr = new Float32Array(c);
       const dxn = new Float32Array(n * c * hw), dgn = new Float32Array(c), dbn = new Float32Array(c);
       tsKernels.batchNormBackward(dxr, dgr, dbr, dy, x, r.mean, r.inv, g, training, p);
       nat!.batchNormBackward(dxn, dgn, dbn, dy, x, r.mean, r.inv, g, training, p);
-      assertClose(dxn, dxr, scaleTol(dxr), `backward dx (training=${training})`);
+      assertClose(dxn, dxr, scaleTol(dxr), `${isa} ${n}x${c}x${hw}: backward dx (training=${training})`);
       assertClose(dgn, dgr, scaleTol(dgr), 'backward dgamma');
       assertClose(dbn, dbr, scaleTol(dbr), 'backward dbeta');
     }
@@ -450,7 +468,7 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
       for (const [name, k] of [['ts', tsKernels], ['native', nat!]] as const) {
         const dx = new Float32Array(n * c * hw).fill(NaN), dg = new Float32Array(c), db = new Float32Array(c);
         k.batchNormBackward(dx, dg, db, dy, x, r.mean, r.inv, g, training, p, f.y);
-        assertClose(dx, want, scaleTol(want), `${name} backward through the fused relu dx (training=${training})`);
+        assertClose(dx, want, scaleTol(want), `${name} (${isa}) backward through the fused relu dx (training=${training})`);
         assertClose(dg, wg, scaleTol(wg), `${name} fused dgamma`);
         assertClose(db, wb, scaleTol(wb), `${name} fused dbeta`);
       }
@@ -491,7 +509,7 @@ test('native batch norm (train, eval, backward) = reference', { skip }, () => {
     assert.throws(() => nat!.batchNormTrain(j.y, j.mean, j.inv, j.vu, x, g, bt, p, true, rsd, new Float32Array(bits.length) as unknown as Uint16Array), /expected a Uint16Array/);
     assert.throws(() => nat!.batchNormBackward(dxj, null, null, dy, x, j.mean, j.inv, g, true, p, null, undefined, null, bits), /reluBits needs reluY/);
   }
-});
+  }));
 
 /** batchNormTrain with relu, a residual and reluBits on kernels k: whether it wrote them is `expect`;
  * if it did, they are set exactly where y > 0 (padding bits clear), and the backward reads them
@@ -524,21 +542,24 @@ function checkReluBits(k: Kernels, name: string, x: Float32Array, g: Float32Arra
   got.forEach((a, i) => assert.ok(a.every((v, j) => v === want[i][j]), `${what}: output ${i} from the bits as from reluY`));
 }
 
-test('native batch norm: the relu bits of a residual join on a tensor beyond any L2 (17.9 MB; odd maps: a partial last word)', { skip }, () => {
+test('native batch norm: the relu bits of a residual join on a tensor beyond any L2 (17.9 MB; odd maps: a partial last word), with 16 and 8 lanes', { skip }, () =>
+  withEachIsa((isa) => {
   const gen = new Generator(11);
   const [n, c, hw] = [4, 16, 69997];
   const x = randomArray(n * c * hw, gen, 2), rsd = randomArray(n * c * hw, gen), dy = randomArray(n * c * hw, gen);
   const g = randomArray(c, gen), bt = randomArray(c, gen);
   const p = { n, c, hw, eps: 1e-5 };
-  checkReluBits(nat!, 'native', x, g, bt, rsd, dy, p, nat!.isa === 'avx512');
+  // written by the image-by-image passes (AVX-512 or AVX2), not by the portable channel loops
+  checkReluBits(nat!, `native (${isa})`, x, g, bt, rsd, dy, p, isa !== 'portable');
   const r = { y: new Float32Array(n * c * hw), mean: new Float32Array(c), inv: new Float32Array(c), vu: new Float32Array(c) };
   const q = { y: new Float32Array(n * c * hw), mean: new Float32Array(c), inv: new Float32Array(c), vu: new Float32Array(c) };
   tsKernels.batchNormTrain(r.y, r.mean, r.inv, r.vu, x, g, bt, p, true, rsd);
   nat!.batchNormTrain(q.y, q.mean, q.inv, q.vu, x, g, bt, p, true, rsd, new Uint16Array(n * c * Math.ceil(hw / 16)));
-  assertClose(q.y, r.y, scaleTol(r.y), 'train + residual + relu, bits written');
-});
+  assertClose(q.y, r.y, scaleTol(r.y), `${isa}: train + residual + relu, bits written`);
+  }));
 
-test('native batch norm backward through a fused relu: given the forward beta, the same bits as reading the relu output', { skip }, () => {
+test('native batch norm backward through a fused relu: given the forward beta, the same bits as reading the relu output, with 16 and 8 lanes', { skip }, () =>
+  withEachIsa((isa) => {
   // Given beta, a backend may recompute the relu's input from x instead of reading its output
   // (AVX-512 training path). The mask must be the forward's exactly, pre-activations of exactly 0
   // included: even channels are -1, 0, 1, 0 repeated (mean exactly 0) with beta 0, so x = 0 gives 0.
@@ -558,14 +579,15 @@ test('native batch norm backward through a fused relu: given the forward beta, t
       return [dx, dg, db];
     };
     const read = run(undefined);
-    assert.deepEqual(run(bt), read, `${n}x${c}x${hw}: recomputed mask = read mask`);
+    assert.deepEqual(run(bt), read, `${isa} ${n}x${c}x${hw}: recomputed mask = read mask`);
     // without beta in the forward: the same with null
     nat!.batchNormTrain(f.y, f.mean, f.inv, f.vu, x, g, null, p, true);
-    assert.deepEqual(run(null), run(undefined), `${n}x${c}x${hw}: no beta`);
+    assert.deepEqual(run(null), run(undefined), `${isa} ${n}x${c}x${hw}: no beta`);
   }
-});
+  }));
 
-test('native batch norm: a mean far from zero against a small spread, and the same result on 1, 2 and 3 threads', { skip }, () => {
+test('native batch norm: a mean far from zero against a small spread, and the same result on 1, 2 and 3 threads, with 16 and 8 lanes', { skip }, () =>
+  withEachIsa((isa) => {
   // 1000 + noise of 0.01: E[x^2] - E[x]^2 in float would lose everything to cancellation; the sums
   // are taken about each channel's first value (one pass), the reference two-pass in float64
   const [n, c, hw] = [24, 6, 240]; // 34,560 values: threaded
@@ -595,8 +617,8 @@ test('native batch norm: a mean far from zero against a small spread, and the sa
   assertClose(inv!, r.inv, { rtol: 1e-4, atol: 0 }, 'invstd (a spread of 0.01 beside a mean of 1000)');
   assertClose(vu!, r.vu, { rtol: 2e-4, atol: 0 }, 'unbiased variance');
   assertClose(y!, r.y.map((v) => Math.max(0, v)), scaleTol(r.y, 1e-4), 'output');
-  for (const k of [1, 2]) runs[k]!.forEach((a, i) => assert.deepEqual(a, runs[0]![i], `${k + 1} threads: output ${i} as on 1 thread`));
-});
+  for (const k of [1, 2]) runs[k]!.forEach((a, i) => assert.deepEqual(a, runs[0]![i], `${isa}, ${k + 1} threads: output ${i} as on 1 thread`));
+  }));
 
 test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, () => {
   for (const n of [1, 15, 17, 100_003]) {
