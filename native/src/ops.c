@@ -331,6 +331,16 @@ __attribute__((target("avx512f"))) static inline __m512 gseg_load(const bn_gseg 
 /* The block's images [b0, b1) of image-block `blk`. */
 static void bn_block(const bn_im_job *ij, int blk, long *b0, long *b1) { pool_split(ij->j->n, blk, ij->blocks, 1, b0, b1); }
 
+/* The start of image-block blk in a sums task: its images [*b0, *b1), its part of the sums zeroed
+ * (returned), and the per-lane scratch (nl doubles) when there is one. */
+static double *bn_sums_block(const bn_im_job *ij, int blk, long *b0, long *b1, double *lanes, size_t nl) {
+  bn_block(ij, blk, b0, b1);
+  double *part = ij->part + (long)blk * ij->j->c * 2;
+  for (long i = 0; i < 2L * ij->j->c; i++) part[i] = 0.0;
+  if (lanes) memset(lanes, 0, sizeof(double) * nl);
+  return part;
+}
+
 /* Maps of at most this many pixels add each segment's float sums to per-channel double lanes (16 a
  * stat) instead of reducing them across the vector there: on 4x4 maps a segment is one vector and its
  * two horizontal reductions were most of the pass (64 x 128 x 4 x 4, minima of 200 calls, the two
@@ -384,10 +394,7 @@ __attribute__((target("avx512f"))) static void bn_im_sums_task(void *ctx, int ti
     const int blk = (int)pool_ranges_next(&ij->items, &cur);
     if (blk < 0) break;
     long b0, b1;
-    bn_block(ij, blk, &b0, &b1);
-    double *part = ij->part + (long)blk * j->c * 2;
-    for (long i = 0; i < 2L * j->c; i++) part[i] = 0.0;
-    if (by_lanes) memset(lanes, 0, sizeof(double) * 32 * (size_t)j->c);
+    double *part = bn_sums_block(ij, blk, &b0, &b1, lanes, 32 * (size_t)j->c);
     for (long bi = b0; bi < b1; bi++)
       for (int ch = 0; ch < j->c; ch++) {
         const long b = ij->items.desc ? b0 + b1 - 1 - bi : bi;
@@ -555,10 +562,7 @@ __attribute__((target("avx2,fma"))) static void bn_im_sums_task8(void *ctx, int 
     const int blk = (int)pool_ranges_next(&ij->items, &cur);
     if (blk < 0) break;
     long b0, b1;
-    bn_block(ij, blk, &b0, &b1);
-    double *part = ij->part + (long)blk * j->c * 2;
-    for (long i = 0; i < 2L * j->c; i++) part[i] = 0.0;
-    if (by_lanes) memset(lanes, 0, sizeof(double) * 16 * (size_t)j->c);
+    double *part = bn_sums_block(ij, blk, &b0, &b1, lanes, 16 * (size_t)j->c);
     for (long bi = b0; bi < b1; bi++)
       for (int ch = 0; ch < j->c; ch++) {
         const long b = ij->items.desc ? b0 + b1 - 1 - bi : bi;
