@@ -220,12 +220,14 @@ void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, 
 /* ---- the weight gradient ---------------------------------------------------------------------
  * dW[co][ci][t] = sum over images b and pixels of dy[b][co][y][x] * x[b][ci][y + dy(t)][x + dx(t)].
  * The images form at most PIL2_BLOCKS fixed blocks, each summed by one thread, and a block's images
- * are taken a chunk of R output rows at a time, copied into two L1-sized buffers with the padding
- * made explicit: xp[ci] the R + kh - 1 input rows the chunk's taps read, each w + 2 pw wide with zero
- * columns (and zero rows outside the map); gp[co] the chunk's R rows of dy at the same width, zero
- * in the extra columns. On these flattened grids every tap is one offset, koff(t) = ky dh W2 + kx dw,
+ * are taken a chunk of R output rows (or of several whole maps) at a time, copied into two buffers
+ * with the padding made explicit: xp[ci] the R + kh - 1 input rows the chunk's taps read, each
+ * w + 2 pw wide with zero columns (and zero rows outside the map); gp[co] the chunk's R rows of dy at
+ * the same width, zero in the extra columns. On these flattened grids every tap is one offset,
+ * koff(t) = ky dh W2 + kx dw,
  *   dW[co][ci][t] += sum over q of gp[co][q] * xp[ci][q + koff(t)],
- * with no lane masks (the extra columns' products are zero) and both operands in L1. A register tile
+ * with no lane masks (the extra columns' products are zero). Stride 2: xp[ci] holds the chunk's four
+ * phase planes (even and odd rows x columns) and a tap is an offset on its phase's plane. A register tile
  * of 4 output channels x 3 (input channel, tap) pairs keeps 12 accumulators of 8 lanes (3 + 4 loads
  * per 12 multiply-adds); the tiles' accumulators live in a per-thread array between chunks (loaded
  * and stored once per chunk and tile) and are added lane by lane at the block's end. The blocks are
@@ -233,7 +235,8 @@ void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, 
  * accumulators over the whole block, streaming the block from L2 with masked loads, 4 of them
  * spilled to the stack) took 5.1-5.8 ms for ResNet-20's 16 channels on 28x28. */
 #define PIL2_BLOCKS 16
-/* floats of a chunk's two buffers: within a 32 KB L1 (Zen 4; 48 KB on Zen 5 and recent Intel) */
+/* floats of a chunk's two buffers (128 KB: within L2; chunks of 6, 12 and 64 K floats measured slower
+ * or no faster, Zen 5 VM: fewer chunks, fewer loads and stores of the tiles' accumulators) */
 #define PIL2_BW_CHUNK_FLOATS (32 * 1024)
 typedef struct {
   const conv_p *p;
