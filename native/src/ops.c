@@ -248,6 +248,7 @@ static void bn_backward_task(void *ctx, int tid, int nt) {
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "simd.h" /* load16, store16 */
 /* AVX-512 paths of this file (RESNET_OPS_NO_AVX512 set: the portable loops, for comparisons) */
 static int has_avx512(void) {
   static int v = -1;
@@ -293,11 +294,6 @@ __attribute__((target("avx512f"))) static inline double sum_pd(__m512 v) {
          _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
 
-/* Lanes mk of p, zero elsewhere: a plain load for a whole vector (see store16). */
-__attribute__((target("avx512f"))) static inline __m512 load16(const float *p, __mmask16 mk) {
-  return mk == 0xFFFF ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mk, p);
-}
-
 /* One (image, channel) segment of the backward's incoming gradient, through a fused relu when there
  * is one: g where the relu's output is not <= 0 (a NaN output passes g, as the scalar code), the
  * output read (ym) or recomputed from x as the forward computed it (ij->ss: x * s + t, multiply then
@@ -333,17 +329,11 @@ __attribute__((target("avx512f"))) static inline __m512 gseg_load(const bn_gseg 
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NLE_UQ), g);
 }
 
-/* Stores lanes mk of v at p: a plain store for a whole vector. On the Zen 5 VM AVX-512's masked
- * loads and stores cost more than plain ones even with every lane set: with them for every vector,
- * in ResNet-20 steps alternating with this build (per-call medians, 20 steps each), the batch-norm
- * backwards took 13.5 against 8.7 ms a step, the forwards 5.4 against 3.1, their statistics 1.7
- * against 1.0 (ResNet-18: 2.9 against 1.9, 1.4 against 1.0); the 8-lane AVX2 passes had been faster
- * than them there. */
-__attribute__((target("avx512f"))) static inline void store16(float *p, __mmask16 mk, __m512 v) {
-  if (mk == 0xFFFF) _mm512_storeu_ps(p, v);
-  else _mm512_mask_storeu_ps(p, mk, v);
-}
-
+/* Whole vectors by plain loads and stores (load16, store16: simd.h): with masked ones for every
+ * vector, in ResNet-20 steps alternating with this build on the Zen 5 VM (per-call medians, 20 steps
+ * each), the batch-norm backwards took 13.5 against 8.7 ms a step, the forwards 5.4 against 3.1,
+ * their statistics 1.7 against 1.0 (ResNet-18: 2.9 against 1.9, 1.4 against 1.0); the 8-lane AVX2
+ * passes had been faster than them there. */
 /* The block's images [b0, b1) of image-block `blk`. */
 static void bn_block(const bn_im_job *ij, int blk, long *b0, long *b1) { pool_split(ij->j->n, blk, ij->blocks, 1, b0, b1); }
 
