@@ -13,6 +13,7 @@
 #include "conv_internal.h"
 #include "gemm.h"
 #include "pool.h"
+#include "simd.h" /* lanes8 */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,19 +55,10 @@ typedef struct {
   pool_ranges items;   /* (image, chunk of vectors), by ranges of images */
 } pil2_job;
 
-/* lut[m]: the lanes of 8-bit mask m as vmaskmovps reads them (the sign bit of each 32-bit lane). */
-__attribute__((target("avx2"))) static void lane_masks(__m256i *lut) {
-  for (unsigned m = 0; m < 256; m++) {
-    int32_t v[8];
-    for (int l = 0; l < 8; l++) v[l] = (m >> l & 1) ? -1 : 0;
-    lut[m] = _mm256_loadu_si256((const __m256i *)v);
-  }
-}
-
 /* The 8 pixels from q0 of output channels [co0, co0 + 8) (those below cout stored), over the input
  * channels [ci0, ci1) and all taps: the sums start from zero (ci0 = 0) or from acc, and go to acc, or
  * (ci1 = cin) through the epilogue to y. */
-__attribute__((target("avx2,fma"))) static void pil2_vector(const pil2_job *j, const __m256i *lut, const float *x, long q0,
+__attribute__((target("avx2,fma"))) static void pil2_vector(const pil2_job *j, const float *x, long q0,
                                                              int co0, float *y, const float *res, int ci0, int ci1, float *acc) {
   const conv_p *p = j->p;
   const uint8_t *mk = j->mk + (q0 / 8) * j->taps;
@@ -85,7 +77,7 @@ __attribute__((target("avx2,fma"))) static void pil2_vector(const pil2_job *j, c
         _Pragma("GCC unroll 8") for (int co = 0; co < 8; co++) c[co] = _mm256_fmadd_ps(xv, _mm256_broadcast_ss(w + co), c[co]);
       }
     } else {
-      const __m256i lm = lut[m];
+      const __m256i lm = lanes8(m);
       for (int ci = ci0; ci < ci1; ci++, xp += j->plane, w += wstep) {
         const __m256 xv = _mm256_maskload_ps(xp, lm);
         _Pragma("GCC unroll 8") for (int co = 0; co < 8; co++) c[co] = _mm256_fmadd_ps(xv, _mm256_broadcast_ss(w + co), c[co]);
@@ -129,8 +121,6 @@ __attribute__((target("avx2,fma"))) static void pil2_task(void *ctx, int tid, in
   (void)nt;
   pil2_job *j = ctx;
   const conv_p *p = j->p;
-  __m256i lut[256];
-  lane_masks(lut);
   float acc[PIL2_BAND * 64]; /* a band's partial sums between blocks of input channels */
   const long per = (j->nv + j->chunks - 1) / j->chunks;
   const long x_img = (long)p->cin * j->plane, y_img = (long)p->cout * j->plane;
@@ -149,7 +139,7 @@ __attribute__((target("avx2,fma"))) static void pil2_task(void *ctx, int tid, in
           const int ci1 = ci0 + j->cb < p->cin ? ci0 + j->cb : p->cin;
           for (long v = vb; v < ve; v++) {
             const long o = (long)co0 * j->plane + 8 * v;
-            pil2_vector(j, lut, x, 8 * v, co0, y + o, res ? res + o : NULL, ci0, ci1, acc + (v - vb) * 64);
+            pil2_vector(j, x, 8 * v, co0, y + o, res ? res + o : NULL, ci0, ci1, acc + (v - vb) * 64);
           }
         }
     }

@@ -511,10 +511,6 @@ __attribute__((target("avx512f"))) static void bn_im_apply_task(void *ctx, int t
  * each channel, and a relu's mask always read from its stored output): in ResNet-20 steps with the
  * AVX2 paths forced (Zen 5 VM, sums of per-call medians, 9 steps each, one build with and one
  * without) the batch-norm backwards 22.7 -> 9.5 ms a step, the forwards 8.3 -> 5.6 ms. */
-__attribute__((target("avx2"))) static inline __m256i lanes8(unsigned m) {
-  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)m), sel), sel);
-}
 __attribute__((target("avx2"))) static inline void add_lanes8(double *lanes, __m256 v) {
   _mm256_storeu_pd(lanes, _mm256_add_pd(_mm256_loadu_pd(lanes), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
   _mm256_storeu_pd(lanes + 4, _mm256_add_pd(_mm256_loadu_pd(lanes + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));

@@ -48,6 +48,12 @@ __attribute__((target("avx512f"))) static inline void transpose16(__m512 r[16]) 
     r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
   }
 }
+/* The lanes of 8-bit mask m as AVX2's masked loads and stores read them (every bit of lane l set
+ * where bit l of m is). */
+__attribute__((target("avx2"))) static inline __m256i lanes8(unsigned m) {
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)m), sel), sel);
+}
 /* Lanes mk of p, zero elsewhere / v's lanes mk stored at p: plain instructions for a whole vector. On
  * AMD's Zen 5 AVX-512's masked loads and stores cost more than plain ones even with every lane set
  * (ops.c's batch norm: ~50 % more time a pass with them on every vector). */
