@@ -236,6 +236,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
   const wantPeers = o.peers ?? true;
   const equalAllocator = o.equalAllocator ?? false;
   const peerEnv: NodeJS.ProcessEnv = equalAllocator ? { ...process.env, ...RESNET_ALLOCATOR_ENV } : process.env;
+  const peerOptions = (p: TimingPlan): PeerOptions => ({ threads, plan: p, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log, env: peerEnv });
   const skipped = (): PeerRun => ({ available: false, reason: 'skipped (--no-peers)', results: Object.fromEntries(workloads.map((w) => [w.id, { status: 'n/a', reason: 'skipped (--no-peers)' }])) });
   const oursRounds: Record<string, EngineResult>[] = [];
   const ortRounds: PeerRun[] = [];
@@ -253,7 +254,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
       log(`  ${w.id}: ${fmtMs(m.msPerIter)} per iteration (median of ${m.runs})${m.limited ? ` [${m.limited}]` : ''}`);
     }
     oursRounds.push(oursRound);
-    const po: PeerOptions = { threads, plan: rp, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log, env: peerEnv };
+    const po = peerOptions(rp);
     const c1 = cpuSample();
     // a peer found unavailable (not installed) in the first round is not asked again
     ortRounds.push(wantPeers && (r === 0 || ortRounds[0]!.available) ? runOrt(workloads, po) : (ortRounds[0] ?? skipped()));
@@ -268,7 +269,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
   const ort = mergePeer(workloads, ortRounds);
   const torch = mergePeer(workloads, torchRounds);
   const c3 = cpuSample();
-  const po: PeerOptions = { threads, plan, python: o.python ?? DEFAULTS.python, cacheDir: o.cacheDir ?? defaultCacheDir(), seed, log, env: peerEnv };
+  const po = peerOptions(plan);
 
   // 3. Peak memory of ResNet-50 batch 1, each engine in a fresh process.
   let memory: BenchReport['memory'] = null;
