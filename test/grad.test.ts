@@ -852,6 +852,44 @@ describe('autograd engine', () => {
     });
   });
 
+  test('max pool keeps its indices (GradFn.saved) until the backward, and gives their buffer back at once without a graph', () => {
+    for (const backend of ['ts', ...(nativeBackend() ? ['native'] : [])]) {
+      withBackend(backend, () => {
+        const [h, oh] = [40, 20];
+        const x = randn([2, 3, h, h], new Generator(4)).requiresGrad_();
+        const y = maxPool2d(x, { kernelSize: 3, stride: 2, padding: 1 });
+        const store = y.gradFn!.saved![0]!;
+        assert.equal(store.length, 2 * 3 * oh * oh, `${backend}: one index per output`);
+        for (let i = 0; i < 2; i++) assert.notEqual(uninitialized(store.length).fill(NaN), store, `${backend}: not handed out before the backward`);
+        backward(sum(y), undefined, { recycleActivations: true });
+        // each output's gradient (1) lands on its window's maximum: the indices survived intact
+        const want = new Float32Array(x.numel);
+        const xv = x.values;
+        for (let pl = 0; pl < 6; pl++)
+          for (let oy = 0; oy < oh; oy++)
+            for (let ox = 0; ox < oh; ox++) {
+              let best = -1;
+              for (let iy = 2 * oy - 1; iy <= 2 * oy + 1; iy++)
+                for (let ix = 2 * ox - 1; ix <= 2 * ox + 1; ix++) {
+                  if (iy < 0 || iy >= h || ix < 0 || ix >= h) continue;
+                  const at = pl * h * h + iy * h + ix;
+                  if (best < 0 || xv[at]! > xv[best]!) best = at;
+                }
+              want[best]! += 1;
+            }
+        assert.deepEqual(x.grad, want, `${backend}: the gradient routed through the kept indices`);
+        // the output's buffer (of the same length) goes back with the graph too
+        const back = [uninitialized(store.length), uninitialized(store.length)];
+        assert.ok(back.includes(store), `${backend}: given back with the graph`);
+        const held = recycledFloats(); // none of that length: both taken back above
+        const z = noGrad(() => maxPool2d(x, { kernelSize: 3, stride: 2, padding: 1 }));
+        assert.equal(z.gradFn, null);
+        assert.equal(recycledFloats(), held + store.length, `${backend}: without a graph the indices' buffer went back at once`);
+        uninitialized(store.length); // taken out again: later tests count the held floats
+      });
+    }
+  });
+
   test('a buffer given back twice is handed out once; past the cap the stalest lengths go first', () => {
     const a = uninitialized(5000);
     recycle(a);
