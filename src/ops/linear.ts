@@ -1,7 +1,7 @@
 /** linear (y = x W^T + b) through the kernel GEMM. */
 import { ShapeError } from '../errors.js';
 import { record } from '../tensor/autograd.js';
-import { Tensor, shapeStr } from '../tensor/tensor.js';
+import { Tensor, shapeStr, uninitialized } from '../tensor/tensor.js';
 import { kernels } from '../kernels/registry.js';
 import { expectRank, output } from './util.js';
 
@@ -26,8 +26,9 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
     let gx: Float32Array | null = null;
     let gw: Float32Array | null = null;
     let gb: Float32Array | null = null;
-    if (needs[0]) k.gemm((gx = new Float32Array(m * kIn)), gy, w.values, m, kIn, nOut, false, false, 1, 0);
-    if (needs[1]) k.gemm((gw = new Float32Array(nOut * kIn)), gy, x.values, nOut, kIn, m, true, false, 1, 0);
+    // beta 0: the GEMM writes every element (the kernel contract), so no zero-fill
+    if (needs[0]) k.gemm((gx = uninitialized(m * kIn)), gy, w.values, m, kIn, nOut, false, false, 1, 0);
+    if (needs[1]) k.gemm((gw = uninitialized(nOut * kIn)), gy, x.values, nOut, kIn, m, true, false, 1, 0);
     if (needs[2]) {
       gb = new Float32Array(nOut);
       for (let i = 0; i < m; i++) for (let j = 0; j < nOut; j++) gb[j]! += gy[i * nOut + j]!;
