@@ -261,7 +261,7 @@ static int bn_im_lanes(void) {
   static int avx2 = -1;
   if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const char *isa = sgemm_isa(); /* RESNET_ISA or the addon's isa(): the narrower kernels here too */
-  if (has_avx512() && strcmp(isa, "avx512") == 0 && !getenv("BNL8")) return 16;
+  if (has_avx512() && strcmp(isa, "avx512") == 0) return 16;
   return avx2 && strcmp(isa, "portable") != 0 ? 8 : 0;
 }
 /* ---- batch norm image by image (AVX-512, maps of at least 16 pixels) ----------------------------
