@@ -12,6 +12,7 @@
         "native/src/conv_prow.c",
         "native/src/conv_qgrid.c",
         "native/src/conv_rows.c",
+        "native/src/conv_taps.c",
         "native/src/conv_wino.c",
         "native/src/gemm.c",
         "native/src/ops.c",

@@ -125,7 +125,7 @@ test('packed weights: grouped convs, kernels cropped on 1x1 maps, backend switch
   assert.equal(binding!.isa(), original);
 });
 
-test('the plan compiled and run with the AVX2 micro-kernels (its 3x3 layers by AVX2 pixels in lanes, plain weights) equals model.call', () => {
+test('the plan compiled and run with the AVX2 micro-kernels (its 3x3 layers by AVX2 pixels in lanes, plain weights, or above 128 channels by tap panels on the packed weights) equals model.call', () => {
   const nat = nativeBackend();
   if (!nat) return; // no addon: nothing to force
   const { binding } = loadBinding();
@@ -143,6 +143,16 @@ test('the plan compiled and run with the AVX2 micro-kernels (its 3x3 layers by A
     withBackend('native', () => closeToScale(plan.run(x).values, expected, 'native, packed and run with AVX2'));
     binding!.isa(0);
     withBackend('native', () => closeToScale(plan.run(x).values, expected, `native, packed for AVX2, run with ${binding!.isa()}`));
+    // 144 and 160 channels on 5x5 and 3x3 maps, the 7x7/2 stem, the strided 3x3: tap panels
+    binding!.isa(2);
+    const wide = new ResNet('basic', [1, 1, 1, 1], { numClasses: 5, widths: [16, 32, 144, 160], stemWidth: 16 });
+    for (const [name, p] of wide.namedParameters()) if (name.includes('bn')) p.values.set(randn(p.shape, g).values.map((v) => 1 + 0.2 * v));
+    for (const [name, b] of wide.namedBuffers()) if (name.endsWith('running_var')) b.values.fill(1.3);
+    wide.eval();
+    const xw = randn([2, 3, 40, 40], new Generator(6));
+    const want = withBackend('ts', () => noGrad(() => wide.call(xw))).values;
+    const widePlan = withBackend('native', () => compileInference(wide));
+    withBackend('native', () => closeToScale(widePlan.run(xw).values, want, 'native, 144 and 160 channels, packed and run with AVX2'));
   } finally {
     binding!.isa(0);
   }

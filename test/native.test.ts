@@ -949,7 +949,7 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
   }
 });
 
-test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input, weight gradient (same bits on one thread)', { skip }, async () => {
+test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) and tap panels (the forward of the others) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input, weight gradient (same bits on one thread)', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();
@@ -963,9 +963,16 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the
       convCase(2, 9, 7, 8, 17, 5, 1, 2, 1, 1), // 5x5 kernel
       convCase(2, 6, 9, 9, 10, 3, 1, 2, 2, 1), // dilation 2
       convCase(5, 8, 3, 3, 8, 3, 1, 1, 1, 1), // a map smaller than a vector
-      // 160 input channels: blocks of 64, 64 and 32 summed through the band's scratch; 9x9 maps, 11
-      // vectors an image (a band of 8 and one of 3); 33 vectors in the batch
+      // 160 input channels: the backward-input's blocks of 64, 64 and 32 summed through the band's
+      // scratch; 9x9 maps, 11 vectors an image (a band of 8 and one of 3); 33 vectors in the batch.
+      // Its forward, above 128 input channels, by tap panels
       convCase(3, 160, 9, 9, 12, 3, 1, 1, 1, 1),
+      // tap panels (the forward of strided layers and of more than 128 input channels): 49 pixels,
+      // so panels of 16 columns span images; 20 outputs (a partial micro-kernel panel); dilation 2 at
+      // the map's edges; one input channel at stride 2 (the strided cases below take them too)
+      convCase(3, 144, 7, 7, 20, 3, 1, 1, 1, 1),
+      convCase(2, 130, 9, 9, 5, 3, 1, 2, 2, 1),
+      convCase(5, 1, 11, 11, 3, 3, 2, 1, 1, 1),
       // the weight gradient's too (maps of 7x7 or more): 11 outputs and 45 (input, tap) pairs, not
       // whole register tiles; 20 images in 16 blocks of one or two; the 1 -> 16 stem
       convCase(20, 5, 15, 14, 11, 3, 1, 1, 1, 1),

@@ -417,6 +417,17 @@ static int avx512_paths(void) { return strcmp(sgemm_isa(), "avx512") == 0 && !no
 /* The Winograd tile for an NCHW convolution with plain weights here, 0: another path. */
 static int nchw_wino(const conv_p *p) { return avx512_paths() ? wino_nchw_tile(p) : 0; }
 
+/* Whether the forward runs the AVX2 pixels in lanes (pil2_ok): not for more than 128 input channels
+ * where the tap panels take the layer (conv_taps.c; AVX2 forced on the Zen 5 VM, two threads, fastest
+ * calls: ResNet-50's 256 on 14x14 at batch 8 10.1 against 11.7 ms, 512 on 7x7 10.1 against 13.9;
+ * 128 on 28x28 11.4 against 11.0 and the smaller ones stay with pil2). The backward-input keeps
+ * pil2_ok: the tap panels are a forward only. */
+#if defined(__x86_64__)
+static int pil2_fwd(const conv_p *p) {
+  return pil2_ok(p) && !((long)p->cin * p->kh * p->kw > 128 * 9 && taps_ok(p));
+}
+#endif
+
 static void forward_impl(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
                          int relu, const conv_p *p) {
   if (w && is_linear(p)) {
@@ -447,7 +458,7 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     pil_forward(y, x, w, bias, residual, relu, p);
     return;
   }
-  if (w && pil2_ok(p)) {
+  if (w && pil2_fwd(p)) {
     pil2_forward(y, x, w, (long)p->cin * p->kh * p->kw, (long)p->kh * p->kw, 0, bias, residual, relu, p);
     return;
   }
@@ -469,6 +480,10 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     return;
   }
 #endif
+  if (taps_ok(p)) {
+    taps_forward(y, x, w, wp, bias, residual, relu, p);
+    return;
+  }
   conv_job j = {.kind = 0, .p = p, .y = y, .x = x, .w = w, .wp = wp, .bias = bias, .residual = residual, .relu = relu};
   run_chunks(&j);
 }
@@ -849,7 +864,7 @@ int conv2d_pack_layout(const conv_p *p) {
   int ky0, kx0;
   if (!crop(p, &q, &ky0, &kx0)) {
     /* the paths forward_impl takes with plain weights before any packed one */
-    if (nchw_wino(p) || pil_ok(p) || pil_strided_ok(p, 0) || pil2_ok(p)) return CONV_LAYOUT_PLAIN;
+    if (nchw_wino(p) || pil_ok(p) || pil_strided_ok(p, 0) || pil2_fwd(p)) return CONV_LAYOUT_PLAIN;
     const int nr = prow_nr(p);
     if (nr) return nr == 16 ? CONV_LAYOUT_PROW16 : CONV_LAYOUT_PROW;
   }

@@ -116,6 +116,10 @@ void pil_forward_strided(float *y, const float *x, const float *w, const float *
 void pil_backward_input_strided(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
 /* Pixels in lanes for AVX2 (conv_pil2.c): stride-1 same-size convolutions of 2 taps or more on the
  * AVX2 GEMM's machines; w read as w[co * sco + ci * sci + t] (flip: tap kk - 1 - t). */
+/* conv_taps.c: the forward through B panels gathered from x (GEMM paths without AVX-512) */
+int taps_ok(const conv_p *p);
+void taps_forward(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
+                  int relu, const conv_p *p);
 int pil2_ok(const conv_p *p);
 void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, int flip, const float *bias,
                   const float *residual, int relu, const conv_p *p);

@@ -31,7 +31,8 @@
  * at batch 8 11.4 against 14.8 ms, 512 on 7x7 at batch 8 13.3-13.9 against 16.3; but at batch 1, 7
  * vectors, 3.3-4.6 against 2.5: the weights, streamed in blocks, are used by too few vectors), and no
  * map of a multiple of 1024 pixels (4 KB planes: the input rows of every channel fall in the same L1
- * sets; 64 channels on 32x32, batch 64, 47 against 33-39 ms). */
+ * sets; 64 channels on 32x32, batch 64, 47 against 33-39 ms). The forward leaves the layers of more
+ * than 128 input channels to the tap panels (conv.c: pil2_fwd), which were faster there. */
 int pil2_ok(const conv_p *p) {
   static int off = -1;
   if (env_zero("RESNET_PIL2", &off) || strcmp(sgemm_isa(), "avx2") != 0) return 0;

@@ -1,0 +1,142 @@
+/* Tap panels: the forward convolution as the GEMM's micro-kernel over B panels gathered straight
+ * from x, for the GEMM paths that are not AVX-512 (the AVX2 kernels; the AVX-512 ones have the
+ * gathered GEMM of conv_gather.c).
+ *
+ * im2col + GEMM writes the K x N patch matrix (K = cin kh kw, N = the chunk's output pixels), and the
+ * GEMM then packs it again into its B panels (nr columns, whole K): ResNet-50's 256 channels on 14x14
+ * at batch 1 with the AVX2 kernels spent 18 % of its time in that packing and 7 % in im2col, the
+ * micro-kernel 56 %. Here each work item is one B panel: nr consecutive output columns (image,
+ * pixel), gathered from x into the panel's layout (zeros for the padding), multiplied at once while
+ * it is in L1/L2 by the whole-K weight panels (sgemm_panel), the products written through a small
+ * buffer into NCHW y with the bias, residual and relu epilogue. Each output is computed by one
+ * thread over the whole K in a fixed order: the bits do not depend on the thread count. */
+#include "conv.h" /* l2_bytes */
+#include "conv_internal.h"
+#include "gemm.h"
+#include "pool.h"
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  const conv_p *p;
+  const float *x, *Ap, *bias, *residual;
+  float *y;
+  int relu, nr, K;
+  long P, ncols, npanels;
+  const int *koff;     /* [K]: the tap's offset in x from its column's (ci 0, iy0, ix0) */
+  const int *kdy, *kdx; /* [K]: the tap's row and column offset from the column's iy0, ix0 */
+  pool_ranges items;
+} taps_job;
+
+/* Panel pn: B[k][c] for its columns c (those past ncols zero), into bp; *nc: its columns. */
+static void taps_gather(const taps_job *j, long pn, float *bp, int *nc) {
+  const conv_p *p = j->p;
+  const int nr = j->nr, K = j->K;
+  const long c0 = pn * nr;
+  const int cols = j->ncols - c0 < nr ? (int)(j->ncols - c0) : nr;
+  *nc = cols;
+  const long HW = (long)p->h * p->w;
+  for (int c = 0; c < nr; c++) {
+    if (c >= cols) {
+      for (int k = 0; k < K; k++) bp[(long)k * nr + c] = 0.0f;
+      continue;
+    }
+    const long col = c0 + c, b = col / j->P, q = col % j->P;
+    const int oy = (int)(q / p->ow), ox = (int)(q % p->ow);
+    const int iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
+    const float *xb = j->x + b * p->cin * HW + (long)iy0 * p->w + ix0;
+    /* the column's window inside the map for every tap: no bounds checks */
+    const int inside = iy0 >= 0 && ix0 >= 0 && iy0 + (p->kh - 1) * p->dh < p->h && ix0 + (p->kw - 1) * p->dw < p->w;
+    if (inside) {
+      for (int k = 0; k < K; k++) bp[(long)k * nr + c] = xb[j->koff[k]];
+    } else {
+      for (int k = 0; k < K; k++) {
+        const int iy = iy0 + j->kdy[k], ix = ix0 + j->kdx[k];
+        bp[(long)k * nr + c] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? xb[j->koff[k]] : 0.0f;
+      }
+    }
+  }
+}
+
+static void taps_task(void *ctx, int tid, int nt) {
+  (void)nt;
+  taps_job *j = ctx;
+  const conv_p *p = j->p;
+  static _Thread_local buf_t b_buf, c_buf;
+  float *bp = grow(&b_buf, (size_t)j->K * j->nr);
+  float *cb = grow(&c_buf, (size_t)p->cout * j->nr);
+  pool_cursor cur = pool_cursor_at(&j->items, tid);
+  for (;;) {
+    const long pn = pool_ranges_next(&j->items, &cur);
+    if (pn < 0) break;
+    int cols;
+    taps_gather(j, pn, bp, &cols);
+    sgemm_panel(p->cout, cols, j->K, j->Ap, bp, 0.0f, cb, j->nr);
+    /* cb[co][c] -> y[b][co][q], column by column runs within an image */
+    for (int c = 0; c < cols;) {
+      const long col = pn * j->nr + c, b = col / j->P, q = col % j->P;
+      const int run = (int)(j->P - q < cols - c ? j->P - q : cols - c);
+      for (int co = 0; co < p->cout; co++) {
+        const long o = (b * p->cout + co) * j->P + q;
+        const float bv = j->bias ? j->bias[co] : 0.0f;
+        const float *src = cb + (long)co * j->nr + c;
+        float *d = j->y + o;
+        const float *r = j->residual ? j->residual + o : NULL;
+        for (int i = 0; i < run; i++) {
+          float v = src[i] + bv;
+          if (r) v += r[i];
+          d[i] = j->relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
+        }
+      }
+      c += run;
+    }
+  }
+}
+
+/* Whether taps_forward takes p: the AVX2 GEMM kernels, one group, not 1x1 (a 1x1 stride-1 layer's
+ * GEMM reads x as it is), and where each thread multiplies at least 4 panels or the weights fit in
+ * half an L2: every panel streams all of the weights, which the first panel of each thread reads from
+ * memory when the layer runs cold in a network, while im2col + GEMM reads them once per K block
+ * (ResNet-50 at batch 1 with the AVX2 kernels, in whole runs: 512 on 7x7, 4 panels of 9.4 MB of
+ * weights, 2.65 -> 2.78 ms a layer, against 1.63 hot in `convbench`; 256 on 14x14, 13 panels of 2.4
+ * MB, 2.46 -> 1.62). RESNET_TAPS=0 turns it off (measurements). */
+int taps_ok(const conv_p *p) {
+  static int off = -1;
+  if (env_zero("RESNET_TAPS", &off) || strcmp(sgemm_isa(), "avx2") != 0) return 0;
+  if (p->groups != 1 || p->n < 1 || p->cin < 1 || p->cout < 1 || (p->kh == 1 && p->kw == 1)) return 0;
+  const long K = (long)p->cin * p->kh * p->kw;
+  if (K > (1L << 20) || (long)p->n * p->cin * p->h * p->w > (1L << 31) - 1) return 0;
+  const long panels = ((long)p->n * p->oh * p->ow + sgemm_nr() - 1) / sgemm_nr();
+  return panels >= 4L * pool_threads() || (long)p->cout * K * (long)sizeof(float) <= l2_bytes() / 2;
+}
+
+/* y = conv(x, w) + bias (+ residual: may be y itself, then relu); wp: w packed as sgemm_pack_a packs
+ * it (mr = sgemm_mr(cout)), or NULL (packed here). */
+void taps_forward(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
+                  int relu, const conv_p *p) {
+  static _Thread_local buf_t a_buf, k_buf;
+  const int K = p->cin * p->kh * p->kw;
+  const float *Ap = wp;
+  if (!Ap) {
+    float *a = grow(&a_buf, sgemm_packed_a_size(p->cout, K));
+    sgemm_pack_a_mt(w, p->cout, K, a);
+    Ap = a;
+  }
+  int *koff = (int *)grow(&k_buf, 3 * (size_t)K), *kdy = koff + K, *kdx = kdy + K;
+  const int kk = p->kh * p->kw;
+  for (int k = 0; k < K; k++) {
+    const int ci = k / kk, t = k % kk;
+    kdy[k] = (t / p->kw) * p->dh;
+    kdx[k] = (t % p->kw) * p->dw;
+    koff[k] = (int)((long)ci * p->h * p->w + (long)kdy[k] * p->w + kdx[k]);
+  }
+  taps_job j = {.p = p, .x = x, .Ap = Ap, .bias = bias, .residual = residual, .y = y, .relu = relu,
+                .nr = sgemm_nr(), .K = K, .P = (long)p->oh * p->ow, .koff = koff, .kdy = kdy, .kdx = kdx};
+  j.ncols = (long)p->n * j.P;
+  j.npanels = (j.ncols + j.nr - 1) / j.nr;
+  const int T = pool_threads();
+  const int nthr = j.npanels < T ? (int)j.npanels : T;
+  pool_ranges_init(&j.items, j.npanels, 1, nthr);
+  pool_run_dynamic(taps_task, &j, nthr);
+}
