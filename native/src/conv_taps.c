@@ -45,15 +45,17 @@ static void taps_gather(const taps_job *j, long pn, float *bp, int *nc) {
     const long col = c0 + c, b = col / j->P, q = col % j->P;
     const int oy = (int)(q / p->ow), ox = (int)(q % p->ow);
     const int iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
-    const float *xb = j->x + b * p->cin * HW + (long)iy0 * p->w + ix0;
+    /* the window's first tap as an offset in x (before x where the window starts in the padding) */
+    const long base = b * p->cin * HW + (long)iy0 * p->w + ix0;
     /* the column's window inside the map for every tap: no bounds checks */
     const int inside = iy0 >= 0 && ix0 >= 0 && iy0 + (p->kh - 1) * p->dh < p->h && ix0 + (p->kw - 1) * p->dw < p->w;
     if (inside) {
+      const float *xb = j->x + base;
       for (int k = 0; k < K; k++) bp[(long)k * nr + c] = xb[j->koff[k]];
     } else {
       for (int k = 0; k < K; k++) {
         const int iy = iy0 + j->kdy[k], ix = ix0 + j->kdx[k];
-        bp[(long)k * nr + c] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? xb[j->koff[k]] : 0.0f;
+        bp[(long)k * nr + c] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? j->x[base + j->koff[k]] : 0.0f;
       }
     }
   }
