@@ -973,6 +973,8 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the
       convCase(3, 144, 7, 7, 20, 3, 1, 1, 1, 1),
       convCase(2, 130, 9, 9, 5, 3, 1, 2, 2, 1),
       convCase(5, 1, 11, 11, 3, 3, 2, 1, 1, 1),
+      // few panels (25 columns) and weights beyond half an L2 (4.7 MB): all panels, then one GEMM
+      convCase(1, 256, 5, 5, 512, 3, 1, 1, 1, 1),
       // the weight gradient's too (maps of 7x7 or more): 11 outputs and 45 (input, tap) pairs, not
       // whole register tiles; 20 images in 16 blocks of one or two; the 1 -> 16 stem
       convCase(20, 5, 15, 14, 11, 3, 1, 1, 1, 1),

@@ -26,6 +26,7 @@ typedef struct {
   long P, ncols, npanels;
   const int *koff;     /* [K]: the tap's offset in x from its column's (ci 0, iy0, ix0) */
   const int *kdy, *kdx; /* [K]: the tap's row and column offset from the column's iy0, ix0 */
+  float *Bp;            /* all panels (the GEMM mode), else NULL */
   pool_ranges items;
 } taps_job;
 
@@ -61,6 +62,29 @@ static void taps_gather(const taps_job *j, long pn, float *bp, int *nc) {
   }
 }
 
+/* Products cb[co][c] (row stride ldc) of the columns [col0, col0 + cols) -> y[b][co][q] with the
+ * epilogue, in runs of columns within an image. */
+static void taps_store(const taps_job *j, const float *cb, long ldc, long col0, int cols) {
+  const conv_p *p = j->p;
+  for (int c = 0; c < cols;) {
+    const long col = col0 + c, b = col / j->P, q = col % j->P;
+    const int run = (int)(j->P - q < cols - c ? j->P - q : cols - c);
+    for (int co = 0; co < p->cout; co++) {
+      const long o = (b * p->cout + co) * j->P + q;
+      const float bv = j->bias ? j->bias[co] : 0.0f;
+      const float *src = cb + (long)co * ldc + c;
+      float *d = j->y + o;
+      const float *r = j->residual ? j->residual + o : NULL;
+      for (int i = 0; i < run; i++) {
+        float v = src[i] + bv;
+        if (r) v += r[i];
+        d[i] = j->relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
+      }
+    }
+    c += run;
+  }
+}
+
 static void taps_task(void *ctx, int tid, int nt) {
   (void)nt;
   taps_job *j = ctx;
@@ -75,41 +99,41 @@ static void taps_task(void *ctx, int tid, int nt) {
     int cols;
     taps_gather(j, pn, bp, &cols);
     sgemm_panel(p->cout, cols, j->K, j->Ap, bp, 0.0f, cb, j->nr);
-    /* cb[co][c] -> y[b][co][q], column by column runs within an image */
-    for (int c = 0; c < cols;) {
-      const long col = pn * j->nr + c, b = col / j->P, q = col % j->P;
-      const int run = (int)(j->P - q < cols - c ? j->P - q : cols - c);
-      for (int co = 0; co < p->cout; co++) {
-        const long o = (b * p->cout + co) * j->P + q;
-        const float bv = j->bias ? j->bias[co] : 0.0f;
-        const float *src = cb + (long)co * j->nr + c;
-        float *d = j->y + o;
-        const float *r = j->residual ? j->residual + o : NULL;
-        for (int i = 0; i < run; i++) {
-          float v = src[i] + bv;
-          if (r) v += r[i];
-          d[i] = j->relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;
-        }
-      }
-      c += run;
-    }
+    taps_store(j, cb, j->nr, pn * j->nr, cols);
+  }
+}
+
+/* Few panels and weights beyond L2: all panels gathered first (into j->Bp, on all threads), then one
+ * GEMM with the GEMM's own blocking over both packed operands, which reads the weights once per K
+ * block instead of once per panel. */
+static void taps_gather_task(void *ctx, int tid, int nt) {
+  taps_job *j = ctx;
+  long lo, hi;
+  pool_split(j->npanels, tid, nt, 1, &lo, &hi);
+  for (long pn = lo; pn < hi; pn++) {
+    int cols;
+    taps_gather(j, pn, j->Bp + pn * j->nr * (long)j->K, &cols);
   }
 }
 
 /* Whether taps_forward takes p: the AVX2 GEMM kernels, one group, not 1x1 (a 1x1 stride-1 layer's
- * GEMM reads x as it is), and where each thread multiplies at least 4 panels or the weights fit in
- * half an L2: every panel streams all of the weights, which the first panel of each thread reads from
- * memory when the layer runs cold in a network, while im2col + GEMM reads them once per K block
- * (ResNet-50 at batch 1 with the AVX2 kernels, in whole runs: 512 on 7x7, 4 panels of 9.4 MB of
- * weights, 2.65 -> 2.78 ms a layer, against 1.63 hot in `convbench`; 256 on 14x14, 13 panels of 2.4
- * MB, 2.46 -> 1.62). RESNET_TAPS=0 turns it off (measurements). */
+ * GEMM reads x as it is). RESNET_TAPS=0 turns it off (measurements). */
 int taps_ok(const conv_p *p) {
   static int off = -1;
   if (env_zero("RESNET_TAPS", &off) || strcmp(sgemm_isa(), "avx2") != 0) return 0;
   if (p->groups != 1 || p->n < 1 || p->cin < 1 || p->cout < 1 || (p->kh == 1 && p->kw == 1)) return 0;
   const long K = (long)p->cin * p->kh * p->kw;
   if (K > (1L << 20) || (long)p->n * p->cin * p->h * p->w > (1L << 31) - 1) return 0;
-  const long panels = ((long)p->n * p->oh * p->ow + sgemm_nr() - 1) / sgemm_nr();
+  return 1;
+}
+
+/* Whether the panels go one by one through the whole-K weights (each thread at least 4 panels, or
+ * the weights within half an L2), else all at once through the blocked GEMM: every panel streams all
+ * the weights, which the first panel of each thread reads from memory when the layer runs cold in a
+ * network (ResNet-50 at batch 1 with the AVX2 kernels, in whole runs: 512 on 7x7, 4 panels of 9.4
+ * MB of weights, 2.78 ms a layer panel by panel, against 1.63 hot in `convbench`). */
+static int taps_by_panel(const conv_p *p, long panels) {
+  const long K = (long)p->cin * p->kh * p->kw;
   return panels >= 4L * pool_threads() || (long)p->cout * K * (long)sizeof(float) <= l2_bytes() / 2;
 }
 
@@ -138,6 +162,15 @@ void taps_forward(float *y, const float *x, const float *w, const float *wp, con
   j.ncols = (long)p->n * j.P;
   j.npanels = (j.ncols + j.nr - 1) / j.nr;
   const int T = pool_threads();
+  if (!taps_by_panel(p, j.npanels)) {
+    static _Thread_local buf_t all_buf, out_buf;
+    j.Bp = grow(&all_buf, (size_t)j.npanels * j.nr * K);
+    pool_run_n(taps_gather_task, &j, (int)(j.npanels < T ? j.npanels : T));
+    float *cb = grow(&out_buf, (size_t)p->cout * j.ncols);
+    sgemm_papb(p->cout, (int)j.ncols, K, Ap, j.Bp, 0.0f, cb, (int)j.ncols);
+    taps_store(&j, cb, j.ncols, 0, (int)j.ncols);
+    return;
+  }
   const int nthr = j.npanels < T ? (int)j.npanels : T;
   pool_ranges_init(&j.items, j.npanels, 1, nthr);
   pool_run_dynamic(taps_task, &j, nthr);

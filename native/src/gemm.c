@@ -598,6 +598,10 @@ void sgemm_ex_pb(int transA, int M, int N, int K, float alpha, const float *A, i
   gemm_mt(transA, 0, M, N, K, alpha, A, lda, NULL, NULL, 0, Bpre, beta, C, ldc, NULL, 0);
 }
 
+void sgemm_papb(int M, int N, int K, const float *Apre, const float *Bpre, float beta, float *C, int ldc) {
+  gemm_mt(0, 0, M, N, K, 1.0f, NULL, K, Apre, NULL, 0, Bpre, beta, C, ldc, NULL, 0);
+}
+
 void sgemm_panel(int M, int cols, int K, const float *Apre, const float *Bp, float beta, float *C, int ldc) {
   const isa_t *I = pick(M);
   /* whole K a micro-kernel call (the accumulators stay in registers; K-blocked as gemm_block, with

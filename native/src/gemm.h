@@ -48,6 +48,10 @@ void sgemm_pack_a_mt(const float *A, int M, int K, float *Ap);
  * B panel by panel and use each at once, while it is in cache (conv_dense.c). */
 void sgemm_panel(int M, int cols, int K, const float *Apre, const float *Bp, float beta, float *C, int ldc);
 
+/* C = Apre (whole-K, as sgemm_pack_a packs it with mr = sgemm_mr(M)) x Bpre (sgemm_ex_pb's whole-K
+ * panels) + beta * C, on all threads with the GEMM's own blocking (no epilogue). */
+void sgemm_papb(int M, int N, int K, const float *Apre, const float *Bpre, float beta, float *C, int ldc);
+
 /* B (row-major K x N) packed into sgemm_ex_pb's whole-K panels on all threads. */
 void sgemm_pack_b_mt(const float *B, int K, int N, float *Bp);
 /* C = op(A) x B (pre-packed as above) on the calling thread: for callers that split the rows of C
