@@ -114,12 +114,13 @@ int pil_strided_ok(const conv_p *p, int backward);
 void pil_forward_strided(float *y, const float *x, const float *w, const float *bias, const float *residual, int relu,
                          const conv_p *p);
 void pil_backward_input_strided(float *dx, const float *dy, const float *w, const conv_p *p, const float *addend);
-/* Pixels in lanes for AVX2 (conv_pil2.c): stride-1 same-size convolutions of 2 taps or more on the
- * AVX2 GEMM's machines; w read as w[co * sco + ci * sci + t] (flip: tap kk - 1 - t). */
-/* conv_taps.c: the forward through B panels gathered from x (GEMM paths without AVX-512) */
+/* Tap panels (conv_taps.c): the forward through B panels gathered from x, on the AVX2 GEMM's
+ * machines; wp: w packed as sgemm_pack_a packs it (mr = sgemm_mr(cout)), or NULL. */
 int taps_ok(const conv_p *p);
 void taps_forward(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
                   int relu, const conv_p *p);
+/* Pixels in lanes for AVX2 (conv_pil2.c): stride-1 same-size convolutions of 2 taps or more on the
+ * AVX2 GEMM's machines; w read as w[co * sco + ci * sci + t] (flip: tap kk - 1 - t). */
 int pil2_ok(const conv_p *p);
 void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, int flip, const float *bias,
                   const float *residual, int relu, const conv_p *p);
