@@ -8,8 +8,9 @@
  * micro-kernel 56 %. Here each work item is one B panel: nr consecutive output columns (image,
  * pixel), gathered from x into the panel's layout (zeros for the padding), multiplied at once while
  * it is in L1/L2 by the whole-K weight panels (sgemm_panel), the products written through a small
- * buffer into NCHW y with the bias, residual and relu epilogue. Each output is computed by one
- * thread over the whole K in a fixed order: the bits do not depend on the thread count. */
+ * buffer into NCHW y with the bias, residual and relu epilogue (few panels with large weights: all
+ * panels first, then one blocked GEMM, taps_by_panel). Each output is computed by one thread over
+ * the whole K in a fixed order: the bits do not depend on the thread count. */
 #include "conv.h" /* l2_bytes */
 #include "conv_internal.h"
 #include "gemm.h"
