@@ -620,6 +620,41 @@ test('native batch norm: a mean far from zero against a small spread, and the sa
   for (const k of [1, 2]) runs[k]!.forEach((a, i) => assert.deepEqual(a, runs[0]![i], `${isa}, ${k + 1} threads: output ${i} as on 1 thread`));
   }));
 
+test("native max pool with indices on each ISA's path (AVX-512 loops, AVX2 gathers, the portable rows) = reference: NaNs, ties, -inf windows", { skip }, async () => {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const original = b.isa();
+  const cases = [[1, 3, 9, 9, 3, 2, 1], [64, 4, 16, 16, 3, 2, 1], [7, 2, 8, 7, 2, 2, 0], [2, 5, 11, 6, 3, 1, 1], [1, 3, 40, 41, 3, 2, 1], [3, 4, 35, 34, 3, 2, 0], [2, 3, 5, 4, 3, 2, 1], [1, 2, 7, 70, 3, 2, 1], [3, 8, 16, 16, 3, 2, 1, 2], [2, 3, 30, 29, 3, 3, 1, 1, 2]] as const;
+  try {
+    for (const code of [0, 2, 1]) {
+      const isa = b.isa(code);
+      if (code !== 0 && isa !== (code === 2 ? 'avx2' : 'portable')) continue; // this CPU lacks it
+      // the last two: rows dilated 2 (the 3-wide stride-2 row path, its rows dh apart); columns
+      // dilated 2 at stride 3 (the general loops)
+      for (const [n, c, h, w, k, s, pad, dh = 1, dw = 1] of cases) {
+        const p: Pool2dParams = { n, c, h, w, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, dh, dw, oh: convOutSize(h, k, s, pad, dh), ow: convOutSize(w, k, s, pad, dw) };
+        const what = `${isa}: ${n}x${c}x${h}x${w}, ${k}x${k}/${s} pad ${pad} dilation ${dh},${dw}`;
+        const x = randomArray(n * c * h * w, gen);
+        const ny = n * c * p.oh * p.ow;
+        const xm = x.slice();
+        for (let i = 0; i < 7; i++) xm[Math.floor(gen.random() * x.length)] = NaN;
+        const xt = x.map((v) => Math.max(0, Math.round(v))); // ties: the first maximum in window order
+        const xinf = new Float32Array(x.length).fill(-Infinity); // no tap greater: each window's first
+        for (const [name, input] of [['NaNs', xm], ['ties', xt], ['-inf', xinf]] as const) {
+          const yr = new Float32Array(ny), ar = new Int32Array(ny), yn = new Float32Array(ny).fill(7), an = new Int32Array(ny).fill(-7);
+          tsKernels.maxPool2d(yr, ar, input, p);
+          nat!.maxPool2d(yn, an, input, p);
+          assert.deepEqual(an, ar, `${what}, ${name}: indices`);
+          assert.deepEqual(yn, yr, `${what}, ${name}: values`);
+        }
+      }
+    }
+  } finally {
+    b.isa(0);
+    assert.equal(b.isa(), original);
+  }
+});
+
 test('native elementwise, pooling, log-softmax and SGD = reference', { skip }, () => {
   for (const n of [1, 15, 17, 100_003]) {
     const a = randomArray(n, gen);
