@@ -984,7 +984,7 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
   }
 });
 
-test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) and tap panels (the forward of the others) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input, weight gradient (same bits on one thread)', { skip }, async () => {
+test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) and tap panels (the forward of the others; the weight gradient of small ones) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input, weight gradient (same bits on one thread)', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();
@@ -1002,7 +1002,8 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the
       // scratch; 9x9 maps, 11 vectors an image (a band of 8 and one of 3); 33 vectors in the batch.
       // Its forward, above 128 input channels, by tap panels
       convCase(3, 160, 9, 9, 12, 3, 1, 1, 1, 1),
-      // tap panels (the forward of strided layers and of more than 128 input channels): 49 pixels,
+      // tap panels (the forward of strided layers and of more than 128 input channels, and the weight
+      // gradient where pixels in lanes does not take it and the panels stay small): 49 pixels,
       // so panels of 16 columns span images; 20 outputs (a partial micro-kernel panel); dilation 2 at
       // the map's edges; one input channel at stride 2 (the strided cases below take them too)
       convCase(3, 144, 7, 7, 20, 3, 1, 1, 1, 1),

@@ -767,6 +767,10 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     return;
   }
 #endif
+  if (taps_bw_ok(p)) {
+    taps_backward_weight(dw, x, dy, p);
+    return;
+  }
   conv_job j = {.kind = 2, .p = p, .dw = dw, .x = x, .dy = dy};
   run_chunks(&j);
 }

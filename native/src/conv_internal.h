@@ -119,6 +119,9 @@ void pil_backward_input_strided(float *dx, const float *dy, const float *w, cons
 int taps_ok(const conv_p *p);
 void taps_forward(float *y, const float *x, const float *w, const float *wp, const float *bias, const float *residual,
                   int relu, const conv_p *p);
+/* The weight gradient as one GEMM over packed dy and x's tap panels (RESNET_TAPS_BW=0: off). */
+int taps_bw_ok(const conv_p *p);
+void taps_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 /* Pixels in lanes for AVX2 (conv_pil2.c): stride-1 same-size convolutions of 2 taps or more on the
  * AVX2 GEMM's machines; w read as w[co * sco + ci * sci + t] (flip: tap kk - 1 - t). */
 int pil2_ok(const conv_p *p);

@@ -176,3 +176,112 @@ void taps_forward(float *y, const float *x, const float *w, const float *wp, con
   pool_ranges_init(&j.items, j.npanels, 1, nthr);
   pool_run_dynamic(taps_task, &j, nthr);
 }
+
+/* ---- the weight gradient -------------------------------------------------------------------------
+ * dw[co][k] = sum over columns (image, pixel) of dy[co][col] * X[k][col], X = im2col(x): one GEMM
+ * with M = cout, N = K and the columns as its reduction, both operands packed straight from the
+ * tensors (dy into the A panels, x's taps into the B panels: 16 taps over all columns each) and
+ * multiplied with the GEMM's own blocking (sgemm_papb), written into dw as it is [cout][cin kh kw].
+ * im2col + GEMM wrote the patch matrix, then transposed it into the B panels, per chunk of images, and
+ * summed the chunks' partial gradients: on maps of a few pixels its rows are a few floats (ResNet-18's
+ * 128 channels on 4x4 at batch 64 with the AVX2 kernels: im2col 35 % of the time, its memsets 12 %). */
+typedef struct {
+  const conv_p *p;
+  const float *x, *dy;
+  float *Ap, *Bp;
+  int K, nr, mr;
+  long P, ncols;
+  const int *koff, *kdy, *kdx;
+} taps_bw_job;
+
+/* A panels of dy: Ap[panel][col][r] = dy[b][panel * mr + r][q], col = b P + q (0 past cout). */
+static void taps_bw_pack_a(void *ctx, int tid, int nt) {
+  const taps_bw_job *j = ctx;
+  const conv_p *p = j->p;
+  const int mr = j->mr, panels = (p->cout + mr - 1) / mr;
+  long lo, hi;
+  pool_split(panels, tid, nt, 1, &lo, &hi);
+  for (long pa = lo; pa < hi; pa++) {
+    float *a = j->Ap + pa * mr * j->ncols;
+    const int co0 = (int)pa * mr, rows = p->cout - co0 < mr ? p->cout - co0 : mr;
+    for (int r = 0; r < mr; r++) {
+      if (r >= rows) {
+        for (long col = 0; col < j->ncols; col++) a[col * mr + r] = 0.0f;
+        continue;
+      }
+      long col = 0;
+      for (int b = 0; b < p->n; b++) {
+        const float *d = j->dy + ((long)b * p->cout + co0 + r) * j->P;
+        for (long q = 0; q < j->P; q++, col++) a[col * mr + r] = d[q];
+      }
+    }
+  }
+}
+
+/* B panels of x's taps: Bp[panel][col][c] = X[panel * nr + c][col] (0 in the padding and past K). */
+static void taps_bw_pack_b(void *ctx, int tid, int nt) {
+  const taps_bw_job *j = ctx;
+  const conv_p *p = j->p;
+  const int nr = j->nr, panels = (j->K + nr - 1) / nr;
+  const long HW = (long)p->h * p->w;
+  long lo, hi;
+  pool_split(panels, tid, nt, 1, &lo, &hi);
+  for (long pk = lo; pk < hi; pk++) {
+    float *bp = j->Bp + pk * nr * j->ncols;
+    const int k0 = (int)pk * nr, taps = j->K - k0 < nr ? j->K - k0 : nr;
+    long col = 0;
+    for (int b = 0; b < p->n; b++)
+      for (int oy = 0; oy < p->oh; oy++)
+        for (int ox = 0; ox < p->ow; ox++, col++) {
+          float *d = bp + col * nr;
+          const int iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
+          const long base = b * p->cin * HW + (long)iy0 * p->w + ix0;
+          const int inside = iy0 >= 0 && ix0 >= 0 && iy0 + (p->kh - 1) * p->dh < p->h && ix0 + (p->kw - 1) * p->dw < p->w;
+          if (inside) {
+            const float *xb = j->x + base;
+            for (int c = 0; c < taps; c++) d[c] = xb[j->koff[k0 + c]];
+          } else {
+            for (int c = 0; c < taps; c++) {
+              const int iy = iy0 + j->kdy[k0 + c], ix = ix0 + j->kdx[k0 + c];
+              d[c] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? j->x[base + j->koff[k0 + c]] : 0.0f;
+            }
+          }
+          for (int c = taps; c < nr; c++) d[c] = 0.0f;
+        }
+  }
+}
+
+/* Whether taps_backward_weight takes p (after the AVX2 pixels in lanes, which are faster where they
+ * apply: ResNet-20's 64 on 7x7 4.9 against 6.8 ms): the tap panels' conditions, and each packed
+ * operand within 8 MB (beyond, the panels stream through memory: 32 on 14x14 at batch 128, 29 MB of
+ * them, 10.7 ms against 3.5). `convbench`, AVX2 forced, two threads, against im2col + GEMM:
+ * ResNet-18's 128 on 4x4 2.97 against 4.19 ms, its strided 64 -> 128 on 8x8 1.25 against 2.04 and
+ * 128 -> 256 on 4x4 1.09 against 2.36. RESNET_TAPS_BW=0 turns it off (measurements). */
+int taps_bw_ok(const conv_p *p) {
+  static int off = -1;
+  if (env_zero("RESNET_TAPS_BW", &off) || !taps_ok(p)) return 0;
+  const long K = (long)p->cin * p->kh * p->kw, ncols = (long)p->n * p->oh * p->ow, lim = 2L << 20;
+  return ncols <= lim && (K + 15) * ncols <= lim && (long)(p->cout + 15) * ncols <= lim;
+}
+
+void taps_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
+  static _Thread_local buf_t a_buf, b_buf, k_buf;
+  const int K = p->cin * p->kh * p->kw, kk = p->kh * p->kw, nr = sgemm_nr(), mr = sgemm_mr(p->cout);
+  taps_bw_job j = {.p = p, .x = x, .dy = dy, .K = K, .nr = nr, .mr = mr, .P = (long)p->oh * p->ow};
+  j.ncols = (long)p->n * j.P;
+  int *koff = (int *)grow(&k_buf, 3 * (size_t)K), *kdy = koff + K, *kdx = kdy + K;
+  for (int k = 0; k < K; k++) {
+    const int ci = k / kk, t = k % kk;
+    kdy[k] = (t / p->kw) * p->dh;
+    kdx[k] = (t % p->kw) * p->dw;
+    koff[k] = (int)((long)ci * p->h * p->w + (long)kdy[k] * p->w + kdx[k]);
+  }
+  j.koff = koff; j.kdy = kdy; j.kdx = kdx;
+  const int apanels = (p->cout + mr - 1) / mr, bpanels = (K + nr - 1) / nr;
+  j.Ap = grow(&a_buf, (size_t)apanels * mr * j.ncols);
+  j.Bp = grow(&b_buf, (size_t)bpanels * nr * j.ncols);
+  const int T = pool_threads();
+  pool_run_n(taps_bw_pack_a, &j, apanels < T ? apanels : T);
+  pool_run_n(taps_bw_pack_b, &j, bpanels < T ? bpanels : T);
+  sgemm_papb(p->cout, K, (int)j.ncols, j.Ap, j.Bp, 0.0f, dw, K);
+}
