@@ -31,6 +31,32 @@ typedef struct {
   pool_ranges items;
 } taps_job;
 
+/* Whether the window from input row iy0, column ix0 lies inside the map for every tap. */
+static inline int window_inside(const conv_p *p, int iy0, int ix0) {
+  return iy0 >= 0 && ix0 >= 0 && iy0 + (p->kh - 1) * p->dh < p->h && ix0 + (p->kw - 1) * p->dw < p->w;
+}
+
+/* The input under a tap (offset koff from the window's first tap at x[base], rows dy and columns dx
+ * from it), 0 in the padding. */
+static inline float tap_value(const conv_p *p, const float *x, long base, int iy0, int ix0, int koff, int dy, int dx) {
+  const int iy = iy0 + dy, ix = ix0 + dx;
+  return iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? x[base + koff] : 0.0f;
+}
+
+/* The taps k = (ci, ky, kx) of p, into buf: koff[k] (offset in x from the window's first tap),
+ * then kdy[k] and kdx[k] (rows and columns from it), K entries each; returns koff. */
+static int *tap_table(const conv_p *p, buf_t *buf) {
+  const int K = p->cin * p->kh * p->kw, kk = p->kh * p->kw;
+  int *koff = (int *)grow(buf, 3 * (size_t)K), *kdy = koff + K, *kdx = kdy + K;
+  for (int k = 0; k < K; k++) {
+    const int ci = k / kk, t = k % kk;
+    kdy[k] = (t / p->kw) * p->dh;
+    kdx[k] = (t % p->kw) * p->dw;
+    koff[k] = (int)((long)ci * p->h * p->w + (long)kdy[k] * p->w + kdx[k]);
+  }
+  return koff;
+}
+
 /* Panel pn: B[k][c] for its columns c (those past ncols zero), into bp; *nc: its columns. */
 static void taps_gather(const taps_job *j, long pn, float *bp, int *nc) {
   const conv_p *p = j->p;
@@ -49,16 +75,11 @@ static void taps_gather(const taps_job *j, long pn, float *bp, int *nc) {
     const int iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
     /* the window's first tap as an offset in x (before x where the window starts in the padding) */
     const long base = b * p->cin * HW + (long)iy0 * p->w + ix0;
-    /* the column's window inside the map for every tap: no bounds checks */
-    const int inside = iy0 >= 0 && ix0 >= 0 && iy0 + (p->kh - 1) * p->dh < p->h && ix0 + (p->kw - 1) * p->dw < p->w;
-    if (inside) {
+    if (window_inside(p, iy0, ix0)) { /* no bounds checks */
       const float *xb = j->x + base;
       for (int k = 0; k < K; k++) bp[(long)k * nr + c] = xb[j->koff[k]];
     } else {
-      for (int k = 0; k < K; k++) {
-        const int iy = iy0 + j->kdy[k], ix = ix0 + j->kdx[k];
-        bp[(long)k * nr + c] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? j->x[base + j->koff[k]] : 0.0f;
-      }
+      for (int k = 0; k < K; k++) bp[(long)k * nr + c] = tap_value(p, j->x, base, iy0, ix0, j->koff[k], j->kdy[k], j->kdx[k]);
     }
   }
 }
@@ -150,14 +171,7 @@ void taps_forward(float *y, const float *x, const float *w, const float *wp, con
     sgemm_pack_a_mt(w, p->cout, K, a);
     Ap = a;
   }
-  int *koff = (int *)grow(&k_buf, 3 * (size_t)K), *kdy = koff + K, *kdx = kdy + K;
-  const int kk = p->kh * p->kw;
-  for (int k = 0; k < K; k++) {
-    const int ci = k / kk, t = k % kk;
-    kdy[k] = (t / p->kw) * p->dh;
-    kdx[k] = (t % p->kw) * p->dw;
-    koff[k] = (int)((long)ci * p->h * p->w + (long)kdy[k] * p->w + kdx[k]);
-  }
+  const int *koff = tap_table(p, &k_buf), *kdy = koff + K, *kdx = kdy + K;
   taps_job j = {.p = p, .x = x, .Ap = Ap, .bias = bias, .residual = residual, .y = y, .relu = relu,
                 .nr = sgemm_nr(), .K = K, .P = (long)p->oh * p->ow, .koff = koff, .kdy = kdy, .kdx = kdx};
   j.ncols = (long)p->n * j.P;
@@ -236,15 +250,11 @@ static void taps_bw_pack_b(void *ctx, int tid, int nt) {
           float *d = bp + col * nr;
           const int iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
           const long base = b * p->cin * HW + (long)iy0 * p->w + ix0;
-          const int inside = iy0 >= 0 && ix0 >= 0 && iy0 + (p->kh - 1) * p->dh < p->h && ix0 + (p->kw - 1) * p->dw < p->w;
-          if (inside) {
+          if (window_inside(p, iy0, ix0)) {
             const float *xb = j->x + base;
             for (int c = 0; c < taps; c++) d[c] = xb[j->koff[k0 + c]];
           } else {
-            for (int c = 0; c < taps; c++) {
-              const int iy = iy0 + j->kdy[k0 + c], ix = ix0 + j->kdx[k0 + c];
-              d[c] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? j->x[base + j->koff[k0 + c]] : 0.0f;
-            }
+            for (int c = 0; c < taps; c++) d[c] = tap_value(p, j->x, base, iy0, ix0, j->koff[k0 + c], j->kdy[k0 + c], j->kdx[k0 + c]);
           }
           for (int c = taps; c < nr; c++) d[c] = 0.0f;
         }
@@ -266,17 +276,12 @@ int taps_bw_ok(const conv_p *p) {
 
 void taps_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p) {
   static _Thread_local buf_t a_buf, b_buf, k_buf;
-  const int K = p->cin * p->kh * p->kw, kk = p->kh * p->kw, nr = sgemm_nr(), mr = sgemm_mr(p->cout);
+  const int K = p->cin * p->kh * p->kw, nr = sgemm_nr(), mr = sgemm_mr(p->cout);
   taps_bw_job j = {.p = p, .x = x, .dy = dy, .K = K, .nr = nr, .mr = mr, .P = (long)p->oh * p->ow};
   j.ncols = (long)p->n * j.P;
-  int *koff = (int *)grow(&k_buf, 3 * (size_t)K), *kdy = koff + K, *kdx = kdy + K;
-  for (int k = 0; k < K; k++) {
-    const int ci = k / kk, t = k % kk;
-    kdy[k] = (t / p->kw) * p->dh;
-    kdx[k] = (t % p->kw) * p->dw;
-    koff[k] = (int)((long)ci * p->h * p->w + (long)kdy[k] * p->w + kdx[k]);
-  }
-  j.koff = koff; j.kdy = kdy; j.kdx = kdx;
+  j.koff = tap_table(p, &k_buf);
+  j.kdy = j.koff + K;
+  j.kdx = j.kdy + K;
   const int apanels = (p->cout + mr - 1) / mr, bpanels = (K + nr - 1) / nr;
   j.Ap = grow(&a_buf, (size_t)apanels * mr * j.ncols);
   j.Bp = grow(&b_buf, (size_t)bpanels * nr * j.ncols);
