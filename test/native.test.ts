@@ -620,7 +620,7 @@ test('native batch norm: a mean far from zero against a small spread, and the sa
   for (const k of [1, 2]) runs[k]!.forEach((a, i) => assert.deepEqual(a, runs[0]![i], `${isa}, ${k + 1} threads: output ${i} as on 1 thread`));
   }));
 
-test("native max pool with indices on each ISA's path (AVX-512 loops, AVX2 gathers, the portable rows) = reference: NaNs, ties, -inf windows", { skip }, async () => {
+test("native max pool with indices on each ISA's path (AVX-512 loops, AVX2 gathers, the scalar loop) = reference: NaNs, ties, -inf windows", { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();

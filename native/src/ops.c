@@ -255,9 +255,10 @@ static int has_avx512(void) {
   if (v < 0) v = __builtin_cpu_supports("avx512f") && !getenv("RESNET_OPS_NO_AVX512");
   return v;
 }
-/* The image-by-image batch norm below: 16 lanes (AVX-512), 8 (AVX2 + FMA: without AVX-512, or with
- * RESNET_OPS_NO_AVX512 set), or none (the channel loops: no AVX2, or the portable kernels forced) */
-static int bn_im_lanes(void) {
+/* The vector width of this file's explicit SIMD paths (the image-by-image batch norm, max pool with
+ * indices): 16 lanes (AVX-512), 8 (AVX2 + FMA: without AVX-512, or with RESNET_OPS_NO_AVX512 set), or
+ * none (the scalar loops: no AVX2, or the portable kernels forced) */
+static int ops_lanes(void) {
   static int avx2 = -1;
   if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const char *isa = sgemm_isa(); /* RESNET_ISA or the addon's isa(): the narrower kernels here too */
@@ -683,7 +684,7 @@ static void bn_im_sums(bn_im_job *ij, double *sum) {
   ij->part = part;
   pool_ranges_init(&ij->items, ij->blocks, 1, pool_threads());
   ij->items.desc = bn_desc() && bn_beyond_l2(j);
-  const pool_fn task = bn_im_lanes() == 16 ? bn_im_sums_task : bn_im_sums_task8;
+  const pool_fn task = ops_lanes() == 16 ? bn_im_sums_task : bn_im_sums_task8;
   if ((long)j->n * j->c * j->hw < PAR_MIN) task(ij, 0, 1);
   else pool_run_dynamic(task, ij, pool_threads());
   for (long i = 0; i < 2L * j->c; i++) sum[i] = 0.0;
@@ -691,7 +692,7 @@ static void bn_im_sums(bn_im_job *ij, double *sum) {
     for (long i = 0; i < 2L * j->c; i++) sum[i] += part[(long)blk * j->c * 2 + i];
 }
 static void bn_im_apply(bn_im_job *ij) {
-  const pool_fn task = bn_im_lanes() == 16 ? bn_im_apply_task : bn_im_apply_task8;
+  const pool_fn task = ops_lanes() == 16 ? bn_im_apply_task : bn_im_apply_task8;
   if ((long)ij->j->n * ij->j->c * ij->j->hw < PAR_MIN) task(ij, 0, 1);
   else pool_run(task, ij);
 }
@@ -930,7 +931,7 @@ void bn_stats(float *mean, float *invstd, float *var_unbiased, float *scale, flo
               .c = c, .hw = hw, .eps = eps, .scale_out = scale, .shift_out = shift};
   if (hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL")) run_channels(bn_train_small_task, &j);
 #if defined(__x86_64__)
-  else if (bn_im_lanes()) bn_train_im(&j);
+  else if (ops_lanes()) bn_train_im(&j);
 #endif
   else run_channels(bn_train_task, &j);
 }
@@ -944,7 +945,7 @@ int bn_train(float *y, float *mean, float *invstd, float *var_unbiased, const fl
     return 0;
   }
 #if defined(__x86_64__)
-  if (bn_im_lanes()) {
+  if (ops_lanes()) {
     j.bits_out = relu && bn_beyond_l2(&j) ? relu_bits : NULL;
     bn_train_im(&j);
     return j.bits_out != NULL;
@@ -974,7 +975,7 @@ void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const 
   /* the path: small maps by column sums, else AVX-512 image by image, else channel by channel */
   const int small = hw < BN_SMALL_HW && !getenv("RESNET_BN_NO_SMALL");
 #if defined(__x86_64__)
-  const int im = !small && bn_im_lanes();
+  const int im = !small && ops_lanes();
 #else
   const int im = 0;
 #endif
@@ -1286,52 +1287,18 @@ __attribute__((target("avx512f"))) static void maxpool_plane_k3s2(float *yp, con
 }
 #endif
 
-/* The AVX-512 max-pool loops, where the kernels in use are AVX-512 (RESNET_ISA=avx2 and the addon's
- * isa() narrow them, as they narrow batch norm: the AVX2 machines' path becomes testable here). */
 #if defined(__x86_64__)
-static int pool512(void) { return has_avx512() && strcmp(sgemm_isa(), "avx512") == 0; }
-#endif
-
 /* Row oy's outputs [ox0, ox1), whose windows lie inside the map along x, over the taps ky in
- * [ky0, ky1) (by: the window's first row): the taps outermost and the outputs innermost, so that
- * the compiler vectorises across outputs (the stride-sw loads, the selects); each output still sees
- * its taps in window order, with maxpool_plane_argmax's selects: the same values and indices. The
- * scalar loop over outputs, a chain of dependent selects per window, took 4.5 ms for ResNet-18's
- * 64 x 64 x 16 x 16 batch with the AVX2 kernels (the AVX-512 loops: 0.8). */
-MV static void maxpool_argmax_row(float *yr, int32_t *ar, const float *xp, const pool_p *p, int ox0, int ox1, int by,
-                                  int ky0, int ky1) {
-  const int sw = p->sw;
-  {
-    const int rowi = (by + ky0 * p->dh) * p->w - p->pw;
-    for (int ox = ox0; ox < ox1; ox++) {
-      const int idx = rowi + ox * sw;
-      yr[ox] = xp[idx];
-      ar[ox] = idx;
-    }
-  }
-  for (int ky = ky0; ky < ky1; ky++)
-    for (int kx = ky == ky0 ? 1 : 0; kx < p->kw; kx++) {
-      const int rowi = (by + ky * p->dh) * p->w - p->pw + kx * p->dw;
-      for (int ox = ox0; ox < ox1; ox++) {
-        const int idx = rowi + ox * sw;
-        const float v = xp[idx], best = yr[ox];
-        const int take = (v > best) | (v != v);
-        yr[ox] = take ? v : best;
-        ar[ox] = take ? idx : ar[ox];
-      }
-    }
-}
-
-#if defined(__x86_64__)
-/* The same outputs 8 at a time with AVX2 (gathers of each tap's 8 inputs, the selects as masks), for
- * CPUs without AVX-512: the loop above, vectorised by the compiler, kept each output's maximum and
- * index in memory between taps (ResNet-18's 64 x 64 x 16 x 16 batch: 3.5 ms). */
+ * [ky0, ky1) (by: the window's first row), 8 at a time with AVX2 for CPUs without AVX-512: gathers of
+ * each tap's 8 inputs, maxpool_plane_argmax's selects as masks (the same values and indices). The
+ * scalar loop, a chain of dependent selects per window, took 4.5 ms for ResNet-18's 64 x 64 x 16 x 16
+ * batch (the AVX-512 loops: 0.5-0.8, this one 1.0). */
 __attribute__((target("avx2"))) static void maxpool_argmax_row8(float *yr, int32_t *ar, const float *xp, const pool_p *p, int ox0,
                                                                 int ox1, int by, int ky0, int ky1) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int o = ox0; o < ox1; o += 8) {
     const int cnt = ox1 - o < 8 ? ox1 - o : 8;
-    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), lane);
+    const __m256i live = lanes8((1u << cnt) - 1);
     const __m256i step = _mm256_mullo_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32(o)), _mm256_set1_epi32(p->sw));
     __m256 best = _mm256_setzero_ps();
     __m256i bi = _mm256_setzero_si256();
@@ -1352,12 +1319,6 @@ __attribute__((target("avx2"))) static void maxpool_argmax_row8(float *yr, int32
     _mm256_maskstore_epi32(ar + o, live, bi);
   }
 }
-/* Whether the AVX2 loop runs (no AVX-512 kernels in use, AVX2 there and not narrowed to portable). */
-static int pool256(void) {
-  static int avx2 = -1;
-  if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2");
-  return avx2 && strcmp(sgemm_isa(), "portable") != 0;
-}
 #endif
 
 /* One plane with argmax (training): the first maximum in window order, NaN wins (as PyTorch). */
@@ -1368,8 +1329,8 @@ static void maxpool_plane_argmax(float *yp, int32_t *ap, const float *xp, const 
   while (vx1 > vx0 && (vx1 - 1) * p->sw - p->pw + (p->kw - 1) * p->dw >= p->w) vx1--;
 #if defined(__x86_64__)
   /* with padding below 3 every window has a tap inside the row: maxpool_argmax_k3s2's first index */
-  const int k3s2 = p->kw == 3 && p->sw == 2 && p->dw == 1 && p->pw < 3 && pool512();
-  const int wide = pool512(), mid = !wide && pool256();
+  const int lanes = ops_lanes();
+  const int k3s2 = p->kw == 3 && p->sw == 2 && p->dw == 1 && p->pw < 3 && lanes == 16;
 #endif
   for (int oy = 0; oy < p->oh; oy++) {
     /* taps inside the map: ky in [ky0, ky1) (then kx likewise per column), no bounds tests inside */
@@ -1384,24 +1345,17 @@ static void maxpool_plane_argmax(float *yp, int32_t *ap, const float *xp, const 
     }
 #endif
     for (int ox = 0; ox < p->ow; ox++) {
-      if (ox == vx0 && ky0 < ky1 && vx1 - vx0 >= 4) {
 #if defined(__x86_64__)
-        if (wide) {
+      if (lanes && ox == vx0 && ky0 < ky1 && vx1 - vx0 >= 4) {
+        if (lanes == 16)
           for (int o = vx0; o < vx1; o += 16)
             maxpool_argmax16(yp + (long)oy * p->ow, ap + (long)oy * p->ow, xp, p, o, vx1 - o < 16 ? vx1 - o : 16, by, ky0, ky1);
-          ox = vx1 - 1;
-          continue;
-        }
-        if (mid) {
+        else
           maxpool_argmax_row8(yp + (long)oy * p->ow, ap + (long)oy * p->ow, xp, p, vx0, vx1, by, ky0, ky1);
-          ox = vx1 - 1;
-          continue;
-        }
-#endif
-        maxpool_argmax_row(yp + (long)oy * p->ow, ap + (long)oy * p->ow, xp, p, vx0, vx1, by, ky0, ky1);
         ox = vx1 - 1;
         continue;
       }
+#endif
       int kx0 = 0, kx1 = p->kw, bx = ox * p->sw - p->pw;
       while (kx0 < kx1 && bx + kx0 * p->dw < 0) kx0++;
       while (kx1 > kx0 && bx + (kx1 - 1) * p->dw >= p->w) kx1--;
@@ -1490,7 +1444,7 @@ static void maxpool_task(void *ctx, int tid, int nt) {
   long lo, hi, in = (long)p->h * p->w, out = (long)p->oh * p->ow;
   pool_split((long)p->n * p->c, tid, nt, 1, &lo, &hi);
 #if defined(__x86_64__)
-  const int k3s2 = !j->argmax && p->kw == 3 && p->sw == 2 && p->dw == 1 && pool512();
+  const int k3s2 = !j->argmax && p->kw == 3 && p->sw == 2 && p->dw == 1 && ops_lanes() == 16;
 #endif
   float *row = j->argmax ? NULL : malloc(sizeof(float) * (p->w > 0 ? p->w : 1));
   if (!j->argmax && !row) abort();
