@@ -14,6 +14,7 @@
         "native/src/conv_rows.c",
         "native/src/conv_taps.c",
         "native/src/conv_wino.c",
+        "native/src/conv_wino2.c",
         "native/src/gemm.c",
         "native/src/ops.c",
         "native/src/pool.c"

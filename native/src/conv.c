@@ -416,6 +416,13 @@ static int rows(const conv_p *p, int backward_input) {
 static int avx512_paths(void) { return strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit(); }
 /* The Winograd tile for an NCHW convolution with plain weights here, 0: another path. */
 static int nchw_wino(const conv_p *p) { return avx512_paths() ? wino_nchw_tile(p) : 0; }
+/* Whether the AVX2 Winograd (conv_wino2.c) takes an NCHW convolution with plain weights: the AVX2
+ * kernels in use, not switched off (RESNET_WINO=0: no Winograd at all; RESNET_WINO2=0: this one). */
+static int wino2(const conv_p *p) {
+  static int off = -1, off2 = -1;
+  return strcmp(sgemm_isa(), "avx2") == 0 && !no_implicit() && !env_zero("RESNET_WINO", &off) && !env_zero("RESNET_WINO2", &off2) &&
+         w2_ok(p);
+}
 
 /* Whether the forward runs the AVX2 pixels in lanes (pil2_ok): not for more than 128 input channels
  * where the tap panels take the layer (conv_taps.c; AVX2 forced on the Zen 5 VM, two threads, fastest
@@ -452,6 +459,10 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
   const int wm = w ? nchw_wino(p) : 0;
   if (wm) {
     wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wm, NULL, NULL);
+    return;
+  }
+  if (w && wino2(p)) {
+    w2_forward_nchw(y, x, w, 0, bias, residual, relu, p);
     return;
   }
   if (w && pil_ok(p)) {
@@ -612,6 +623,10 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
       wino_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q, wm, NULL, NULL);
       return;
     }
+    if (wino2(&q)) {
+      w2_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q);
+      return;
+    }
     if (pil2_ok(&q)) { /* dx[c] += dy[co] * w[co][c][kk - 1 - t] */
       pil2_forward(dx, dy, w, (long)p->kh * p->kw, (long)p->cin * p->kh * p->kw, 1, NULL, addend, 0, &q);
       return;
@@ -740,6 +755,10 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
   const int wm = avx512_paths() ? wino_nchw_tile(p) : 0;
   if (wm) {
     wino_backward_weight_nchw(dw, x, dy, p, wm, NULL, NULL);
+    return;
+  }
+  if (wino2(p)) {
+    w2_backward_weight_nchw(dw, x, dy, p);
     return;
   }
   if (p->sh > 1 && bwt_ok(p)) { /* strided: the outer products over phase planes (conv_gather.c) */

@@ -129,6 +129,13 @@ void pil2_forward(float *y, const float *x, const float *w, long sco, long sci, 
                   const float *residual, int relu, const conv_p *p);
 int pil2_bw_ok(const conv_p *p);
 void pil2_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
+/* Winograd F(4x4, 3x3) for the AVX2 kernels on NCHW tensors (conv_wino2.c): whether it takes a
+ * geometry (3x3 stride 1 padding 1, channels in whole 8-channel vectors), the forward (flip: the
+ * backward-input as the forward of the flipped kernel, w then the layer's own) and the weight gradient. */
+int w2_ok(const conv_p *p);
+void w2_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
+                     const conv_p *p);
+void w2_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p);
 int pil_bw_ok(const conv_p *p);
 void pil_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 int prow_nr(const conv_p *p);
