@@ -1065,6 +1065,80 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the
   }
 });
 
+test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors without AVX-512) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input with the addend, weight gradient; the same bits on one thread', { skip }, async () => {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const original = b.isa();
+  try {
+    if (b.isa(2) !== 'avx2') return; // this CPU lacks AVX2: the kernel cannot run here
+    const cases = [
+      // batch 7; 24 input channels (three vectors); 8 outputs (half of a 16-channel panel); a 5x6 map:
+      // the last tile row one row, the last tile column two columns
+      convCase(7, 24, 5, 6, 8, 3, 1, 1, 1, 1),
+      // batch 1 on the smallest map taken (one tile, both edges in it); 40 outputs: 2.5 panels
+      convCase(1, 8, 3, 3, 40, 3, 1, 1, 1, 1),
+      // odd sizes: 13 rows (a last tile of one row), 17 columns (one column); 3 images
+      convCase(3, 16, 13, 17, 16, 3, 1, 1, 1, 1),
+      // the largest weights taken (128 -> 128): tiles of a chunk fewer than a register tile's rows
+      convCase(2, 128, 6, 6, 128, 3, 1, 1, 1, 1),
+      // more chunks than the weight gradient's groups: each group sums two chunks
+      convCase(13, 64, 16, 16, 64, 3, 1, 1, 1, 1),
+      // 8 -> 16 on a 7x7 map: two tiles a row, the second past the edge; batch 5
+      convCase(5, 8, 7, 7, 16, 3, 1, 1, 1, 1),
+    ];
+    const before = nat!.getThreads();
+    for (const p of cases) {
+      const what = `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}`;
+      const x = randomArray(p.n * p.cIn * p.h * p.w, gen), w = randomArray(p.cOut * p.cIn * 9, gen);
+      const bias = randomArray(p.cOut, gen), res = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
+      const plain = new Float32Array(res.length);
+      tsKernels.conv2d(plain, x, w, bias, p);
+      const expect = plain.map((v, i) => Math.max(0, v + res[i]!));
+      const y = Float32Array.from(res); // the residual read from the output itself
+      nat!.conv2dFused(y, x, w, bias, y, true, p);
+      assertClose(y, expect, scaleTol(expect), `${what}: forward + bias + residual, relu`);
+      const dy = randomArray(res.length, gen), dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
+      tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+      nat!.conv2dBackwardInput(dxn, dy, w, p);
+      assertClose(dxn, dxr, scaleTol(dxr), `${what}: backward input`);
+      const add = randomArray(x.length, gen), dxa = new Float32Array(x.length);
+      nat!.conv2dBackwardInput(dxa, dy, w, p, add);
+      assertClose(dxa, dxr.map((v, i) => v + add[i]!), scaleTol(dxr), `${what}: backward input + addend`);
+      const dwr = new Float32Array(w.length), dwn = new Float32Array(w.length);
+      tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+      nat!.conv2dBackwardWeight(dwn, x, dy, p);
+      assertClose(dwn, dwr, scaleTol(dwr), `${what}: weight gradient`);
+      try {
+        nat!.setThreads(1);
+        const y1 = Float32Array.from(res), dx1 = new Float32Array(x.length), dw1 = new Float32Array(w.length);
+        nat!.conv2dFused(y1, x, w, bias, y1, true, p);
+        nat!.conv2dBackwardInput(dx1, dy, w, p);
+        nat!.conv2dBackwardWeight(dw1, x, dy, p);
+        assert.deepEqual(y1, y, `${what}: forward, one thread and ${before}`);
+        assert.deepEqual(dx1, dxn, `${what}: backward input, one thread and ${before}`);
+        assert.deepEqual(dw1, dwn, `${what}: weight gradient, one thread and ${before}`);
+      } finally {
+        nat!.setThreads(before);
+      }
+    }
+    // NaN in x reaches the outputs whose windows hold it (as the direct kernels), and relu keeps it
+    const p = convCase(1, 8, 8, 8, 8, 3, 1, 1, 1, 1);
+    const x = randomArray(8 * 64, gen), w = randomArray(8 * 8 * 9, gen);
+    x[3 * 8 + 3] = NaN; // channel 0, row 3, column 3
+    const y = new Float32Array(8 * 64);
+    nat!.conv2dFused(y, x, w, null, null, true, p);
+    for (let co = 0; co < 8; co++)
+      for (let r = 0; r < 8; r++)
+        for (let c = 0; c < 8; c++) {
+          const near = Math.abs(r - 3) <= 1 && Math.abs(c - 3) <= 1;
+          if (near) assert.ok(Number.isNaN(y[(co * 8 + r) * 8 + c]!), `NaN at ${co}, ${r}, ${c}`);
+        }
+  } finally {
+    b.isa(0);
+    assert.equal(b.isa(), original);
+  }
+});
+
 /** Index of (image b, channel ch, row y, column x) in a blocked buffer of c channels of h x w maps:
  * NCHW16c with a one-pixel zero border, [n][c/16][h+2][w+2][16]. */
 function blockedIndex(b: number, ch: number, y: number, x: number, c: number, h: number, w: number): number {
