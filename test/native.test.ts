@@ -1065,7 +1065,7 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the
   }
 });
 
-test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors without AVX-512) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input with the addend, weight gradient; the same bits on one thread', { skip }, async () => {
+test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors without AVX-512) = reference on odd shapes: forward with bias, residual (in place) and relu, with the weights packed once, backward input with the addend, weight gradient; the same bits on one thread', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();
@@ -1097,6 +1097,13 @@ test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors witho
       const y = Float32Array.from(res); // the residual read from the output itself
       nat!.conv2dFused(y, x, w, bias, y, true, p);
       assertClose(y, expect, scaleTol(expect), `${what}: forward + bias + residual, relu`);
+      // the inference plan's packing: the transformed weights once, the plain ones back exactly
+      const packed = nat!.packConvWeights(w, p);
+      assert.equal(packed.layout, nat!.convPackLayout(p));
+      const yp = new Float32Array(res.length).fill(NaN);
+      nat!.conv2dFused(yp, x, null, bias, res, true, p, packed);
+      assert.deepEqual(yp, y, `${what}: forward with the packed weights, the same bits`);
+      assert.deepEqual(nat!.unpackConvWeights(packed, p), w, `${what}: unpacked weights`);
       const dy = randomArray(res.length, gen), dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
       tsKernels.conv2dBackwardInput(dxr, dy, w, p);
       nat!.conv2dBackwardInput(dxn, dy, w, p);

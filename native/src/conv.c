@@ -461,8 +461,8 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wm, NULL, NULL);
     return;
   }
-  if (w && wino2(p)) {
-    w2_forward_nchw(y, x, w, 0, bias, residual, relu, p);
+  if ((w || wp) && wino2(p)) { /* wp: CONV_LAYOUT_W2 (conv2d_forward_packed checked it) */
+    w2_forward_nchw(y, x, w, wp, 0, bias, residual, relu, p);
     return;
   }
   if (w && pil_ok(p)) {
@@ -624,7 +624,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
       return;
     }
     if (wino2(&q)) {
-      w2_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q);
+      w2_forward_nchw(dx, dy, w, NULL, 1, NULL, addend, 0, &q);
       return;
     }
     if (pil2_ok(&q)) { /* dx[c] += dy[co] * w[co][c][kk - 1 - t] */
@@ -886,6 +886,7 @@ int conv2d_pack_layout(const conv_p *p) {
   conv_p q;
   int ky0, kx0;
   if (!crop(p, &q, &ky0, &kx0)) {
+    if (wino2(p)) return CONV_LAYOUT_W2;
     /* the paths forward_impl takes with plain weights before any packed one */
     if (nchw_wino(p) || pil_ok(p) || pil_strided_ok(p, 0) || pil2_fwd(p)) return CONV_LAYOUT_PLAIN;
     const int nr = prow_nr(p);
@@ -897,6 +898,9 @@ int conv2d_pack_layout(const conv_p *p) {
 
 static long layout_size(const conv_p *p, int layout) {
   if (wino_tile(layout)) return wino_packed_size(p, wino_tile(layout));
+#if defined(__x86_64__)
+  if (layout == CONV_LAYOUT_W2) return w2_packed_size(p);
+#endif
   if (layout == CONV_LAYOUT_PLAIN) return (long)p->cout * (p->cin / p->groups) * p->kh * p->kw;
   const int cout_g = p->cout / p->groups, K = (p->cin / p->groups) * p->kh * p->kw;
   if (layout_nr(layout)) return prow_packed_size(p->cout, K, layout_nr(layout));
@@ -905,6 +909,10 @@ static long layout_size(const conv_p *p, int layout) {
 long conv2d_layout_size(const conv_p *p, int layout) {
   if (wino_tile(layout)) return p->groups == 1 && p->kh == 3 && p->kw == 3 ? layout_size(p, layout) : -1;
   if (layout == CONV_LAYOUT_PLAIN) return layout_size(p, layout);
+#if defined(__x86_64__)
+  /* the packing depends on the channels only: any input size can unpack it */
+  if (layout == CONV_LAYOUT_W2) return p->groups == 1 && p->kh == 3 && p->kw == 3 && p->cin % 8 == 0 && p->cout % 8 == 0 ? layout_size(p, layout) : -1;
+#endif
   if (layout_nr(layout) ? p->groups != 1 : (layout < 1 || layout > 64)) return -1;
   return layout_size(p, layout);
 }
@@ -916,6 +924,12 @@ int conv2d_pack_weights(float *wp, const float *w, const conv_p *p) {
     memcpy(wp, w, sizeof(float) * (size_t)layout_size(p, layout));
     return layout;
   }
+#if defined(__x86_64__)
+  if (layout == CONV_LAYOUT_W2) {
+    w2_pack(w, p, wp);
+    return layout;
+  }
+#endif
   if (layout_nr(layout)) {
     prow_pack(w, p->cout, K, layout_nr(layout), wp);
     return layout;
@@ -934,6 +948,12 @@ void conv2d_unpack_weights(float *w, const float *wp, int layout, const conv_p *
     memcpy(w, wp, sizeof(float) * (size_t)layout_size(p, layout));
     return;
   }
+#if defined(__x86_64__)
+  if (layout == CONV_LAYOUT_W2) {
+    w2_unpack(wp, p, w);
+    return;
+  }
+#endif
   if (layout_nr(layout)) {
     prow_unpack(wp, p->cout, K, layout_nr(layout), w);
     return;

@@ -20,6 +20,8 @@ void conv2d_forward(float *y, const float *x, const float *w, const float *bias,
 #define CONV_LAYOUT_PROW16 1016 /* pixel-row panels of 16 channels; other values: A-panel height */
 #define CONV_LAYOUT_PLAIN 3000  /* the weights as they are: for the kernels that take plain weights
                                  * (pixels in lanes, Winograd on NCHW: it transforms them per call) */
+#define CONV_LAYOUT_W2 4008    /* the AVX2 Winograd F(4x4, 3x3) (conv_wino2.c): G g G^T as its 16-channel
+                                 * panels, then the weights as they are */
 int conv2d_pack_layout(const conv_p *p);
 long conv2d_packed_size(const conv_p *p);
 /* Floats of weights packed in `layout` for this geometry; -1 when the layout cannot hold them. */

@@ -255,19 +255,29 @@ __attribute__((target("avx2,fma"))) static void upack_task(void *ctx, int part, 
   }
 }
 
-/* U for p (flip: the backward-input's flipped kernel, as upack_task), into buf. */
-static float *upack(const float *w, const conv_p *p, int flip, buf_t *buf, long *us) {
+/* Floats per position of U. */
+static long u_stride(const conv_p *p) { return (long)(p->cout + 15) / 16 * p->cin * 16; }
+
+/* U for p (flip: the backward-input's flipped kernel, as upack_task), into U (NP * u_stride floats). */
+static void upack_into(const float *w, const conv_p *p, int flip, float *U) {
   const int npan = (p->cout + 15) / 16;
-  *us = (long)npan * p->cin * 16;
-  float *U = grow(buf, (size_t)NP * *us);
+  const long us = u_stride(p);
   if (p->cout % 16) /* the last panel's upper half */
     for (int xi = 0; xi < NP; xi++)
-      for (int c = 0; c < p->cin; c++) memset(U + xi * *us + (long)(npan - 1) * p->cin * 16 + c * 16 + 8, 0, 8 * sizeof(float));
-  upack_job j = {w, p, flip, U, *us};
+      for (int c = 0; c < p->cin; c++) memset(U + xi * us + (long)(npan - 1) * p->cin * 16 + c * 16 + 8, 0, 8 * sizeof(float));
+  upack_job j = {w, p, flip, U, us};
   const long items = (long)p->cin * (p->cout / 8);
   const int T = pool_threads();
   pool_run_n(upack_task, &j, items < 64 ? 1 : T);
-  return U;
+}
+
+long w2_packed_size(const conv_p *p) { return NP * u_stride(p) + (long)p->cout * p->cin * 9; }
+void w2_pack(const float *w, const conv_p *p, float *dst) {
+  upack_into(w, p, 0, dst);
+  memcpy(dst + NP * u_stride(p), w, sizeof(float) * (size_t)p->cout * p->cin * 9);
+}
+void w2_unpack(const float *src, const conv_p *p, float *w) {
+  memcpy(w, src + NP * u_stride(p), sizeof(float) * (size_t)p->cout * p->cin * 9);
 }
 
 /* M[r][0..15] = sum over k < K of a(r, k) * B[k][0..15] for the register tile's RT rows r, where
@@ -381,8 +391,8 @@ __attribute__((target("avx2,fma"))) static void fwd_task(void *ctx, int tid, int
   }
 }
 
-void w2_forward_nchw(float *y, const float *x, const float *w, int flip, const float *bias, const float *residual, int relu,
-                     const conv_p *p) {
+void w2_forward_nchw(float *y, const float *x, const float *w, const float *packed, int flip, const float *bias,
+                     const float *residual, int relu, const conv_p *p) {
   static _Thread_local buf_t ubuf;
   fwd_job j;
   const int T = pool_threads();
@@ -392,7 +402,13 @@ void w2_forward_nchw(float *y, const float *x, const float *w, int flip, const f
   j.res = residual;
   j.y = y;
   j.relu = relu;
-  j.U = upack(w, p, flip, &ubuf, &j.us);
+  j.us = u_stride(p);
+  if (packed) j.U = packed;
+  else {
+    float *U = grow(&ubuf, (size_t)NP * j.us);
+    upack_into(w, p, flip, U);
+    j.U = U;
+  }
   pool_ranges_init(&j.chunks, j.g.nchunks, 1, T);
   pool_run_dynamic(fwd_task, &j, T);
 }
