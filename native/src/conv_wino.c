@@ -117,11 +117,10 @@ int wino_tile_for(const conv_p *p) {
  * on 32x32 inputs, 1.8 -> 1.1 ms a pass; conv_dense.c takes such maps first, up to its size cap).
  * Rounding: F(4x4)'s transforms add and subtract neighbouring values, so a forward is within ~3e-6
  * of its output's scale of the exact sums (ResNet-20's 16 channels on 28x28, batch 128; the direct
- * kernels ~5e-7), and the 20-step CIFAR ResNet-8 trajectory of test/train_steps.test.ts stays within
- * 1.2e-6 of PyTorch's float64 one (1.0e-6 with direct 16-channel forwards). The 16-channel forward
- * stayed direct until session 20 because in session 10 F(4x4) there took that trajectory past 1e-4
- * (a ReLU input within rounding of zero flipping: a matter of exact bits, which the transforms have
- * changed since). ResNet-20's 16 channels on 28x28, forward, caches flushed, calls alternating
+ * kernels ~5e-7). The 16-channel forward stayed direct until session 20 because in session 10 F(4x4)
+ * there took the 20-step trajectory of test/train_steps.test.ts past 1e-4 of PyTorch's float64 one
+ * (a ReLU input within rounding of zero flipping: a matter of exact bits); since session 28 that
+ * trajectory's batches keep every ReLU input 5e-5 from zero (scripts/golden/README.md). ResNet-20's 16 channels on 28x28, forward, caches flushed, calls alternating
  * with the pixels-in-lanes kernel: -16 to -26 % (three runs); backward-input (ResNet-20's 16
  * channels: -17 to -19 %) and weight gradient (-24 %) took it earlier. */
 int wino_nchw_tile(const conv_p *p) {
