@@ -28,7 +28,8 @@ function conv3x3(n: number, c: number, h: number, w: number, cOut: number, s = 1
   return { n, cIn: c, h, w, cOut, kh: 3, kw: 3, sh: s, sw: s, ph: 1, pw: 1, dh: 1, dw: 1, groups: 1, oh: convOutSize(h, 3, s, 1, 1), ow: convOutSize(w, 3, s, 1, 1) };
 }
 
-/** [name, geometry, whether the native Winograd path reads the batch norm itself] */
+/** [name, geometry, whether the native AVX-512 Winograd path reads the batch norm itself] (the AVX2
+ * Winograd reads it on every geometry it takes: w2Reads) */
 const cases: [string, Conv2dParams, boolean][] = [
   ['16 channels on 28x28 (the row copy; ResNet-20\'s first stage)', conv3x3(3, 16, 28, 28, 16), true],
   ['32 channels on 14x14 (whole map rows)', conv3x3(2, 32, 14, 14, 32), true],
@@ -38,6 +39,26 @@ const cases: [string, Conv2dParams, boolean][] = [
   ['stride 2 (the input made first)', conv3x3(2, 16, 13, 13, 32, 2), false],
   ['24 channels, not whole 16-channel blocks (the input made first)', conv3x3(2, 24, 9, 9, 16), false],
 ];
+
+/** Whether the AVX2 Winograd (conv_wino2.c) takes p, reading the batch norm itself: 3x3 stride 1
+ * padding 1, whole 8-channel vectors, maps of 3x3 or more, at most 128 x 128 channels. */
+function w2Reads(p: Conv2dParams): boolean {
+  return p.kh === 3 && p.sh === 1 && p.ph === 1 && p.dh === 1 && p.groups === 1 && p.cIn % 8 === 0 && p.cOut % 8 === 0 && p.h >= 3 && p.w >= 3 && p.cIn * p.cOut <= 128 * 128;
+}
+
+/** The ISAs whose convolution paths run here: the selected one, and AVX2 too where that is AVX-512
+ * (the binding's isa switch, restored after). */
+async function eachIsa(fn: (isa: string) => void): Promise<void> {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const original = b.isa();
+  try {
+    fn(original);
+    if (original === 'avx512' && b.isa(2) === 'avx2') fn('avx2');
+  } finally {
+    b.isa(0);
+  }
+}
 
 interface Bn {
   x: Float32Array;
@@ -75,11 +96,12 @@ function sameBits(a: Float32Array, b: Float32Array, what: string): void {
 }
 
 for (const [name, p, reads] of cases) {
-  test(`native conv2d reading a batch norm + relu = convolving its stored output, same bits: ${name}`, { skip }, () => {
+  test(`native conv2d reading a batch norm + relu = convolving its stored output, same bits (AVX-512, and the AVX2 kernels): ${name}`, { skip }, () => eachIsa((isa) => {
     const k = nat!;
     const gen = new Generator(7);
     const bn = bnInput(p, gen);
-    assert.equal(k.conv2dReadsBnRelu(p), reads, 'conv2dReadsBnRelu');
+    const expectReads = isa === 'avx512' ? reads : isa === 'avx2' ? w2Reads(p) : false;
+    assert.equal(k.conv2dReadsBnRelu(p), expectReads, `${isa}: conv2dReadsBnRelu`);
     const s = stats(k, bn);
     // the statistics are batchNormTrain's
     const y = new Float32Array(bn.x.length);
@@ -114,7 +136,7 @@ for (const [name, p, reads] of cases) {
     tsKernels.conv2d(ref, bn.x, w, bias, p, { scale: r.scale, shift: r.shift });
     const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
     assertClose(ref, want, { rtol: 1e-4, atol: 1e-4 * scale }, 'reference forward');
-  });
+  }));
 }
 
 test('native batch norm backward with the relu recomputed (never stored) = reading the stored relu output, same bits; reference agrees', { skip }, () => {

@@ -462,7 +462,7 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     return;
   }
   if ((w || wp) && wino2(p)) { /* wp: CONV_LAYOUT_W2 (conv2d_forward_packed checked it) */
-    w2_forward_nchw(y, x, w, wp, 0, bias, residual, relu, p);
+    w2_forward_nchw(y, x, w, wp, 0, bias, residual, relu, p, NULL, NULL);
     return;
   }
   if (w && pil_ok(p)) {
@@ -624,7 +624,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
       return;
     }
     if (wino2(&q)) {
-      w2_forward_nchw(dx, dy, w, NULL, 1, NULL, addend, 0, &q);
+      w2_forward_nchw(dx, dy, w, NULL, 1, NULL, addend, 0, &q, NULL, NULL);
       return;
     }
     if (pil2_ok(&q)) { /* dx[c] += dy[co] * w[co][c][kk - 1 - t] */
@@ -758,7 +758,7 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     return;
   }
   if (wino2(p)) {
-    w2_backward_weight_nchw(dw, x, dy, p);
+    w2_backward_weight_nchw(dw, x, dy, p, NULL, NULL);
     return;
   }
   if (p->sh > 1 && bwt_ok(p)) { /* strided: the outer products over phase planes (conv_gather.c) */
@@ -1114,13 +1114,16 @@ void conv2d_backward_weight(float *dw, const float *x, const float *dy, const co
  * the NCHW Winograd path applies it in its input transforms, where it reads x anyway (ResNet-20's and
  * ResNet-18's second 3x3 of each block). */
 
-/* The Winograd tile of the path that applies the prologue while reading x, or 0: the path the forward
- * and the weight gradient take (conv2d_forward_packed, conv2d_backward_weight) is that one. */
+/* The path that applies the prologue while reading x: the AVX-512 Winograd's tile, PRE_W2 (the AVX2
+ * Winograd, whose input transform always reads NCHW x), or 0 (none: x is made first); the path the
+ * forward and the weight gradient take (conv2d_forward_packed, conv2d_backward_weight) is that one. */
+#define PRE_W2 (-1)
 static int pre_path(const conv_p *p) {
 #if defined(__x86_64__)
   conv_p q;
   int ky0, kx0;
   if (p->n == 0 || dense(p) || crop(p, &q, &ky0, &kx0) || is_linear(p) || rows(p, 0)) return 0;
+  if (wino2(p)) return PRE_W2;
   const int wm = avx512_paths() ? wino_nchw_tile(p) : 0;
   return wm && wino_reads_pre(p, wm) ? wm : 0;
 #else
@@ -1134,6 +1137,10 @@ void conv2d_forward_pre(float *y, const float *x, const float *w, const float *b
                         const conv_p *p) {
 #if defined(__x86_64__)
   const int wm = pre_path(p);
+  if (wm == PRE_W2) {
+    w2_forward_nchw(y, x, w, NULL, 0, bias, NULL, 0, p, pre_s, pre_t);
+    return;
+  }
   if (wm) {
     wino_forward_nchw(y, x, w, 0, bias, NULL, 0, p, wm, pre_s, pre_t);
     return;
@@ -1148,6 +1155,10 @@ void conv2d_backward_weight_pre(float *dw, const float *x, const float *dy, cons
                                 const conv_p *p) {
 #if defined(__x86_64__)
   const int wm = pre_path(p);
+  if (wm == PRE_W2) {
+    w2_backward_weight_nchw(dw, x, dy, p, pre_s, pre_t);
+    return;
+  }
   if (wm) {
     wino_backward_weight_nchw(dw, x, dy, p, wm, pre_s, pre_t);
     return;

@@ -131,17 +131,19 @@ int pil2_bw_ok(const conv_p *p);
 void pil2_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 /* Winograd F(4x4, 3x3) for the AVX2 kernels on NCHW tensors (conv_wino2.c): whether it takes a
  * geometry (3x3 stride 1 padding 1, channels in whole 8-channel vectors), the forward (flip: the
- * backward-input as the forward of the flipped kernel, w then the layer's own) and the weight gradient. */
+ * backward-input as the forward of the flipped kernel, w then the layer's own; packed: the weights
+ * as w2_pack leaves them, else transformed from w) and the weight gradient; with pre_s and pre_t, x
+ * is read as relu(x * pre_s[c] + pre_t[c]) (conv2d_forward_pre's prologue). */
 int w2_ok(const conv_p *p);
 void w2_forward_nchw(float *y, const float *x, const float *w, const float *packed, int flip, const float *bias,
-                     const float *residual, int relu, const conv_p *p);
+                     const float *residual, int relu, const conv_p *p, const float *pre_s, const float *pre_t);
+void w2_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, const float *pre_s, const float *pre_t);
 /* CONV_LAYOUT_W2, for the inference plan (the forward's transformed weights computed once): floats,
  * packing (w2_forward_nchw's `packed`) and the plain weights back (stored as they are after the
  * transformed ones: exact). */
 long w2_packed_size(const conv_p *p);
 void w2_pack(const float *w, const conv_p *p, float *dst);
 void w2_unpack(const float *src, const conv_p *p, float *w);
-void w2_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p);
 int pil_bw_ok(const conv_p *p);
 void pil_backward_weight(float *dw, const float *x, const float *dy, const conv_p *p);
 int prow_nr(const conv_p *p);

@@ -152,15 +152,18 @@ static inline void tile_at(const w2_geo *g, long t, long *b, int *iy0, int *ix0)
 }
 
 /* V for tiles [t0, t0 + nt) of the batch (nt <= tc): vs floats between positions, the 8-channel
- * blocks tc * 8 apart; the register tiles' rows past nt zero. */
-__attribute__((target("avx2,fma"))) static void input_transform(const w2_geo *g, const float *x, long t0, long nt, float *V,
-                                                                 long vs) {
+ * blocks tc * 8 apart; the register tiles' rows past nt zero. With ps (and pt), x is read as
+ * relu(x * ps[c] + pt[c]) (conv2d_forward_pre's prologue: multiply, add, then max(0, .) as the batch
+ * norm's own pass, the same bits; NaN stays), the padding still zero. */
+__attribute__((target("avx2,fma"))) static void input_transform(const w2_geo *g, const float *x, const float *ps, const float *pt,
+                                                                 long t0, long nt, float *V, long vs) {
   const conv_p *p = g->p;
   const long HW = (long)p->h * p->w, tc = g->tc;
   const int ncb = p->cin / 8;
   const long ntp = (nt + RT - 1) / RT * RT;
   for (int cb = 0; cb < ncb; cb++) {
     float *vb = V + cb * tc * 8;
+    const __m256 vs8 = ps ? _mm256_loadu_ps(ps + cb * 8) : _mm256_setzero_ps(), vt8 = ps ? _mm256_loadu_ps(pt + cb * 8) : vs8;
     for (long i = 0; i < nt; i++) {
       long b;
       int iy0, ix0;
@@ -172,6 +175,7 @@ __attribute__((target("avx2,fma"))) static void input_transform(const w2_geo *g,
       int v0 = p->w - c0, v1 = p->w - (c0 + 4);
       v0 = v0 < 0 ? 0 : v0 > 4 ? 4 : v0;
       v1 = v1 < 0 ? 0 : v1 > 2 - shift ? 2 - shift : v1;
+      const int k0 = shift, k1 = shift + v0 + v1; /* the window's columns inside the map */
       __m256 rows[6][6];
       for (int r = 0; r < 6; r++) {
         const int iy = iy0 + r;
@@ -190,6 +194,8 @@ __attribute__((target("avx2,fma"))) static void input_transform(const w2_geo *g,
         } else {
           d[0] = a[0], d[1] = a[1], d[2] = a[2], d[3] = a[3], d[4] = e[0], d[5] = e[1];
         }
+        if (ps)
+          for (int k = k0; k < k1; k++) d[k] = _mm256_max_ps(_mm256_setzero_ps(), _mm256_add_ps(_mm256_mul_ps(d[k], vs8), vt8));
         BT6(d, rows[r]);
       }
       for (int k = 0; k < 6; k++) {
@@ -309,6 +315,7 @@ __attribute__((target("avx2,fma"))) static void fwd_tile(const float *A, long as
 typedef struct {
   w2_geo g;
   const float *x, *U, *bias, *res;
+  const float *ps, *pt; /* the input's prologue (input_transform), or NULL */
   float *y;
   int relu;
   long us;
@@ -379,7 +386,7 @@ __attribute__((target("avx2,fma"))) static void fwd_task(void *ctx, int tid, int
     const long c = pool_ranges_next(&j->chunks, &cur);
     if (c < 0) break;
     const long t0 = c * tc, nt = j->g.ntiles - t0 < tc ? j->g.ntiles - t0 : tc;
-    input_transform(&j->g, j->x, t0, nt, V, vs);
+    input_transform(&j->g, j->x, j->ps, j->pt, t0, nt, V, vs);
     for (int xi = 0; xi < NP; xi++)
       for (int pn = 0; pn < npan; pn++) {
         const float *Bp = j->U + xi * j->us + (long)pn * p->cin * 16;
@@ -392,12 +399,14 @@ __attribute__((target("avx2,fma"))) static void fwd_task(void *ctx, int tid, int
 }
 
 void w2_forward_nchw(float *y, const float *x, const float *w, const float *packed, int flip, const float *bias,
-                     const float *residual, int relu, const conv_p *p) {
+                     const float *residual, int relu, const conv_p *p, const float *pre_s, const float *pre_t) {
   static _Thread_local buf_t ubuf;
   fwd_job j;
   const int T = pool_threads();
   geo_init(&j.g, p, T);
   j.x = x;
+  j.ps = pre_s;
+  j.pt = pre_t;
   j.bias = bias;
   j.res = residual;
   j.y = y;
@@ -484,6 +493,7 @@ __attribute__((target("avx2,fma"))) static void bw_tile(const float *const a[RT]
 typedef struct {
   w2_geo g;
   const float *x, *dy;
+  const float *ps, *pt; /* x's prologue (input_transform), or NULL */
   float *dU;   /* [groups][NP][cin][coutp] */
   long coutp;  /* cout rounded up to 16 */
   long gsize;  /* floats per group's sums */
@@ -500,7 +510,7 @@ __attribute__((target("avx2,fma"))) static void bw_group(const bw_job *j, int gr
   const long c0 = gr * j->per, c1 = c0 + j->per < j->g.nchunks ? c0 + j->per : j->g.nchunks;
   for (long c = c0; c < c1; c++) {
     const long t0 = c * tc, nt = j->g.ntiles - t0 < tc ? j->g.ntiles - t0 : tc;
-    input_transform(&j->g, j->x, t0, nt, V, vs);
+    input_transform(&j->g, j->x, j->ps, j->pt, t0, nt, V, vs);
     dy_transform(&j->g, j->dy, t0, nt, Z, zs);
     for (int xi = 0; xi < NP; xi++)
       for (int i0 = 0; i0 < p->cin; i0 += RT) {
@@ -593,13 +603,15 @@ static int bw_groups(const w2_geo *g, long gsize) {
   return (int)gr;
 }
 
-void w2_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p) {
+void w2_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, const float *pre_s, const float *pre_t) {
   static _Thread_local buf_t dubuf;
   bw_job j;
   /* the chunking may not depend on the thread count here (the groups' sums would change): as for two */
   geo_init(&j.g, p, 2);
   j.x = x;
   j.dy = dy;
+  j.ps = pre_s;
+  j.pt = pre_t;
   j.coutp = (p->cout + 15) / 16 * 16;
   j.gsize = (long)NP * p->cin * j.coutp;
   j.groups = bw_groups(&j.g, j.gsize);
