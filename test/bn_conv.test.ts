@@ -19,7 +19,7 @@ import type { Module } from '../src/nn/module.js';
 import { backward } from '../src/tensor/autograd.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { Generator } from '../src/tensor/rng.js';
-import { assertClose, randomArray, randomTensor } from './helpers.js';
+import { assertClose, randomArray, randomTensor, withEachIsa } from './helpers.js';
 
 const nat = nativeBackend();
 const skip = nat ? false : 'native addon not built (npm run build:native)';
@@ -44,20 +44,6 @@ const cases: [string, Conv2dParams, boolean][] = [
  * padding 1, whole 8-channel vectors, maps of 3x3 or more, at most 128 x 128 channels. */
 function w2Reads(p: Conv2dParams): boolean {
   return p.kh === 3 && p.sh === 1 && p.ph === 1 && p.dh === 1 && p.groups === 1 && p.cIn % 8 === 0 && p.cOut % 8 === 0 && p.h >= 3 && p.w >= 3 && p.cIn * p.cOut <= 128 * 128;
-}
-
-/** The ISAs whose convolution paths run here: the selected one, and AVX2 too where that is AVX-512
- * (the binding's isa switch, restored after). */
-async function eachIsa(fn: (isa: string) => void): Promise<void> {
-  const { loadBinding } = await import('../src/backends/native/binding.js');
-  const b = loadBinding().binding!;
-  const original = b.isa();
-  try {
-    fn(original);
-    if (original === 'avx512' && b.isa(2) === 'avx2') fn('avx2');
-  } finally {
-    b.isa(0);
-  }
 }
 
 interface Bn {
@@ -96,7 +82,7 @@ function sameBits(a: Float32Array, b: Float32Array, what: string): void {
 }
 
 for (const [name, p, reads] of cases) {
-  test(`native conv2d reading a batch norm + relu = convolving its stored output, same bits (AVX-512, and the AVX2 kernels): ${name}`, { skip }, () => eachIsa((isa) => {
+  test(`native conv2d reading a batch norm + relu = convolving its stored output, same bits (AVX-512, and the AVX2 kernels): ${name}`, { skip }, () => withEachIsa((isa) => {
     const k = nat!;
     const gen = new Generator(7);
     const bn = bnInput(p, gen);

@@ -263,3 +263,19 @@ export function checkGradients(fn: (...ts: Tensor[]) => Tensor, inputs: Tensor[]
   }
   return report;
 }
+
+/** Runs fn on the native kernels as selected and, where those are AVX-512, again with the AVX2 ones
+ * (the addon's isa(), as RESNET_ISA=avx2 sets it: the AVX2 convolution paths, the batch norm with 8
+ * lanes instead of 16), restoring the selection after. Needs the native addon. */
+export async function withEachIsa(fn: (isa: string) => void): Promise<void> {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const original = b.isa();
+  try {
+    fn(original);
+    if (original === 'avx512' && b.isa(2) === 'avx2') fn('avx2');
+  } finally {
+    b.isa(0);
+    assert.equal(b.isa(), original);
+  }
+}

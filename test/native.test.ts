@@ -14,7 +14,7 @@ import { tsKernels } from '../src/backends/ts/index.js';
 import type { AdaptivePoolParams, Conv2dParams, Kernels, Pool2dParams } from '../src/kernels/kernels.js';
 import { convOutSize } from '../src/ops/conv.js';
 import { Generator } from '../src/tensor/rng.js';
-import { assertClose, randomArray, type Tolerance } from './helpers.js';
+import { assertClose, randomArray, withEachIsa, type Tolerance } from './helpers.js';
 
 const nat = nativeBackend();
 const skip = nat ? false : 'native addon not built (npm run build:native)';
@@ -389,22 +389,6 @@ test('native zero-pad shortcut (option A) and its adjoint = reference, every ele
   }
   assert.throws(() => nat!.zeroPadSubsample(new Float32Array(8), new Float32Array(16), { n: 1, cIn: 4, h: 2, w: 2, cOut: 2, stride: 1 }, false), /geometry/);
 });
-
-/** Runs fn on the native kernels as selected and, where those are AVX-512, again with the AVX2 ones
- * (the addon's isa(), as RESNET_ISA=avx2 sets it: the image-by-image batch norm with 8 lanes instead of
- * 16), restoring the selection after. */
-async function withEachIsa(fn: (isa: string) => void): Promise<void> {
-  const { loadBinding } = await import('../src/backends/native/binding.js');
-  const b = loadBinding().binding!;
-  const original = b.isa();
-  try {
-    fn(original);
-    if (original === 'avx512' && b.isa(2) === 'avx2') fn('avx2');
-  } finally {
-    b.isa(0);
-    assert.equal(b.isa(), original);
-  }
-}
 
 test('native batch norm (train, eval, backward) = reference, with 16 and 8 lanes', { skip }, () =>
   withEachIsa((isa) => {
@@ -984,7 +968,53 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
   }
 });
 
-test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) and tap panels (the forward of the others; the weight gradient of small ones) = reference on odd shapes: forward with bias, residual (in place) and relu, backward input, weight gradient (same bits on one thread)', { skip }, async () => {
+/** The native passes of convolution p against the reference: the forward with bias, a residual read
+ * from the output itself and relu, and with the weights packed once (the inference plan's; the plain
+ * weights come back exactly); the backward input, alone and with an addend; the weight gradient;
+ * and the same bits of all three on one thread as on the pool's threads (each output is summed by
+ * one thread in a fixed order, or blocks of images are added in a fixed order). */
+function checkConvPasses(p: Conv2dParams, what: string): void {
+  const x = randomArray(p.n * p.cIn * p.h * p.w, gen), w = randomArray(p.cOut * p.cIn * p.kh * p.kw, gen);
+  const bias = randomArray(p.cOut, gen), res = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
+  const plain = new Float32Array(res.length);
+  tsKernels.conv2d(plain, x, w, bias, p);
+  const expect = plain.map((v, i) => Math.max(0, v + res[i]!));
+  const y = Float32Array.from(res); // the residual read from the output itself
+  nat!.conv2dFused(y, x, w, bias, y, true, p);
+  assertClose(y, expect, scaleTol(expect), `${what}: forward + bias + residual, relu`);
+  const packed = nat!.packConvWeights(w, p);
+  assert.equal(packed.layout, nat!.convPackLayout(p));
+  const yp = new Float32Array(res.length).fill(NaN);
+  nat!.conv2dFused(yp, x, null, bias, res, true, p, packed);
+  assertClose(yp, expect, scaleTol(expect), `${what}: forward with the packed weights`);
+  assert.deepEqual(nat!.unpackConvWeights(packed, p), w, `${what}: unpacked weights`);
+  const dy = randomArray(res.length, gen), dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
+  tsKernels.conv2dBackwardInput(dxr, dy, w, p);
+  nat!.conv2dBackwardInput(dxn, dy, w, p);
+  assertClose(dxn, dxr, scaleTol(dxr), `${what}: backward input`);
+  const add = randomArray(x.length, gen), dxa = new Float32Array(x.length);
+  nat!.conv2dBackwardInput(dxa, dy, w, p, add);
+  assertClose(dxa, dxr.map((v, i) => v + add[i]!), scaleTol(dxr), `${what}: backward input + addend`);
+  const dwr = new Float32Array(w.length), dwn = new Float32Array(w.length);
+  tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
+  nat!.conv2dBackwardWeight(dwn, x, dy, p);
+  assertClose(dwn, dwr, scaleTol(dwr), `${what}: weight gradient`);
+  const before = nat!.getThreads();
+  try {
+    nat!.setThreads(1);
+    const y1 = Float32Array.from(res), dx1 = new Float32Array(x.length), dw1 = new Float32Array(w.length);
+    nat!.conv2dFused(y1, x, w, bias, y1, true, p);
+    nat!.conv2dBackwardInput(dx1, dy, w, p);
+    nat!.conv2dBackwardWeight(dw1, x, dy, p);
+    assert.deepEqual(y1, y, `${what}: forward, one thread and ${before}`);
+    assert.deepEqual(dx1, dxn, `${what}: backward input, one thread and ${before}`);
+    assert.deepEqual(dw1, dwn, `${what}: weight gradient, one thread and ${before}`);
+  } finally {
+    nat!.setThreads(before);
+  }
+}
+
+test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) and tap panels (the forward of the others; the weight gradient of small ones) = reference on odd shapes: every pass (checkConvPasses)', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();
@@ -1025,47 +1055,14 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the
       convCase(2, 3, 20, 19, 9, 7, 2, 3, 1, 1),
       convCase(2, 32, 31, 31, 8, 3, 2, 1, 1, 1),
     ];
-    for (const p of cases) {
-      const what = `${p.cIn} -> ${p.cOut}, ${p.kh}x${p.kw} dilation ${p.dh} on ${p.h}x${p.w}, batch ${p.n}`;
-      const x = randomArray(p.n * p.cIn * p.h * p.w, gen), w = randomArray(p.cOut * p.cIn * p.kh * p.kw, gen);
-      const bias = randomArray(p.cOut, gen), res = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
-      const plain = new Float32Array(res.length);
-      tsKernels.conv2d(plain, x, w, bias, p);
-      const expect = plain.map((v, i) => Math.max(0, v + res[i]!));
-      const y = Float32Array.from(res); // the residual read from the output itself
-      nat!.conv2dFused(y, x, w, bias, y, true, p);
-      assertClose(y, expect, scaleTol(expect), `${what}: forward + bias + residual, relu`);
-      const y2 = new Float32Array(res.length);
-      nat!.conv2d(y2, x, w, null, p);
-      const noBias = new Float32Array(res.length);
-      tsKernels.conv2d(noBias, x, w, null, p);
-      assertClose(y2, noBias, scaleTol(noBias), `${what}: forward`);
-      const dy = randomArray(res.length, gen), dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
-      tsKernels.conv2dBackwardInput(dxr, dy, w, p);
-      nat!.conv2dBackwardInput(dxn, dy, w, p);
-      assertClose(dxn, dxr, scaleTol(dxr), `${what}: backward input`);
-      const dwr = new Float32Array(w.length), dwn = new Float32Array(w.length);
-      tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
-      nat!.conv2dBackwardWeight(dwn, x, dy, p);
-      assertClose(dwn, dwr, scaleTol(dwr), `${what}: weight gradient`);
-      // blocks of images summed in a fixed order: the same bits on one thread
-      const before = nat!.getThreads();
-      try {
-        nat!.setThreads(1);
-        const dw1 = new Float32Array(w.length);
-        nat!.conv2dBackwardWeight(dw1, x, dy, p);
-        assert.deepEqual(dw1, dwn, `${what}: weight gradient, one thread and ${before}`);
-      } finally {
-        nat!.setThreads(before);
-      }
-    }
+    for (const p of cases) checkConvPasses(p, `${p.cIn} -> ${p.cOut}, ${p.kh}x${p.kw} dilation ${p.dh} on ${p.h}x${p.w}, batch ${p.n}`);
   } finally {
     b.isa(0);
     assert.equal(b.isa(), original);
   }
 });
 
-test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors without AVX-512) = reference on odd shapes: forward with bias, residual (in place) and relu, with the weights packed once, backward input with the addend, weight gradient; the same bits on one thread', { skip }, async () => {
+test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors without AVX-512) = reference on odd shapes: every pass (checkConvPasses), NaN', { skip }, async () => {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();
@@ -1086,48 +1083,7 @@ test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors witho
       // 8 -> 16 on a 7x7 map: two tiles a row, the second past the edge; batch 5
       convCase(5, 8, 7, 7, 16, 3, 1, 1, 1, 1),
     ];
-    const before = nat!.getThreads();
-    for (const p of cases) {
-      const what = `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}`;
-      const x = randomArray(p.n * p.cIn * p.h * p.w, gen), w = randomArray(p.cOut * p.cIn * 9, gen);
-      const bias = randomArray(p.cOut, gen), res = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
-      const plain = new Float32Array(res.length);
-      tsKernels.conv2d(plain, x, w, bias, p);
-      const expect = plain.map((v, i) => Math.max(0, v + res[i]!));
-      const y = Float32Array.from(res); // the residual read from the output itself
-      nat!.conv2dFused(y, x, w, bias, y, true, p);
-      assertClose(y, expect, scaleTol(expect), `${what}: forward + bias + residual, relu`);
-      // the inference plan's packing: the transformed weights once, the plain ones back exactly
-      const packed = nat!.packConvWeights(w, p);
-      assert.equal(packed.layout, nat!.convPackLayout(p));
-      const yp = new Float32Array(res.length).fill(NaN);
-      nat!.conv2dFused(yp, x, null, bias, res, true, p, packed);
-      assert.deepEqual(yp, y, `${what}: forward with the packed weights, the same bits`);
-      assert.deepEqual(nat!.unpackConvWeights(packed, p), w, `${what}: unpacked weights`);
-      const dy = randomArray(res.length, gen), dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
-      tsKernels.conv2dBackwardInput(dxr, dy, w, p);
-      nat!.conv2dBackwardInput(dxn, dy, w, p);
-      assertClose(dxn, dxr, scaleTol(dxr), `${what}: backward input`);
-      const add = randomArray(x.length, gen), dxa = new Float32Array(x.length);
-      nat!.conv2dBackwardInput(dxa, dy, w, p, add);
-      assertClose(dxa, dxr.map((v, i) => v + add[i]!), scaleTol(dxr), `${what}: backward input + addend`);
-      const dwr = new Float32Array(w.length), dwn = new Float32Array(w.length);
-      tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
-      nat!.conv2dBackwardWeight(dwn, x, dy, p);
-      assertClose(dwn, dwr, scaleTol(dwr), `${what}: weight gradient`);
-      try {
-        nat!.setThreads(1);
-        const y1 = Float32Array.from(res), dx1 = new Float32Array(x.length), dw1 = new Float32Array(w.length);
-        nat!.conv2dFused(y1, x, w, bias, y1, true, p);
-        nat!.conv2dBackwardInput(dx1, dy, w, p);
-        nat!.conv2dBackwardWeight(dw1, x, dy, p);
-        assert.deepEqual(y1, y, `${what}: forward, one thread and ${before}`);
-        assert.deepEqual(dx1, dxn, `${what}: backward input, one thread and ${before}`);
-        assert.deepEqual(dw1, dwn, `${what}: weight gradient, one thread and ${before}`);
-      } finally {
-        nat!.setThreads(before);
-      }
-    }
+    for (const p of cases) checkConvPasses(p, `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}`);
     // NaN in x reaches the outputs whose windows hold it (as the direct kernels), and relu keeps it
     const p = convCase(1, 8, 8, 8, 8, 3, 1, 1, 1, 1);
     const x = randomArray(8 * 64, gen), w = randomArray(8 * 8 * 9, gen);
