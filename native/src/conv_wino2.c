@@ -1,6 +1,7 @@
-/* Winograd F(4x4, 3x3) for CPUs without AVX-512 (the AVX2 + FMA kernels): the NCHW training
- * convolutions of 3x3 stride-1 layers with padding 1 - the forward, the backward-input (the forward
- * of the flipped, transposed kernel) and the weight gradient (the transposed algorithm). The
+/* Winograd F(4x4, 3x3) for CPUs without AVX-512 (the AVX2 + FMA kernels): the NCHW convolutions
+ * of 3x3 stride-1 layers with padding 1 - the forward (training and the inference plan), the
+ * backward-input (the forward of the flipped, transposed kernel) and the weight gradient (the
+ * transposed algorithm). The
  * AVX-512 Winograd of conv_wino.c works on 16-channel blocks with its own micro-kernels; this one
  * keeps 8 channels in a vector and stays on NCHW tensors end to end:
  *
@@ -16,7 +17,9 @@
  *  3. output transform: Y = A^T m A, plus bias, transposed back to NCHW rows of 4 pixels with the
  *     residual and relu.
  * Every output is computed by one thread over all of cin in a fixed order (the bits do not depend on
- * the thread count). U is computed per call (the weights change every step in training).
+ * the thread count). U is computed per call (the weights change every step in training), or packed
+ * once by the inference plan (w2_pack). The input transform can read x through a batch norm + ReLU
+ * (conv2d_forward_pre's prologue), in the forward and the weight gradient.
  *
  * The weight gradient: dW = G^T [ sum over tiles (B^T d B) .* (A dY A^T) ] G, with V as above and
  * Z[xi][cout/8][t][8] = A dY A^T (dY past the map's edge read as zeros); the sums over tiles run in a
