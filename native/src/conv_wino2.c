@@ -38,14 +38,23 @@
 #define NP 36 /* transform positions: 6 x 6 */
 #define RT 6  /* rows of the register tile: tiles (forward) or input channels (weight gradient) */
 
+/* Up to this many cin x cout pairs a forward runs in private chunks of tiles, each chunk reading all
+ * the transformed weights (2.4 MB at 128 -> 128); beyond, split by positions and output panels over
+ * the whole batch's tiles (fwd_split), which reads them once. */
+#define PRIVATE_MAX_PAIRS (128L * 128)
+
 /* Whether a geometry runs here (besides the AVX2 kernels being the ones in use: conv.c decides):
  * 3x3, stride 1, dilation 1, padding 1, groups 1, channels in whole 8-channel vectors, maps of at
- * least 3x3 (smaller ones go to the dense products first), and transformed weights within 4.7 MB
- * (128 -> 128 channels: each chunk of tiles reads all of them). */
-int w2_ok(const conv_p *p) {
+ * least 3x3 (smaller ones go to the dense products first), and transformed weights within 9.4 MB
+ * (256 -> 256 channels) for a forward whose weights the inference plan packed once (`packed`),
+ * within 2.4 MB (128 -> 128) for the passes that transform them per call, where 256 -> 256 took
+ * longer than the direct kernel's whole call (the backward-input's U: 1.4 ms, writing 9.4 MB) and the
+ * weight gradient's groups each keep 36 cin cout sums. */
+int w2_ok(const conv_p *p, int packed) {
   return p->groups == 1 && p->kh == 3 && p->kw == 3 && p->sh == 1 && p->sw == 1 && p->dh == 1 && p->dw == 1 &&
          p->ph == 1 && p->pw == 1 && p->cin % 8 == 0 && p->cout % 8 == 0 && p->cin > 0 && p->cout > 0 && p->h >= 3 &&
-         p->w >= 3 && p->oh == p->h && p->ow == p->w && p->n >= 1 && (long)p->cin * p->cout <= 128L * 128;
+         p->w >= 3 && p->oh == p->h && p->ow == p->w && p->n >= 1 &&
+         (long)p->cin * p->cout <= (packed ? 256L * 256 : PRIVATE_MAX_PAIRS);
 }
 
 #if defined(__x86_64__)
@@ -401,6 +410,69 @@ __attribute__((target("avx2,fma"))) static void fwd_task(void *ctx, int tid, int
   }
 }
 
+/* The forward split by passes over the whole batch (more than PRIVATE_MAX_PAIRS channel pairs): the
+ * input transform of all tiles (ranges of whole register tiles per part), then items (position,
+ * 16-channel panel) each multiplying all tiles by its panel of U (read once, 16 KB at 256 input
+ * channels; the items of one position share V[xi] in the caches), then the output transform. Each
+ * output is still summed by one item in a fixed order. */
+typedef struct {
+  fwd_job *j;
+  float *V, *M;
+  long vs, ms, groups; /* groups: the tiles' register tiles (RT rows each) */
+  int npan;
+} split_job;
+static void split_range(long total, long unit, int part, int parts, long *lo, long *hi) {
+  pool_split(total, part, parts, 1, lo, hi);
+  *lo *= unit;
+  *hi *= unit;
+}
+__attribute__((target("avx2,fma"))) static void split_in_task(void *ctx, int part, int parts) {
+  const split_job *s = ctx;
+  long lo, hi;
+  split_range(s->groups, RT, part, parts, &lo, &hi);
+  if (hi > s->j->g.ntiles) hi = s->j->g.ntiles;
+  if (hi > lo) input_transform(&s->j->g, s->j->x, s->j->ps, s->j->pt, lo, hi - lo, s->V + lo * 8, s->vs);
+}
+__attribute__((target("avx2,fma"))) static void split_gemm_task(void *ctx, int part, int parts) {
+  const split_job *s = ctx;
+  const fwd_job *j = s->j;
+  const conv_p *p = j->g.p;
+  const long tc = j->g.tc;
+  long lo, hi;
+  pool_split((long)NP * s->npan, part, parts, 1, &lo, &hi);
+  for (long it = lo; it < hi; it++) {
+    const int xi = (int)(it / s->npan), pn = (int)(it % s->npan);
+    const float *Bp = j->U + xi * j->us + (long)pn * p->cin * 16;
+    float *m0 = s->M + xi * s->ms + (long)(2 * pn) * tc * 8;
+    float *m1 = 2 * pn + 1 < p->cout / 8 ? m0 + tc * 8 : NULL;
+    for (long r = 0; r < s->groups * RT; r += RT) fwd_tile(s->V + xi * s->vs + r * 8, tc * 8, p->cin, Bp, m0 + r * 8, m1 ? m1 + r * 8 : NULL);
+  }
+}
+__attribute__((target("avx2,fma"))) static void split_out_task(void *ctx, int part, int parts) {
+  const split_job *s = ctx;
+  long lo, hi;
+  split_range(s->groups, RT, part, parts, &lo, &hi);
+  if (hi > s->j->g.ntiles) hi = s->j->g.ntiles;
+  if (hi > lo) output_transform(s->j, lo, hi - lo, s->M + lo * 8, s->ms);
+}
+static void fwd_split(fwd_job *j) {
+  static _Thread_local buf_t vbuf, mbuf;
+  const conv_p *p = j->g.p;
+  split_job s;
+  s.j = j;
+  s.groups = (j->g.ntiles + RT - 1) / RT;
+  j->g.tc = s.groups * RT; /* one chunk: every tile */
+  j->g.nchunks = 1;
+  s.vs = plane_of((long)p->cin * j->g.tc);
+  s.ms = plane_of((long)p->cout * j->g.tc);
+  s.V = grow(&vbuf, (size_t)NP * s.vs);
+  s.M = grow(&mbuf, (size_t)NP * s.ms);
+  s.npan = (p->cout + 15) / 16;
+  pool_run(split_in_task, &s);
+  pool_run(split_gemm_task, &s);
+  pool_run(split_out_task, &s);
+}
+
 void w2_forward_nchw(float *y, const float *x, const float *w, const float *packed, int flip, const float *bias,
                      const float *residual, int relu, const conv_p *p, const float *pre_s, const float *pre_t) {
   static _Thread_local buf_t ubuf;
@@ -420,6 +492,10 @@ void w2_forward_nchw(float *y, const float *x, const float *w, const float *pack
     float *U = grow(&ubuf, (size_t)NP * j.us);
     upack_into(w, p, flip, U);
     j.U = U;
+  }
+  if ((long)p->cin * p->cout > PRIVATE_MAX_PAIRS) {
+    fwd_split(&j);
+    return;
   }
   pool_ranges_init(&j.chunks, j.g.nchunks, 1, T);
   pool_run_dynamic(fwd_task, &j, T);
