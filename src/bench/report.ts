@@ -78,7 +78,7 @@ export function formatReport(r: BenchReport): string {
   }
   if (r.isa !== null && r.isa !== 'avx512') {
     out.push(
-      `          note: without AVX-512 the native convolutions run an AVX2 Winograd (3x3 stride-1 layers up to 128 channels), pixels in lanes (other 3x3 layers), tap panels (other forwards, small weight gradients) or im2col + GEMM: measured about 1.4-3x slower than the AVX-512 kernels (docs/PERFORMANCE.md, "Without AVX-512")`,
+      `          note: without AVX-512 the native convolutions run an AVX2 Winograd (3x3 stride-1 layers up to 128 channels, 256 in inference), pixels in lanes (other 3x3 layers), tap panels (other forwards, small weight gradients) or im2col + GEMM: measured about 1.2-2.6x slower than the AVX-512 kernels (docs/PERFORMANCE.md, "Without AVX-512")`,
     );
   }
   out.push(`          ${s.rounds} round(s) in turn, each ${s.warmup} warm-up + its share of ${s.runs} timed runs; median over all; time budget ${s.budgetS > 0 ? `${s.budgetS} s` : 'none'} per workload and engine`);
