@@ -974,6 +974,9 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
  * and the same bits of all three on one thread as on the pool's threads (each output is summed by
  * one thread in a fixed order, or blocks of images are added in a fixed order). */
 function checkConvPasses(p: Conv2dParams, what: string): void {
+  // the AVX2 Winograd's geometries (whole 8-channel vectors): F(4x4)'s rounding grows with the
+  // channels, ~1.4e-5 of the output's scale at 256 (1e-5 had failed once by 1.01x there)
+  const tol = p.kh === 3 && p.kw === 3 && p.sh === 1 && p.sw === 1 && p.ph === 1 && p.pw === 1 && p.dh === 1 && p.dw === 1 && p.cIn % 8 === 0 && p.cOut % 8 === 0 ? 5e-5 : 1e-5;
   const x = randomArray(p.n * p.cIn * p.h * p.w, gen), w = randomArray(p.cOut * p.cIn * p.kh * p.kw, gen);
   const bias = randomArray(p.cOut, gen), res = randomArray(p.n * p.cOut * p.oh * p.ow, gen);
   const plain = new Float32Array(res.length);
@@ -981,24 +984,24 @@ function checkConvPasses(p: Conv2dParams, what: string): void {
   const expect = plain.map((v, i) => Math.max(0, v + res[i]!));
   const y = Float32Array.from(res); // the residual read from the output itself
   nat!.conv2dFused(y, x, w, bias, y, true, p);
-  assertClose(y, expect, scaleTol(expect), `${what}: forward + bias + residual, relu`);
+  assertClose(y, expect, scaleTol(expect, tol), `${what}: forward + bias + residual, relu`);
   const packed = nat!.packConvWeights(w, p);
   assert.equal(packed.layout, nat!.convPackLayout(p));
   const yp = new Float32Array(res.length).fill(NaN);
   nat!.conv2dFused(yp, x, null, bias, res, true, p, packed);
-  assertClose(yp, expect, scaleTol(expect), `${what}: forward with the packed weights`);
+  assertClose(yp, expect, scaleTol(expect, tol), `${what}: forward with the packed weights`);
   assert.deepEqual(nat!.unpackConvWeights(packed, p), w, `${what}: unpacked weights`);
   const dy = randomArray(res.length, gen), dxr = new Float32Array(x.length), dxn = new Float32Array(x.length);
   tsKernels.conv2dBackwardInput(dxr, dy, w, p);
   nat!.conv2dBackwardInput(dxn, dy, w, p);
-  assertClose(dxn, dxr, scaleTol(dxr), `${what}: backward input`);
+  assertClose(dxn, dxr, scaleTol(dxr, tol), `${what}: backward input`);
   const add = randomArray(x.length, gen), dxa = new Float32Array(x.length);
   nat!.conv2dBackwardInput(dxa, dy, w, p, add);
-  assertClose(dxa, dxr.map((v, i) => v + add[i]!), scaleTol(dxr), `${what}: backward input + addend`);
+  assertClose(dxa, dxr.map((v, i) => v + add[i]!), scaleTol(dxr, tol), `${what}: backward input + addend`);
   const dwr = new Float32Array(w.length), dwn = new Float32Array(w.length);
   tsKernels.conv2dBackwardWeight(dwr, x, dy, p);
   nat!.conv2dBackwardWeight(dwn, x, dy, p);
-  assertClose(dwn, dwr, scaleTol(dwr), `${what}: weight gradient`);
+  assertClose(dwn, dwr, scaleTol(dwr, tol), `${what}: weight gradient`);
   const before = nat!.getThreads();
   try {
     nat!.setThreads(1);
