@@ -149,14 +149,16 @@ int taps_ok(const conv_p *p) {
   return 1;
 }
 
-/* Whether the panels go one by one through the whole-K weights (each thread at least 4 panels, or
- * the weights within half an L2), else all at once through the blocked GEMM: every panel streams all
- * the weights, which the first panel of each thread reads from memory when the layer runs cold in a
- * network (ResNet-50 at batch 1 with the AVX2 kernels, in whole runs: 512 on 7x7, 4 panels of 9.4
- * MB of weights, 2.78 ms a layer panel by panel, against 1.63 hot in `convbench`). */
+/* Whether the panels go one by one through the whole-K weights (at least 8 panels: 4 a thread on two
+ * threads, or the weights within half an L2), else all at once through the blocked GEMM: every panel
+ * streams all the weights, which the first panel of each thread reads from memory when the layer runs
+ * cold in a network (ResNet-50 at batch 1 with the AVX2 kernels, in whole runs: 512 on 7x7, 4 panels
+ * of 9.4 MB of weights, 2.78 ms a layer panel by panel, against 1.63 hot in `convbench`). A fixed
+ * count, not one per thread: the two ways sum in different orders, and the bits may not depend on the
+ * thread count (with 4 panels a thread the choice had differed between 2 and 4 threads). */
 static int taps_by_panel(const conv_p *p, long panels) {
   const long K = (long)p->cin * p->kh * p->kw;
-  return panels >= 4L * pool_threads() || (long)p->cout * K * (long)sizeof(float) <= l2_bytes() / 2;
+  return panels >= 8 || (long)p->cout * K * (long)sizeof(float) <= l2_bytes() / 2;
 }
 
 /* y = conv(x, w) + bias (+ residual: may be y itself, then relu); wp: w packed as sgemm_pack_a packs
