@@ -968,6 +968,20 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
   }
 });
 
+/** Runs fn with the AVX2 kernels selected (the addon's isa switch), restoring the selection after;
+ * nothing where this CPU lacks AVX2. */
+async function withAvx2(fn: () => void): Promise<void> {
+  const { loadBinding } = await import('../src/backends/native/binding.js');
+  const b = loadBinding().binding!;
+  const original = b.isa();
+  try {
+    if (b.isa(2) === 'avx2') fn();
+  } finally {
+    b.isa(0);
+    assert.equal(b.isa(), original);
+  }
+}
+
 /** The native passes of convolution p against the reference: the forward with bias, a residual read
  * from the output itself and relu, and with the weights packed once (the inference plan's; the plain
  * weights come back exactly); the backward input, alone and with an addend; the weight gradient;
@@ -1017,12 +1031,8 @@ function checkConvPasses(p: Conv2dParams, what: string): void {
   }
 }
 
-test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) and tap panels (the forward of the others; the weight gradient of small ones) = reference on odd shapes: every pass (checkConvPasses)', { skip }, async () => {
-  const { loadBinding } = await import('../src/backends/native/binding.js');
-  const b = loadBinding().binding!;
-  const original = b.isa();
-  try {
-    if (b.isa(2) !== 'avx2') return; // this CPU lacks AVX2: the kernel cannot run here
+test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the weight gradient of stride 2 too) and tap panels (the forward of the others; the weight gradient of small ones) = reference on odd shapes: every pass (checkConvPasses)', { skip }, () =>
+  withAvx2(() => {
     const cases = [
       convCase(1, 1, 7, 5, 3, 3, 1, 1, 1, 1), // 1 input channel, 3 outputs (one partial panel), odd map
       convCase(7, 5, 13, 11, 13, 3, 1, 1, 1, 1), // batch 7, 13 outputs (a whole and a partial panel)
@@ -1059,18 +1069,10 @@ test('AVX2 pixels in lanes (stride-1 same-size convolutions without AVX-512; the
       convCase(2, 32, 31, 31, 8, 3, 2, 1, 1, 1),
     ];
     for (const p of cases) checkConvPasses(p, `${p.cIn} -> ${p.cOut}, ${p.kh}x${p.kw} dilation ${p.dh} on ${p.h}x${p.w}, batch ${p.n}`);
-  } finally {
-    b.isa(0);
-    assert.equal(b.isa(), original);
-  }
-});
+  }));
 
-test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors without AVX-512) = reference on odd shapes: every pass (checkConvPasses), NaN', { skip }, async () => {
-  const { loadBinding } = await import('../src/backends/native/binding.js');
-  const b = loadBinding().binding!;
-  const original = b.isa();
-  try {
-    if (b.isa(2) !== 'avx2') return; // this CPU lacks AVX2: the kernel cannot run here
+test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors without AVX-512) = reference on odd shapes: every pass (checkConvPasses), NaN', { skip }, () =>
+  withAvx2(() => {
     const cases = [
       // batch 7; 24 input channels (three vectors); 8 outputs (half of a 16-channel panel); a 5x6 map:
       // the last tile row one row, the last tile column two columns
@@ -1104,11 +1106,7 @@ test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors witho
           const near = Math.abs(r - 3) <= 1 && Math.abs(c - 3) <= 1;
           if (near) assert.ok(Number.isNaN(y[(co * 8 + r) * 8 + c]!), `NaN at ${co}, ${r}, ${c}`);
         }
-  } finally {
-    b.isa(0);
-    assert.equal(b.isa(), original);
-  }
-});
+  }));
 
 /** Index of (image b, channel ch, row y, column x) in a blocked buffer of c channels of h x w maps:
  * NCHW16c with a one-pixel zero border, [n][c/16][h+2][w+2][16]. */
