@@ -155,6 +155,13 @@ static void geo_init(w2_geo *g, const conv_p *p, int threads) {
   g->nchunks = (g->ntiles + tc - 1) / tc;
 }
 
+/* Rows [nt, ntp) of a channel block (at b, positions s floats apart) zeroed: the register tiles'
+ * rows past a chunk's last tile. */
+__attribute__((target("avx2"))) static void zero_rows(float *b, long s, long nt, long ntp) {
+  for (long i = nt; i < ntp; i++)
+    for (int xi = 0; xi < NP; xi++) _mm256_storeu_ps(b + xi * s + i * 8, _mm256_setzero_ps());
+}
+
 /* Tile t of the batch: image, and the first input row and column of its window. */
 static inline void tile_at(const w2_geo *g, long t, long *b, int *iy0, int *ix0) {
   const long per = (long)g->th * g->tw, r = t % per;
@@ -217,8 +224,7 @@ __attribute__((target("avx2,fma"))) static void input_transform(const w2_geo *g,
         for (int a = 0; a < 6; a++) _mm256_storeu_ps(vb + (a * 6 + k) * vs + i * 8, o[a]);
       }
     }
-    for (long i = nt; i < ntp; i++)
-      for (int xi = 0; xi < NP; xi++) _mm256_storeu_ps(vb + xi * vs + i * 8, _mm256_setzero_ps());
+    zero_rows(vb, vs, nt, ntp);
   }
 }
 
@@ -504,11 +510,10 @@ void w2_forward_nchw(float *y, const float *x, const float *w, const float *pack
 /* ---- weight gradient ---- */
 
 /* Z for tiles [t0, t0 + nt) of dY (cout channels, oh x ow) into Z (zs floats between positions,
- * 8-channel blocks tc * 8 apart); rows past nt zero. */
+ * 8-channel blocks tc * 8 apart); the sums over tiles (bw_tile) read no rows past nt. */
 __attribute__((target("avx2,fma"))) static void dy_transform(const w2_geo *g, const float *dy, long t0, long nt, float *Z, long zs) {
   const conv_p *p = g->p;
   const long OHW = (long)p->oh * p->ow, tc = g->tc;
-  const long ntp = (nt + RT - 1) / RT * RT;
   for (int cb = 0; cb < p->cout / 8; cb++) {
     float *zb = Z + cb * tc * 8;
     for (long i = 0; i < nt; i++) {
@@ -532,8 +537,6 @@ __attribute__((target("avx2,fma"))) static void dy_transform(const w2_geo *g, co
         for (int a = 0; a < 6; a++) _mm256_storeu_ps(zb + (a * 6 + k) * zs + i * 8, z[a]);
       }
     }
-    for (long i = nt; i < ntp; i++)
-      for (int xi = 0; xi < NP; xi++) _mm256_storeu_ps(zb + xi * zs + i * 8, _mm256_setzero_ps());
   }
 }
 
