@@ -1087,11 +1087,13 @@ test('AVX2 Winograd F(4x4) (3x3 stride-1 layers in whole 8-channel vectors witho
       convCase(13, 64, 16, 16, 64, 3, 1, 1, 1, 1),
       // 8 -> 16 on a 7x7 map: two tiles a row, the second past the edge; batch 5
       convCase(5, 8, 7, 7, 16, 3, 1, 1, 1, 1),
-      // beyond 128 x 128 channels only the plan's packed forward (split by positions and panels over
-      // all the batch's tiles: 18 tiles in three register tiles; 136 outputs: 8.5 panels), the
-      // other passes by the direct kernels
+      // beyond 128 x 128 channels the plan's packed forward (split by positions and panels over all
+      // the batch's tiles: 18 tiles in three register tiles; 136 outputs: 8.5 panels), and with 64
+      // tiles or more the forward and backward-input with plain weights too; the weight gradient by
+      // the direct kernels
       convCase(3, 136, 7, 9, 136, 3, 1, 1, 1, 1),
       convCase(1, 256, 6, 5, 248, 3, 1, 1, 1, 1),
+      convCase(4, 136, 13, 13, 136, 3, 1, 1, 1, 1),
     ];
     for (const p of cases) checkConvPasses(p, `${p.cIn} -> ${p.cOut} on ${p.h}x${p.w}, batch ${p.n}`);
     // NaN in x reaches the outputs whose windows hold it (as the direct kernels), and relu keeps it

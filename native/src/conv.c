@@ -416,13 +416,14 @@ static int rows(const conv_p *p, int backward_input) {
 static int avx512_paths(void) { return strcmp(sgemm_isa(), "avx512") == 0 && !no_implicit(); }
 /* The Winograd tile for an NCHW convolution with plain weights here, 0: another path. */
 static int nchw_wino(const conv_p *p) { return avx512_paths() ? wino_nchw_tile(p) : 0; }
-/* Whether the AVX2 Winograd (conv_wino2.c) takes an NCHW convolution: with the weights the plan packs
- * once (`packed`: the forward with CONV_LAYOUT_W2), or transformed per call (the other passes): the
- * AVX2 kernels in use, not switched off (RESNET_WINO=0: no Winograd at all; RESNET_WINO2=0: this one). */
-static int wino2(const conv_p *p, int packed) {
+/* Whether the AVX2 Winograd (conv_wino2.c) takes pass W2_PACKED (the forward with the plan's
+ * CONV_LAYOUT_W2), W2_PER_CALL (a forward or backward-input with plain weights) or W2_WEIGHT_GRADIENT
+ * of an NCHW convolution: the AVX2 kernels in use, not switched off (RESNET_WINO=0: no Winograd at
+ * all; RESNET_WINO2=0: this one). */
+static int wino2(const conv_p *p, int pass) {
   static int off = -1, off2 = -1;
   return strcmp(sgemm_isa(), "avx2") == 0 && !no_implicit() && !env_zero("RESNET_WINO", &off) && !env_zero("RESNET_WINO2", &off2) &&
-         w2_ok(p, packed);
+         w2_ok(p, pass);
 }
 
 /* Whether the forward runs the AVX2 pixels in lanes (pil2_ok): not for more than 128 input channels
@@ -462,7 +463,7 @@ static void forward_impl(float *y, const float *x, const float *w, const float *
     wino_forward_nchw(y, x, w, 0, bias, residual, relu, p, wm, NULL, NULL);
     return;
   }
-  if (wp ? wino2(p, 1) : w && wino2(p, 0)) { /* wp: CONV_LAYOUT_W2 (conv2d_forward_packed checked it) */
+  if (wp ? wino2(p, W2_PACKED) : w && wino2(p, W2_PER_CALL)) { /* wp: CONV_LAYOUT_W2 (conv2d_forward_packed checked it) */
     w2_forward_nchw(y, x, w, wp, 0, bias, residual, relu, p, NULL, NULL);
     return;
   }
@@ -624,7 +625,7 @@ static void backward_input_impl(float *dx, const float *dy, const float *w, cons
       wino_forward_nchw(dx, dy, w, 1, NULL, addend, 0, &q, wm, NULL, NULL);
       return;
     }
-    if (wino2(&q, 0)) {
+    if (wino2(&q, W2_PER_CALL)) {
       w2_forward_nchw(dx, dy, w, NULL, 1, NULL, addend, 0, &q, NULL, NULL);
       return;
     }
@@ -758,7 +759,7 @@ static void backward_weight_impl(float *dw, const float *x, const float *dy, con
     wino_backward_weight_nchw(dw, x, dy, p, wm, NULL, NULL);
     return;
   }
-  if (wino2(p, 0)) {
+  if (wino2(p, W2_WEIGHT_GRADIENT)) {
     w2_backward_weight_nchw(dw, x, dy, p, NULL, NULL);
     return;
   }
@@ -887,7 +888,7 @@ int conv2d_pack_layout(const conv_p *p) {
   conv_p q;
   int ky0, kx0;
   if (!crop(p, &q, &ky0, &kx0)) {
-    if (wino2(p, 1)) return CONV_LAYOUT_W2;
+    if (wino2(p, W2_PACKED)) return CONV_LAYOUT_W2;
     /* the paths forward_impl takes with plain weights before any packed one */
     if (nchw_wino(p) || pil_ok(p) || pil_strided_ok(p, 0) || pil2_fwd(p)) return CONV_LAYOUT_PLAIN;
     const int nr = prow_nr(p);
@@ -1124,7 +1125,7 @@ static int pre_path(const conv_p *p) {
   conv_p q;
   int ky0, kx0;
   if (p->n == 0 || dense(p) || crop(p, &q, &ky0, &kx0) || is_linear(p) || rows(p, 0)) return 0;
-  if (wino2(p, 0)) return PRE_W2;
+  if (wino2(p, W2_WEIGHT_GRADIENT)) return PRE_W2; /* the forward takes every such geometry too */
   const int wm = avx512_paths() ? wino_nchw_tile(p) : 0;
   return wm && wino_reads_pre(p, wm) ? wm : 0;
 #else

@@ -134,7 +134,10 @@ void pil2_backward_weight(float *dw, const float *x, const float *dy, const conv
  * backward-input as the forward of the flipped kernel, w then the layer's own; packed: the weights
  * as w2_pack leaves them, else transformed from w) and the weight gradient; with pre_s and pre_t, x
  * is read as relu(x * pre_s[c] + pre_t[c]) (conv2d_forward_pre's prologue). */
-int w2_ok(const conv_p *p, int packed);
+#define W2_WEIGHT_GRADIENT 0
+#define W2_PER_CALL 1
+#define W2_PACKED 2
+int w2_ok(const conv_p *p, int pass);
 void w2_forward_nchw(float *y, const float *x, const float *w, const float *packed, int flip, const float *bias,
                      const float *residual, int relu, const conv_p *p, const float *pre_s, const float *pre_t);
 void w2_backward_weight_nchw(float *dw, const float *x, const float *dy, const conv_p *p, const float *pre_s, const float *pre_t);

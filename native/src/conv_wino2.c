@@ -45,16 +45,23 @@
 
 /* Whether a geometry runs here (besides the AVX2 kernels being the ones in use: conv.c decides):
  * 3x3, stride 1, dilation 1, padding 1, groups 1, channels in whole 8-channel vectors, maps of at
- * least 3x3 (smaller ones go to the dense products first), and transformed weights within 9.4 MB
- * (256 -> 256 channels) for a forward whose weights the inference plan packed once (`packed`),
- * within 2.4 MB (128 -> 128) for the passes that transform them per call, where 256 -> 256 took
- * longer than the direct kernel's whole call (the backward-input's U: 1.4 ms, writing 9.4 MB) and the
- * weight gradient's groups each keep 36 cin cout sums. */
-int w2_ok(const conv_p *p, int packed) {
-  return p->groups == 1 && p->kh == 3 && p->kw == 3 && p->sh == 1 && p->sw == 1 && p->dh == 1 && p->dw == 1 &&
-         p->ph == 1 && p->pw == 1 && p->cin % 8 == 0 && p->cout % 8 == 0 && p->cin > 0 && p->cout > 0 && p->h >= 3 &&
-         p->w >= 3 && p->oh == p->h && p->ow == p->w && p->n >= 1 &&
-         (long)p->cin * p->cout <= (packed ? 256L * 256 : PRIVATE_MAX_PAIRS);
+ * least 3x3 (smaller ones go to the dense products first), and by `pass`:
+ *  - W2_PACKED, a forward whose weights the inference plan packed once: transformed weights within
+ *    9.4 MB (256 -> 256 channels);
+ *  - W2_PER_CALL, a forward or backward-input that transforms them per call: within 2.4 MB (128 ->
+ *    128), or 9.4 MB where the batch has 64 tiles or more (a 256 -> 256 U costs ~1.4 ms a call on
+ *    two threads: more than it saves at batch 1, 256 on 14x14 2.24 against 1.38 ms, much less than
+ *    it saves at training batch sizes);
+ *  - W2_WEIGHT_GRADIENT: within 2.4 MB (each group of chunks keeps 36 cin cout sums). */
+int w2_ok(const conv_p *p, int pass) {
+  if (!(p->groups == 1 && p->kh == 3 && p->kw == 3 && p->sh == 1 && p->sw == 1 && p->dh == 1 && p->dw == 1 && p->ph == 1 &&
+        p->pw == 1 && p->cin % 8 == 0 && p->cout % 8 == 0 && p->cin > 0 && p->cout > 0 && p->h >= 3 && p->w >= 3 &&
+        p->oh == p->h && p->ow == p->w && p->n >= 1))
+    return 0;
+  const long pairs = (long)p->cin * p->cout, tiles = (long)p->n * ((p->oh + 3) / 4) * ((p->ow + 3) / 4);
+  if (pass == W2_PACKED) return pairs <= 256L * 256;
+  if (pass == W2_PER_CALL) return pairs <= PRIVATE_MAX_PAIRS || (pairs <= 256L * 256 && tiles >= 64);
+  return pairs <= PRIVATE_MAX_PAIRS;
 }
 
 #if defined(__x86_64__)
