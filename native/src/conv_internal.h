@@ -79,6 +79,43 @@ void wino_unpack(const float *src, const conv_p *p, int m, float *w);
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include "simd.h"
+
+/* F(4x4, 3x3)'s one-axis transforms on vectors of W bits (512 for conv_wino.c, 256 for conv_wino2.c),
+ * the same expressions at either width. BT: d (6 values) -> B^T d; AT: m (6) -> A^T m (4 outputs);
+ * AZ: y (4 values of dY) -> A y (6), the weight gradient's transform of dY. */
+#define WINO4_BT(W, d, r)                                                                                            \
+  do {                                                                                                               \
+    const __m##W c4_ = _mm##W##_set1_ps(4.0f), c5_ = _mm##W##_set1_ps(5.0f), c2_ = _mm##W##_set1_ps(2.0f);           \
+    const __m##W t1_ = _mm##W##_fnmadd_ps(c4_, d[1], d[3]), t2_ = _mm##W##_fnmadd_ps(c4_, d[2], d[4]);               \
+    const __m##W t3_ = _mm##W##_mul_ps(c2_, _mm##W##_sub_ps(d[3], d[1])), t4_ = _mm##W##_sub_ps(d[4], d[2]);         \
+    r[0] = _mm##W##_add_ps(_mm##W##_fnmadd_ps(c5_, d[2], d[4]), _mm##W##_mul_ps(c4_, d[0]));                         \
+    r[1] = _mm##W##_add_ps(t1_, t2_);                                                                                \
+    r[2] = _mm##W##_sub_ps(t2_, t1_);                                                                                \
+    r[3] = _mm##W##_add_ps(t4_, t3_);                                                                                \
+    r[4] = _mm##W##_sub_ps(t4_, t3_);                                                                                \
+    r[5] = _mm##W##_add_ps(_mm##W##_fnmadd_ps(c5_, d[3], d[5]), _mm##W##_mul_ps(c4_, d[1]));                         \
+  } while (0)
+#define WINO4_AT(W, m, o)                                                                                            \
+  do {                                                                                                               \
+    const __m##W s12_ = _mm##W##_add_ps(m[1], m[2]), d12_ = _mm##W##_sub_ps(m[1], m[2]);                             \
+    const __m##W s34_ = _mm##W##_add_ps(m[3], m[4]), d34_ = _mm##W##_sub_ps(m[3], m[4]);                             \
+    o[0] = _mm##W##_add_ps(_mm##W##_add_ps(m[0], s12_), s34_);                                                       \
+    o[1] = _mm##W##_fmadd_ps(_mm##W##_set1_ps(2.0f), d34_, d12_);                                                    \
+    o[2] = _mm##W##_fmadd_ps(_mm##W##_set1_ps(4.0f), s34_, s12_);                                                    \
+    o[3] = _mm##W##_add_ps(_mm##W##_fmadd_ps(_mm##W##_set1_ps(8.0f), d34_, d12_), m[5]);                             \
+  } while (0)
+#define WINO4_AZ(W, y, z)                                                                                            \
+  do {                                                                                                               \
+    const __m##W s02_ = _mm##W##_add_ps(y[0], y[2]), s13_ = _mm##W##_add_ps(y[1], y[3]);                             \
+    const __m##W q02_ = _mm##W##_fmadd_ps(_mm##W##_set1_ps(4.0f), y[2], y[0]);                                       \
+    const __m##W q13_ = _mm##W##_fmadd_ps(_mm##W##_set1_ps(4.0f), y[3], y[1]);                                       \
+    z[0] = y[0];                                                                                                     \
+    z[1] = _mm##W##_add_ps(s02_, s13_);                                                                              \
+    z[2] = _mm##W##_sub_ps(s02_, s13_);                                                                              \
+    z[3] = _mm##W##_fmadd_ps(_mm##W##_set1_ps(2.0f), q13_, q02_);                                                    \
+    z[4] = _mm##W##_fnmadd_ps(_mm##W##_set1_ps(2.0f), q13_, q02_);                                                   \
+    z[5] = y[3];                                                                                                     \
+  } while (0)
 #define IT 32 /* output columns per q-grid tile */
 
 /* Geometry of the phase planes (conv_qgrid.c). */

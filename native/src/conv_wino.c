@@ -257,15 +257,7 @@ static void run_range(range_fn fn, void *ctx, long total) {
       r[2] = _mm512_sub_ps(d[2], d[1]);                                                                              \
       r[3] = _mm512_sub_ps(d[1], d[3]);                                                                              \
     } else {                                                                                                         \
-      const __m512 c4 = _mm512_set1_ps(4.0f), c5 = _mm512_set1_ps(5.0f), c2 = _mm512_set1_ps(2.0f);                 \
-      const __m512 t1 = _mm512_fnmadd_ps(c4, d[1], d[3]), t2 = _mm512_fnmadd_ps(c4, d[2], d[4]);                     \
-      const __m512 t3 = _mm512_mul_ps(c2, _mm512_sub_ps(d[3], d[1])), t4 = _mm512_sub_ps(d[4], d[2]);               \
-      r[0] = _mm512_add_ps(_mm512_fnmadd_ps(c5, d[2], d[4]), _mm512_mul_ps(c4, d[0]));                               \
-      r[1] = _mm512_add_ps(t1, t2);                                                                                  \
-      r[2] = _mm512_sub_ps(t2, t1);                                                                                  \
-      r[3] = _mm512_add_ps(t4, t3);                                                                                  \
-      r[4] = _mm512_sub_ps(t4, t3);                                                                                  \
-      r[5] = _mm512_add_ps(_mm512_fnmadd_ps(c5, d[3], d[5]), _mm512_mul_ps(c4, d[1]));                               \
+      WINO4_BT(512, d, r);                                                                                           \
     }                                                                                                                \
   } while (0)
 
@@ -306,12 +298,7 @@ __attribute__((target("avx512f"))) static inline void tile_rows_store(float *bas
       o[0] = _mm512_add_ps(_mm512_add_ps(v[0], v[1]), v[2]);                                                         \
       o[1] = _mm512_sub_ps(_mm512_sub_ps(v[1], v[2]), v[3]);                                                         \
     } else {                                                                                                         \
-      const __m512 s12 = _mm512_add_ps(v[1], v[2]), d12 = _mm512_sub_ps(v[1], v[2]);                                \
-      const __m512 s34 = _mm512_add_ps(v[3], v[4]), d34 = _mm512_sub_ps(v[3], v[4]);                                \
-      o[0] = _mm512_add_ps(_mm512_add_ps(v[0], s12), s34);                                                           \
-      o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);                                                        \
-      o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);                                                        \
-      o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), v[5]);                                   \
+      WINO4_AT(512, v, o);                                                                                           \
     }                                                                                                                \
   } while (0)
 
@@ -1097,15 +1084,7 @@ void wino_forward_nchw(float *y, const float *x, const float *w, int flip, const
       r[2] = _mm512_sub_ps(v[0], v[1]);                                                                              \
       r[3] = _mm512_sub_ps(_mm512_setzero_ps(), v[1]);                                                               \
     } else {                                                                                                         \
-      const __m512 s02 = _mm512_add_ps(v[0], v[2]), s13 = _mm512_add_ps(v[1], v[3]);                                \
-      const __m512 q02 = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), v[2], v[0]);                                         \
-      const __m512 q13 = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), v[3], v[1]);                                         \
-      r[0] = v[0];                                                                                                   \
-      r[1] = _mm512_add_ps(s02, s13);                                                                                \
-      r[2] = _mm512_sub_ps(s02, s13);                                                                                \
-      r[3] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), q13, q02);                                                        \
-      r[4] = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), q13, q02);                                                       \
-      r[5] = v[3];                                                                                                   \
+      WINO4_AZ(512, v, r);                                                                                           \
     }                                                                                                                \
   } while (0)
 

@@ -98,45 +98,6 @@ __attribute__((target("avx2"), always_inline)) static inline void pieces8(const 
   c[3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
 }
 
-/* r = B^T d for 6 values (vectors) d: F(4x4)'s input transform along one axis. */
-#define BT6(d, r)                                                                                                    \
-  do {                                                                                                               \
-    const __m256 c4_ = _mm256_set1_ps(4.0f), c5_ = _mm256_set1_ps(5.0f), c2_ = _mm256_set1_ps(2.0f);                 \
-    const __m256 t1_ = _mm256_fnmadd_ps(c4_, d[1], d[3]), t2_ = _mm256_fnmadd_ps(c4_, d[2], d[4]);                   \
-    const __m256 t3_ = _mm256_mul_ps(c2_, _mm256_sub_ps(d[3], d[1])), t4_ = _mm256_sub_ps(d[4], d[2]);               \
-    r[0] = _mm256_fnmadd_ps(c5_, d[2], _mm256_fmadd_ps(c4_, d[0], d[4]));                                            \
-    r[1] = _mm256_add_ps(t1_, t2_);                                                                                  \
-    r[2] = _mm256_sub_ps(t2_, t1_);                                                                                  \
-    r[3] = _mm256_add_ps(t4_, t3_);                                                                                  \
-    r[4] = _mm256_sub_ps(t4_, t3_);                                                                                  \
-    r[5] = _mm256_fnmadd_ps(c5_, d[3], _mm256_fmadd_ps(c4_, d[1], d[5]));                                            \
-  } while (0)
-
-/* o = A^T m for 6 values m: the output transform along one axis. */
-#define AT6(m, o)                                                                                                    \
-  do {                                                                                                               \
-    const __m256 s12_ = _mm256_add_ps(m[1], m[2]), d12_ = _mm256_sub_ps(m[1], m[2]);                                 \
-    const __m256 s34_ = _mm256_add_ps(m[3], m[4]), d34_ = _mm256_sub_ps(m[3], m[4]);                                 \
-    o[0] = _mm256_add_ps(_mm256_add_ps(m[0], s12_), s34_);                                                           \
-    o[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), d34_, d12_);                                                        \
-    o[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), s34_, s12_);                                                        \
-    o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34_, d12_), m[5]);                                   \
-  } while (0)
-
-/* z = A y for 4 values y: the weight gradient's transform of dY along one axis. */
-#define A4(y, z)                                                                                                     \
-  do {                                                                                                               \
-    const __m256 s02_ = _mm256_add_ps(y[0], y[2]), s13_ = _mm256_add_ps(y[1], y[3]);                                 \
-    const __m256 q02_ = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), y[2], y[0]);                                           \
-    const __m256 q13_ = _mm256_fmadd_ps(_mm256_set1_ps(8.0f), y[3], _mm256_mul_ps(_mm256_set1_ps(2.0f), y[1]));      \
-    z[0] = y[0];                                                                                                     \
-    z[1] = _mm256_add_ps(s02_, s13_);                                                                                \
-    z[2] = _mm256_sub_ps(s02_, s13_);                                                                                \
-    z[3] = _mm256_add_ps(q02_, q13_);                                                                                \
-    z[4] = _mm256_sub_ps(q02_, q13_);                                                                                \
-    z[5] = y[3];                                                                                                     \
-  } while (0)
-
 /* A call's geometry and its chunks of tiles. */
 typedef struct {
   const conv_p *p;
@@ -222,12 +183,12 @@ __attribute__((target("avx2,fma"))) static void input_transform(const w2_geo *g,
         }
         if (ps)
           for (int k = k0; k < k1; k++) d[k] = _mm256_max_ps(_mm256_setzero_ps(), _mm256_add_ps(_mm256_mul_ps(d[k], vs8), vt8));
-        BT6(d, rows[r]);
+        WINO4_BT(256, d, rows[r]);
       }
       for (int k = 0; k < 6; k++) {
         __m256 d[6], o[6];
         for (int r = 0; r < 6; r++) d[r] = rows[r][k];
-        BT6(d, o);
+        WINO4_BT(256, d, o);
         for (int a = 0; a < 6; a++) _mm256_storeu_ps(vb + (a * 6 + k) * vs + i * 8, o[a]);
       }
     }
@@ -365,7 +326,7 @@ __attribute__((target("avx2,fma"))) static void output_transform(const fwd_job *
       for (int a = 0; a < 6; a++) {
         __m256 m[6];
         for (int k = 0; k < 6; k++) m[k] = _mm256_loadu_ps(mb + (a * 6 + k) * ms + i * 8);
-        AT6(m, cols[a]);
+        WINO4_AT(256, m, cols[a]);
       }
       const int rows = p->oh - oy0 < 4 ? p->oh - oy0 : 4, valid = p->ow - ox0 < 4 ? p->ow - ox0 : 4;
       const __m128i mask = _mm_cmpgt_epi32(_mm_set1_epi32(valid), _mm_setr_epi32(0, 1, 2, 3));
@@ -373,7 +334,7 @@ __attribute__((target("avx2,fma"))) static void output_transform(const fwd_job *
       for (int q = 0; q < 4; q++) {
         __m256 m[6], out[4];
         for (int a = 0; a < 6; a++) m[a] = cols[a][q];
-        AT6(m, out);
+        WINO4_AT(256, m, out);
         cols[0][q] = out[0], cols[1][q] = out[1], cols[2][q] = out[2], cols[3][q] = out[3];
       }
       for (int r = 0; r < rows; r++) {
@@ -535,12 +496,12 @@ __attribute__((target("avx2,fma"))) static void dy_transform(const w2_geo *g, co
         __m256 c[4];
         if (r < rows) pieces8(dc + (long)r * p->ow, OHW, valid, c);
         else c[0] = c[1] = c[2] = c[3] = _mm256_setzero_ps();
-        A4(c, rz[r]);
+        WINO4_AZ(256, c, rz[r]);
       }
       for (int k = 0; k < 6; k++) {
         __m256 c[4], z[6];
         for (int r = 0; r < 4; r++) c[r] = rz[r][k];
-        A4(c, z);
+        WINO4_AZ(256, c, z);
         for (int a = 0; a < 6; a++) _mm256_storeu_ps(zb + (a * 6 + k) * zs + i * 8, z[a]);
       }
     }

@@ -101,8 +101,8 @@ export interface BenchReport {
   oursThreads: number;
   backend: string;
   /** The native kernels' instruction set ("avx512", "avx2" or "portable"; RESNET_ISA forces one), null
-   * on the ts backend. Without AVX-512 the convolutions take the AVX2 pixels-in-lanes, tap-panel or
-   * im2col paths (docs/PERFORMANCE.md, "Without AVX-512"). */
+   * on the ts backend. Without AVX-512 the convolutions take the AVX2 Winograd, pixels-in-lanes,
+   * tap-panel or im2col paths (docs/PERFORMANCE.md, "Without AVX-512"). */
   isa: string | null;
   /** The round trip of a cache line between the native thread pool's first two threads, in ns, at the
    * start and at the end of the run (null on the ts backend or with one thread). Around 50-200: the
