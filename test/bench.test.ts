@@ -63,7 +63,7 @@ function checkReport(r: BenchReport, ids: string[]): void {
 
 describe('runBench (in process)', () => {
   test('tiny workload, no peers: report structure and text table', () => {
-    const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 1, budgetS: 0 });
+    const r = runBench({ only: 'tiny', peers: false, warmup: 0, processWarmup: 0, runs: 1, budgetS: 0 });
     checkReport(r, ['tiny']);
     assert.equal(r.backend, kernels().name);
     const w = r.workloads[0]!;
@@ -77,7 +77,7 @@ describe('runBench (in process)', () => {
     assert.deepEqual(w.fastestRatios, { vsOnnxruntime: null, vsPytorch: null });
     assert.deepEqual(r.peers, { onnxruntime: null, pytorch: null });
     assert.equal(r.memory, null, 'memory is measured only for resnet50-b1');
-    assert.deepEqual(r.settings, { threads: 2, warmup: 0, runs: 1, rounds: 1, budgetS: 0, seed: 0, equalAllocator: false }, 'rounds: at most the runs');
+    assert.deepEqual(r.settings, { threads: 2, warmup: 0, processWarmup: 0, runs: 1, rounds: 1, budgetS: 0, seed: 0, equalAllocator: false }, 'rounds: at most the runs');
     JSON.parse(JSON.stringify(r)); // serialisable
 
     const text = formatReport(r);
@@ -90,8 +90,19 @@ describe('runBench (in process)', () => {
     assert.match(text, /^ {2}fastest runs: vs ORT - {3}vs PyTorch - {3}\(ratio of each engine's fastest timed run\)$/m);
   });
 
+  test("the process warm-up: resnet-ts's untimed runs of each workload before the rounds, in the report", () => {
+    const r = runBench({ only: 'tiny,tiny-train', peers: false, warmup: 0, processWarmup: 3, runs: 1, budgetS: 0 });
+    assert.equal(r.settings.processWarmup, 3);
+    assert.deepEqual(r.processWarmupRuns, { tiny: 3, 'tiny-train': 3 });
+    assert.match(formatReport(r), /^ {10}resnet-ts's process warmed first: 3 untimed runs of each workload \(V8 compiles /m);
+    // a quarter of the time budget caps it: 1 ms leaves room for the one run that is always made
+    const capped = runBench({ only: 'tiny-train', peers: false, warmup: 0, processWarmup: 1000, runs: 1, budgetS: 0.004 });
+    assert.ok(capped.processWarmupRuns['tiny-train']! >= 1 && capped.processWarmupRuns['tiny-train']! < 1000, String(capped.processWarmupRuns['tiny-train']));
+    assert.throws(() => runBench({ only: 'tiny', peers: false, processWarmup: -1 }), /--process-warmup must be an integer >= 0, got -1/);
+  });
+
   test("the native kernels' instruction set in the settings line, and a note when it is not AVX-512", () => {
-    const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 1, budgetS: 0 });
+    const r = runBench({ only: 'tiny', peers: false, warmup: 0, processWarmup: 0, runs: 1, budgetS: 0 });
     const nb = nativeBackend();
     assert.equal(r.isa, nb !== null && kernels() === nb ? nb.isa : null);
     const line = (t: string): string => t.split('\n').find((l) => l.startsWith('settings: '))!;
@@ -115,7 +126,7 @@ describe('runBench (in process)', () => {
   });
 
   test("the threads' cache-line round trip at start and end, and what it says about the caches", () => {
-    const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 1, budgetS: 0 });
+    const r = runBench({ only: 'tiny', peers: false, warmup: 0, processWarmup: 0, runs: 1, budgetS: 0 });
     const nb = nativeBackend();
     if (nb !== null && kernels() === nb && r.oursThreads > 1) {
       assert.ok(r.handoffNs !== null && r.handoffNs.start > 0 && r.handoffNs.end > 0, JSON.stringify(r.handoffNs));
@@ -132,7 +143,7 @@ describe('runBench (in process)', () => {
   });
 
   test('rounds: the engines take turns, the runs are shared out, the median is over all of them', () => {
-    const r = runBench({ only: 'tiny', peers: false, warmup: 0, runs: 5, rounds: 2, budgetS: 0 });
+    const r = runBench({ only: 'tiny', peers: false, warmup: 0, processWarmup: 0, runs: 5, rounds: 2, budgetS: 0 });
     assert.equal(r.settings.rounds, 2);
     const ours = r.workloads[0]!.results['resnet-ts'];
     assert.ok(ours.status === 'ok');
@@ -149,7 +160,7 @@ describe('runBench (in process)', () => {
     const ok = (samplesMs: number[]): EngineResult => ({ status: 'ok', msPerIter: 0, imgPerSec: 0, runs: samplesMs.length, warmup: 0, samplesMs, limited: null, otherCores: null });
     assert.equal(fastestRatio(ok([10, 12, 30]), ok([15, 11, 40])), 1.1);
     assert.equal(fastestRatio(ok([10]), { status: 'n/a', reason: 'inference only' }), null);
-    const r = runBench({ only: 'tiny,tiny-train', peers: false, warmup: 0, runs: 1, budgetS: 0 });
+    const r = runBench({ only: 'tiny,tiny-train', peers: false, warmup: 0, processWarmup: 0, runs: 1, budgetS: 0 });
     for (const w of r.workloads) w.fastestRatios = { vsOnnxruntime: 1.5, vsPytorch: 2.25 };
     const text = formatReport(r);
     assert.match(text, /^ {2}fastest runs: vs ORT 1\.50x {3}vs PyTorch 2\.25x {3}\(ratio of each engine's fastest timed run\)$/m);
@@ -164,13 +175,13 @@ describe('runBench (in process)', () => {
   });
 
   test('a training workload runs SGD steps', () => {
-    const r = runBench({ only: 'tiny-train', peers: false, warmup: 0, runs: 1 });
+    const r = runBench({ only: 'tiny-train', peers: false, warmup: 0, processWarmup: 0, runs: 1 });
     checkReport(r, ['tiny-train']);
     assert.equal(r.workloads[0]!.kind, 'train');
   });
 
   test('a peer that none of the selected workloads applies to is "not run", with no version or settings', () => {
-    const r = runBench({ only: 'tiny-train', peers: false, warmup: 0, runs: 1 });
+    const r = runBench({ only: 'tiny-train', peers: false, warmup: 0, processWarmup: 0, runs: 1 });
     r.peers.onnxruntime = { available: true };
     assert.match(formatReport(r), /^peers: {4}ONNX Runtime: not run \(none of the selected workloads applies to it\)$/m);
     r.peers.onnxruntime = { available: true, version: '1.30.0' };
@@ -178,7 +189,7 @@ describe('runBench (in process)', () => {
   });
 
   test('a missing Python makes PyTorch "not available", not an error', () => {
-    const r = runBench({ only: 'tiny', warmup: 0, runs: 1, python: '/nonexistent/python3' });
+    const r = runBench({ only: 'tiny', warmup: 0, processWarmup: 0, runs: 1, python: '/nonexistent/python3' });
     const w = r.workloads[0]!;
     assert.deepEqual(w.results.pytorch, { status: 'unavailable', reason: '/nonexistent/python3 not found' });
     assert.equal(r.peers.pytorch?.available, false);
@@ -198,11 +209,11 @@ describe('runBench (in process)', () => {
         '#!/bin/sh\nprintf \'{"torch":"0.0-fake","torchvision":"0.0","threads":1,"interopThreads":1,"results":{},"env":{"MALLOC_MMAP_THRESHOLD_":"%s","MALLOC_TRIM_THRESHOLD_":"%s"}}\\n\' "$MALLOC_MMAP_THRESHOLD_" "$MALLOC_TRIM_THRESHOLD_"\n',
         { mode: 0o755 },
       );
-      const equal = runBench({ only: 'tiny', warmup: 0, runs: 1, budgetS: 0, python: fake, equalAllocator: true });
+      const equal = runBench({ only: 'tiny', warmup: 0, processWarmup: 0, runs: 1, budgetS: 0, python: fake, equalAllocator: true });
       assert.equal(equal.settings.equalAllocator, true);
       assert.deepEqual(equal.peers.pytorch?.detail?.['env'], { MALLOC_MMAP_THRESHOLD_: '1073741824', MALLOC_TRIM_THRESHOLD_: '1073741824' });
       assert.match(formatReport(equal), /^ {10}peers run with resnet-ts's allocator settings \(--equal-allocator: /m);
-      const plain = runBench({ only: 'tiny', warmup: 0, runs: 1, budgetS: 0, python: fake });
+      const plain = runBench({ only: 'tiny', warmup: 0, processWarmup: 0, runs: 1, budgetS: 0, python: fake });
       assert.equal(plain.settings.equalAllocator, false);
       const inherited = { MALLOC_MMAP_THRESHOLD_: process.env['MALLOC_MMAP_THRESHOLD_'] ?? '', MALLOC_TRIM_THRESHOLD_: process.env['MALLOC_TRIM_THRESHOLD_'] ?? '' };
       assert.deepEqual(plain.peers.pytorch?.detail?.['env'], inherited);
@@ -231,7 +242,7 @@ describe('runBench (in process)', () => {
 
 describe('resnet bench (CLI)', () => {
   test('--json prints the report object', () => {
-    const r = resnet('bench', '--only', 'tiny', '--no-peers', '--json', '--runs', '1', '--warmup', '0', '--quiet');
+    const r = resnet('bench', '--only', 'tiny', '--no-peers', '--json', '--runs', '1', '--warmup', '0', '--process-warmup', '0', '--quiet');
     assert.equal(r.code, 0, r.stderr);
     const report = JSON.parse(r.stdout) as BenchReport;
     checkReport(report, ['tiny']);
@@ -239,7 +250,7 @@ describe('resnet bench (CLI)', () => {
   });
 
   test('text output by default; progress on stderr', () => {
-    const r = resnet('bench', '--only', 'tiny', '--no-peers', '--runs', '1', '--warmup', '0');
+    const r = resnet('bench', '--only', 'tiny', '--no-peers', '--runs', '1', '--warmup', '0', '--process-warmup', '0');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /\[tiny\]/);
     assert.match(r.stderr, /^bench: resnet-ts \(ts\): tiny \.\.\.$/m);
@@ -260,12 +271,13 @@ describe('resnet bench (CLI)', () => {
     assert.match(b.stderr, /^resnet: error: unknown backend "gpu"; available: .*\bts\b/m);
     assert.equal(resnet('bench', '--runs', '0').code, 2);
     assert.match(resnet('bench', '--budget', 'soon').stderr, /--budget must be a number of seconds/);
+    assert.match(resnet('bench', '--process-warmup', 'lots').stderr, /--process-warmup must be an integer >= 0, got "lots"/);
   });
 
   test('--help lists the options and the workloads', () => {
     const r = resnet('bench', '--help');
     assert.equal(r.code, 0);
-    for (const o of ['--only', '--backend', '--threads', '--warmup', '--runs', '--budget', '--no-peers', '--json', 'resnet20-train', 'resnet50-b8']) {
+    for (const o of ['--only', '--backend', '--threads', '--warmup', '--process-warmup', '--runs', '--budget', '--no-peers', '--json', 'resnet20-train', 'resnet50-b8']) {
       assert.ok(r.stdout.includes(o), o);
     }
   });

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { UsageError, kernels, listBackends, setBackend } from '../index.js';
 import { getNumThreads, nativeBackend, setNumThreads } from '../kernels/registry.js';
 import { cpuSample, otherCores } from './cpu.js';
-import { runOurs } from './ours.js';
+import { runOurs, warmProcess } from './ours.js';
 import { RESNET_ALLOCATOR_ENV, defaultCacheDir, ortMemory, runJson, runOrt, runTorch, torchMemory, type EngineResult, type MemoryResult, type PeerOptions, type PeerRun } from './peers.js';
 import { median, type TimingPlan } from './timing.js';
 import { measureTrainMemory, type TrainMemoryReport } from './train_memory.js';
@@ -26,6 +26,11 @@ export interface BenchOptions {
   backend?: string;
   threads?: number;
   warmup?: number;
+  /** Untimed runs of each workload in resnet-ts's process before the first round (at most a quarter
+   * of the workload's time budget; 0: none): the steady state of V8's compiled JavaScript
+   * (warmProcess in ours.ts). The peers run in fresh processes with the per-round warm-up only: their
+   * eager code has nothing to compile. */
+  processWarmup?: number;
   runs?: number;
   /** Rounds the engines take in turn (resnet-ts, ONNX Runtime, PyTorch, resnet-ts, ...), each with a
    * share of the timed runs, so that a slow phase of a shared machine falls on every engine rather
@@ -48,7 +53,7 @@ export interface BenchOptions {
   log?: (msg: string) => void;
 }
 
-export const DEFAULTS = { threads: 2, warmup: 2, runs: 9, rounds: 9, budgetS: 60, python: '/usr/bin/python3' } as const;
+export const DEFAULTS = { threads: 2, warmup: 2, processWarmup: 40, runs: 9, rounds: 9, budgetS: 60, python: '/usr/bin/python3' } as const;
 
 export const ENGINES = ['resnet-ts', 'onnxruntime', 'pytorch'] as const;
 export type Engine = (typeof ENGINES)[number];
@@ -95,8 +100,12 @@ export interface BenchReport {
     /** Environment variables that affect the engines' threading and instruction sets, as set when the bench started. */
     env: Record<string, string | null>;
   };
-  /** runs: timed runs per workload and engine over all rounds; warm-up runs are per round */
-  settings: { threads: number; warmup: number; runs: number; rounds: number; budgetS: number; seed: number; equalAllocator: boolean };
+  /** runs: timed runs per workload and engine over all rounds; warm-up runs are per round;
+   * processWarmup: the most untimed runs of each workload in resnet-ts's process before the rounds */
+  settings: { threads: number; warmup: number; processWarmup: number; runs: number; rounds: number; budgetS: number; seed: number; equalAllocator: boolean };
+  /** The untimed runs resnet-ts's process made of each workload before the rounds (settings.processWarmup, or fewer
+   * where a quarter of the budget ran out first) */
+  processWarmupRuns: Record<string, number>;
   /** Threads resnet-ts's kernels actually use (1 on the single-threaded ts backend). */
   oursThreads: number;
   backend: string;
@@ -209,6 +218,7 @@ export function runBench(o: BenchOptions = {}): BenchReport {
     budgetMs: (o.budgetS ?? DEFAULTS.budgetS) * 1000,
   };
   if (!(plan.budgetMs >= 0)) throw new UsageError(`--budget must be a number of seconds >= 0, got ${o.budgetS}`);
+  const processWarmup = positiveInt(o.processWarmup, 'process-warmup', DEFAULTS.processWarmup, 0);
   const seed = o.seed ?? 0;
   const env = Object.fromEntries(ENV_KEYS.map((k) => [k, process.env[k] ?? null])); // as the user set it
   const log = o.log ?? ((): void => {});
@@ -242,6 +252,12 @@ export function runBench(o: BenchOptions = {}): BenchReport {
   const ortRounds: PeerRun[] = [];
   const torchRounds: PeerRun[] = [];
   const busy = { ours: [] as (number | null)[], ort: [] as (number | null)[], torch: [] as (number | null)[] };
+  const processWarmupRuns: Record<string, number> = {};
+  if (processWarmup > 0)
+    for (const w of workloads) {
+      log(`resnet-ts (${backend}): ${w.id}: warming the process (up to ${processWarmup} untimed runs) ...`);
+      processWarmupRuns[w.id] = warmProcess(w, processWarmup, plan.budgetMs / 4);
+    }
   for (let r = 0; r < rounds; r++) {
     const rp = roundPlan(r);
     if (rounds > 1) log(`round ${r + 1} of ${rounds}`);
@@ -328,7 +344,8 @@ export function runBench(o: BenchOptions = {}): BenchReport {
       otherProcessesCores,
       env,
     },
-    settings: { threads, warmup: plan.warmup, runs: plan.runs, rounds, budgetS: plan.budgetMs / 1000, seed, equalAllocator },
+    settings: { threads, warmup: plan.warmup, processWarmup, runs: plan.runs, rounds, budgetS: plan.budgetMs / 1000, seed, equalAllocator },
+    processWarmupRuns,
     oursThreads,
     backend,
     isa,

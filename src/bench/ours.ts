@@ -59,6 +59,25 @@ export function prepare(w: Workload, seed = 0): Prepared {
   };
 }
 
+/**
+ * The process's warm-up, before any timed round: `w` (a model of its own) runs untimed until
+ * `maxRuns` runs or `budgetMs` have passed, at least one run. V8 compiles the hot JavaScript of a
+ * training step (the autograd, the ops' wrappers, the optimizer) over its first ~30 steps, on a
+ * background thread that takes one of two cores from the kernels meanwhile: ResNet-20 training steps
+ * 5-30 of a fresh process took ~10 % longer than the steady state, and a bench round measures the 3rd
+ * step of a model (docs/PERFORMANCE.md, "Timing"). Returns the runs made.
+ */
+export function warmProcess(w: Workload, maxRuns: number, budgetMs: number): number {
+  const p = prepare(w);
+  const t0 = performance.now();
+  let runs = 0;
+  do {
+    p.step();
+    runs++;
+  } while (runs < maxRuns && (budgetMs <= 0 || performance.now() - t0 < budgetMs));
+  return runs;
+}
+
 export interface OursResult extends Measurement {
   params: number;
 }

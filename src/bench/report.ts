@@ -82,6 +82,13 @@ export function formatReport(r: BenchReport): string {
     );
   }
   out.push(`          ${s.rounds} round(s) in turn, each ${s.warmup} warm-up + its share of ${s.runs} timed runs; median over all; time budget ${s.budgetS > 0 ? `${s.budgetS} s` : 'none'} per workload and engine`);
+  const warmed = Object.values(r.processWarmupRuns);
+  if (warmed.length > 0) {
+    const lo = Math.min(...warmed), hi = Math.max(...warmed);
+    out.push(
+      `          resnet-ts's process warmed first: ${lo === hi ? lo : `${lo}-${hi}`} untimed runs of each workload (V8 compiles a training step's JavaScript over its first ~30 steps, on a thread that takes a core from the kernels); the peers' eager code has nothing to compile`,
+    );
+  }
   out.push(
     `peers:    ${peerLine('ONNX Runtime', r.peers.onnxruntime, () => `onnxruntime-node, CPU provider, intra-op ${s.threads}, inter-op 1, graph optimisation all, sequential`)}`,
   );

@@ -19,7 +19,7 @@ function budgetOption(args: ParsedArgs): number | undefined {
 export const benchCommand: Command = {
   name: 'bench',
   summary: 'Benchmark inference and training speed against ONNX Runtime and PyTorch on this machine.',
-  usage: ['bench [--only <ids>] [--backend ts|native] [--threads N] [--warmup N] [--runs N] [--rounds N] [--budget S] [--no-peers] [--equal-allocator] [--json]'],
+  usage: ['bench [--only <ids>] [--backend ts|native] [--threads N] [--warmup N] [--process-warmup N] [--runs N] [--rounds N] [--budget S] [--no-peers] [--equal-allocator] [--json]'],
   details: [
     'Workloads (float32): ' +
       WORKLOADS.filter((w) => !w.hidden)
@@ -35,6 +35,9 @@ export const benchCommand: Command = {
       'share of the timed runs, so that a slow phase of a shared machine hits every engine instead of one; the median is ' +
       'over all rounds\' runs. The ratios compare the medians, and also each engine\'s fastest run (what it does when ' +
       'nothing slows it). ' +
+      "Before the first round resnet-ts's own process runs each workload untimed (--process-warmup): V8 compiles the " +
+      "JavaScript of a training step over its first ~30 steps on a background thread, which takes a core from the kernels; " +
+      'the peers run eager code in fresh processes and get the per-round warm-up. ' +
       'A time budget per workload and engine cuts the number of runs for a slow engine (the note column says so). ' +
       'Peers run in child processes of the same invocation with the same thread count: ONNX Runtime (onnxruntime-node; ' +
       'torchvision models exported once to ONNX with scripts/bench/export_onnx.py and cached) and PyTorch ' +
@@ -45,7 +48,13 @@ export const benchCommand: Command = {
     only: { type: 'string', value: '<ids>', default: 'all workloads', description: 'comma-separated workload ids, e.g. resnet50-b1,resnet20-train' },
     backend: { type: 'string', value: 'ts|native', default: 'the active backend', description: 'resnet-ts kernel backend' },
     threads: { type: 'string', value: 'N', default: String(DEFAULTS.threads), description: 'threads for every engine' },
-    warmup: { type: 'string', value: 'N', default: String(DEFAULTS.warmup), description: 'warm-up runs per workload' },
+    warmup: { type: 'string', value: 'N', default: String(DEFAULTS.warmup), description: 'warm-up runs per workload, engine and round' },
+    'process-warmup': {
+      type: 'string',
+      value: 'N',
+      default: String(DEFAULTS.processWarmup),
+      description: "untimed runs of each workload in resnet-ts's process before the first round, at most a quarter of its budget (0: none): the steady state of V8's compiled JavaScript",
+    },
     runs: { type: 'string', value: 'N', default: String(DEFAULTS.runs), description: 'timed runs per workload and engine, over all rounds (the median is reported)' },
     rounds: { type: 'string', value: 'N', default: String(DEFAULTS.rounds), description: 'rounds the engines take in turn (at most --runs)' },
     budget: { type: 'string', value: 'S', default: String(DEFAULTS.budgetS), description: 'time budget per workload and engine in seconds (0: none)' },
@@ -69,6 +78,7 @@ export const benchCommand: Command = {
       backend: str(args, 'backend'),
       threads: intOption(args, 'threads'),
       warmup: intOption(args, 'warmup', 0),
+      processWarmup: intOption(args, 'process-warmup', 0),
       runs: intOption(args, 'runs'),
       rounds: intOption(args, 'rounds'),
       budgetS: budgetOption(args),
