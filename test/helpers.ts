@@ -264,18 +264,35 @@ export function checkGradients(fn: (...ts: Tensor[]) => Tensor, inputs: Tensor[]
   return report;
 }
 
-/** Runs fn on the native kernels as selected and, where those are AVX-512, again with the AVX2 ones
- * (the addon's isa(), as RESNET_ISA=avx2 sets it: the AVX2 convolution paths, the batch norm with 8
- * lanes instead of 16), restoring the selection after. Needs the native addon. */
-export async function withEachIsa(fn: (isa: string) => void): Promise<void> {
+/** Runs fn(isa, select) with the native addon's instruction-set switch (its isa(): select(2) asks for
+ * the AVX2 kernels, as RESNET_ISA=avx2 does, and returns what is in use), restoring the selection
+ * after. Needs the native addon. */
+async function restoringIsa(fn: (isa: string, select: (level: number) => string) => void): Promise<void> {
   const { loadBinding } = await import('../src/backends/native/binding.js');
   const b = loadBinding().binding!;
   const original = b.isa();
   try {
-    fn(original);
-    if (original === 'avx512' && b.isa(2) === 'avx2') fn('avx2');
+    fn(original, (level) => b.isa(level));
   } finally {
     b.isa(0);
     assert.equal(b.isa(), original);
   }
+}
+
+/** Runs fn on the native kernels as selected and, where those are AVX-512, again with the AVX2 ones
+ * (the AVX2 convolution paths, the batch norm with 8 lanes instead of 16), restoring the selection
+ * after. Needs the native addon. */
+export function withEachIsa(fn: (isa: string) => void): Promise<void> {
+  return restoringIsa((original, select) => {
+    fn(original);
+    if (original === 'avx512' && select(2) === 'avx2') fn('avx2');
+  });
+}
+
+/** Runs fn with the AVX2 kernels selected, restoring the selection after; nothing where this CPU
+ * lacks AVX2. Needs the native addon. */
+export function withAvx2(fn: () => void): Promise<void> {
+  return restoringIsa((_original, select) => {
+    if (select(2) === 'avx2') fn();
+  });
 }

@@ -14,7 +14,7 @@ import { tsKernels } from '../src/backends/ts/index.js';
 import type { AdaptivePoolParams, Conv2dParams, Kernels, Pool2dParams } from '../src/kernels/kernels.js';
 import { convOutSize } from '../src/ops/conv.js';
 import { Generator } from '../src/tensor/rng.js';
-import { assertClose, randomArray, withEachIsa, type Tolerance } from './helpers.js';
+import { assertClose, randomArray, withAvx2, withEachIsa, type Tolerance } from './helpers.js';
 
 const nat = nativeBackend();
 const skip = nat ? false : 'native addon not built (npm run build:native)';
@@ -967,20 +967,6 @@ test('every compiled micro-kernel (AVX-512, AVX2, portable) gives the reference 
     assert.equal(b.isa(), original);
   }
 });
-
-/** Runs fn with the AVX2 kernels selected (the addon's isa switch), restoring the selection after;
- * nothing where this CPU lacks AVX2. */
-async function withAvx2(fn: () => void): Promise<void> {
-  const { loadBinding } = await import('../src/backends/native/binding.js');
-  const b = loadBinding().binding!;
-  const original = b.isa();
-  try {
-    if (b.isa(2) === 'avx2') fn();
-  } finally {
-    b.isa(0);
-    assert.equal(b.isa(), original);
-  }
-}
 
 /** The native passes of convolution p against the reference: the forward with bias, a residual read
  * from the output itself and relu, and with the weights packed once (the inference plan's; the plain
